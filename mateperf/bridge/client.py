@@ -1,0 +1,441 @@
+"""UnityBridge: the Python side of the bridge, as Desktop-Mate uses it.
+
+One socket (TCP_NODELAY) and a send lock so any thread may call it. There is no reader
+thread: the thread that waits reads (a leader/follower scheme), because on a loaded two-core
+host a wake-up handed from a reader thread to the waiter costs as much as the loopback round
+trip itself. Whoever holds the read lock dispatches every response it reads to its request.
+
+Every request ends in exactly one outcome: an ``Ack``, a ``CommandRejected`` (the peer's
+error response), a ``BridgeTimeout`` or a ``BridgeDisconnected``. A request is never
+re-sent: after a disconnect the caller decides.
+
+Against a legacy peer (no ids in its responses) the client matches responses to requests of
+the same command in the order they were sent, and says so through ``legacy``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mateperf.bridge.protocol import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_LINE_BYTES,
+    LineBuffer,
+    ProtocolError,
+    decode_response,
+    encode_request,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BridgeError(RuntimeError):
+    """Base of every bridge failure."""
+
+
+class BridgeConnectError(BridgeError):
+    def __init__(self, host: str, port: int, attempts: int, cause: BaseException | None):
+        super().__init__(f"cannot connect to {host}:{port} after {attempts} attempt(s): {cause}")
+        self.host, self.port, self.attempts, self.cause = host, port, attempts, cause
+
+
+class BridgeTimeout(BridgeError):
+    def __init__(self, command: str, request_id: Any, timeout_s: float):
+        super().__init__(f"{command} (id {request_id}) got no response within {timeout_s:g} s")
+        self.command, self.request_id, self.timeout_s = command, request_id, timeout_s
+
+
+class BridgeDisconnected(BridgeError):
+    def __init__(self, command: str | None, request_id: Any, reason: str):
+        what = f"{command} (id {request_id})" if command else "request"
+        super().__init__(f"{what} failed: connection lost ({reason})")
+        self.command, self.request_id, self.reason = command, request_id, reason
+
+
+class CommandRejected(BridgeError):
+    def __init__(self, response: dict):
+        super().__init__(f"{response.get('command')} rejected: {response.get('message')}")
+        self.response = response
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A completion ack. Times are CLOCK_MONOTONIC ns; peer times are None for a legacy peer."""
+
+    id: Any
+    command: str
+    sent_ns: int
+    acked_ns: int
+    frame: int | None = None
+    recv_ns: int | None = None
+    apply_ns: int | None = None
+    count: int = 1
+    data: dict | None = None
+
+    @property
+    def rtt_ns(self) -> int:
+        return self.acked_ns - self.sent_ns
+
+
+class PendingRequest:
+    """A request on the wire; ``wait`` returns its Ack or raises its failure."""
+
+    __slots__ = ("id", "command", "sent_ns", "event", "outcome", "abandoned")
+
+    def __init__(self, request_id: Any, command: str):
+        self.id = request_id
+        self.command = command
+        self.sent_ns = 0
+        self.event = threading.Event()
+        self.outcome: Ack | BridgeError | None = None
+        self.abandoned = False
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def resolve(self, outcome: Ack | BridgeError) -> None:
+        self.outcome = outcome
+        self.event.set()
+
+    def result(self) -> Ack:
+        if isinstance(self.outcome, BridgeError):
+            raise self.outcome
+        assert self.outcome is not None
+        return self.outcome
+
+
+@dataclass
+class ClientCounters:
+    sent: int = 0
+    acked: int = 0
+    rejected: int = 0
+    timed_out: int = 0
+    disconnected: int = 0
+    late: int = 0
+    unmatched: int = 0
+    reconnects: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+Command = tuple[str, dict] | dict
+
+
+def _as_wire(command: Command) -> dict:
+    if isinstance(command, dict):
+        return {"command": command["command"], "data": command.get("data") or {}}
+    name, data = command
+    return {"command": name, "data": data or {}}
+
+
+@dataclass
+class UnityBridge:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    connect_timeout_s: float = 2.0
+    connect_attempts: int = 3
+    retry_delay_s: float = 0.2
+    request_timeout_s: float = 5.0
+    auto_reconnect: bool = True
+    max_line_bytes: int = MAX_LINE_BYTES
+    legacy: bool = field(default=False, init=False)
+    counters: ClientCounters = field(default_factory=ClientCounters, init=False)
+
+    def __post_init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._lines = LineBuffer(self.max_line_bytes)
+        self._send_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._pending: dict[Any, PendingRequest] = {}
+        self._legacy_fifo: dict[str, collections.deque[PendingRequest]] = {}
+        self._ids = itertools.count(1)
+        self._greeted = False
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> UnityBridge:
+        last: BaseException | None = None
+        for attempt in range(1, self.connect_attempts + 1):
+            try:
+                sock = socket.create_connection((self.host, self.port), self.connect_timeout_s)
+            except OSError as exc:
+                last = exc
+                if attempt < self.connect_attempts:
+                    time.sleep(self.retry_delay_s)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(None)
+            with self._read_lock:
+                self._greeted = False
+                self._lines = LineBuffer(self.max_line_bytes)
+                with self._state_lock:
+                    self._sock = sock
+                deadline = time.monotonic() + self.connect_timeout_s
+                while not self._greeted and self._sock is sock:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._read_some(sock, remaining)
+            if self._greeted and self._sock is sock:
+                return self
+            last = TimeoutError("no greeting from the peer")
+            self._drop(sock, "no greeting")
+            if attempt < self.connect_attempts:
+                time.sleep(self.retry_delay_s)
+        raise BridgeConnectError(self.host, self.port, self.connect_attempts, last)
+
+    def reconnect(self) -> UnityBridge:
+        self.close()
+        self.counters.reconnects += 1
+        return self.connect()
+
+    def close(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._drop(sock, "closed by client")
+
+    def __enter__(self) -> UnityBridge:
+        return self.connect() if not self.connected else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drop(self, sock: socket.socket, reason: str) -> None:
+        """Close ``sock`` and fail everything pending on it (once)."""
+        with self._state_lock:
+            if self._sock is not sock:
+                return
+            self._sock = None
+            pending = list(self._pending.values())
+            self._pending.clear()
+            for fifo in self._legacy_fifo.values():
+                pending.extend(fifo)
+            self._legacy_fifo.clear()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+        for p in pending:
+            if not p.abandoned:
+                self.counters.disconnected += 1
+                p.resolve(BridgeDisconnected(p.command, p.id, reason))
+
+    def _read_some(self, sock: socket.socket, timeout_s: float) -> None:
+        """Read what arrives within ``timeout_s`` and dispatch it (caller holds the read lock)."""
+        try:
+            ready, _, _ = select.select([sock], [], [], max(0.0, timeout_s))
+            if not ready:
+                return
+            chunk = sock.recv(1 << 16)
+        except (OSError, ValueError) as exc:
+            self._drop(sock, f"{type(exc).__name__}: {exc}")
+            return
+        if not chunk:
+            self._drop(sock, "peer closed the connection")
+            return
+        acked_ns = time.perf_counter_ns()
+        for line in self._lines.feed(chunk):
+            if line is not None and line.strip():
+                self._dispatch(line, acked_ns)
+
+    def _await(self, pending: PendingRequest, timeout_s: float) -> None:
+        """Wait until ``pending`` has an outcome or ``timeout_s`` passes, reading if nobody is."""
+        deadline = time.monotonic() + timeout_s
+        while not pending.done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._read_lock.acquire(blocking=False):
+                try:
+                    sock = self._sock
+                    if sock is None:
+                        return
+                    if not pending.done:
+                        self._read_some(sock, min(remaining, 0.05))
+                finally:
+                    self._read_lock.release()
+            else:
+                # another thread is reading and will resolve us; poll so we can take over
+                pending.event.wait(min(remaining, 0.001))
+
+    def _dispatch(self, line: bytes, acked_ns: int) -> None:
+        try:
+            msg = decode_response(line)
+        except ProtocolError as exc:
+            log.warning("ignoring a bad line from the peer: %s", exc)
+            self.counters.unmatched += 1
+            return
+        if msg.get("status") == "connected":
+            self.legacy = "protocol" not in msg
+            if self.legacy:
+                log.warning("peer speaks the legacy protocol: responses matched in order")
+            self._greeted = True
+            return
+        with self._state_lock:
+            if self.legacy or msg.get("id") is None:
+                fifo = self._legacy_fifo.get(msg.get("command") or "")
+                pending = fifo.popleft() if fifo else None
+            else:
+                pending = self._pending.pop(msg["id"], None)
+        if pending is None:
+            self.counters.unmatched += 1
+            return
+        if pending.abandoned:
+            self.counters.late += 1
+            return
+        if msg.get("status") != "success":
+            self.counters.rejected += 1
+            pending.resolve(CommandRejected(msg))
+            return
+        self.counters.acked += 1
+        ack = Ack(
+            id=pending.id,
+            command=pending.command,
+            sent_ns=pending.sent_ns,
+            acked_ns=acked_ns,
+            frame=msg.get("frame"),
+            recv_ns=msg.get("recv_ns"),
+            apply_ns=msg.get("apply_ns"),
+            count=msg.get("count", 1),
+            data=msg.get("data"),
+        )
+        pending.resolve(ack)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _ensure_connected(self) -> socket.socket:
+        sock = self._sock
+        if sock is None:
+            if not self.auto_reconnect:
+                raise BridgeDisconnected(None, None, "not connected")
+            self.counters.reconnects += 1
+            self.connect()
+            sock = self._sock
+            if sock is None:
+                raise BridgeDisconnected(None, None, "connection lost while connecting")
+        return sock
+
+    def _write(self, sock: socket.socket, payload: bytes, pending: PendingRequest | None) -> None:
+        try:
+            with self._send_lock:
+                if pending is not None:
+                    pending.sent_ns = time.perf_counter_ns()
+                sock.sendall(payload)
+        except OSError as exc:
+            self._drop(sock, f"send failed: {exc}")
+
+    def send(self, command: str, data: dict | None = None) -> None:
+        """Fire-and-forget, as the original bridge did: no id, no wait (its response is dropped)."""
+        sock = self._ensure_connected()
+        placeholder = PendingRequest(None, command)
+        placeholder.abandoned = True
+        with self._state_lock:
+            self._legacy_fifo.setdefault(command, collections.deque()).append(placeholder)
+        self.counters.sent += 1
+        self._write(sock, encode_request(command, data), None)
+        # nobody waits for these responses: read what is there so the peer never blocks on us
+        if self._read_lock.acquire(blocking=False):
+            try:
+                if self._sock is sock:
+                    self._read_some(sock, 0.0)
+            finally:
+                self._read_lock.release()
+
+    def submit(self, command: str, data: dict | None = None) -> PendingRequest:
+        """Put one request on the wire and return at once; pass it to ``wait``."""
+        sock = self._ensure_connected()
+        with self._state_lock:
+            if self._sock is not sock:
+                raise BridgeDisconnected(command, None, "connection lost before sending")
+            if self.legacy:
+                pending = PendingRequest(None, command)
+                self._legacy_fifo.setdefault(command, collections.deque()).append(pending)
+                payload = encode_request(command, data)
+            else:
+                pending = PendingRequest(next(self._ids), command)
+                self._pending[pending.id] = pending
+                payload = encode_request(command, data, pending.id)
+        self.counters.sent += 1
+        self._write(sock, payload, pending)
+        return pending
+
+    def wait(self, pending: PendingRequest, timeout_s: float | None = None) -> Ack:
+        """The outcome of a submitted request: its Ack, or the BridgeError it ended with."""
+        timeout_s = self.request_timeout_s if timeout_s is None else timeout_s
+        self._await(pending, timeout_s)
+        with self._state_lock:
+            if pending.outcome is None:
+                pending.abandoned = True  # a late response is counted, never delivered
+                self._pending.pop(pending.id, None)
+                self.counters.timed_out += 1
+                pending.outcome = BridgeTimeout(pending.command, pending.id, timeout_s)
+        return pending.result()
+
+    def request(
+        self, command: str, data: dict | None = None, timeout_s: float | None = None
+    ) -> Ack:
+        """Send one command and wait for its completion ack."""
+        return self.wait(self.submit(command, data), timeout_s)
+
+    def send_batch(self, commands: Iterable[Command], timeout_s: float | None = None) -> Ack:
+        """Send commands as one ``batch``: the peer applies them all in one frame."""
+        return self.request("batch", {"commands": [_as_wire(c) for c in commands]}, timeout_s)
+
+    def pipeline(
+        self, commands: Sequence[Command], window: int = 16, timeout_s: float | None = None
+    ) -> list[Ack | BridgeError]:
+        """Send with at most ``window`` requests in flight; one outcome per command, in order.
+
+        ``timeout_s`` bounds the wait for each request once it is the oldest in flight.
+        """
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        out: list[Ack | BridgeError] = []
+        in_flight: collections.deque[PendingRequest] = collections.deque()
+
+        def settle_oldest() -> None:
+            try:
+                out.append(self.wait(in_flight.popleft(), timeout_s))
+            except BridgeError as exc:
+                out.append(exc)
+
+        for command in commands:
+            wire = _as_wire(command)
+            while len(in_flight) >= window:
+                settle_oldest()
+            try:
+                in_flight.append(self.submit(wire["command"], wire["data"]))
+            except BridgeError as exc:
+                while in_flight:
+                    settle_oldest()
+                out.append(exc)
+        while in_flight:
+            settle_oldest()
+        return out
+
+    def stats(self, timeout_s: float | None = None) -> dict:
+        """The peer's counters and avatar state (a mateperf peer only)."""
+        if self.legacy:
+            raise BridgeError("a legacy peer has no stats command")
+        ack = self.request("stats", None, timeout_s)
+        self.counters.sent -= 1
+        self.counters.acked -= 1
+        return ack.data or {}

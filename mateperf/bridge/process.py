@@ -1,0 +1,188 @@
+"""Run a bridge peer (Python or the C# core under Mono) or the raw floor in its own process.
+
+Every peer program speaks the same small contract on stdio: it prints
+``{"event": "listening", "port": N}`` when ready, stops when its stdin closes, and then prints
+``{"event": "stopped", "counters": {...}}``. That lets the benchmarks and tests treat a Unity
+stand-in as a black box, exactly as the Python side treats Unity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mateperf.bridge.protocol import DEFAULT_HOST, MAX_LINE_BYTES
+
+PEER_KINDS = ("python", "csharp")
+UNITY_DIR = Path(__file__).resolve().parents[2] / "unity"
+NEWTONSOFT_CANDIDATES = (
+    "/usr/lib/cli/Newtonsoft.Json-5.0/Newtonsoft.Json.dll",
+    "/usr/lib/mono/gac/Newtonsoft.Json/6.0.0.0__b9a188c8922137c6/Newtonsoft.Json.dll",
+)
+
+
+class PeerStartError(RuntimeError):
+    """A peer process did not come up; ``output`` holds what it printed."""
+
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(f"{message}\n{output}".rstrip())
+        self.output = output
+
+
+@dataclass
+class PeerProcess:
+    kind: str
+    proc: subprocess.Popen
+    port: int
+    host: str = DEFAULT_HOST
+    _lines: queue.Queue = field(default_factory=queue.Queue, repr=False)
+
+    def stop(self, timeout_s: float = 10.0) -> dict:
+        """Stop gracefully; return the peer's final counters (empty if it died)."""
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        counters: dict = {}
+        try:
+            while True:
+                line = self._lines.get(timeout=timeout_s)
+                if line is None:
+                    break
+                msg = _parse(line)
+                if msg.get("event") == "stopped":
+                    counters = msg.get("counters", {})
+                    break
+        except queue.Empty:
+            pass
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return counters
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> PeerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop(timeout_s=5.0)
+        self.kill()
+
+
+def _parse(line: str) -> dict:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return {}
+    return msg if isinstance(msg, dict) else {}
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        lines.put(line)
+    lines.put(None)
+
+
+def find_newtonsoft() -> Path:
+    for candidate in NEWTONSOFT_CANDIDATES:
+        if Path(candidate).exists():
+            return Path(candidate)
+    raise FileNotFoundError(
+        "Newtonsoft.Json.dll not found: apt-get install libnewtonsoft-json-cil-dev"
+    )
+
+
+def build_csharp_peer(out_dir: Path | None = None) -> Path:
+    """Compile the C# core and headless host with mcs; return the .exe (rebuilt when stale)."""
+    mcs = shutil.which("mcs")
+    if mcs is None or shutil.which("mono") is None:
+        raise FileNotFoundError("mono and mcs are required: apt-get install mono-mcs")
+    out_dir = Path(out_dir or UNITY_DIR / "build")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = sorted((UNITY_DIR / "Core").glob("*.cs")) + sorted((UNITY_DIR / "Host").glob("*.cs"))
+    exe = out_dir / "MatePeer.exe"
+    if exe.exists() and exe.stat().st_mtime >= max(s.stat().st_mtime for s in sources):
+        return exe
+    newtonsoft = find_newtonsoft()
+    tmp = out_dir / f"MatePeer.{os.getpid()}.exe"
+    cmd = [mcs, "-optimize+", "-nologo", f"-r:{newtonsoft}", f"-out:{tmp}", *map(str, sources)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PeerStartError("mcs failed to compile the C# peer", result.stdout + result.stderr)
+    shutil.copy2(newtonsoft, out_dir / "Newtonsoft.Json.dll")
+    os.replace(tmp, exe)
+    return exe
+
+
+def _spawn(cmd: list[str], kind: str, host: str, startup_timeout_s: float) -> PeerProcess:
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        while True:
+            line = lines.get(timeout=startup_timeout_s)
+            if line is None:
+                raise PeerStartError(f"{kind} peer exited with {proc.wait()}", "".join(seen))
+            seen.append(line)
+            msg = _parse(line)
+            if msg.get("event") == "listening":
+                return PeerProcess(kind, proc, int(msg["port"]), host, lines)
+    except queue.Empty:
+        proc.kill()
+        proc.wait()
+        raise PeerStartError(
+            f"{kind} peer not listening after {startup_timeout_s} s", "".join(seen)
+        ) from None
+
+
+def start_peer(
+    kind: str = "python",
+    fps: float = 60.0,
+    legacy: bool = False,
+    host: str = DEFAULT_HOST,
+    port: int = 0,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    startup_timeout_s: float = 20.0,
+) -> PeerProcess:
+    """Start a peer in its own process and wait until it listens."""
+    args = ["--host", host, "--port", str(port), "--fps", str(fps)]
+    args += ["--max-line-bytes", str(max_line_bytes)] + (["--legacy"] if legacy else [])
+    if kind == "python":
+        cmd = [sys.executable, "-m", "mateperf.bridge.peer", *args]
+    elif kind == "csharp":
+        cmd = ["mono", "--gc=sgen", str(build_csharp_peer()), *args]
+    else:
+        raise ValueError(f"peer must be one of {PEER_KINDS}, got {kind!r}")
+    return _spawn(cmd, kind, host, startup_timeout_s)
+
+
+def start_floor(
+    host: str = DEFAULT_HOST, reply_max_bytes: int = 256, startup_timeout_s: float = 20.0
+) -> PeerProcess:
+    """Start the raw ping-pong server (no JSON, no queue) in its own process."""
+    cmd = [sys.executable, "-m", "mateperf.bridge.floor", "--host", host]
+    cmd += ["--reply-max-bytes", str(reply_max_bytes)]
+    return _spawn(cmd, "floor", host, startup_timeout_s)
