@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import select
 import socket
 import threading
@@ -68,7 +69,7 @@ class CommandRejected(BridgeError):
         self.response = response
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ack:
     """A completion ack. Times are CLOCK_MONOTONIC ns; peer times are None for a legacy peer."""
 
@@ -155,6 +156,7 @@ class UnityBridge:
 
     def __post_init__(self) -> None:
         self._sock: socket.socket | None = None
+        self._poller = select.poll()
         self._lines = LineBuffer(self.max_line_bytes)
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -185,6 +187,8 @@ class UnityBridge:
             with self._read_lock:
                 self._greeted = False
                 self._lines = LineBuffer(self.max_line_bytes)
+                self._poller = select.poll()
+                self._poller.register(sock, select.POLLIN)
                 with self._state_lock:
                     self._sock = sock
                 deadline = time.monotonic() + self.connect_timeout_s
@@ -241,8 +245,7 @@ class UnityBridge:
     def _read_some(self, sock: socket.socket, timeout_s: float) -> None:
         """Read what arrives within ``timeout_s`` and dispatch it (caller holds the read lock)."""
         try:
-            ready, _, _ = select.select([sock], [], [], max(0.0, timeout_s))
-            if not ready:
+            if not self._poller.poll(max(0, math.ceil(timeout_s * 1000))):
                 return
             chunk = sock.recv(1 << 16)
         except (OSError, ValueError) as exc:
@@ -333,11 +336,12 @@ class UnityBridge:
                 raise BridgeDisconnected(None, None, "connection lost while connecting")
         return sock
 
-    def _write(self, sock: socket.socket, payload: bytes, pending: PendingRequest | None) -> None:
+    def _write(self, sock: socket.socket, payload: bytes, pending: list[PendingRequest]) -> None:
         try:
             with self._send_lock:
-                if pending is not None:
-                    pending.sent_ns = time.perf_counter_ns()
+                sent_ns = time.perf_counter_ns()
+                for p in pending:
+                    p.sent_ns = sent_ns
                 sock.sendall(payload)
         except OSError as exc:
             self._drop(sock, f"send failed: {exc}")
@@ -350,7 +354,7 @@ class UnityBridge:
         with self._state_lock:
             self._legacy_fifo.setdefault(command, collections.deque()).append(placeholder)
         self.counters.sent += 1
-        self._write(sock, encode_request(command, data), None)
+        self._write(sock, encode_request(command, data), [])
         # nobody waits for these responses: read what is there so the peer never blocks on us
         if self._read_lock.acquire(blocking=False):
             try:
@@ -361,21 +365,32 @@ class UnityBridge:
 
     def submit(self, command: str, data: dict | None = None) -> PendingRequest:
         """Put one request on the wire and return at once; pass it to ``wait``."""
+        return self.submit_many([(command, data or {})])[0]
+
+    def submit_many(self, commands: Sequence[Command]) -> list[PendingRequest]:
+        """Put several requests on the wire in one write (each keeps its own id and ack)."""
         sock = self._ensure_connected()
+        wires = [_as_wire(c) for c in commands]
+        out: list[PendingRequest] = []
+        payload = []
         with self._state_lock:
             if self._sock is not sock:
-                raise BridgeDisconnected(command, None, "connection lost before sending")
-            if self.legacy:
-                pending = PendingRequest(None, command)
-                self._legacy_fifo.setdefault(command, collections.deque()).append(pending)
-                payload = encode_request(command, data)
-            else:
-                pending = PendingRequest(next(self._ids), command)
-                self._pending[pending.id] = pending
-                payload = encode_request(command, data, pending.id)
-        self.counters.sent += 1
-        self._write(sock, payload, pending)
-        return pending
+                reason = "connection lost before sending"
+                raise BridgeDisconnected(wires[0]["command"], None, reason)
+            for wire in wires:
+                command, data = wire["command"], wire["data"]
+                if self.legacy:
+                    pending = PendingRequest(None, command)
+                    self._legacy_fifo.setdefault(command, collections.deque()).append(pending)
+                    payload.append(encode_request(command, data))
+                else:
+                    pending = PendingRequest(next(self._ids), command)
+                    self._pending[pending.id] = pending
+                    payload.append(encode_request(command, data, pending.id))
+                out.append(pending)
+        self.counters.sent += len(out)
+        self._write(sock, b"".join(payload), out)
+        return out
 
     def wait(self, pending: PendingRequest, timeout_s: float | None = None) -> Ack:
         """The outcome of a submitted request: its Ack, or the BridgeError it ended with."""
@@ -417,18 +432,23 @@ class UnityBridge:
             except BridgeError as exc:
                 out.append(exc)
 
-        for command in commands:
-            wire = _as_wire(command)
-            while len(in_flight) >= window:
-                settle_oldest()
-            try:
-                in_flight.append(self.submit(wire["command"], wire["data"]))
-            except BridgeError as exc:
-                while in_flight:
-                    settle_oldest()
-                out.append(exc)
-        while in_flight:
+        i = 0
+        while i < len(commands) or in_flight:
+            free = window - len(in_flight)
+            if free > 0 and i < len(commands):
+                # refill every free slot in one write: fewer syscalls, same window
+                chunk = commands[i : i + free]
+                i += len(chunk)
+                try:
+                    in_flight.extend(self.submit_many(chunk))
+                except BridgeError as exc:
+                    while in_flight:
+                        settle_oldest()
+                    out.extend([exc] * len(chunk))
+                    continue
             settle_oldest()
+            while in_flight and in_flight[0].done:
+                settle_oldest()
         return out
 
     def stats(self, timeout_s: float | None = None) -> dict:

@@ -122,10 +122,15 @@ class FloorClient:
         reader = threading.Thread(target=receive, daemon=True)
         t0 = time.perf_counter_ns()
         reader.start()
-        for _ in range(count):
-            if not slots.acquire(timeout=self.sock.gettimeout() or 5.0) or errors:
+        sent = 0
+        while sent < count and not errors:
+            if not slots.acquire(timeout=self.sock.gettimeout() or 5.0):
                 break
-            self.sock.sendall(line)
+            k = 1  # refill every free slot in one write, as UnityBridge.pipeline does
+            while sent + k < count and slots.acquire(blocking=False):
+                k += 1
+            self.sock.sendall(line * k)
+            sent += k
         reader.join(timeout=30.0)
         elapsed = time.perf_counter_ns() - t0
         if errors or reader.is_alive():
