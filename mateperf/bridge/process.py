@@ -129,6 +129,17 @@ def build_csharp_peer(out_dir: Path | None = None) -> Path:
     return exe
 
 
+_session_exe: dict[str, Path] = {}
+
+
+def use_fresh_csharp_build(out_dir: Path) -> Path:
+    """Compile into ``out_dir`` once per process and make start_peer("csharp") use that build."""
+    if "exe" not in _session_exe:
+        _session_exe["exe"] = build_csharp_peer(out_dir)
+        os.environ["MATEPERF_CSHARP_PEER"] = str(_session_exe["exe"])
+    return _session_exe["exe"]
+
+
 def _spawn(cmd: list[str], kind: str, host: str, startup_timeout_s: float) -> PeerProcess:
     proc = subprocess.Popen(
         cmd,
@@ -173,7 +184,9 @@ def start_peer(
     if kind == "python":
         cmd = [sys.executable, "-m", "mateperf.bridge.peer", *args]
     elif kind == "csharp":
-        cmd = ["mono", "--gc=sgen", str(build_csharp_peer()), *args]
+        # MATEPERF_CSHARP_PEER: an already built MatePeer.exe (the tests build their own)
+        exe = os.environ.get("MATEPERF_CSHARP_PEER") or build_csharp_peer()
+        cmd = ["mono", "--gc=sgen", str(exe), *args]
     else:
         raise ValueError(f"peer must be one of {PEER_KINDS}, got {kind!r}")
     return _spawn(cmd, kind, host, startup_timeout_s)

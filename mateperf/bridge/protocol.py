@@ -93,6 +93,8 @@ def validate_command(command: Any, data: Any, *, inside_batch: bool = False) -> 
     spec = COMMANDS.get(command)
     if spec is None:
         raise ProtocolError(f"unknown command {command!r}")
+    if command == "batch" and inside_batch:
+        raise ProtocolError("batch: batches do not nest")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -107,8 +109,6 @@ def validate_command(command: Any, data: Any, *, inside_batch: bool = False) -> 
         if lo is not None and hi is not None and lo > hi:
             raise ProtocolError("set_auto_head_movement: min_interval is above max_interval")
     if command == "batch":
-        if inside_batch:
-            raise ProtocolError("batch: batches do not nest")
         subs = data["commands"]
         if not subs:
             raise ProtocolError("batch.commands: must not be empty")

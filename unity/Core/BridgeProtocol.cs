@@ -114,6 +114,7 @@ namespace MatePerf.Bridge
             string name = (string)command;
             FieldSpec[] spec;
             if (!Commands.TryGetValue(name, out spec)) throw new ProtocolException("unknown command '" + name + "'");
+            if (name == "batch" && insideBatch) throw new ProtocolException("batch: batches do not nest");
             if (data == null || data.Type == JTokenType.Null) data = new JObject();
             if (data.Type != JTokenType.Object)
                 throw new ProtocolException(name + ".data: expected object, got " + JsonTypeName(data));
@@ -133,7 +134,6 @@ namespace MatePerf.Bridge
             }
             if (name == "batch")
             {
-                if (insideBatch) throw new ProtocolException("batch: batches do not nest");
                 var subs = (JArray)obj["commands"];
                 if (subs.Count == 0) throw new ProtocolException("batch.commands: must not be empty");
                 if (subs.Count > MaxBatchCommands)

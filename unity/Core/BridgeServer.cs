@@ -109,6 +109,8 @@ namespace MatePerf.Bridge
 
         public void Start()
         {
+            // a restarted peer must rebind its port while old connections sit in TIME_WAIT
+            listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             listener.Start();
             Port = ((IPEndPoint)listener.LocalEndpoint).Port;
             new Thread(AcceptLoop) { IsBackground = true, Name = "bridge-accept" }.Start();
