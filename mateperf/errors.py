@@ -1,0 +1,24 @@
+"""Errors a caller can act on. Every BadInput becomes exit code 2 with its message as one line."""
+
+from __future__ import annotations
+
+
+class BadInput(ValueError):
+    """The user asked for something that cannot run: exit code 2, no traceback."""
+
+
+class ModelFileError(BadInput):
+    """The model path is missing, a directory, empty, truncated or not GGUF."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"model file {self.path}: {problem}")
+
+
+class ParameterError(BadInput):
+    """A parameter name, type or value that the phase cannot accept."""
+
+
+class PhaseError(BadInput):
+    """An unknown phase name."""

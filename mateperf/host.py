@@ -1,0 +1,192 @@
+"""Host fingerprint: what machine, build and code produced a number.
+
+Every run stores this in run.json, and every report prints it, because a figure means nothing
+without the CPU, thread budget, GPU and build it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+import mateperf
+
+REPO_ROOT = Path(mateperf.__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_affinity() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by the cgroup (quota / period), or None when unlimited or unknown."""
+    v2 = Path("/sys/fs/cgroup/cpu.max")
+    try:
+        if v2.exists():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1q = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        v1p = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        if v1q.exists():
+            quota = int(v1q.read_text())
+            return None if quota < 0 else quota / int(v1p.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may really use: affinity, capped by the cgroup quota."""
+    n = len(cpu_affinity())
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, int(quota)))
+    return n
+
+
+def gpus() -> dict:
+    """NVIDIA GPUs via NVML, or {"count": 0, "reason": why not}."""
+    try:
+        import pynvml
+    except ImportError as exc:
+        return {"count": 0, "devices": [], "reason": f"nvidia-ml-py not importable: {exc}"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"count": 0, "devices": [], "reason": f"NVML unavailable: {exc}"}
+    try:
+        devices = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            devices.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "memory_total_mb": mem.total / 2**20,
+                }
+            )
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = driver.decode() if isinstance(driver, bytes) else driver
+        return {"count": len(devices), "devices": devices, "driver": driver, "reason": ""}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def llama_info() -> dict:
+    info: dict = {"version": _version("llama_cpp_python"), "system_info": "", "gpu_offload": False}
+    try:
+        import llama_cpp
+
+        info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
+        info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception as exc:  # a broken build must still let `mateperf info` report it
+        info["system_info"] = f"unavailable: {exc}"
+    args_file = Path(sys.prefix) / "mateperf-llama-cmake-args.txt"
+    info["cmake_args"] = args_file.read_text().strip() if args_file.exists() else "unknown"
+    return info
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def fingerprint() -> dict:
+    vm = psutil.virtual_memory()
+    return {
+        "hostname": platform.node(),
+        "cpu_model": cpu_model(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "affinity": cpu_affinity(),
+        "cgroup_cpu_quota": cgroup_cpu_quota(),
+        "usable_cpus": usable_cpus(),
+        "ram_total_mb": round(vm.total / 2**20, 1),
+        "gpus": gpus(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "llama_cpp": llama_info(),
+        "versions": {
+            name: _version(name) for name in ("pandas", "numpy", "papermill", "nvidia-ml-py")
+        },
+        "mateperf": mateperf.__version__,
+        "git_commit": git_commit(),
+    }
+
+
+def same_host(a: dict, b: dict) -> list[str]:
+    """Fingerprint fields that differ in ways that make timings incomparable."""
+    keys = ("hostname", "cpu_model", "cores_logical", "usable_cpus", "ram_total_mb")
+    diffs = [k for k in keys if a.get(k) != b.get(k)]
+    if a.get("gpus", {}).get("devices") != b.get("gpus", {}).get("devices"):
+        diffs.append("gpus")
+    if a.get("llama_cpp", {}).get("system_info") != b.get("llama_cpp", {}).get("system_info"):
+        diffs.append("llama_cpp.system_info")
+    return diffs
+
+
+def format_fingerprint(fp: dict) -> str:
+    g = fp.get("gpus", {})
+    gpu_text = (
+        ", ".join(f"{d['name']} ({d['memory_total_mb']:.0f} MiB)" for d in g.get("devices", []))
+        if g.get("count")
+        else f"none ({g.get('reason', 'unknown')})"
+    )
+    quota = fp.get("cgroup_cpu_quota")
+    lines = [
+        f"CPU: {fp['cpu_model']}, {fp['cores_physical']} physical / {fp['cores_logical']} "
+        f"logical cores, affinity {fp['affinity']}, cgroup quota "
+        f"{'none' if quota is None else f'{quota:g} CPUs'}",
+        f"RAM: {fp['ram_total_mb'] / 1024:.1f} GiB",
+        f"GPU: {gpu_text}",
+        f"OS: {fp['os']}; Python {fp['python']}",
+        f"llama-cpp-python {fp['llama_cpp']['version']}, GPU offload "
+        f"{'yes' if fp['llama_cpp']['gpu_offload'] else 'no'}; build flags: "
+        f"{fp['llama_cpp'].get('cmake_args', 'unknown')}",
+        f"llama.cpp system info: {fp['llama_cpp']['system_info']}",
+        f"mateperf {fp['mateperf']}, git {fp['git_commit']}",
+    ]
+    return "\n".join(lines)

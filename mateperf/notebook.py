@@ -1,0 +1,67 @@
+"""What a phase notebook calls: open its run directory, save the tidy frame, show the results.
+
+Under `mateperf run`/`sweep` the CLI has created the run directory and passes it as `run_dir`;
+opened interactively (run_dir == ""), the notebook makes its own, so a JupyterLab session
+stores its results exactly like a headless run does.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mateperf import phases
+from mateperf.results import STATUS_OK, RunDir, tidy
+
+
+@dataclass
+class PhaseRun:
+    phase: str
+    run: RunDir
+    params: dict
+    interactive: bool
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def save(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Write <phase>.parquet, <phase>.md and plots/ into the run directory."""
+        table = tidy(df, self.run.run_id, self.phase, self.params)
+        self.run.write_frame(table, self.phase)
+        self.run.write_text(f"{self.phase}.md", self.markdown(table))
+        if self.interactive:
+            self.run.finish(STATUS_OK)
+        return table
+
+    def markdown(self, table: pd.DataFrame) -> str:
+        report = importlib.import_module(f"mateperf.reports.{self.phase}")
+        section = report.section(table, self.run.info, self.run.plots_dir, self.run.path)
+        from mateperf.report import run_header
+
+        return run_header(self.run.info) + "\n" + section
+
+    def show(self) -> None:
+        """Display the phase's markdown and its plots inline (notebook only)."""
+        from IPython.display import Image, Markdown, display
+
+        md_path = self.path / f"{self.phase}.md"
+        text = md_path.read_text() if md_path.exists() else "(nothing saved yet)"
+        display(Markdown("\n".join(ln for ln in text.splitlines() if not ln.startswith("![")))))
+        for png in sorted(self.run.plots_dir.glob(f"{self.phase}_*.png")):
+            display(Image(filename=str(png)))
+
+
+def open_phase(phase: str, run_dir: str, namespace: dict) -> PhaseRun:
+    """Collect the parameters cell's values from the notebook's namespace and open the run."""
+    schema = phases.parameters(phase)
+    schema.pop(phases.RUN_DIR_PARAM, None)
+    params = {name: namespace[name] for name in schema}
+    phases.validate(phase, params)
+    if run_dir:
+        return PhaseRun(phase, RunDir.open(Path(run_dir)), params, interactive=False)
+    run = RunDir.create(phase, params, kind="notebook", command=f"notebook {phase}")
+    return PhaseRun(phase, run, params, interactive=True)

@@ -1,0 +1,125 @@
+"""The phases, their notebooks, and their parameter schema.
+
+A phase's notebook is `notebooks/NN_<name>.ipynb`; its cell tagged `parameters` is the schema
+(names, and types from the default values) that `mateperf run` and `sweep` validate against,
+so the notebook and the CLI can never disagree about what a phase accepts.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+
+from mateperf.errors import ParameterError, PhaseError
+from mateperf.host import REPO_ROOT
+
+PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6}
+PHASES = tuple(PHASE_NUMBERS)
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+RUN_DIR_PARAM = "run_dir"
+
+
+def check_phase(phase: str) -> str:
+    if phase not in PHASE_NUMBERS:
+        raise PhaseError(f"unknown phase {phase!r} (phases: {', '.join(PHASES)})")
+    return phase
+
+
+def notebook_path(phase: str) -> Path | None:
+    check_phase(phase)
+    found = sorted(NOTEBOOK_DIR.glob(f"{PHASE_NUMBERS[phase]:02d}_*.ipynb"))
+    return found[0] if found else None
+
+
+def require_notebook(phase: str) -> Path:
+    path = notebook_path(phase)
+    if path is None:
+        raise PhaseError(f"phase {phase!r} is not built yet (no notebooks/0N_*.ipynb)")
+    return path
+
+
+def available_phases() -> list[str]:
+    return [p for p in PHASES if notebook_path(p) is not None]
+
+
+def module(phase: str) -> ModuleType:
+    return importlib.import_module(f"mateperf.phases.{check_phase(phase)}")
+
+
+def parameters(phase: str) -> dict:
+    """Name -> default of the notebook's `parameters` cell, in order (run_dir included)."""
+    nb = json.loads(require_notebook(phase).read_text())
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell["source"])
+            return _literal_assignments(source)
+    raise PhaseError(f"notebook of phase {phase!r} has no cell tagged 'parameters'")
+
+
+def _literal_assignments(source: str) -> dict:
+    params = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target = node.target
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            params[target.id] = ast.literal_eval(node.value)
+    return params
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce_value(name: str, raw, default):
+    """Cast raw (a CLI string or a numpy scalar from a grid) to the default's built-in type."""
+    kind = type(default)
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            low = text.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+    except ValueError:
+        raise ParameterError(
+            f"parameter {name}={text!r}: expected {kind.__name__} (default {default!r})"
+        ) from None
+    raise ParameterError(f"parameter {name}: unsupported type {kind.__name__} in the schema")
+
+
+def resolve_params(phase: str, overrides: dict) -> dict:
+    """Defaults from the notebook with overrides applied and cast; unknown names refused."""
+    schema = parameters(phase)
+    schema.pop(RUN_DIR_PARAM, None)
+    unknown = [k for k in overrides if k not in schema]
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter {unknown[0]!r} for phase {phase} (known: {', '.join(schema)})"
+        )
+    params = dict(schema)
+    for name, raw in overrides.items():
+        params[name] = coerce_value(name, raw, schema[name])
+    validate(phase, params)
+    return params
+
+
+def validate(phase: str, params: dict) -> None:
+    """The phase's own checks of impossible values, when it has any."""
+    check = getattr(module(phase), "validate", None)
+    if check is not None:
+        check(params)

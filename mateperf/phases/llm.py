@@ -1,0 +1,403 @@
+"""Phase 2 "llm": model load, first reply, cold-vs-warm cache, steady-state throughput.
+
+Scenarios (one tidy row per trial or repetition):
+- `first_reply`: every trial loads the model afresh; the warm arm runs the warm-up (the system
+  prompt plus a greeting, `warmup_tokens` generated) right after load, as the app's
+  load_model(warm_cache=True) does; then one real companion turn is streamed. Arms are
+  interleaved (cold, warm, cold, warm, ...) and each pair uses the same user turn, so drift
+  and prompt length cancel. The first pair is a warm-up of the process and disk cache and is
+  kept in the table but marked `discarded`.
+- `pp` / `tg`: throughput the way llama-bench measures it (random tokens, KV cache cleared
+  before each repetition, one warm-up repetition, then `bench_reps` repetitions, decode calls
+  with no sampling).
+- `membw`: memory-copy bandwidth with n_threads threads, measured in the same run, so the
+  generation rate can be shown against the bound bandwidth / bytes read per token.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+
+from mateperf import companion, model, stats
+from mateperf.errors import ParameterError
+
+SCENARIO_FIRST_REPLY = "first_reply"
+SCENARIO_PP = "pp"
+SCENARIO_TG = "tg"
+SCENARIO_MEMBW = "membw"
+COLD, WARM = "cold", "warm"
+
+FIRST_REPLY_METRICS = [
+    "load_s",
+    "warmup_ms",
+    "ttft_ms",
+    "e2e_ms",
+    "pp_tps",
+    "tg_tps",
+    "prompt_tokens",
+    "gen_tokens",
+]
+
+
+def validate(params: dict) -> None:
+    positive = ("trials", "max_tokens", "bench_reps", "n_ctx", "n_batch")
+    for name in positive:
+        if name in params and params[name] < 1:
+            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
+    for name in ("pp_tokens", "tg_tokens", "warmup_tokens", "membw_mb"):
+        if name in params and params[name] < 0:
+            raise ParameterError(f"parameter {name}={params[name]} must not be negative")
+    model.LlamaConfig(
+        model_path="-",
+        n_ctx=params.get("n_ctx", 2048),
+        n_batch=params.get("n_batch", 512),
+        n_threads=params.get("n_threads", 0),
+        n_threads_batch=params.get("n_threads_batch", 0),
+        n_gpu_layers=params.get("n_gpu_layers", 0),
+    )
+    if "model" in params:
+        model.resolve_model(params["model"] or None)
+
+
+def _progress(message: str) -> None:
+    print(f"[llm] {message}", file=sys.stderr, flush=True)
+
+
+def _perf(llm) -> dict:
+    import llama_cpp
+
+    data = llama_cpp.llama_perf_context(llm._ctx.ctx)
+    return {
+        "t_p_eval_ms": data.t_p_eval_ms,
+        "t_eval_ms": data.t_eval_ms,
+        "n_p_eval": data.n_p_eval,
+        "n_eval": data.n_eval,
+    }
+
+
+def _reset_perf(llm) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+
+
+def _rate(tokens: int, ms: float) -> float:
+    return tokens / (ms / 1e3) if tokens > 0 and ms > 0 else float("nan")
+
+
+def stream_reply(llm, messages: list[dict], max_tokens: int, seed: int) -> dict:
+    """Stream one chat reply; times to first content and to the end, and llama.cpp's counters.
+
+    Greedy decoding (temperature 0) so both arms of an A/B generate the same text.
+    """
+    _reset_perf(llm)
+    start = time.perf_counter_ns()
+    first = None
+    text = []
+    stream = llm.create_chat_completion(
+        messages=companion.prepare_messages(llm, messages),
+        max_tokens=max_tokens,
+        temperature=0.0,
+        seed=seed,
+        stream=True,
+    )
+    for chunk in stream:
+        delta = chunk["choices"][0]["delta"].get("content")
+        if delta:
+            if first is None:
+                first = time.perf_counter_ns()
+            text.append(delta)
+    end = time.perf_counter_ns()
+    perf = _perf(llm)
+    return {
+        "ttft_ms": (first - start) / 1e6 if first is not None else float("nan"),
+        "e2e_ms": (end - start) / 1e6,
+        "prompt_tokens": perf["n_p_eval"],
+        "gen_tokens": perf["n_eval"],
+        "pp_tps": _rate(perf["n_p_eval"], perf["t_p_eval_ms"]),
+        "tg_tps": _rate(perf["n_eval"], perf["t_eval_ms"]),
+        "reply_chars": len("".join(text)),
+    }
+
+
+def warm_up(llm, tokens: int, seed: int) -> float:
+    """The app's warm_cache step: a tiny generation on the system prompt; returns ms."""
+    start = time.perf_counter_ns()
+    llm.create_chat_completion(
+        messages=companion.prepare_messages(
+            llm, companion.chat_messages(companion.WARMUP_USER_TURN)
+        ),
+        max_tokens=tokens,
+        temperature=0.0,
+        seed=seed,
+    )
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def first_reply_trial(config: model.LlamaConfig, arm: str, user: str, p: dict) -> dict:
+    llm, load_s = model.load(config)
+    try:
+        warmup_ms = float("nan")
+        if arm == WARM:
+            warmup_ms = warm_up(llm, p["warmup_tokens"], config.seed)
+        row = stream_reply(llm, companion.chat_messages(user), p["max_tokens"], config.seed)
+    finally:
+        model.close(llm)
+    return {"load_s": load_s, "warmup_ms": warmup_ms, **row}
+
+
+# --- llama-bench style throughput -------------------------------------------------------------
+
+
+def _clear_kv(llm) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
+
+
+def _decode(llm, tokens: list[int]) -> None:
+    import llama_cpp
+
+    arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+    rc = llama_cpp.llama_decode(llm._ctx.ctx, llama_cpp.llama_batch_get_one(arr, len(tokens)))
+    if rc != 0:
+        raise RuntimeError(f"llama_decode returned {rc}")
+
+
+def bench_pp(llm, n_tokens: int, n_batch: int, rng: np.random.Generator) -> float:
+    """Prompt processing of n_tokens random tokens in n_batch chunks; returns seconds."""
+    import llama_cpp
+
+    n_vocab = llm.n_vocab()
+    tokens = [int(t) for t in rng.integers(0, n_vocab, n_tokens)]
+    tokens[0] = llm.token_bos()
+    _clear_kv(llm)
+    start = time.perf_counter_ns()
+    for i in range(0, n_tokens, n_batch):
+        _decode(llm, tokens[i : i + n_batch])
+    llama_cpp.llama_synchronize(llm._ctx.ctx)
+    return (time.perf_counter_ns() - start) / 1e9
+
+
+def bench_tg(llm, n_tokens: int, rng: np.random.Generator) -> float:
+    """Generation of n_tokens, one decode each, random next tokens; returns seconds."""
+    import llama_cpp
+
+    n_vocab = llm.n_vocab()
+    token = llm.token_bos()
+    _clear_kv(llm)
+    start = time.perf_counter_ns()
+    for _ in range(n_tokens):
+        _decode(llm, [token])
+        llama_cpp.llama_synchronize(llm._ctx.ctx)
+        token = int(rng.integers(0, n_vocab))
+    return (time.perf_counter_ns() - start) / 1e9
+
+
+def throughput_rows(config: model.LlamaConfig, p: dict) -> list[dict]:
+    llm, _ = model.load(config)
+    rng = np.random.default_rng(config.seed)
+    rows = []
+    try:
+        n_reps = p["bench_reps"]
+        for rep in range(-1, n_reps):  # rep -1 is llama-bench's warm-up run
+            if p["pp_tokens"]:
+                s = bench_pp(llm, p["pp_tokens"], config.n_batch, rng)
+                rows.append(_bench_row(SCENARIO_PP, rep, p["pp_tokens"], s, "pp_tps"))
+            if p["tg_tokens"]:
+                s = bench_tg(llm, p["tg_tokens"], rng)
+                rows.append(_bench_row(SCENARIO_TG, rep, p["tg_tokens"], s, "tg_tps"))
+            if rep >= 0:
+                last = rows[-1]
+                _progress(f"throughput rep {rep + 1}/{n_reps}: {last['scenario']} "
+                          f"{last.get('tg_tps', last.get('pp_tps')):.1f} tok/s")
+    finally:
+        model.close(llm)
+    return rows
+
+
+def _bench_row(scenario: str, rep: int, n_tokens: int, seconds: float, metric: str) -> dict:
+    return {
+        "scenario": scenario,
+        "trial": rep,
+        "discarded": rep < 0,
+        "bench_tokens": n_tokens,
+        "bench_s": seconds,
+        metric: n_tokens / seconds,
+    }
+
+
+# --- memory bandwidth ceiling -----------------------------------------------------------------
+
+
+def copy_bandwidth_gbps(total_mb: int, n_threads: int) -> float:
+    """Memory-copy bandwidth in GB/s (bytes read + written), n_threads copying at once.
+
+    ctypes.memmove releases the GIL, so the threads really copy in parallel, like the decode
+    threads stream weights. Each thread copies its own buffers, larger than the caches.
+    """
+    per_thread = max(1, total_mb // max(1, n_threads)) * 2**20
+    # Both buffers written once up front: a first-touch page fault inside the timed copy
+    # would measure the kernel, not the memory.
+    bufs = [(np.full(per_thread, 1, np.uint8), np.full(per_thread, 2, np.uint8))
+            for _ in range(n_threads)]
+    barrier = threading.Barrier(n_threads + 1)
+
+    def copy(src, dst):
+        barrier.wait()
+        ctypes.memmove(dst.ctypes.data, src.ctypes.data, per_thread)
+        barrier.wait()
+
+    threads = [threading.Thread(target=copy, args=b) for b in bufs]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter_ns()
+    barrier.wait()
+    seconds = (time.perf_counter_ns() - start) / 1e9
+    for t in threads:
+        t.join()
+    return 2 * per_thread * n_threads / seconds / 1e9
+
+
+def membw_rows(p: dict, n_threads: int) -> list[dict]:
+    rows = []
+    for rep in range(-1, p["bench_reps"]):
+        gbps = copy_bandwidth_gbps(p["membw_mb"], n_threads)
+        rows.append({"scenario": SCENARIO_MEMBW, "trial": rep, "discarded": rep < 0,
+                     "membw_gbps": gbps})
+    return rows
+
+
+# --- the phase --------------------------------------------------------------------------------
+
+
+def run(
+    model: str = "",  # noqa: A002 - the parameter name users type
+    n_threads: int = 0,
+    n_threads_batch: int = 0,
+    n_ctx: int = 2048,
+    n_batch: int = 512,
+    n_gpu_layers: int = 0,
+    flash_attn: bool = False,
+    trials: int = 5,
+    max_tokens: int = 48,
+    warmup_tokens: int = 2,
+    bench_reps: int = 5,
+    pp_tokens: int = 512,
+    tg_tokens: int = 128,
+    membw_mb: int = 512,
+    seed: int = 1234,
+) -> pd.DataFrame:
+    p = dict(locals())
+    validate(p)
+    from mateperf import model as model_mod
+
+    path = model_mod.resolve_model(model or None)
+    meta = model_mod.gguf_metadata(path)
+    config = model_mod.LlamaConfig(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_threads=n_threads,
+        n_threads_batch=n_threads_batch,
+        n_gpu_layers=n_gpu_layers,
+        flash_attn=flash_attn,
+        seed=seed,
+    )
+    rows: list[dict] = []
+
+    _progress(f"memory-copy bandwidth with {config.threads} threads")
+    if membw_mb:
+        rows += membw_rows(p, config.threads)
+
+    # Pair 0 warms the process and the page cache and is discarded; pairs 1..trials count.
+    total = 2 * (trials + 1)
+    done = 0
+    for pair in range(trials + 1):
+        user = companion.USER_TURNS[pair % len(companion.USER_TURNS)]
+        for arm in (COLD, WARM):
+            row = first_reply_trial(config, arm, user, p)
+            done += 1
+            rows.append(
+                {"scenario": SCENARIO_FIRST_REPLY, "arm": arm, "trial": pair - 1,
+                 "discarded": pair == 0, "user_turn": pair % len(companion.USER_TURNS), **row}
+            )
+            _progress(
+                f"first reply {done}/{total} {arm}: load {row['load_s']:.2f} s, "
+                f"ttft {row['ttft_ms']:.0f} ms, tg {row['tg_tps']:.1f} tok/s"
+            )
+
+    rows += throughput_rows(config, p)
+
+    df = pd.DataFrame(rows)
+    df["model_name"] = meta["name"]
+    df["model_file"] = path.name
+    df["model_tensor_bytes"] = meta["tensor_bytes"]
+    df["threads_used"] = config.threads
+    df["threads_batch_used"] = config.threads_batch
+    return df
+
+
+# --- summaries (compute only) -----------------------------------------------------------------
+
+
+def kept(df: pd.DataFrame) -> pd.DataFrame:
+    return df[~df["discarded"].astype(bool)]
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows per scenario/arm and metric (discarded warm-ups left out)."""
+    d = kept(df)
+    first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
+    parts = [stats.summary_table(first, ["scenario", "arm"], FIRST_REPLY_METRICS)]
+    for scenario, metric in ((SCENARIO_PP, "pp_tps"), (SCENARIO_TG, "tg_tps"),
+                             (SCENARIO_MEMBW, "membw_gbps")):
+        sub = d[d["scenario"] == scenario]
+        if len(sub):
+            table = stats.summary_table(sub, ["scenario"], [metric])
+            table.insert(1, "arm", "")
+            parts.append(table)
+    return pd.concat(parts, ignore_index=True)
+
+
+def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
+    """A/B of the warm arm against the cold one, per metric."""
+    d = kept(df)
+    first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
+    cold, warm = first[first["arm"] == COLD], first[first["arm"] == WARM]
+    rows = []
+    for metric, higher in (("ttft_ms", False), ("e2e_ms", False), ("load_s", False),
+                           ("pp_tps", True), ("tg_tps", True), ("prompt_tokens", False)):
+        r = stats.compare(cold[metric], warm[metric], higher_is_better=higher)
+        rows.append({"metric": metric, "cold_median": r.median_a, "warm_median": r.median_b,
+                     "ratio_warm_over_cold": r.ratio, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                     "p_value": r.p_value, "verdict": r.verdict, "n_cold": r.n_a,
+                     "n_warm": r.n_b})
+    return pd.DataFrame(rows)
+
+
+def bandwidth_bound(df: pd.DataFrame) -> dict:
+    """Generation tokens/s against bandwidth / bytes read per token (all weights, once)."""
+    d = kept(df)
+    bw = d.loc[d["scenario"] == SCENARIO_MEMBW, "membw_gbps"]
+    tg = d.loc[d["scenario"] == SCENARIO_TG, "tg_tps"]
+    if bw.empty or tg.empty:
+        return {}
+    bytes_per_token = float(d["model_tensor_bytes"].iloc[0])
+    bw_gbps = float(np.median(bw))
+    bound_tps = bw_gbps * 1e9 / bytes_per_token
+    tg_tps = float(np.median(tg))
+    return {
+        "membw_gbps": bw_gbps,
+        "bytes_per_token_mb": bytes_per_token / 1e6,
+        "bound_tps": bound_tps,
+        "tg_tps": tg_tps,
+        "fraction_of_bound": tg_tps / bound_tps,
+    }

@@ -1,0 +1,222 @@
+"""Run directories: where every measurement is stored and read back from.
+
+A run directory `results/<run_id>/` holds run.json (fingerprint, parameters, status), one tidy
+`<phase>.parquet`, `<phase>.md`, `plots/*.png` and the executed notebooks. Every write is
+atomic (temp file in the same directory, fsync, rename) so a killed run never leaves a
+half-written file that a later report would read, and a new run directory is created with an
+exclusive mkdir so two runs can never share (and overwrite) one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mateperf import host
+
+RUN_JSON = "run.json"
+STATUS_RUNNING = "running"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+def default_root() -> Path:
+    """$MATEPERF_RESULTS, else results/ in the repository."""
+    env = os.environ.get("MATEPERF_RESULTS")
+    return Path(env).resolve() if env else host.REPO_ROOT / "results"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_run_id(phase: str, kind: str = "run") -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    suffix = "" if kind == "run" else f"-{kind}"
+    return f"{stamp}-{phase}{suffix}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class RunDir:
+    path: Path
+    info: dict = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.info.get("run_id", self.path.name)
+
+    @property
+    def phase(self) -> str:
+        return self.info.get("phase", "")
+
+    @classmethod
+    def create(
+        cls,
+        phase: str,
+        params: dict,
+        root: Path | None = None,
+        kind: str = "run",
+        command: str = "",
+        extra: dict | None = None,
+    ) -> RunDir:
+        """Make a fresh run directory; never reuses an existing one."""
+        root = Path(root) if root else default_root()
+        root.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            run_id = new_run_id(phase, kind)
+            path = root / run_id
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 20 collisions of a random suffix
+            raise RuntimeError(f"could not create a new run directory under {root}")
+        info = {
+            "run_id": run_id,
+            "phase": phase,
+            "kind": kind,
+            "params": params,
+            "command": command,
+            "fingerprint": host.fingerprint(),
+            "started_at": utc_now(),
+            "ended_at": None,
+            "status": STATUS_RUNNING,
+            "error": None,
+            **(extra or {}),
+        }
+        run = cls(path, info)
+        run.save_info()
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        path = Path(path)
+        info_path = path / RUN_JSON
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{path} is not a run directory (no {RUN_JSON})")
+        return cls(path, json.loads(info_path.read_text()))
+
+    def save_info(self) -> None:
+        atomic_write_json(self.path / RUN_JSON, self.info)
+
+    def update(self, **fields) -> None:
+        self.info.update(fields)
+        self.save_info()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.update(status=status, error=error, ended_at=utc_now())
+
+    def frame_path(self, phase: str | None = None) -> Path:
+        return self.path / f"{phase or self.phase}.parquet"
+
+    def write_frame(self, df: pd.DataFrame, phase: str | None = None) -> Path:
+        path = self.frame_path(phase)
+        atomic_write_parquet(path, df)
+        return path
+
+    def read_frame(self, phase: str | None = None) -> pd.DataFrame:
+        return pd.read_parquet(self.frame_path(phase))
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        atomic_write_text(path, text)
+        return path
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+
+def tidy(df: pd.DataFrame, run_id: str, phase: str, params: dict) -> pd.DataFrame:
+    """Add run_id, phase and every parameter as a column (the row carries its context)."""
+    out = df.copy()
+    for name, value in params.items():
+        if name not in out.columns:
+            out[name] = value if not isinstance(value, list | dict) else json.dumps(value)
+    out["run_id"] = run_id
+    out["phase"] = phase
+    front = [c for c in ("run_id", "phase", "scenario", "trial") if c in out.columns]
+    return out[front + [c for c in out.columns if c not in front]]
+
+
+def list_runs(root: Path | None = None, phase: str | None = None) -> list[RunDir]:
+    """Every run directory under root, oldest first."""
+    root = Path(root) if root else default_root()
+    runs = []
+    if not root.is_dir():
+        return runs
+    for info_path in root.glob(f"*/{RUN_JSON}"):
+        try:
+            run = RunDir.open(info_path.parent)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if phase is None or run.phase == phase:
+            runs.append(run)
+    return sorted(runs, key=lambda r: (r.info.get("started_at") or "", r.run_id))
+
+
+def latest_run(phase: str, root: Path | None = None) -> RunDir | None:
+    """The newest finished run of a phase that has its parquet."""
+    done = [
+        r
+        for r in list_runs(root, phase)
+        if r.info.get("status") == STATUS_OK and r.frame_path().is_file()
+    ]
+    return done[-1] if done else None
+
+
+def load_run(path: Path, phase: str | None = None) -> pd.DataFrame:
+    run = RunDir.open(path)
+    return run.read_frame(phase)
+
+
+def load_runs(paths: list[Path], phase: str | None = None) -> pd.DataFrame:
+    """Concatenate the tidy frames of several runs (columns union, run_id tells them apart)."""
+    frames = [load_run(p, phase) for p in paths]
+    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
