@@ -1,0 +1,1 @@
+"""Instruments: they measure and know nothing about scenarios or reports."""

@@ -1,0 +1,367 @@
+"""Memory sampler: this process's RSS, USS and NVIDIA VRAM over time, from a background thread.
+
+An instrument only: it knows nothing about scenarios. Wrap it around any work::
+
+    with MemorySampler(interval_ms=20) as sampler:
+        sampler.mark("model loaded")
+        ...
+    df = sampler.frame()          # one row per sample and per marker
+
+Why these sources:
+- RSS (and its file-backed / anonymous split) comes from /proc/self/statm, one small read, so it
+  can be taken every ~20 ms without disturbing the work. `shared` in statm is RssFile + RssShmem:
+  the resident pages of mapped files, which for llama.cpp is mostly the mmap'd model.
+- USS (private pages) needs the page-level walk of /proc/self/smaps_rollup, which costs far more
+  in a process with a large mapping, so it is taken less often (`uss_interval_ms`) and at every
+  marker. Note that file pages mapped only by this process count as private, so USS includes the
+  touched part of the mmap'd model; the anonymous figure is the one that excludes it.
+- VRAM via NVML: device-wide used memory and, where the driver reports it, this process's own use.
+  Without NVML the sampler still runs and says why in `gpu_status` ("no GPU: ...").
+
+Units: MB here means MiB (2**20 bytes), as psutil and nvidia-smi count.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+
+MB = float(1 << 20)
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+SAMPLE_COLUMNS = [
+    "record",
+    "label",
+    "t_s",
+    "rss_mb",
+    "rss_anon_mb",
+    "rss_file_mb",
+    "uss_mb",
+    "vram_device_used_mb",
+    "vram_process_mb",
+]
+
+
+def read_rss() -> tuple[float, float, float]:
+    """(rss_mb, rss_anon_mb, rss_file_mb) of this process; cheap enough for every sample."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            fields = fh.read().split()
+        resident, shared = int(fields[1]), int(fields[2])
+        rss = resident * PAGE_SIZE / MB
+        file_backed = shared * PAGE_SIZE / MB
+        return rss, rss - file_backed, file_backed
+    except OSError:  # not Linux: psutil's rss/shared where it has them
+        import psutil
+
+        info = psutil.Process().memory_info()
+        shared = getattr(info, "shared", float("nan"))
+        return info.rss / MB, (info.rss - shared) / MB, shared / MB
+
+
+def read_smaps_rollup() -> dict[str, float]:
+    """The kB fields of /proc/self/smaps_rollup in MB (empty dict where the file is absent)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/smaps_rollup", "rb") as fh:
+            for line in fh.read().decode("ascii", "replace").splitlines()[1:]:
+                name, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[-1] == "kB":
+                    out[name.strip()] = int(parts[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def read_uss() -> float:
+    """Unique set size in MB: Private_Clean + Private_Dirty (+ private huge pages)."""
+    rollup = read_smaps_rollup()
+    if rollup:
+        return (
+            rollup.get("Private_Clean", 0.0)
+            + rollup.get("Private_Dirty", 0.0)
+            + rollup.get("Private_Hugetlb", 0.0)
+        )
+    import psutil  # slower: walks the full smaps
+
+    return psutil.Process().memory_full_info().uss / MB
+
+
+def mapped_file_rss_mb(path: str | os.PathLike) -> float:
+    """Resident MB of this process's mappings of one file (e.g. the mmap'd model); 0 if unmapped.
+
+    Walks /proc/self/smaps, which is costly; call it at checkpoints, not in a sampling loop.
+    """
+    target = os.path.realpath(os.fspath(path))
+    total_kb = 0
+    current = None
+    try:
+        with open("/proc/self/smaps", "rb") as fh:
+            for raw in fh:
+                line = raw.decode("utf-8", "replace")
+                head = line.split(None, 5)
+                # A mapping header starts with "start-end perms ..." ; field lines with "Name:".
+                if head and "-" in head[0] and not head[0].endswith(":"):
+                    current = head[5].strip() if len(head) > 5 else ""
+                elif current == target and line.startswith("Rss:"):
+                    total_kb += int(line.split()[1])
+    except OSError:
+        return float("nan")
+    return total_kb / 1024.0
+
+
+class GpuReader:
+    """NVML reads: device-used MB and this process's MB. `status` says why when there is none."""
+
+    def __init__(self, enabled: bool = True, device_index: int = 0):
+        self.available = False
+        self.status = ""
+        self._pid = os.getpid()
+        self._handle = None
+        self._nvml = None
+        if not enabled:
+            self.status = "no GPU: VRAM sampling disabled by the caller"
+            return
+        try:
+            import pynvml
+        except ImportError as exc:
+            self.status = f"no GPU: nvidia-ml-py (pynvml) not importable: {exc}"
+            return
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            if count <= device_index:
+                self.status = f"no GPU: NVML reports {count} device(s), index {device_index} absent"
+                return
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            name = pynvml.nvmlDeviceGetName(self._handle)
+        except pynvml.NVMLError as exc:
+            self.status = f"no GPU: NVML unavailable: {exc}"
+            return
+        self._nvml = pynvml
+        self.available = True
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        self.status = f"GPU {device_index}: {name}"
+
+    def read(self) -> tuple[float, float]:
+        """(device_used_mb, process_mb); NaN where unknown (no GPU, or the driver hides it)."""
+        nan = float("nan")
+        if not self.available:
+            return nan, nan
+        nvml = self._nvml
+        try:
+            used = nvml.nvmlDeviceGetMemoryInfo(self._handle).used / MB
+        except nvml.NVMLError:
+            return nan, nan
+        # Not listed = no CUDA context = 0 MB. Listed with usedGpuMemory None = the driver hides
+        # it (WDDM) = unknown. Inside a container NVML reports host PIDs, so this reads 0 there.
+        process = 0.0
+        try:
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+                if proc.pid == self._pid:
+                    if proc.usedGpuMemory is None:
+                        return used, nan
+                    process += proc.usedGpuMemory / MB
+        except nvml.NVMLError:
+            process = nan
+        return used, process
+
+
+_NUMERIC = SAMPLE_COLUMNS[2:]  # t_s .. vram_process_mb
+
+
+class MemorySampler:
+    """Background sampling of this process's memory; markers for events; a DataFrame out.
+
+    interval_ms: RSS/VRAM period (default 20 ms). uss_interval_ms: USS period (default 200 ms,
+    0 = never in the background; markers always read it). `start()` after `stop()` resumes
+    sampling into the same record with the same time origin, so a stopped interval is a gap.
+
+    The samples go into preallocated numpy blocks that are written through once when allocated:
+    storing them in Python objects, or in pages first touched as they fill, would make the
+    instrument's own memory grow steadily (about 10-30 KB per second at 20 ms) and show up as a
+    slope in exactly the figure a leak test reads. A block holds `block_samples` samples (22
+    minutes at 20 ms); a new one is a single step, not a slope.
+    """
+
+    def __init__(
+        self,
+        interval_ms: float = 20.0,
+        uss_interval_ms: float = 200.0,
+        gpu: bool = True,
+        gpu_index: int = 0,
+        block_samples: int = 65536,
+    ):
+        if not interval_ms > 0:
+            raise ValueError(f"interval_ms={interval_ms} must be positive")
+        if uss_interval_ms < 0:
+            raise ValueError(f"uss_interval_ms={uss_interval_ms} must be 0 (off) or positive")
+        self.interval_ms = float(interval_ms)
+        self.uss_interval_ms = float(uss_interval_ms)
+        self.gpu = GpuReader(enabled=gpu, device_index=gpu_index)
+        self._block_samples = int(block_samples)
+        self._blocks: list[np.ndarray] = [self._new_block()]
+        self._n_in_block = 0
+        self._markers: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0_ns: int | None = None
+        self._starts = 0
+
+    def _new_block(self) -> np.ndarray:
+        return np.full((self._block_samples, len(_NUMERIC)), np.nan)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def gpu_status(self) -> str:
+        return self.gpu.status
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def starts(self) -> int:
+        return self._starts
+
+    def start(self) -> MemorySampler:
+        if self.running:
+            return self
+        if self._t0_ns is None:
+            self._t0_ns = time.perf_counter_ns()
+        self._starts += 1
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"memory-sampler-{self._starts}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> MemorySampler:
+        thread = self._thread
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+            self._thread = None
+        return self
+
+    def __enter__(self) -> MemorySampler:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- reading -----------------------------------------------------------------------------
+    def _now_s(self) -> float:
+        if self._t0_ns is None:
+            self._t0_ns = time.perf_counter_ns()
+        return (time.perf_counter_ns() - self._t0_ns) / 1e9
+
+    def _read(self, with_uss: bool) -> tuple[float, ...]:
+        t_s = self._now_s()
+        rss, anon, file_backed = read_rss()
+        uss = read_uss() if with_uss else float("nan")
+        used, process = self.gpu.read()
+        return (t_s, rss, anon, file_backed, uss, used, process)
+
+    def _store(self, values: tuple[float, ...]) -> None:
+        with self._lock:
+            if self._n_in_block == self._block_samples:
+                self._blocks.append(self._new_block())
+                self._n_in_block = 0
+            self._blocks[-1][self._n_in_block] = values
+            self._n_in_block += 1
+
+    def _loop(self) -> None:
+        interval_ns = int(self.interval_ms * 1e6)
+        uss_ns = int(self.uss_interval_ms * 1e6)
+        next_ns = time.perf_counter_ns()
+        next_uss_ns = next_ns
+        while not self._stop.is_set():
+            now = time.perf_counter_ns()
+            with_uss = uss_ns > 0 and now >= next_uss_ns
+            self._store(self._read(with_uss))
+            if with_uss:
+                next_uss_ns = now + uss_ns
+            # Fixed schedule (not sleep(interval) after the work) so the period does not drift;
+            # after a stall the missed ticks are skipped rather than sampled in a burst.
+            next_ns += interval_ns
+            now = time.perf_counter_ns()
+            if next_ns < now:
+                next_ns = now + interval_ns - (now - next_ns) % interval_ns
+            self._stop.wait((next_ns - now) / 1e9)
+
+    def mark(self, label: str, **extra) -> dict:
+        """Record an event with a full reading (RSS, USS, VRAM) taken now; returns that reading.
+
+        `extra` values (message number, token counts, ...) become columns of the marker's row.
+        """
+        row = {
+            "record": "marker",
+            "label": label,
+            **dict(zip(_NUMERIC, self._read(True), strict=True)),
+        }
+        row.update(extra)
+        with self._lock:
+            self._markers.append(row)
+        return dict(row)
+
+    def sample_now(self) -> dict:
+        """One full reading (RSS, USS, VRAM), not recorded."""
+        return {
+            "record": "sample",
+            "label": "",
+            **dict(zip(_NUMERIC, self._read(True), strict=True)),
+        }
+
+    @property
+    def n_samples(self) -> int:
+        with self._lock:
+            return (len(self._blocks) - 1) * self._block_samples + self._n_in_block
+
+    def samples(self) -> pd.DataFrame:
+        """The background samples, oldest first (uss_mb is NaN where USS was not read)."""
+        with self._lock:
+            data = np.concatenate(self._blocks[:-1] + [self._blocks[-1][: self._n_in_block]])
+        df = pd.DataFrame(data, columns=_NUMERIC)
+        df.insert(0, "label", "")
+        df.insert(0, "record", "sample")
+        df["gpu_status"] = self.gpu_status
+        return df
+
+    def markers(self) -> pd.DataFrame:
+        with self._lock:
+            rows = list(self._markers)
+        df = pd.DataFrame(rows, columns=None if rows else SAMPLE_COLUMNS)
+        df["gpu_status"] = self.gpu_status
+        return df
+
+    def frame(self) -> pd.DataFrame:
+        """Samples and markers in time order: `record` is "sample" or "marker"."""
+        df = pd.concat([self.samples(), self.markers()], ignore_index=True, sort=False)
+        return df.sort_values("t_s", kind="stable").reset_index(drop=True)
+
+
+def malloc_trim() -> tuple[bool, str]:
+    """glibc malloc_trim(0): give freed heap pages back to the OS.
+
+    Returns (released, note): released is glibc's answer (1 = some memory was returned); note
+    says why nothing was called where the C library has no malloc_trim (musl, macOS, Windows).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError) as exc:
+        return False, f"malloc_trim unavailable: {exc}"
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0)), "malloc_trim(0) called"
