@@ -31,7 +31,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from mateperf import stats
+from mateperf import companion, stats
 from mateperf.errors import ParameterError
 from mateperf.trackers.memory import MemorySampler, malloc_trim, mapped_file_rss_mb
 
@@ -58,7 +58,7 @@ DEFAULTS = {
     "leak_threshold_mb_per_msg": 0.025,
     "leak_kb_per_message": 0,
     "max_tokens": 48,
-    "history_messages": 10,
+    "history_messages": companion.HISTORY_LIMIT,
     "gc_every_message": False,
     "n_ctx": 2048,
     "n_threads": 0,
@@ -66,15 +66,9 @@ DEFAULTS = {
     "seed": 1234,
 }
 
-SYSTEM_PROMPT = (
-    "You are Mate, a cheerful desktop companion who lives on the user's screen as a small "
-    "anime-style avatar. You speak casually and warmly, keep replies short (one to three "
-    "sentences), remember what the user told you earlier in the conversation, and sometimes "
-    "mention what your avatar is doing, like waving or tilting your head."
-)
-
-# A companion conversation: greetings, small talk, requests for help, longer confidences.
-# Lengths vary on purpose (a few words to a paragraph) so prompts and KV use vary as in real use.
+# The companion's persona prompt and history handling come from mateperf.companion (shared by
+# every model phase). The turns here vary more in length than companion.USER_TURNS (from "lol" to
+# a paragraph) so prompt sizes and KV use vary over a long session as in real use.
 USER_TURNS = (
     "Hi Mate!",
     "I just got home from work, it was a long day.",
@@ -225,10 +219,10 @@ def run(
         for i in range(1, messages + 1):
             history = history[-history_messages:] if history_messages else []
             user = {"role": "user", "content": USER_TURNS[(i - 1) % len(USER_TURNS)]}
-            prompt = [{"role": "system", "content": SYSTEM_PROMPT}, *history, user]
+            prompt = [{"role": "system", "content": companion.SYSTEM_PROMPT}, *history, user]
             start = time.perf_counter_ns()
             reply = llm.create_chat_completion(
-                messages=prompt,
+                messages=companion.prepare_messages(llm, prompt),
                 max_tokens=_reply_budget(i, max_tokens),
                 temperature=0.8,
                 top_p=0.95,
