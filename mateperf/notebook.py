@@ -50,7 +50,7 @@ class PhaseRun:
 
         md_path = self.path / f"{self.phase}.md"
         text = md_path.read_text() if md_path.exists() else "(nothing saved yet)"
-        display(Markdown("\n".join(ln for ln in text.splitlines() if not ln.startswith("![")))))
+        display(Markdown("\n".join(ln for ln in text.splitlines() if not ln.startswith("!["))))
         for png in sorted(self.run.plots_dir.glob(f"{self.phase}_*.png")):
             display(Image(filename=str(png)))
 

@@ -88,7 +88,7 @@ def summary_table(df: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.Dat
         for metric in metrics:
             if metric not in group:
                 continue
-            row = dict(zip(by, key))
+            row = dict(zip(by, key, strict=True))
             row["metric"] = metric
             row.update(summarize(group[metric]))
             rows.append(row)
@@ -154,7 +154,9 @@ def compare(
     if p_value < alpha and not (ci_low <= 1.0 <= ci_high):
         b_larger = ratio > 1.0
         verdict = FASTER if b_larger == higher_is_better else SLOWER
-    return ABResult(med_a, med_b, ratio, ci_low, ci_high, p_value, verdict, int(a.size), int(b.size))
+    return ABResult(
+        med_a, med_b, ratio, ci_low, ci_high, p_value, verdict, int(a.size), int(b.size)
+    )
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,14 @@ def stream_reply(llm, messages: list[dict], max_tokens: int, seed: int) -> dict:
 
     Greedy decoding (temperature 0) so both arms of an A/B generate the same text.
     """
+    text_tokens = len(llm.tokenize("\n".join(m["content"] for m in messages).encode()))
+    # llama.cpp may round its context up; llama-cpp-python's token buffer keeps n_ctx as asked
+    n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+    if text_tokens + max_tokens > n_ctx:
+        raise ValueError(
+            f"the conversation ({text_tokens} tokens before the chat template) plus "
+            f"max_tokens={max_tokens} does not fit the context window n_ctx={n_ctx}"
+        )
     _reset_perf(llm)
     start = time.perf_counter_ns()
     first = None
@@ -215,8 +223,10 @@ def throughput_rows(config: model.LlamaConfig, p: dict) -> list[dict]:
                 rows.append(_bench_row(SCENARIO_TG, rep, p["tg_tokens"], s, "tg_tps"))
             if rep >= 0:
                 last = rows[-1]
-                _progress(f"throughput rep {rep + 1}/{n_reps}: {last['scenario']} "
-                          f"{last.get('tg_tps', last.get('pp_tps')):.1f} tok/s")
+                _progress(
+                    f"throughput rep {rep + 1}/{n_reps}: {last['scenario']} "
+                    f"{last.get('tg_tps', last.get('pp_tps')):.1f} tok/s"
+                )
     finally:
         model.close(llm)
     return rows
@@ -245,8 +255,10 @@ def copy_bandwidth_gbps(total_mb: int, n_threads: int) -> float:
     per_thread = max(1, total_mb // max(1, n_threads)) * 2**20
     # Both buffers written once up front: a first-touch page fault inside the timed copy
     # would measure the kernel, not the memory.
-    bufs = [(np.full(per_thread, 1, np.uint8), np.full(per_thread, 2, np.uint8))
-            for _ in range(n_threads)]
+    bufs = [
+        (np.full(per_thread, 1, np.uint8), np.full(per_thread, 2, np.uint8))
+        for _ in range(n_threads)
+    ]
     barrier = threading.Barrier(n_threads + 1)
 
     def copy(src, dst):
@@ -270,8 +282,9 @@ def membw_rows(p: dict, n_threads: int) -> list[dict]:
     rows = []
     for rep in range(-1, p["bench_reps"]):
         gbps = copy_bandwidth_gbps(p["membw_mb"], n_threads)
-        rows.append({"scenario": SCENARIO_MEMBW, "trial": rep, "discarded": rep < 0,
-                     "membw_gbps": gbps})
+        rows.append(
+            {"scenario": SCENARIO_MEMBW, "trial": rep, "discarded": rep < 0, "membw_gbps": gbps}
+        )
     return rows
 
 
@@ -326,8 +339,14 @@ def run(
             row = first_reply_trial(config, arm, user, p)
             done += 1
             rows.append(
-                {"scenario": SCENARIO_FIRST_REPLY, "arm": arm, "trial": pair - 1,
-                 "discarded": pair == 0, "user_turn": pair % len(companion.USER_TURNS), **row}
+                {
+                    "scenario": SCENARIO_FIRST_REPLY,
+                    "arm": arm,
+                    "trial": pair - 1,
+                    "discarded": pair == 0,
+                    "user_turn": pair % len(companion.USER_TURNS),
+                    **row,
+                }
             )
             _progress(
                 f"first reply {done}/{total} {arm}: load {row['load_s']:.2f} s, "
@@ -357,8 +376,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     d = kept(df)
     first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
     parts = [stats.summary_table(first, ["scenario", "arm"], FIRST_REPLY_METRICS)]
-    for scenario, metric in ((SCENARIO_PP, "pp_tps"), (SCENARIO_TG, "tg_tps"),
-                             (SCENARIO_MEMBW, "membw_gbps")):
+    for scenario, metric in (
+        (SCENARIO_PP, "pp_tps"),
+        (SCENARIO_TG, "tg_tps"),
+        (SCENARIO_MEMBW, "membw_gbps"),
+    ):
         sub = d[d["scenario"] == scenario]
         if len(sub):
             table = stats.summary_table(sub, ["scenario"], [metric])
@@ -373,13 +395,29 @@ def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
     first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
     cold, warm = first[first["arm"] == COLD], first[first["arm"] == WARM]
     rows = []
-    for metric, higher in (("ttft_ms", False), ("e2e_ms", False), ("load_s", False),
-                           ("pp_tps", True), ("tg_tps", True), ("prompt_tokens", False)):
+    for metric, higher in (
+        ("ttft_ms", False),
+        ("e2e_ms", False),
+        ("load_s", False),
+        ("pp_tps", True),
+        ("tg_tps", True),
+        ("prompt_tokens", False),
+    ):
         r = stats.compare(cold[metric], warm[metric], higher_is_better=higher)
-        rows.append({"metric": metric, "cold_median": r.median_a, "warm_median": r.median_b,
-                     "ratio_warm_over_cold": r.ratio, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                     "p_value": r.p_value, "verdict": r.verdict, "n_cold": r.n_a,
-                     "n_warm": r.n_b})
+        rows.append(
+            {
+                "metric": metric,
+                "cold_median": r.median_a,
+                "warm_median": r.median_b,
+                "ratio_warm_over_cold": r.ratio,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "p_value": r.p_value,
+                "verdict": r.verdict,
+                "n_cold": r.n_a,
+                "n_warm": r.n_b,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from mateperf.cli import main
+
+sys.exit(main())

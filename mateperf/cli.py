@@ -1,0 +1,183 @@
+"""`mateperf` command: thin over the library.
+
+Exit codes: 0 success; 2 bad input (one line on stderr naming the bad value); 1 a measurement
+failed (its run directory records what and why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from mateperf import phases, results
+from mateperf.errors import BadInput, ParameterError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for every other bad input
+        raise BadInput(message)
+
+
+def parse_assignments(items: list[str] | None, flag: str = "-p") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"{flag} {item!r}: expected key=value")
+        out[name] = value
+    return out
+
+
+def _with_model(phase: str, overrides: dict, model: str | None) -> dict:
+    if model is not None:
+        if "model" not in phases.parameters(phase):
+            raise ParameterError(f"phase {phase} takes no model")
+        overrides = {**overrides, "model": model}
+    return overrides
+
+
+def _print_outcome(outcome) -> None:
+    status = "ok" if outcome.ok else "FAILED"
+    print(f"{outcome.run.run_id}: {status} in {outcome.seconds:.1f} s -> {outcome.run.path}")
+    if outcome.error:
+        e = outcome.error
+        print(
+            f"  cell {e.get('cell')}: {e.get('ename')}: {e.get('evalue')}",
+            file=sys.stderr,
+        )
+
+
+def cmd_info(args) -> int:
+    from mateperf.host import fingerprint, format_fingerprint
+
+    fp = fingerprint()
+    print(json.dumps(fp, indent=2) if args.json else format_fingerprint(fp))
+    return EXIT_OK
+
+
+def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
+    from mateperf.execute import execute_phase
+
+    phases.check_phase(phase)
+    params = phases.resolve_params(phase, overrides)
+    run = results.RunDir.create(phase, params, root=root, command=command)
+    print(f"mateperf: running phase {phase} -> {run.path}", file=sys.stderr)
+    return execute_phase(phase, params, run)
+
+
+def cmd_run(args) -> int:
+    overrides = _with_model(args.phase, parse_assignments(args.param), args.model)
+    outcome = run_phase(args.phase, overrides, args.results, _command())
+    _print_outcome(outcome)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def cmd_all(args) -> int:
+    from mateperf.report import write_final
+
+    available = phases.available_phases()
+    if not available:
+        raise BadInput("no phase notebooks found under notebooks/")
+    failed = []
+    for phase in available:
+        overrides = {}
+        if args.model is not None and "model" in phases.parameters(phase):
+            overrides["model"] = args.model
+        outcome = run_phase(
+            phase,
+            overrides,
+            args.results,
+            f"mateperf run {phase}"
+            + (f" --model {shlex.quote(args.model)}" if "model" in overrides else ""),
+        )
+        _print_outcome(outcome)
+        if not outcome.ok:
+            failed.append(phase)
+    not_built = [p for p in phases.PHASES if p not in available]
+    if not_built:
+        print(f"mateperf: phases not built yet: {', '.join(not_built)}", file=sys.stderr)
+    out = write_final(None, args.results)
+    print(f"report: {out}")
+    if failed:
+        print(f"mateperf: failed phases: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from mateperf.report import write_final
+
+    for path in args.runs:
+        if not (Path(path) / results.RUN_JSON).is_file():
+            raise BadInput(f"{path} is not a run directory (no {results.RUN_JSON})")
+    try:
+        out = write_final([Path(p) for p in args.runs] or None, args.results)
+    except FileNotFoundError as exc:
+        raise BadInput(str(exc)) from None
+    print(out)
+    return EXIT_OK
+
+
+def _command() -> str:
+    return "mateperf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mateperf", description="Desktop-Mate performance lab")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results root (default: $MATEPERF_RESULTS or results/ in the repository)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("info", help="host fingerprint")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("run", help="run one phase notebook headless into a new run directory")
+    p.add_argument("phase")
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
+    p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("all", help="every built phase with defaults, then the report")
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_all)
+
+    p = sub.add_parser("report", help="regenerate results/FINAL_RESULTS.md from stored runs")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
+
+    from mateperf import sweep_cli
+
+    sweep_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.results is not None:
+            args.results = args.results.resolve()
+            os.environ["MATEPERF_RESULTS"] = str(args.results)
+        return args.func(args)
+    except BadInput as exc:
+        print(f"mateperf: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("mateperf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Execute a phase notebook headless with papermill into a run directory.
+
+The notebook does the measuring through the library; this module only injects parameters,
+runs the kernel, and records in run.json whether it worked and, if not, which cell failed
+with what. The executed notebook is kept beside the parquet either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mateperf import phases, results
+
+log = logging.getLogger("mateperf")
+
+
+@dataclass
+class ExecutionResult:
+    run: results.RunDir
+    ok: bool
+    seconds: float
+    error: dict | None
+
+
+def builtin(value):
+    """Papermill translates only built-in types: numpy ints and floats become int/float."""
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return value.item()
+    return value
+
+
+def papermill_error(exc: BaseException) -> dict:
+    """The facts of a failed execution: cell index, exception name and value."""
+    return {
+        "cell": getattr(exc, "exec_count", None),
+        "cell_index": getattr(exc, "cell_index", None),
+        "ename": getattr(exc, "ename", type(exc).__name__),
+        "evalue": str(getattr(exc, "evalue", exc)).strip().splitlines()[-1:][0]
+        if str(getattr(exc, "evalue", exc)).strip()
+        else type(exc).__name__,
+    }
+
+
+def execute_phase(
+    phase: str,
+    params: dict,
+    run: results.RunDir,
+    show_progress: bool = True,
+    output_name: str | None = None,
+) -> ExecutionResult:
+    """Run the phase notebook into run.path; marks run.json ok or failed."""
+    import papermill as pm
+
+    notebook = phases.require_notebook(phase)
+    output = run.path / (output_name or notebook.name)
+    injected = {k: builtin(v) for k, v in params.items()}
+    injected[phases.RUN_DIR_PARAM] = str(run.path)
+    if show_progress:
+        _route_kernel_output()
+    start = time.perf_counter()
+    error = None
+    try:
+        with measurement_lock(run.path.parent):
+            start = time.perf_counter()
+            pm.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=injected,
+                kernel_name="python3",
+                progress_bar=show_progress,
+                log_output=show_progress,
+                cwd=str(run.path),
+            )
+    except pm.PapermillExecutionError as exc:
+        error = papermill_error(exc)
+    except Exception as exc:  # kernel died, notebook unreadable: still a recorded failure
+        error = {
+            "cell": None,
+            "cell_index": None,
+            "ename": type(exc).__name__,
+            "evalue": str(exc)[:500],
+        }
+    seconds = time.perf_counter() - start
+    if error is None and not run.frame_path(phase).is_file():
+        error = {
+            "cell": None,
+            "cell_index": None,
+            "ename": "MissingResults",
+            "evalue": f"the notebook finished without writing {phase}.parquet",
+        }
+    run.info["execution_s"] = round(seconds, 3)
+    run.finish(results.STATUS_FAILED if error else results.STATUS_OK, error)
+    return ExecutionResult(run, error is None, seconds, error)
+
+
+@contextlib.contextmanager
+def measurement_lock(root: Path):
+    """One measurement at a time per results root.
+
+    Two phases measuring at once on a small machine ruin each other's timings (llama.cpp's
+    worker threads spin while they wait), so a second `mateperf run` waits here and says so.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".measure.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            log.warning("waiting for another mateperf measurement (%s) to finish", holder)
+            print(
+                f"mateperf: waiting for another measurement ({holder}) to finish", file=sys.stderr
+            )
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _route_kernel_output() -> None:
+    """Papermill logs the kernel's stdout/stderr (our progress lines) at INFO."""
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "_mateperf", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._mateperf = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

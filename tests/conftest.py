@@ -1,0 +1,70 @@
+"""Shared fixtures: the real default model, an isolated results root, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mateperf import model
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    return model.resolve_model(None)
+
+
+@pytest.fixture()
+def results_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "results"
+    monkeypatch.setenv("MATEPERF_RESULTS", str(root))
+    return root
+
+
+@dataclass
+class CliResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def cli(results_root):
+    """Run the installed `mateperf` command for real, in its own process."""
+
+    def run(*args: str, timeout: float = 600, env: dict | None = None) -> CliResult:
+        full_env = {**os.environ, "MATEPERF_RESULTS": str(results_root), **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "mateperf", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+# Parameters that keep a real llm phase run to a few seconds on 2 cores.
+SMALL_LLM = {
+    "trials": 1,
+    "max_tokens": 8,
+    "bench_reps": 1,
+    "pp_tokens": 64,
+    "tg_tokens": 8,
+    "membw_mb": 32,
+    "n_ctx": 512,
+}
+
+
+def small_llm_args(**overrides) -> list[str]:
+    params = {**SMALL_LLM, **overrides}
+    args: list[str] = []
+    for key, value in params.items():
+        args += ["-p", f"{key}={value}"]
+    return args

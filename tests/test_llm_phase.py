@@ -1,0 +1,103 @@
+"""Phase 2 with the real model, in process and through the real CLI and papermill."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mateperf import results
+from mateperf.phases import llm
+from tests.conftest import SMALL_LLM, small_llm_args
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_run(default_model) -> pd.DataFrame:
+    return llm.run(model=str(default_model), **{**SMALL_LLM, "trials": 2, "bench_reps": 2})
+
+
+def test_rows_and_interleaving(small_run):
+    first = small_run[small_run["scenario"] == llm.SCENARIO_FIRST_REPLY]
+    # one discarded warm-up pair, then 2 pairs, arms alternating cold/warm
+    assert list(first["arm"]) == ["cold", "warm"] * 3
+    assert list(first["discarded"]) == [True, True, False, False, False, False]
+    assert (first["load_s"] > 0).all()
+    assert first.loc[first["arm"] == "cold", "warmup_ms"].isna().all()
+    assert (first.loc[first["arm"] == "warm", "warmup_ms"] > 0).all()
+    # pairs share the user turn, so the arms see the same prompts
+    assert (first.groupby("trial")["user_turn"].nunique() == 1).all()
+
+
+def test_counters_come_from_llama_cpp(small_run):
+    first = small_run[small_run["scenario"] == llm.SCENARIO_FIRST_REPLY]
+    assert (first["gen_tokens"] <= SMALL_LLM["max_tokens"]).all()
+    assert (first["gen_tokens"] >= 1).all()
+    assert (first["ttft_ms"] < first["e2e_ms"]).all()
+    cold = first[first["arm"] == "cold"]["prompt_tokens"]
+    warm = first[first["arm"] == "warm"]["prompt_tokens"]
+    # the warm-up leaves the system prompt in the KV cache: far fewer tokens to evaluate
+    assert warm.max() < cold.min()
+
+
+def test_llama_bench_style_rows(small_run):
+    pp = small_run[small_run["scenario"] == llm.SCENARIO_PP]
+    tg = small_run[small_run["scenario"] == llm.SCENARIO_TG]
+    assert list(pp["discarded"]) == [True, False, False]
+    assert (pp["bench_tokens"] == SMALL_LLM["pp_tokens"]).all()
+    assert np.allclose(pp["pp_tps"], pp["bench_tokens"] / pp["bench_s"])
+    assert (tg["tg_tps"] > 0).all()
+
+
+def test_summaries(small_run):
+    summary = llm.summarize(small_run)
+    ttft = summary[(summary["metric"] == "ttft_ms") & (summary["arm"] == "warm")].iloc[0]
+    assert ttft["n"] == 2
+    ab = llm.cold_vs_warm(small_run)
+    assert set(ab["metric"]) >= {"ttft_ms", "e2e_ms", "load_s", "tg_tps"}
+    bound = llm.bandwidth_bound(small_run)
+    assert bound["bound_tps"] > 0 and 0 < bound["fraction_of_bound"]
+    assert bound["bytes_per_token_mb"] > 200  # the 270M Q4_K_M model's weights
+
+
+def test_cli_run_writes_a_complete_run_directory(cli, results_root):
+    r = cli("run", "llm", *small_llm_args())
+    assert r.rc == 0, r.stderr[-3000:]
+    (run_dir,) = [p.parent for p in results_root.glob("*/run.json")]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == results.STATUS_OK
+    assert info["params"]["trials"] == 1 and info["params"]["max_tokens"] == 8
+    assert info["command"].startswith("mateperf run llm")
+    df = pd.read_parquet(run_dir / "llm.parquet")
+    assert {"run_id", "phase", "scenario", "trial", "ttft_ms", "tg_tps", "n_threads"} <= set(
+        df.columns
+    )
+    assert (df["max_tokens"] == 8).all() and (df["run_id"] == info["run_id"]).all()
+    assert (run_dir / "02_llm_cache.ipynb").is_file()
+    md = (run_dir / "llm.md").read_text()
+    assert "Cold vs warm" in md and "plots/llm_ttft_cold_vs_warm.png" in md
+    assert (run_dir / "plots" / "llm_throughput.png").stat().st_size > 1000
+    assert "[llm] first reply" in r.stderr  # progress reached the terminal
+
+    # the final report is regenerated from stored results, byte-identical each time
+    assert cli("report").rc == 0
+    final = results_root / "FINAL_RESULTS.md"
+    first_text = final.read_text()
+    first_png = (results_root / "plots" / "llm_ttft_cold_vs_warm.png").read_bytes()
+    assert cli("report", str(run_dir)).rc == 0
+    assert final.read_text() == first_text
+    assert (results_root / "plots" / "llm_ttft_cold_vs_warm.png").read_bytes() == first_png
+    assert info["run_id"] in first_text and "Phase 2" in first_text
+
+
+def test_failed_measurement_is_recorded(cli, results_root):
+    # 64 tokens of context cannot hold the system prompt: llama-cpp-python raises mid-run
+    r = cli("run", "llm", *small_llm_args(n_ctx=64))
+    assert r.rc == 1
+    (run_dir,) = [p.parent for p in results_root.glob("*/run.json")]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == results.STATUS_FAILED
+    assert info["error"]["ename"] == "ValueError"
+    assert "context window" in info["error"]["evalue"]
+    assert (run_dir / "02_llm_cache.ipynb").is_file()

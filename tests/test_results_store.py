@@ -1,0 +1,81 @@
+"""Run directories: atomic writes survive a real SIGKILL; runs never share a directory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+
+from mateperf import results
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from mateperf.results import atomic_write_bytes
+    target = sys.argv[1]
+    big = 48 * 2**20
+    i = 0
+    print("ready", flush=True)
+    while True:
+        fill = b"A" if i % 2 == 0 else b"B"
+        atomic_write_bytes(target, fill * big)
+        i += 1
+    """
+)
+
+
+def test_atomic_write_never_exposes_a_partial_file(tmp_path):
+    """Kill a writer at arbitrary moments: the target is always one whole version."""
+    target = tmp_path / "data.bin"
+    size = 48 * 2**20
+    for delay_s in (0.05, 0.13, 0.21, 0.34, 0.55):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():
+            data = target.read_bytes()
+            assert len(data) == size
+            assert data == data[:1] * size
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "data.bin"]
+    # a killed writer can leave its temp file behind, but never under the real name
+    assert all(name.startswith(".data.bin.") and name.endswith(".tmp") for name in leftovers)
+
+
+def test_runs_never_share_a_directory(tmp_path):
+    runs = [results.RunDir.create("llm", {"trials": 1}, root=tmp_path) for _ in range(30)]
+    assert len({r.path for r in runs}) == 30
+    for r in runs:
+        info = json.loads((r.path / "run.json").read_text())
+        assert info["status"] == results.STATUS_RUNNING
+        assert info["params"] == {"trials": 1}
+        assert info["fingerprint"]["cores_logical"] >= 1
+
+
+def test_parquet_roundtrip_and_latest(tmp_path):
+    first = results.RunDir.create("llm", {"trials": 1}, root=tmp_path)
+    df = results.tidy(
+        pd.DataFrame({"scenario": ["x"], "trial": [0], "ttft_ms": [1.5]}),
+        first.run_id,
+        "llm",
+        {"trials": 1},
+    )
+    first.write_frame(df)
+    first.finish(results.STATUS_OK)
+    second = results.RunDir.create("llm", {"trials": 2}, root=tmp_path)
+    second.finish(results.STATUS_FAILED, "boom")
+    assert results.latest_run("llm", tmp_path).path == first.path
+    back = results.load_run(first.path)
+    assert list(back.columns[:4]) == ["run_id", "phase", "scenario", "trial"]
+    assert back.loc[0, "trials"] == 1 and back.loc[0, "ttft_ms"] == 1.5
+    both = results.load_runs([first.path, first.path])
+    assert len(both) == 2
+    assert not any(p.name.endswith(".tmp") for p in first.path.iterdir())
+    assert os.path.isfile(first.path / "run.json")
