@@ -398,8 +398,8 @@ class UnityBridge:
         self._await(pending, timeout_s)
         with self._state_lock:
             if pending.outcome is None:
-                pending.abandoned = True  # a late response is counted, never delivered
-                self._pending.pop(pending.id, None)
+                # stays registered so a late response is recognised, counted, never delivered
+                pending.abandoned = True
                 self.counters.timed_out += 1
                 pending.outcome = BridgeTimeout(pending.command, pending.id, timeout_s)
         return pending.result()
@@ -419,6 +419,9 @@ class UnityBridge:
     ) -> list[Ack | BridgeError]:
         """Send with at most ``window`` requests in flight; one outcome per command, in order.
 
+        A lost connection ends the pipeline: what was in flight fails with BridgeDisconnected
+        and the commands not yet sent get that same error (they are never sent later).
+
         ``timeout_s`` bounds the wait for each request once it is the oldest in flight.
         """
         if window < 1:
@@ -426,16 +429,21 @@ class UnityBridge:
         out: list[Ack | BridgeError] = []
         in_flight: collections.deque[PendingRequest] = collections.deque()
 
+        aborted: list[BridgeError] = []
+
         def settle_oldest() -> None:
             try:
                 out.append(self.wait(in_flight.popleft(), timeout_s))
+            except BridgeDisconnected as exc:
+                out.append(exc)
+                aborted.append(exc)
             except BridgeError as exc:
                 out.append(exc)
 
         i = 0
         while i < len(commands) or in_flight:
             free = window - len(in_flight)
-            if free > 0 and i < len(commands):
+            if free > 0 and i < len(commands) and not aborted:
                 # refill every free slot in one write: fewer syscalls, same window
                 chunk = commands[i : i + free]
                 i += len(chunk)
@@ -445,10 +453,16 @@ class UnityBridge:
                     while in_flight:
                         settle_oldest()
                     out.extend([exc] * len(chunk))
+                    aborted.append(exc)
                     continue
-            settle_oldest()
-            while in_flight and in_flight[0].done:
+            if in_flight:
                 settle_oldest()
+                while in_flight and in_flight[0].done:
+                    settle_oldest()
+            elif aborted:
+                # the connection is gone: the rest is never sent, each gets that outcome
+                out.extend([aborted[0]] * (len(commands) - i))
+                i = len(commands)
         return out
 
     def stats(self, timeout_s: float | None = None) -> dict:
