@@ -1,0 +1,122 @@
+"""The memory sampler on its own: timing, markers, stop/restart, no-GPU behaviour, file maps."""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+import numpy as np
+import pytest
+
+from mateperf.trackers.memory import (
+    GpuReader,
+    MemorySampler,
+    malloc_trim,
+    mapped_file_rss_mb,
+    read_rss,
+    read_uss,
+)
+
+
+def test_samples_at_the_interval_with_uss_less_often():
+    with MemorySampler(interval_ms=20, uss_interval_ms=100) as sampler:
+        time.sleep(0.6)
+    df = sampler.samples()
+    assert 15 <= len(df) <= 40, len(df)
+    assert (df["t_s"].diff().dropna() > 0).all()
+    assert df["rss_mb"].gt(0).all()
+    assert np.allclose(df["rss_mb"], df["rss_anon_mb"] + df["rss_file_mb"])
+    uss = df["uss_mb"].notna().sum()
+    assert 2 <= uss < len(df)
+    assert df["uss_mb"].dropna().gt(0).all()
+
+
+def test_stop_and_restart_resume_the_same_record():
+    sampler = MemorySampler(interval_ms=10)
+    sampler.start()
+    sampler.start()  # a second start while running is a no-op, not a second thread
+    time.sleep(0.2)
+    sampler.stop()
+    assert not sampler.running
+    n_first = sampler.n_samples
+    assert n_first > 5
+    time.sleep(0.2)
+    assert sampler.n_samples == n_first  # nothing sampled while stopped
+    t_stopped = sampler.samples()["t_s"].max()
+    with sampler:  # restart through the context manager
+        time.sleep(0.2)
+    assert sampler.starts == 2
+    df = sampler.samples()
+    assert len(df) > n_first + 5
+    after = df["t_s"].iloc[n_first:]
+    assert after.min() > t_stopped + 0.15  # same time origin: the stop shows as a gap
+    assert (df["t_s"].diff().dropna() > 0).all()
+    sampler.stop()
+    sampler.stop()  # stopping twice is harmless
+
+
+def test_markers_carry_a_full_reading_and_extra_columns():
+    with MemorySampler(interval_ms=20, uss_interval_ms=0) as sampler:
+        time.sleep(0.05)
+        reading = sampler.mark("message 1", message=1, tokens=7)
+        time.sleep(0.05)
+    assert reading["uss_mb"] > 0 and reading["rss_mb"] > 0
+    df = sampler.frame()
+    assert set(df["record"]) == {"sample", "marker"}
+    mark = df[df["record"] == "marker"].iloc[0]
+    assert mark["label"] == "message 1" and mark["message"] == 1 and mark["tokens"] == 7
+    assert df["uss_mb"].notna().sum() == 1  # USS off in the background, on at markers
+    assert df["t_s"].is_monotonic_increasing
+
+
+def test_storage_is_preallocated_so_the_sampler_does_not_grow():
+    sampler = MemorySampler(interval_ms=1, uss_interval_ms=0, block_samples=100_000)
+    with sampler:
+        time.sleep(0.2)
+        before = read_rss()[1]
+        time.sleep(1.0)
+        after = read_rss()[1]
+    assert sampler.n_samples > 200
+    assert after - before < 0.5  # MB; storing ~1000 samples as objects would add about 0.3+
+
+
+def test_without_a_gpu_the_sampler_says_why():
+    reader = GpuReader(enabled=True)
+    with MemorySampler(interval_ms=20) as sampler:
+        time.sleep(0.1)
+    df = sampler.frame()
+    assert (df["gpu_status"] == sampler.gpu_status).all()
+    if reader.available:  # a GPU host: VRAM is read
+        assert df["vram_device_used_mb"].notna().all()
+        assert df["vram_process_mb"].notna().any()
+    else:
+        assert sampler.gpu_status.startswith("no GPU: "), sampler.gpu_status
+        assert len(sampler.gpu_status) > len("no GPU: ")
+        assert df["vram_device_used_mb"].isna().all()
+        assert df["vram_process_mb"].isna().all()
+    disabled = MemorySampler(gpu=False)
+    assert disabled.gpu_status == "no GPU: VRAM sampling disabled by the caller"
+    assert all(np.isnan(v) for v in disabled.gpu.read())
+
+
+def test_mapped_file_pages_are_counted(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"\x01" * (8 << 20))
+    assert mapped_file_rss_mb(path) == 0.0
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        total = sum(mm[i] for i in range(0, len(mm), 4096))  # touch every page
+        assert total == (8 << 20) // 4096
+        assert 7.5 <= mapped_file_rss_mb(path) <= 8.5
+
+
+def test_uss_and_malloc_trim():
+    assert 0 < read_uss() <= read_rss()[0] + 1
+    released, note = malloc_trim()
+    assert isinstance(released, bool) and note
+
+
+def test_bad_intervals_are_refused():
+    with pytest.raises(ValueError, match="interval_ms"):
+        MemorySampler(interval_ms=0)
+    with pytest.raises(ValueError, match="uss_interval_ms"):
+        MemorySampler(uss_interval_ms=-1)
