@@ -67,7 +67,7 @@ def execute_phase(
     start = time.perf_counter()
     error = None
     try:
-        with measurement_lock(run.path.parent):
+        with measurement_lock(results.default_root()):
             start = time.perf_counter()
             pm.execute_notebook(
                 str(notebook),
@@ -95,6 +95,8 @@ def execute_phase(
             "ename": "MissingResults",
             "evalue": f"the notebook finished without writing {phase}.parquet",
         }
+    # The notebook wrote to run.json too (measure_s): start from the file, not our copy.
+    run.info = results.RunDir.open(run.path).info
     run.info["execution_s"] = round(seconds, 3)
     run.finish(results.STATUS_FAILED if error else results.STATUS_OK, error)
     return ExecutionResult(run, error is None, seconds, error)

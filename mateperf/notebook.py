@@ -8,7 +8,8 @@ stores its results exactly like a headless run does.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ class PhaseRun:
     run: RunDir
     params: dict
     interactive: bool
+    opened_ns: int = field(default_factory=time.perf_counter_ns)
 
     @property
     def path(self) -> Path:
@@ -30,6 +32,9 @@ class PhaseRun:
 
     def save(self, df: pd.DataFrame) -> pd.DataFrame:
         """Write <phase>.parquet, <phase>.md and plots/ into the run directory."""
+        # Time from opening the run to saving it: the measured work, as opposed to kernel
+        # start-up and imports, so a sweep can report its own overhead.
+        self.run.update(measure_s=round((time.perf_counter_ns() - self.opened_ns) / 1e9, 3))
         table = tidy(df, self.run.run_id, self.phase, self.params)
         self.run.write_frame(table, self.phase)
         self.run.write_text(f"{self.phase}.md", self.markdown(table))

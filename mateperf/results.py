@@ -57,7 +57,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
@@ -108,17 +108,30 @@ class RunDir:
         root = Path(root) if root else default_root()
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
-            run_id = new_run_id(phase, kind)
-            path = root / run_id
             try:
-                path.mkdir()
-                break
+                return cls.create_at(
+                    root / new_run_id(phase, kind), phase, params, kind, command, extra
+                )
             except FileExistsError:
                 continue
-        else:  # pragma: no cover - 20 collisions of a random suffix
-            raise RuntimeError(f"could not create a new run directory under {root}")
+        raise RuntimeError(f"could not create a new run directory under {root}")
+
+    @classmethod
+    def create_at(
+        cls,
+        path: Path,
+        phase: str,
+        params: dict,
+        kind: str = "run",
+        command: str = "",
+        extra: dict | None = None,
+    ) -> RunDir:
+        """Make the run directory `path` (which must not exist) and its run.json."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()  # FileExistsError if taken: runs never share a directory
         info = {
-            "run_id": run_id,
+            "run_id": path.name,
             "phase": phase,
             "kind": kind,
             "params": params,

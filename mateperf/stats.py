@@ -192,3 +192,11 @@ def slope(x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE
         n,
         float(fit.stderr),
     )
+
+
+# Units that name a rate: more is better. Everything else with a unit (ms, s, MB) is a cost.
+RATE_SUFFIXES = ("_tps", "_per_s", "_gbps", "_mbps")
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.endswith(RATE_SUFFIXES)

@@ -73,6 +73,13 @@ def _literal_assignments(source: str) -> dict:
     return params
 
 
+def defaults(phase: str) -> dict:
+    """The parameters cell's values, without run_dir."""
+    schema = parameters(phase)
+    schema.pop(RUN_DIR_PARAM, None)
+    return schema
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

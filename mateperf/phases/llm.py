@@ -439,3 +439,15 @@ def bandwidth_bound(df: pd.DataFrame) -> dict:
         "tg_tps": tg_tps,
         "fraction_of_bound": tg_tps / bound_tps,
     }
+
+
+def sweep_metrics(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
+    """What a sweep of this phase plots: (label, the rows that count, metric column)."""
+    d = kept(df)
+    first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
+    return [
+        ("generation tokens/s (tg)", d[d["scenario"] == SCENARIO_TG], "tg_tps"),
+        ("prompt tokens/s (pp)", d[d["scenario"] == SCENARIO_PP], "pp_tps"),
+        ("time to first token, cold (ms)", first[first["arm"] == COLD], "ttft_ms"),
+        ("time to first token, warm (ms)", first[first["arm"] == WARM], "ttft_ms"),
+    ]

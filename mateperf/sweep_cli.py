@@ -1,0 +1,72 @@
+"""`mateperf sweep` and `mateperf compare`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from mateperf import sweep as sweep_mod
+from mateperf.errors import BadInput
+
+
+def cmd_sweep(args) -> int:
+    from mateperf.cli import EXIT_FAILED, EXIT_OK, _command, parse_assignments
+
+    start = time.perf_counter()
+    if args.resume:
+        if args.grid or args.param:
+            raise BadInput("--resume takes no --grid or -p: the sweep keeps its own")
+        sw = sweep_mod.Sweep.open(Path(args.resume))
+        if sw.run.phase != args.phase:
+            raise BadInput(f"{args.resume} is a sweep of phase {sw.run.phase}, not {args.phase}")
+        print(f"mateperf: resuming sweep {sw.run.path}", file=sys.stderr)
+    else:
+        grid_raw = sweep_mod.parse_grid(args.grid)
+        fixed_raw = parse_assignments(args.param)
+        if args.model is not None:
+            fixed_raw["model"] = args.model
+        grid, fixed, schema = sweep_mod.plan(args.phase, grid_raw, fixed_raw)
+        sw = sweep_mod.Sweep.create(args.phase, grid, fixed, schema, _command())
+        n = len(sw.manifest()["points"])
+        print(f"mateperf: sweep of {n} points -> {sw.run.path}", file=sys.stderr)
+    manifest = sw.execute()
+    wall = time.perf_counter() - start
+    ov = sweep_mod.overhead(manifest, wall)
+    ok = sum(p["status"] == sweep_mod.OK for p in manifest["points"])
+    failed = [p for p in manifest["points"] if p["status"] == sweep_mod.FAILED]
+    print(
+        f"{sw.run.run_id}: {ok}/{len(manifest['points'])} points ok in {wall:.1f} s; "
+        f"measured work {ov['measured_s']:.1f} s, outside it {ov['overhead_share'] * 100:.1f}% "
+        f"-> {sw.run.path}"
+    )
+    for p in failed:
+        e = p["error"] or {}
+        print(f"  failed {p['name']}: {e.get('ename')}: {e.get('evalue')}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_compare(args) -> int:
+    from mateperf.cli import EXIT_OK
+    from mateperf.compare import compare_runs, format_comparison
+
+    table, warnings = compare_runs(Path(args.run_a), Path(args.run_b))
+    for w in warnings:
+        print(w, file=sys.stderr)
+    print(format_comparison(table, Path(args.run_a).name, Path(args.run_b).name))
+    return EXIT_OK
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("sweep", help="run a phase notebook over a parameter grid")
+    p.add_argument("phase")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", default=[])
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
+    p.add_argument("--model")
+    p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted sweep")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("compare", help="compare two runs of a phase")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.set_defaults(func=cmd_compare)
