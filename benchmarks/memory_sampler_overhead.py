@@ -21,7 +21,8 @@ import time
 
 import llama_cpp
 
-from mateperf import model, stats
+from mateperf import model, results, stats
+from mateperf.execute import measurement_lock
 from mateperf.trackers.memory import MemorySampler
 
 PROMPT = (
@@ -63,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         print("memory_sampler_overhead: need --pairs >= 3 and --tokens >= 1", file=sys.stderr)
         return 2
 
+    # Hold the results root's measurement lock: another mateperf run on the same cores would
+    # swamp a difference of a few percent.
+    with measurement_lock(results.default_root()):
+        result = measure(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    report(result, args)
+    return 0
+
+
+def measure(args) -> dict:
     config = model.LlamaConfig(
         str(model.resolve_model(args.model or None)), n_threads=args.n_threads
     )
@@ -109,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             "overhead_pct": (1 - ab.ratio) * 100,
             "overhead_pct_ci": [(1 - ab.ci_high) * 100, (1 - ab.ci_low) * 100],
         }
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
+    return result
+
+
+def report(result: dict, args) -> None:
     print(
         f"sampler overhead, {result['pairs_kept']} interleaved pairs of {args.tokens} tokens, "
-        f"{config.threads} threads, sampler every {args.interval_ms:g} ms"
+        f"{result['n_threads']} threads, sampler every {args.interval_ms:g} ms"
     )
     for metric in ("tg_tps", "e2e_tps"):
         r = result[metric]
@@ -132,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['overhead_pct']:+.2f}% [{lo:+.2f}%, {hi:+.2f}%], p {r['p_value']:.3f}: "
             f"{r['verdict']}"
         )
-    return 0
 
 
 if __name__ == "__main__":
