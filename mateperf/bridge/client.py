@@ -97,7 +97,8 @@ class PendingRequest:
         self.id = request_id
         self.command = command
         self.sent_ns = 0
-        self.event = threading.Event()
+        # made only when a second thread must wait while another reads (see _await)
+        self.event: threading.Event | None = None
         self.outcome: Ack | BridgeError | None = None
         self.abandoned = False
 
@@ -107,7 +108,8 @@ class PendingRequest:
 
     def resolve(self, outcome: Ack | BridgeError) -> None:
         self.outcome = outcome
-        self.event.set()
+        if self.event is not None:
+            self.event.set()
 
     def result(self) -> Ack:
         if isinstance(self.outcome, BridgeError):
@@ -277,7 +279,10 @@ class UnityBridge:
                     self._read_lock.release()
             else:
                 # another thread is reading and will resolve us; poll so we can take over
-                pending.event.wait(min(remaining, 0.001))
+                if pending.event is None:
+                    pending.event = threading.Event()
+                if not pending.done:
+                    pending.event.wait(min(remaining, 0.001))
 
     def _dispatch(self, line: bytes, acked_ns: int) -> None:
         try:

@@ -23,6 +23,11 @@ DEFAULT_PORT = 5555
 MAX_LINE_BYTES = 1 << 20
 MAX_BATCH_COMMANDS = 1000
 
+# json.dumps with any non-default argument builds a new encoder per call, and json.loads of
+# bytes sniffs the encoding first; on the hot path both cost as much as the parse itself
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
 # Commands that answer with data instead of changing the avatar; never counted.
 QUERY_COMMANDS = frozenset({"stats"})
 
@@ -136,7 +141,7 @@ class Request:
 def decode_request(line: bytes) -> Request:
     """Parse and validate one request line (without its newline)."""
     try:
-        msg = json.loads(line)
+        msg = _DECODER.decode(line.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
     if not isinstance(msg, dict):
@@ -158,7 +163,7 @@ def decode_request(line: bytes) -> Request:
 
 def encode(message: dict) -> bytes:
     """One wire line: compact JSON and a newline."""
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    return (_ENCODER.encode(message) + "\n").encode()
 
 
 def encode_request(command: str, data: dict | None = None, request_id: Any = None) -> bytes:
@@ -195,7 +200,7 @@ def greeting(*, legacy: bool, peer: str) -> dict:
 
 def decode_response(line: bytes) -> dict:
     try:
-        msg = json.loads(line)
+        msg = _DECODER.decode(line.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"malformed response JSON: {exc}") from None
     if not isinstance(msg, dict) or msg.get("type") != "response":
