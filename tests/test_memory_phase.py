@@ -65,15 +65,17 @@ def test_frame_holds_samples_markers_and_messages(clean):
 def test_clean_run_is_not_flagged(clean):
     leak = memory.summarize(clean)
     assert memory.overall_verdict(leak) != memory.LEAK
-    rss = leak[leak["metric"] == "rss_mb"].iloc[0]
-    assert rss["verdict"] == memory.NO_LEAK, rss.to_dict()
+    verdicts = dict(zip(leak["metric"], leak["verdict"], strict=True))
+    assert verdicts["rss_mb"] == memory.NO_LEAK, leak.to_string()
+    assert verdicts["heap_used_mb"] == memory.NO_LEAK, leak.to_string()
 
 
 def test_injected_leak_of_50_kb_per_message_is_caught(leaky):
     leak = memory.summarize(leaky)
     assert memory.overall_verdict(leak) == memory.LEAK, leak.to_string()
-    rss = leak[leak["metric"] == "rss_mb"].iloc[0]
-    assert 40 < rss["slope_kb_per_msg"] < 65, rss.to_dict()
+    heap = leak[leak["metric"] == "heap_used_mb"].iloc[0]
+    assert heap["verdict"] == memory.LEAK
+    assert 40 < heap["slope_kb_per_msg"] < 65, heap.to_dict()
     # released again at the end of memory_cleanup
     assert "injected leak released" in set(leaky["label"])
 

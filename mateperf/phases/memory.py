@@ -38,12 +38,15 @@ from mateperf.trackers.memory import MemorySampler, malloc_trim, mapped_file_rss
 PHASE = "memory"
 SCENARIOS = ("baseline", "load_model", "chat_session", "memory_cleanup")
 CHECKPOINTS = ("baseline", "after_load", "after_chat", "after_close", "after_gc", "after_trim")
-# RSS and anonymous RSS decide the verdict; USS is fitted and shown but does not vote, because
-# the mmap'd model's pages count as private only while no other process maps the same file, so
-# USS jumps by the model's resident size when another process opens or closes it (observed on
-# this shared host: -322 MB in the middle of a clean run). See docs/memory.md.
-LEAK_METRICS = ("rss_mb", "rss_anon_mb", "uss_mb")
-VERDICT_METRICS = ("rss_mb", "rss_anon_mb")
+# Which fits vote. Heap in use (glibc mallinfo2) sees a malloc leak at once; RSS sees it only
+# after the free chunks the allocator retained are used up (a 50 KB/message leak stayed flat in
+# RSS for a whole 100-message run here: 64 MB of retained heap absorbs it). RSS and anonymous
+# RSS together catch what does not go through malloc. USS is fitted and shown but does not
+# vote: the mmap'd model's pages count as private only while no other process maps the same
+# file, so USS jumps by the model's resident size when another process opens or closes it
+# (observed on this shared host: -322 MB in the middle of a clean run). See docs/memory.md.
+LEAK_METRICS = ("heap_used_mb", "rss_mb", "rss_anon_mb", "uss_mb")
+VERDICT_METRICS = ("heap_used_mb", "rss_mb", "rss_anon_mb")
 LEAK = "leak"
 NO_LEAK = "no leak"
 INCONCLUSIVE = "inconclusive"
@@ -188,7 +191,10 @@ def run(
         sampler.mark("baseline start", scenario="baseline")
         time.sleep(settle_s)
         base = sampler.mark(
-            "baseline", scenario="baseline", checkpoint="baseline", model_mapped_mb=0.0
+            "baseline",
+            scenario="baseline",
+            checkpoint="baseline",
+            model_mapped_mb=mapped_file_rss_mb(model_path),
         )
         say(f"baseline rss {base['rss_mb']:.1f} MB uss {base['uss_mb']:.1f} MB")
 
@@ -380,19 +386,26 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def overall_verdict(leak_table: pd.DataFrame) -> str:
-    """'leak' only if RSS and anonymous RSS both say leak (a heap leak raises both); 'no leak'
-    only if both say no leak; otherwise 'inconclusive'."""
-    verdicts = set(leak_table.loc[leak_table["votes"].astype(bool), "verdict"])
-    if verdicts == {LEAK}:
+    """'leak' if heap in use says leak, or RSS and anonymous RSS both do; 'no leak' only if
+    every voting metric that could be measured says no leak; otherwise 'inconclusive'."""
+    verdict = dict(zip(leak_table["metric"], leak_table["verdict"], strict=True))
+    if verdict.get("heap_used_mb") == LEAK:
         return LEAK
-    if verdicts == {NO_LEAK}:
+    if verdict.get("rss_mb") == LEAK and verdict.get("rss_anon_mb") == LEAK:
+        return LEAK
+    voting = [verdict[m] for m in VERDICT_METRICS if m in verdict]
+    if "heap_used_mb" in verdict and verdict["heap_used_mb"] == TOO_FEW:
+        # no mallinfo2 (not glibc): RSS and anonymous RSS decide alone
+        voting = [verdict[m] for m in ("rss_mb", "rss_anon_mb") if m in verdict]
+    if voting and all(v == NO_LEAK for v in voting):
         return NO_LEAK
-    return TOO_FEW if TOO_FEW in verdicts else INCONCLUSIVE
+    return TOO_FEW if voting and all(v == TOO_FEW for v in voting) else INCONCLUSIVE
 
 
 def checkpoints(df: pd.DataFrame) -> pd.DataFrame:
     """RSS/USS/anonymous/file-backed/model-mapped MB at each checkpoint, in scenario order."""
     cols = ["rss_mb", "uss_mb", "rss_anon_mb", "rss_file_mb", "model_mapped_mb"]
+    cols += ["heap_used_mb", "heap_free_mb"]
     cols += [c for c in ("vram_device_used_mb", "vram_process_mb") if c in df.columns]
     rows = []
     for run_id, run in _runs(df):
@@ -436,7 +449,7 @@ def cleanup_effects(df: pd.DataFrame) -> pd.DataFrame:
             return float(cp.loc[name, col]) if name in cp.index else np.nan
 
         row = {"run_id": run_id}
-        for metric in ("rss_mb", "uss_mb"):
+        for metric in ("rss_mb", "uss_mb", "heap_used_mb"):
             unit = metric.removesuffix("_mb")
             row[f"close_freed_{unit}_mb"] = get("after_chat", metric) - get("after_close", metric)
             row[f"gc_freed_{unit}_mb"] = get("after_close", metric) - get("after_gc", metric)
@@ -444,6 +457,8 @@ def cleanup_effects(df: pd.DataFrame) -> pd.DataFrame:
                 "after_trim", metric
             )
             row[f"left_over_{unit}_mb"] = get("after_trim", metric) - get("baseline", metric)
+        # free chunks glibc kept just before malloc_trim: the retention malloc_trim can return
+        row["heap_free_before_trim_mb"] = get("after_gc", "heap_free_mb")
         for name in ("after_load", "after_chat"):
             rss = get(name, "rss_mb")
             row[f"{name}_model_mapped_mb"] = get(name, "model_mapped_mb")

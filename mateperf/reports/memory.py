@@ -20,6 +20,8 @@ METRIC_LABELS = {
     "rss_anon_mb": "anonymous RSS",
     "rss_file_mb": "file-backed RSS",
     "uss_mb": "USS",
+    "heap_used_mb": "heap in use",
+    "heap_free_mb": "heap free (retained)",
     "model_mapped_mb": "model file resident",
     "vram_device_used_mb": "VRAM used (device)",
     "vram_process_mb": "VRAM (this process)",
@@ -44,6 +46,7 @@ def _has_vram(df: pd.DataFrame) -> bool:
 
 def _checkpoint_table(cp: pd.DataFrame, vram: bool) -> pd.DataFrame:
     cols = ["rss_mb", "uss_mb", "rss_anon_mb", "rss_file_mb", "model_mapped_mb"]
+    cols += ["heap_used_mb", "heap_free_mb"]
     if vram:
         cols += ["vram_device_used_mb", "vram_process_mb"]
     out = pd.DataFrame({"checkpoint": cp["checkpoint"], "scenario": cp["scenario"]})
@@ -84,6 +87,7 @@ def _cleanup_table(effects: pd.Series) -> pd.DataFrame:
                 "step": step,
                 "RSS returned (MB)": fmt(effects[f"{key}_rss_mb"]),
                 "USS returned (MB)": fmt(effects[f"{key}_uss_mb"]),
+                "heap in use returned (MB)": fmt(effects[f"{key}_heap_used_mb"]),
             }
         )
     rows.append(
@@ -91,6 +95,7 @@ def _cleanup_table(effects: pd.Series) -> pd.DataFrame:
             "step": "left above baseline after cleanup",
             "RSS returned (MB)": fmt(effects["left_over_rss_mb"]),
             "USS returned (MB)": fmt(effects["left_over_uss_mb"]),
+            "heap in use returned (MB)": fmt(effects["left_over_heap_used_mb"]),
         }
     )
     return pd.DataFrame(rows)
@@ -148,7 +153,7 @@ def _plot_per_message(
 ) -> str:
     msgs = memory.message_rows(df)
     metrics = list(leak["metric"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6))
     axes = np.atleast_1d(axes)
     for ax, metric in zip(axes, metrics, strict=True):
         r = leak[leak["metric"] == metric].iloc[0]
@@ -196,11 +201,15 @@ def _reading(
     injected = int(run.get("leak_kb_per_message", 0) or 0)
     threshold = float(rss["threshold_mb_per_msg"])
     lines.append(
-        f"- Overall verdict: **{verdict}**. RSS grows {rss['slope_kb_per_msg']:.1f} KB per "
-        f"message after the warm-up (95% CI {rss['ci_low'] * 1024:.1f} to "
-        f"{rss['ci_high'] * 1024:.1f} KB); a leak is called only when the CI of both RSS and "
-        f"anonymous RSS lies above {threshold * 1024:.1f} KB/message."
+        f"- Overall verdict: **{verdict}**. A leak is called when the 95% CI of the slope of "
+        f"heap in use, or of both RSS and anonymous RSS, lies above "
+        f"{threshold * 1024:.1f} KB/message."
     )
+    for _, r in leak.iterrows():
+        lines.append(
+            f"  - {METRIC_LABELS[r['metric']]}: {r['slope_kb_per_msg']:.1f} KB/message "
+            f"(95% CI {r['ci_low'] * 1024:.1f} to {r['ci_high'] * 1024:.1f}) → {r['verdict']}"
+        )
     if injected:
         lines.append(
             f"- This run injected a known leak of {injected} KB/message "
@@ -223,6 +232,12 @@ def _reading(
         lines.append(
             f"- gc.collect() after closing returned {effects['gc_freed_rss_mb']:.1f} MB: objects "
             f"in reference cycles that CPython had not yet collected."
+        )
+    if np.isfinite(effects["heap_free_before_trim_mb"]):
+        lines.append(
+            f"- Before malloc_trim, glibc held {effects['heap_free_before_trim_mb']:.1f} MB of "
+            f"free chunks; a leak that refills such chunks does not raise RSS until they run "
+            f"out, which is why heap in use votes."
         )
     lines.append(
         f"- malloc_trim(0) returned {fmt(effects['malloc_trim_freed_rss_mb'])} MB of heap that "

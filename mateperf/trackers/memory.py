@@ -15,6 +15,8 @@ Why these sources:
   in a process with a large mapping, so it is taken less often (`uss_interval_ms`) and at every
   marker. Note that file pages mapped only by this process count as private, so USS includes the
   touched part of the mmap'd model; the anonymous figure is the one that excludes it.
+- Heap in use via glibc's mallinfo2 (at markers and on the USS schedule): a leak that refills
+  free chunks the allocator retained is invisible in RSS until they run out, but not here.
 - VRAM via NVML: device-wide used memory and, where the driver reports it, this process's own use.
   Without NVML the sampler still runs and says why in `gpu_status` ("no GPU: ...").
 
@@ -23,6 +25,8 @@ Units: MB here means MiB (2**20 bytes), as psutil and nvidia-smi count.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import threading
 import time
@@ -41,6 +45,8 @@ SAMPLE_COLUMNS = [
     "rss_anon_mb",
     "rss_file_mb",
     "uss_mb",
+    "heap_used_mb",
+    "heap_free_mb",
     "vram_device_used_mb",
     "vram_process_mb",
 ]
@@ -113,6 +119,53 @@ def mapped_file_rss_mb(path: str | os.PathLike) -> float:
     except OSError:
         return float("nan")
     return total_kb / 1024.0
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _load_mallinfo2():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        fn = libc.mallinfo2  # glibc 2.33+; the older mallinfo's ints wrap at 2 GiB
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = []
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _load_mallinfo2()
+
+
+def read_heap() -> tuple[float, float]:
+    """(heap_used_mb, heap_free_mb) from glibc's mallinfo2, over all arenas; NaN without glibc.
+
+    used = bytes in allocated chunks (uordblks) + in mmap'd chunks (hblkhd): what the program
+    holds through malloc, whether or not its pages are resident. free = free chunks the
+    allocator keeps (fordblks). RSS cannot see a leak that fills retained free chunks (they are
+    already resident) until they run out; `used` sees it at once. Not covered: memory Python's
+    small-object allocator takes straight from mmap, and anything not from malloc.
+    """
+    if _MALLINFO2 is None:
+        return float("nan"), float("nan")
+    info = _MALLINFO2()
+    return (info.uordblks + info.hblkhd) / MB, info.fordblks / MB
 
 
 class GpuReader:
@@ -266,9 +319,12 @@ class MemorySampler:
     def _read(self, with_uss: bool) -> tuple[float, ...]:
         t_s = self._now_s()
         rss, anon, file_backed = read_rss()
-        uss = read_uss() if with_uss else float("nan")
+        nan = float("nan")
+        uss = read_uss() if with_uss else nan
+        # mallinfo2 takes the allocator's locks: read it on the slow (USS) schedule only.
+        heap_used, heap_free = read_heap() if with_uss else (nan, nan)
         used, process = self.gpu.read()
-        return (t_s, rss, anon, file_backed, uss, used, process)
+        return (t_s, rss, anon, file_backed, uss, heap_used, heap_free, used, process)
 
     def _store(self, values: tuple[float, ...]) -> None:
         with self._lock:
@@ -354,9 +410,6 @@ def malloc_trim() -> tuple[bool, str]:
     Returns (released, note): released is glibc's answer (1 = some memory was returned); note
     says why nothing was called where the C library has no malloc_trim (musl, macOS, Windows).
     """
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
