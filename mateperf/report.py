@@ -92,16 +92,20 @@ def run_header(info: dict) -> str:
 
 
 def phase_section(phase: str, run: results.RunDir, plots_dir: Path, md_dir: Path) -> str:
-    report = importlib.import_module(f"mateperf.reports.{phase}")
+    kind = "sweep" if run.info.get("kind") == "sweep" else phase
+    report = importlib.import_module(f"mateperf.reports.{kind}")
     df = run.read_frame(phase)
     return report.section(df, run.info, plots_dir, md_dir)
 
 
 def select_runs(paths: list[Path] | None, root: Path | None = None) -> list[results.RunDir]:
-    """The named runs, or the latest finished run of each phase."""
+    """The named runs, or the latest finished run and the latest sweep of each phase."""
     if paths:
         return [results.RunDir.open(p) for p in paths]
-    found = [results.latest_run(phase, root) for phase in phases.PHASES]
+    found = []
+    for phase in phases.PHASES:
+        found.append(results.latest_run(phase, root))
+        found.append(results.latest_run(phase, root, kinds=("sweep",)))
     return [r for r in found if r is not None]
 
 
@@ -113,7 +117,10 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         raise FileNotFoundError(f"no finished runs under {root}: run `mateperf run PHASE` first")
     plots_dir = root / "plots"
     order = {p: i for i, p in enumerate(phases.PHASES)}
-    runs = sorted(runs, key=lambda r: (order.get(r.phase, 99), r.run_id))
+    runs = sorted(
+        runs,
+        key=lambda r: (order.get(r.phase, 99), r.info.get("kind") == "sweep", r.run_id),
+    )
     parts = [
         "# Desktop-Mate performance — final results",
         "",

@@ -25,6 +25,7 @@ RUN_JSON = "run.json"
 STATUS_RUNNING = "running"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STATUS_PARTIAL = "partial"  # a sweep in which some points failed
 
 
 def default_root() -> Path:
@@ -214,12 +215,16 @@ def list_runs(root: Path | None = None, phase: str | None = None) -> list[RunDir
     return sorted(runs, key=lambda r: (r.info.get("started_at") or "", r.run_id))
 
 
-def latest_run(phase: str, root: Path | None = None) -> RunDir | None:
-    """The newest finished run of a phase that has its parquet."""
+def latest_run(
+    phase: str, root: Path | None = None, kinds: tuple[str, ...] = ("run", "notebook")
+) -> RunDir | None:
+    """The newest finished run of a phase, of one of `kinds`, that has its parquet."""
     done = [
         r
         for r in list_runs(root, phase)
-        if r.info.get("status") == STATUS_OK and r.frame_path().is_file()
+        if r.info.get("status") in (STATUS_OK, STATUS_PARTIAL)
+        and r.info.get("kind", "run") in kinds
+        and r.frame_path().is_file()
     ]
     return done[-1] if done else None
 

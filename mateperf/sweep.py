@@ -246,7 +246,7 @@ class Sweep:
             self.run.write_frame(pd.concat(frames, ignore_index=True, sort=False), phase)
         status = results.STATUS_OK if ok and not failed else results.STATUS_FAILED
         if ok and failed:
-            status = "partial"
+            status = results.STATUS_PARTIAL
         self.run.info.update(points_ok=ok, points_failed=len(failed))
         self.run.finish(status, None if not failed else f"{len(failed)} point(s) failed")
         if frames:
