@@ -475,6 +475,7 @@ class UnityBridge:
         if self.legacy:
             raise BridgeError("a legacy peer has no stats command")
         ack = self.request("stats", None, timeout_s)
+        # peers never count queries; keep the client's counters comparable with theirs
         self.counters.sent -= 1
         self.counters.acked -= 1
         return ack.data or {}

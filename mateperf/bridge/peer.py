@@ -67,6 +67,15 @@ class PeerCounters:
             for name, delta in deltas.items():
                 setattr(self, name, getattr(self, name) + delta)
 
+    def count_received(self) -> None:  # the hot path: once per request line
+        with self._lock:
+            self.received += 1
+
+    def count_applied(self, commands: int) -> None:
+        with self._lock:
+            self.applied += 1
+            self.applied_commands += commands
+
     def as_dict(self) -> dict[str, int]:
         with self._lock:
             return {
@@ -172,11 +181,15 @@ class FramePacedPeer:
             self._reject(conn, str(exc), exc.request_id, exc.command)
             return
         if request.command not in QUERY_COMMANDS:
-            self.counters.add(received=1)
+            self.counters.count_received()
         if request.id is not None:
             if request.id in conn.seen_ids:
-                if request.command not in QUERY_COMMANDS:
-                    self._reject(conn, f"duplicate id {request.id!r}", request.id, request.command)
+                message = f"duplicate id {request.id!r}"
+                if request.command in QUERY_COMMANDS:  # answered, but queries are never counted
+                    reply = response(request.command, "error", message, request.id)
+                    conn.send(encode(reply))
+                else:
+                    self._reject(conn, message, request.id, request.command)
                 return
             conn.seen_ids.add(request.id)
         if self.legacy and request.command in LEGACY_EARLY_ACK:
@@ -193,10 +206,10 @@ class FramePacedPeer:
             for sub in request.data["commands"]:
                 self.avatar.apply(sub["command"], sub.get("data") or {})
             extra["count"] = len(request.data["commands"])
-            self.counters.add(applied=1, applied_commands=extra["count"])
+            self.counters.count_applied(extra["count"])
         else:
             self.avatar.apply(request.command, request.data)
-            self.counters.add(applied=1, applied_commands=1)
+            self.counters.count_applied(1)
         if self.legacy:
             if request.command in LEGACY_EARLY_ACK:
                 return None

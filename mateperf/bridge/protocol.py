@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 2
 DEFAULT_HOST = "127.0.0.1"
@@ -45,6 +45,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+_KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "number": _is_number,
+    "string": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
+}
+
+
 @dataclass(frozen=True)
 class Field:
     kind: str  # "number", "string", "bool", "list"
@@ -54,13 +62,7 @@ class Field:
 
     def check(self, command: str, name: str, value: Any) -> None:
         where = f"{command}.{name}"
-        ok = {
-            "number": _is_number,
-            "string": lambda v: isinstance(v, str),
-            "bool": lambda v: isinstance(v, bool),
-            "list": lambda v: isinstance(v, list),
-        }[self.kind](value)
-        if not ok:
+        if not _KIND_CHECKS[self.kind](value):
             raise ProtocolError(f"{where}: expected {self.kind}, got {type(value).__name__}")
         if self.kind == "number":
             if self.low is not None and value < self.low:
@@ -131,8 +133,7 @@ def validate_command(command: Any, data: Any, *, inside_batch: bool = False) -> 
     return data
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):  # a tuple: made once per request on the hot path
     id: Any  # int or str; None for a legacy (fire-and-forget) request
     command: str
     data: dict

@@ -189,7 +189,10 @@ namespace MatePerf.Bridge
                 string key = request.Id.ToString(Newtonsoft.Json.Formatting.None);
                 if (!conn.SeenIds.Add(key))
                 {
-                    if (!query) Reject(conn, "duplicate id " + key, request.Id, request.Command);
+                    if (query)  // answered, but queries are never counted
+                        conn.Send(BridgeProtocol.Encode(BridgeProtocol.Response(request.Command, "error", "duplicate id " + key, request.Id, Legacy)));
+                    else
+                        Reject(conn, "duplicate id " + key, request.Id, request.Command);
                     return;
                 }
             }
