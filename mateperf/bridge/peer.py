@@ -121,7 +121,8 @@ class FramePacedPeer:
         self.avatar = AvatarState()
         self.counters = PeerCounters()
         self.frame = 0
-        self._queue: queue.SimpleQueue[tuple[_Connection, Request, int]] = queue.SimpleQueue()
+        # one queue item per received chunk: a burst of lines wakes the main loop once
+        self._queue: queue.SimpleQueue[list[tuple[_Connection, Request, int]]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._listener = socket.create_server((host, port))
         self._listener.settimeout(0.2)
@@ -159,15 +160,20 @@ class FramePacedPeer:
                 if not chunk:
                     break
                 recv_ns = time.perf_counter_ns()
+                ready: list[tuple[_Connection, Request, int]] = []
                 for line in lines.feed(chunk):
-                    self._handle_line(conn, line, recv_ns)
+                    self._handle_line(conn, line, recv_ns, ready)
+                if ready:
+                    self._queue.put(ready)
         except OSError:
             pass
         finally:
             conn.open = False
             conn.sock.close()
 
-    def _handle_line(self, conn: _Connection, line: bytes | None, recv_ns: int) -> None:
+    def _handle_line(
+        self, conn: _Connection, line: bytes | None, recv_ns: int, ready: list
+    ) -> None:
         if line is None:
             self.counters.add(received=1)
             self._reject(conn, f"line exceeds {self.max_line_bytes} bytes", None, None)
@@ -194,7 +200,7 @@ class FramePacedPeer:
             conn.seen_ids.add(request.id)
         if self.legacy and request.command in LEGACY_EARLY_ACK:
             conn.send(encode(response(request.command, "success", "queued", legacy=True)))
-        self._queue.put((conn, request, recv_ns))
+        ready.append((conn, request, recv_ns))
 
     # -- main thread -----------------------------------------------------------------------------
 
@@ -226,23 +232,24 @@ class FramePacedPeer:
         )
         return encode(reply)
 
-    def tick(self, first: tuple[_Connection, Request, int] | None = None) -> int:
+    def tick(self, first: list[tuple[_Connection, Request, int]] | None = None) -> int:
         """One frame: drain what is queued, apply it, ack it; return how many were applied."""
         self.frame += 1
         acks: dict[_Connection, list[bytes]] = {}
         n = 0
         while True:
             if first is not None:
-                (conn, request, recv_ns), first = first, None
+                items, first = first, None
             else:
                 try:
-                    conn, request, recv_ns = self._queue.get_nowait()
+                    items = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            n += 1
-            line = self._apply(conn, request, recv_ns)
-            if line is not None:
-                acks.setdefault(conn, []).append(line)
+            for conn, request, recv_ns in items:
+                n += 1
+                line = self._apply(conn, request, recv_ns)
+                if line is not None:
+                    acks.setdefault(conn, []).append(line)
         for conn, lines in acks.items():
             conn.send(b"".join(lines))
         return n
