@@ -150,3 +150,16 @@ def test_failed_measurement_is_recorded(cli, results_root):
     assert info["error"]["ename"] == "ValueError"
     assert "context window" in info["error"]["evalue"]
     assert (run_dir / "02_llm_cache.ipynb").is_file()
+
+
+def test_gpu_layers_without_gpu_build_says_so(default_model, capsys):
+    df = llm.run(model=str(default_model), **{**SMALL_LLM, "n_gpu_layers": 4})
+    err = capsys.readouterr().err
+    if llm.gpu_offload_available():
+        assert (df["gpu_layers_effective"] == 4).all()
+    else:
+        assert "n_gpu_layers=4 asked for" in err and "every layer runs on the CPU" in err
+        assert not df["gpu_offload"].any() and (df["gpu_layers_effective"] == 0).all()
+        from mateperf.reports.llm import _gpu_note
+
+        assert "No GPU offload" in _gpu_note(df, {"n_gpu_layers": 4})[0]

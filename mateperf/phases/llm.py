@@ -65,6 +65,12 @@ def validate(params: dict) -> None:
         model.resolve_model(params["model"] or None)
 
 
+def gpu_offload_available() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
 def _progress(message: str) -> None:
     print(f"[llm] {message}", file=sys.stderr, flush=True)
 
@@ -325,6 +331,12 @@ def run(
         seed=seed,
     )
     rows: list[dict] = []
+    offload = gpu_offload_available()
+    if n_gpu_layers != 0 and not offload:
+        _progress(
+            f"WARNING: n_gpu_layers={n_gpu_layers} asked for, but this llama-cpp-python build "
+            "has no GPU offload: every layer runs on the CPU (see README, CUDA build)"
+        )
 
     _progress(f"memory-copy bandwidth with {config.threads} threads")
     if membw_mb:
@@ -359,6 +371,8 @@ def run(
     df["model_name"] = meta["name"]
     df["model_file"] = path.name
     df["model_tensor_bytes"] = meta["tensor_bytes"]
+    df["gpu_offload"] = offload
+    df["gpu_layers_effective"] = n_gpu_layers if offload else 0
     df["threads_used"] = config.threads
     df["threads_batch_used"] = config.threads_batch
     return df

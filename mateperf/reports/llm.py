@@ -165,6 +165,17 @@ def _reading(ab: pd.DataFrame, summary: pd.DataFrame, bound: dict) -> list[str]:
     return lines
 
 
+def _gpu_note(df: pd.DataFrame, params: dict) -> list[str]:
+    asked = params.get("n_gpu_layers", 0)
+    if "gpu_offload" not in df or asked == 0 or bool(df["gpu_offload"].iloc[0]):
+        return []
+    return [
+        f"**No GPU offload in this build: n_gpu_layers={asked} was asked for, but every "
+        "layer ran on the CPU.**",
+        "",
+    ]
+
+
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     summary = llm.summarize(df)
     ab = llm.cold_vs_warm(df)
@@ -180,6 +191,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"(gen/batch), n_gpu_layers {params.get('n_gpu_layers')}. Every trial loads the model "
         f"afresh; arms interleaved cold, warm, cold, …; the first pair is discarded.",
         "",
+        *_gpu_note(df, params),
         "### Cold vs warm first reply",
         "",
         table(_ab_table(ab, summary)),
