@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -48,6 +49,25 @@ def cli(results_root):
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
+
+
+MONO_MISSING = (
+    "mono and mcs are required for the C# bridge tests: "
+    "apt-get install mono-mcs libnewtonsoft-json-cil-dev (see scripts/test-apt-packages.txt)"
+)
+
+
+@pytest.fixture(scope="session")
+def built_csharp(tmp_path_factory) -> Path:
+    """The C# bridge core and headless host compiled from unity/ with Mono's mcs."""
+    from mateperf.bridge.process import use_fresh_csharp_build
+
+    if shutil.which("mono") is None or shutil.which("mcs") is None:
+        pytest.fail(MONO_MISSING)
+    try:
+        return use_fresh_csharp_build(tmp_path_factory.getbasetemp() / "csharp-build")
+    except FileNotFoundError as exc:
+        pytest.fail(f"{MONO_MISSING}: {exc}")
 
 
 # Parameters that keep a real llm phase run to a few seconds on 2 cores.

@@ -2,11 +2,9 @@
 one outcome, nothing is applied twice, and the peer's counters match the client's."""
 
 import json
-import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,23 +16,8 @@ from mateperf.bridge.client import (
     BridgeTimeout,
     UnityBridge,
 )
-from mateperf.bridge.process import start_peer, use_fresh_csharp_build
+from mateperf.bridge.process import start_peer
 from mateperf.bridge.protocol import MAX_LINE_BYTES, encode, encode_request, greeting
-
-MONO_MISSING = (
-    "mono and mcs are required for the C# bridge tests: "
-    "apt-get install mono-mcs libnewtonsoft-json-cil-dev (see scripts/test-apt-packages.txt)"
-)
-
-
-@pytest.fixture(scope="session")
-def built_csharp(tmp_path_factory) -> Path:
-    if shutil.which("mono") is None or shutil.which("mcs") is None:
-        pytest.fail(MONO_MISSING)
-    try:
-        return use_fresh_csharp_build(tmp_path_factory.getbasetemp() / "csharp-build")
-    except FileNotFoundError as exc:
-        pytest.fail(f"{MONO_MISSING}: {exc}")
 
 
 @pytest.fixture(params=["python", pytest.param("csharp", marks=pytest.mark.mono)])

@@ -7,28 +7,11 @@ runs exactly the code in unity/ as it is now. Without Mono the tests fail (CI in
 """
 
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from mateperf.bridge.process import UNITY_DIR, use_fresh_csharp_build
-
-MONO_MISSING = (
-    "mono and mcs are required for the C# bridge tests: "
-    "apt-get install mono-mcs libnewtonsoft-json-cil-dev (see scripts/test-apt-packages.txt)"
-)
-
-
-@pytest.fixture(scope="session")
-def built_csharp(tmp_path_factory) -> Path:
-    if shutil.which("mono") is None or shutil.which("mcs") is None:
-        pytest.fail(MONO_MISSING)
-    try:
-        return use_fresh_csharp_build(tmp_path_factory.getbasetemp() / "csharp-build")
-    except FileNotFoundError as exc:
-        pytest.fail(f"{MONO_MISSING}: {exc}")
+from mateperf.bridge.process import UNITY_DIR
 
 
 @pytest.mark.mono

@@ -5,22 +5,15 @@ that batching completes in fewer frames, and that the report is deterministic.
 """
 
 import json
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from mateperf import phases
-from mateperf.bridge.process import use_fresh_csharp_build
 from mateperf.errors import ParameterError
 from mateperf.phases import ipc
 from mateperf.reports import ipc as ipc_report
 
-MONO_MISSING = (
-    "mono and mcs are required for the C# bridge tests: "
-    "apt-get install mono-mcs libnewtonsoft-json-cil-dev (see scripts/test-apt-packages.txt)"
-)
 SMALL = {
     "trials": 2,
     "requests": 30,
@@ -33,16 +26,6 @@ SMALL = {
     "batch_size": 10,
     "warmup": 3,
 }
-
-
-@pytest.fixture(scope="session")
-def built_csharp(tmp_path_factory) -> Path:
-    if shutil.which("mono") is None or shutil.which("mcs") is None:
-        pytest.fail(MONO_MISSING)
-    try:
-        return use_fresh_csharp_build(tmp_path_factory.getbasetemp() / "csharp-build")
-    except FileNotFoundError as exc:
-        pytest.fail(f"{MONO_MISSING}: {exc}")
 
 
 @pytest.fixture(scope="module", params=["python", pytest.param("csharp", marks=pytest.mark.mono)])
