@@ -57,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated per trial")
     ap.add_argument("--n-threads", type=int, default=0, help="0 = the CPUs this process may use")
     ap.add_argument("--interval-ms", type=float, default=20.0, help="sampler RSS period")
-    ap.add_argument("--uss-interval-ms", type=float, default=200.0, help="sampler USS period")
+    ap.add_argument(
+        "--uss-interval-ms",
+        type=float,
+        default=0.0,
+        help="sampler USS/heap period (0 = markers only)",
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     if args.pairs < 3 or args.tokens < 1:

@@ -57,7 +57,7 @@ DEFAULTS = {
     "messages": 100,
     "warmup_messages": 20,
     "sample_interval_ms": 20.0,
-    "uss_interval_ms": 200.0,
+    "uss_interval_ms": 0.0,
     "leak_threshold_mb_per_msg": 0.025,
     "leak_kb_per_message": 0,
     "max_tokens": 48,
