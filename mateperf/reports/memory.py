@@ -34,6 +34,12 @@ SCENARIO_COLORS = {
 }
 
 
+def _uss_schedule(interval_ms: float) -> str:
+    if interval_ms > 0:
+        return f"USS and heap in use every {interval_ms:.0f} ms and at every marker"
+    return "USS and heap in use at every marker (after each message)"
+
+
 def _one_run(df: pd.DataFrame) -> pd.DataFrame:
     if "run_id" in df.columns and df["run_id"].nunique() > 1:
         return df[df["run_id"] == df["run_id"].iloc[0]]
@@ -296,7 +302,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"gc.collect() after each message: {bool(run.get('gc_every_message', False))}, "
         f"injected leak {int(run.get('leak_kb_per_message', 0) or 0)} KB/message. "
         f"RSS sampled every {fmt(float(run.get('sample_interval_ms', np.nan)), 0)} ms, "
-        f"USS every {fmt(float(run.get('uss_interval_ms', np.nan)), 0)} ms and at every marker. "
+        f"{_uss_schedule(float(run.get('uss_interval_ms', 0) or 0))}. "
         f"GPU: {gpu_status or 'unknown'}. MB = 2^20 bytes.",
         "",
         "### Checkpoints",
