@@ -99,12 +99,17 @@ def phase_section(phase: str, run: results.RunDir, plots_dir: Path, md_dir: Path
 
 
 def select_runs(paths: list[Path] | None, root: Path | None = None) -> list[results.RunDir]:
-    """The named runs, or the latest finished run and the latest sweep of each phase."""
+    """The named runs, or the latest finished run and the latest sweep of each phase.
+
+    A phase may define `representative(info)` to keep its self-check runs (the memory
+    phase's injected leak) out of the default selection.
+    """
     if paths:
         return [results.RunDir.open(p) for p in paths]
     found = []
-    for phase in phases.PHASES:
-        found.append(results.latest_run(phase, root))
+    for phase in phases.available_phases():
+        accept = getattr(phases.module(phase), "representative", None)
+        found.append(results.latest_run(phase, root, accept=accept))
         found.append(results.latest_run(phase, root, kinds=("sweep",)))
     return [r for r in found if r is not None]
 

@@ -216,15 +216,22 @@ def list_runs(root: Path | None = None, phase: str | None = None) -> list[RunDir
 
 
 def latest_run(
-    phase: str, root: Path | None = None, kinds: tuple[str, ...] = ("run", "notebook")
+    phase: str,
+    root: Path | None = None,
+    kinds: tuple[str, ...] = ("run", "notebook"),
+    accept=None,
 ) -> RunDir | None:
-    """The newest finished run of a phase, of one of `kinds`, that has its parquet."""
+    """The newest finished run of a phase, of one of `kinds`, that has its parquet.
+
+    `accept(info) -> bool` narrows further (e.g. leave out a phase's self-check runs).
+    """
     done = [
         r
         for r in list_runs(root, phase)
         if r.info.get("status") in (STATUS_OK, STATUS_PARTIAL)
         and r.info.get("kind", "run") in kinds
         and r.frame_path().is_file()
+        and (accept is None or accept(r.info))
     ]
     return done[-1] if done else None
 

@@ -79,3 +79,16 @@ def test_parquet_roundtrip_and_latest(tmp_path):
     assert len(both) == 2
     assert not any(p.name.endswith(".tmp") for p in first.path.iterdir())
     assert os.path.isfile(first.path / "run.json")
+
+
+def test_latest_run_leaves_out_self_checks(tmp_path):
+    from mateperf.phases import memory
+
+    clean = results.RunDir.create("memory", {"leak_kb_per_message": 0}, root=tmp_path)
+    leak = results.RunDir.create("memory", {"leak_kb_per_message": 50}, root=tmp_path)
+    for run in (clean, leak):
+        run.write_frame(pd.DataFrame({"rss_mb": [1.0]}))
+        run.finish(results.STATUS_OK)
+    assert results.latest_run("memory", tmp_path).path == leak.path
+    chosen = results.latest_run("memory", tmp_path, accept=memory.representative)
+    assert chosen.path == clean.path

@@ -467,3 +467,8 @@ def cleanup_effects(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{name}_anon_mb"] = get(name, "rss_anon_mb")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def representative(info: dict) -> bool:
+    """Runs that describe the companion itself: not the detector's injected-leak self-check."""
+    return not info.get("params", {}).get("leak_kb_per_message")
