@@ -418,6 +418,9 @@ def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
         ("prompt_tokens", False),
     ):
         r = stats.compare(cold[metric], warm[metric], higher_is_better=higher)
+        verdict = r.verdict
+        if metric == "prompt_tokens":  # a count, not a speed
+            verdict = {stats.FASTER: "fewer", stats.SLOWER: "more"}.get(verdict, verdict)
         rows.append(
             {
                 "metric": metric,
@@ -427,7 +430,7 @@ def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
                 "ci_low": r.ci_low,
                 "ci_high": r.ci_high,
                 "p_value": r.p_value,
-                "verdict": r.verdict,
+                "verdict": verdict,
                 "n_cold": r.n_a,
                 "n_warm": r.n_b,
             }
