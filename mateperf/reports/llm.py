@@ -94,6 +94,7 @@ def _plot_ttft(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("First reply after a fresh load: cold vs warm (each dot one trial)")
+    fig.tight_layout()
     return save_figure(fig, plots_dir, "llm_ttft_cold_vs_warm", md_dir, "TTFT cold vs warm")
 
 
@@ -120,6 +121,7 @@ def _plot_throughput(df: pd.DataFrame, bound: dict, plots_dir: Path, md_dir: Pat
             )
             ax.legend(loc="lower right")
     fig.suptitle("Steady-state throughput, llama-bench method (each dot one repetition)")
+    fig.tight_layout()
     return save_figure(fig, plots_dir, "llm_throughput", md_dir, "tokens/s with spread")
 
 

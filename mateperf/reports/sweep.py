@@ -39,12 +39,38 @@ def _plot_against(summary: pd.DataFrame, swept: list[str], x: str, label: str, a
         name = ", ".join(f"{n}={v}" for n, v in zip(others, combo, strict=True)) or label
         line = ax.plot(sel[x], sel["median"], marker="o", label=name)[0]
         ax.fill_between(sel[x], sel["ci_low"], sel["ci_high"], alpha=0.2, color=line.get_color())
+    ax.set_xticks(sorted(summary[x].unique()))
     ax.set_xlabel(x)
     ax.set_ylabel(label)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if others:
         ax.legend(fontsize="small")
+
+
+def _best_reading(summary: pd.DataFrame, swept: list[str], metric: str) -> str:
+    """Name the best point, and the points whose CI overlaps it (not distinguishable)."""
+    best = (
+        summary["median"].idxmax() if stats.higher_is_better(metric) else summary["median"].idxmin()
+    )
+
+    def where(i) -> str:
+        return ", ".join(f"{p}={summary.at[i, p]}" for p in swept)
+
+    lo, hi = summary.at[best, "ci_low"], summary.at[best, "ci_high"]
+    ties = [
+        i
+        for i in summary.index
+        if i != best and summary.at[i, "ci_low"] <= hi and summary.at[i, "ci_high"] >= lo
+    ]
+    text = f"Best median: {where(best)} ({fmt(summary.at[best, 'median'])})."
+    if ties:
+        text += (
+            " Not distinguishable from it (95% CIs overlap): "
+            + "; ".join(where(i) for i in ties)
+            + "."
+        )
+    return text
 
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
@@ -80,11 +106,5 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         ]
         shown["n"] = summary["n"]
         parts += [f"### {label}", "", table(shown), ""]
-        best = summary.loc[
-            summary["median"].idxmax()
-            if stats.higher_is_better(metric)
-            else summary["median"].idxmin()
-        ]
-        where = ", ".join(f"{p}={best[p]}" for p in swept)
-        parts += [f"Best: {where} ({fmt(best['median'])}).", ""]
+        parts += [_best_reading(summary, swept, metric), ""]
     return "\n".join(parts)
