@@ -15,7 +15,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +97,7 @@ def point_name(index: int, swept: dict) -> str:
 @dataclass
 class Sweep:
     run: results.RunDir
+    executed: set[str] = field(default_factory=set)  # points run by this invocation
 
     @property
     def manifest_path(self) -> Path:
@@ -187,6 +188,7 @@ class Sweep:
         self.run.update(status=results.STATUS_RUNNING, ended_at=None)
 
         todo = [p for p in manifest["points"] if p["status"] in (PENDING, RUNNING)]
+        self.executed = {p["name"] for p in todo}
         total = len(manifest["points"])
         bar = tqdm(
             total=total,
@@ -263,9 +265,17 @@ class Sweep:
         return manifest
 
 
-def overhead(manifest: dict, wall_s: float | None = None) -> dict:
-    """Share of the sweep's time spent outside the measured work (kernel start, papermill)."""
-    done = [p for p in manifest["points"] if p["status"] == OK and p.get("measure_s")]
+def overhead(manifest: dict, wall_s: float | None = None, only: set[str] | None = None) -> dict:
+    """Share of the sweep's time spent outside the measured work (kernel start, papermill).
+
+    `only` restricts it to the points run by this invocation (a resumed sweep's wall time
+    covers only those).
+    """
+    done = [
+        p
+        for p in manifest["points"]
+        if p["status"] == OK and p.get("measure_s") and (only is None or p["name"] in only)
+    ]
     total = wall_s if wall_s is not None else sum(p["duration_s"] or 0 for p in done)
     measured = sum(p["measure_s"] for p in done)
     return {

@@ -32,13 +32,13 @@ def cmd_sweep(args) -> int:
         print(f"mateperf: sweep of {n} points -> {sw.run.path}", file=sys.stderr)
     manifest = sw.execute()
     wall = time.perf_counter() - start
-    ov = sweep_mod.overhead(manifest, wall)
+    ov = sweep_mod.overhead(manifest, wall, only=sw.executed)
     ok = sum(p["status"] == sweep_mod.OK for p in manifest["points"])
     failed = [p for p in manifest["points"] if p["status"] == sweep_mod.FAILED]
     print(
-        f"{sw.run.run_id}: {ok}/{len(manifest['points'])} points ok in {wall:.1f} s; "
-        f"measured work {ov['measured_s']:.1f} s, outside it {ov['overhead_share'] * 100:.1f}% "
-        f"-> {sw.run.path}"
+        f"{sw.run.run_id}: {ok}/{len(manifest['points'])} points ok; this invocation ran "
+        f"{len(sw.executed)} point(s) in {wall:.1f} s, measured work {ov['measured_s']:.1f} s, "
+        f"outside it {ov['overhead_share'] * 100:.1f}% -> {sw.run.path}"
     )
     for p in failed:
         e = p["error"] or {}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_2x2_sweep_combines_every_point(sweep_2x2):
     assert (sweep / "plots" / "sweep_llm_0_tg_tps.png").is_file()
     md = (sweep / "llm.md").read_text()
     assert "n_threads" in md and "generation tokens/s" in md
-    assert "4/4 points ok" in r.stdout and "outside it" in r.stdout
+    assert "4/4 points ok" in r.stdout and "ran 4 point(s)" in r.stdout and "outside it" in r.stdout
     assert "sweep llm" in r.stderr  # the progress bar
 
 
@@ -152,6 +153,8 @@ def test_killed_sweep_resumes_without_repeats_or_losses(tmp_path):
 
     r = mateperf(tmp_path, "sweep", "llm", "--resume", str(sweep))
     assert r.returncode == 0, r.stderr[-3000:]
+    ran = int(re.search(r"ran (\d+) point", r.stdout).group(1))
+    assert 1 <= ran <= 3 - len(before)  # the point caught mid-run may have been adopted
     manifest = json.loads((sweep / "manifest.json").read_text())
     assert [p["status"] for p in manifest["points"]] == ["ok"] * 3
     for p in manifest["points"]:
