@@ -105,6 +105,8 @@ def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
     if table.empty:
         return f"A = {run_a}, B = {run_b}: nothing to compare"
     shown = table.copy()
+    for col in shown.columns[: list(shown.columns).index("metric")]:
+        shown[col] = shown[col].fillna("")
     shown["A"] = [fmt(v, 2) for v in table["A"]]
     shown["B"] = [fmt(v, 2) for v in table["B"]]
     shown["B/A [95% CI]"] = [
