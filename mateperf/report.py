@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -120,7 +121,10 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
     runs = select_runs(paths, root)
     if not runs:
         raise FileNotFoundError(f"no finished runs under {root}: run `mateperf run PHASE` first")
-    plots_dir = root / "plots"
+    # Generated output only: rebuilt from scratch so no plot of an earlier selection lingers.
+    plots_root = root / "plots"
+    if plots_root.is_dir():
+        shutil.rmtree(plots_root)
     order = {p: i for i, p in enumerate(phases.PHASES)}
     runs = sorted(
         runs,
@@ -150,7 +154,9 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
     for text, ids in hosts.items():
         parts += [f"Runs {', '.join(f'`{i}`' for i in ids)}:", "", "```", text, "```", ""]
     for r in runs:
-        parts += ["", phase_section(r.phase, r, plots_dir, root).rstrip(), ""]
+        # one folder per run: two runs of a phase must not overwrite each other's plots
+        section = phase_section(r.phase, r, plots_root / r.run_id, root)
+        parts += ["", section.rstrip(), ""]
         parts += [f"_Source: `{r.run_id}`; reproduce with `{reproduce_command(r.info)}`._", ""]
     out = root / FINAL_NAME
     results.atomic_write_text(out, "\n".join(parts).rstrip() + "\n")

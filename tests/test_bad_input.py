@@ -68,6 +68,8 @@ def test_bad_model_from_environment(cli, bad_models):
         (["run", "llm", "-p", "n_threads=-3"], ["n_threads=-3"]),
         (["run", "llm", "-p", "n_gpu_layers=-7"], ["n_gpu_layers=-7"]),
         (["run", "llm", "-p", "trials"], ["expected key=value"]),
+        (["run", "ipc", "-p", "pin_cpu=99"], ["pin_cpu=99"]),
+        (["run", "ipc", "-p", "peer=unity"], ["peer='unity'"]),
         (["frobnicate"], ["invalid choice"]),
         (["report", "/nonexistent/run"], ["not a run directory"]),
     ],

@@ -106,10 +106,12 @@ def test_report_is_regenerated_identically(cli_llm_run, cli, monkeypatch):
     assert r.rc == 0, r.stderr
     final = results_root / "FINAL_RESULTS.md"
     first_text = final.read_text()
-    first_png = (results_root / "plots" / "llm_ttft_cold_vs_warm.png").read_bytes()
+    first_png = (results_root / "plots" / run_dir.name / "llm_ttft_cold_vs_warm.png").read_bytes()
     assert cli("--results", str(results_root), "report", str(run_dir)).rc == 0
     assert final.read_text() == first_text
-    assert (results_root / "plots" / "llm_ttft_cold_vs_warm.png").read_bytes() == first_png
+    assert (
+        results_root / "plots" / run_dir.name / "llm_ttft_cold_vs_warm.png"
+    ).read_bytes() == first_png
     assert run_dir.name in first_text and "Phase 2" in first_text
     assert "mateperf run llm" in first_text  # the command that reproduces the run
 

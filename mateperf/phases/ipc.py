@@ -23,6 +23,7 @@ hits every arm alike. Each arm's first `warmup` requests per trial are kept with
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -74,6 +75,11 @@ DEFAULTS = {
     "warmup": 20,
     "timeout_s": 5.0,
     "scenarios": ",".join(SCENARIOS),
+    # -1: the scheduler places client, peers and floor. N: all of them on CPU N (children
+    # inherit the affinity). On an idle VM every wake-up of a thread blocked on another vCPU
+    # costs tens of µs, and the bridge's chain (client → I/O thread → frame loop → client) has
+    # more of them than the floor's ping-pong; pinning shows the cost without them.
+    "pin_cpu": -1,
 }
 
 
@@ -115,6 +121,10 @@ def validate(params: dict) -> None:
         raise ParameterError(f"parameter warmup={params['warmup']!r}: must be >= 0")
     if float(params.get("timeout_s", 5.0)) <= 0:
         raise ParameterError(f"parameter timeout_s={params['timeout_s']!r}: must be > 0")
+    pin = int(params.get("pin_cpu", -1))
+    if pin != -1 and pin not in os.sched_getaffinity(0):
+        allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        raise ParameterError(f"parameter pin_cpu={pin}: expected -1 or one of CPUs {allowed}")
     parse_sizes(params.get("sizes", DEFAULTS["sizes"]))
     parse_scenarios(params.get("scenarios", DEFAULTS["scenarios"]))
 
@@ -418,6 +428,11 @@ def run(**params) -> pd.DataFrame:
     chosen = parse_scenarios(p["scenarios"])
     frames = []
     with ExitStack() as stack:
+        if p["pin_cpu"] >= 0:
+            before = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {p["pin_cpu"]})
+            stack.callback(os.sched_setaffinity, 0, before)
+            _progress(f"client, peers and floor pinned to CPU {p['pin_cpu']}")
         _progress(f"starting floor and {p['peer']} peers (fps 0 and {fps:g})")
         lab = _Lab(stack, p["peer"], fps, float(p["timeout_s"]))
         for trial in range(p["trials"]):
@@ -435,6 +450,7 @@ def run(**params) -> pd.DataFrame:
         _progress(f"peer counters match the client's: {counters}")
     df = pd.concat(frames, ignore_index=True)
     df["peer"] = p["peer"]
+    df["pin_cpu"] = p["pin_cpu"]
     df["is_warmup"] = df["is_warmup"].fillna(False).astype(bool)
     for col in (*METRICS, "size_bytes", "target_bytes", "batch_size", "frame"):
         if col not in df:

@@ -285,7 +285,14 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"fps (and unpaced); {params.get('trials', '?')} trials, scenarios interleaved, warm-ups "
         "left out. Every latency is send → completion ack (the avatar has applied the command); "
         "the floor is a raw socket ping-pong of same-size lines between two processes, measured "
-        "in the same run.",
+        "in the same run. "
+        + (
+            f"Client, peers and floor pinned to CPU {params['pin_cpu']}."
+            if int(params.get("pin_cpu", -1)) >= 0
+            else "CPU placement left to the scheduler (pin_cpu=-1): on an idle VM, waking a "
+            "thread blocked on another vCPU costs tens of µs, and the bridge's round trip has "
+            "more such wake-ups than the floor's; `-p pin_cpu=N` measures without them."
+        ),
         "",
         "### Headline",
         "",
