@@ -92,3 +92,20 @@ def test_latest_run_leaves_out_self_checks(tmp_path):
     assert results.latest_run("memory", tmp_path).path == leak.path
     chosen = results.latest_run("memory", tmp_path, accept=memory.representative)
     assert chosen.path == clean.path
+
+
+def test_reproduce_command_names_parameters_whose_default_moved():
+    from mateperf import phases
+    from mateperf.report import reproduce_command
+
+    defaults = phases.defaults("llm")
+    info = {
+        "phase": "llm",
+        "command": "mateperf run llm -p trials=3",
+        "params": {**defaults, "trials": 3, "max_tokens": defaults["max_tokens"] + 1},
+    }
+    assert reproduce_command(info) == (
+        f"mateperf run llm -p trials=3 -p max_tokens={defaults['max_tokens'] + 1}"
+    )
+    same = {"phase": "llm", "command": "mateperf run llm", "params": dict(defaults)}
+    assert reproduce_command(same) == "mateperf run llm"
