@@ -107,13 +107,19 @@ def test_report_is_regenerated_identically(cli_llm_run, cli, monkeypatch):
     final = results_root / "FINAL_RESULTS.md"
     first_text = final.read_text()
     first_png = (results_root / "plots" / run_dir.name / "llm_ttft_cold_vs_warm.png").read_bytes()
-    assert cli("--results", str(results_root), "report", str(run_dir)).rc == 0
+    assert cli("--results", str(results_root), "report").rc == 0
     assert final.read_text() == first_text
     assert (
         results_root / "plots" / run_dir.name / "llm_ttft_cold_vs_warm.png"
     ).read_bytes() == first_png
     assert run_dir.name in first_text and "Phase 2" in first_text
     assert "mateperf run llm" in first_text  # the command that reproduces the run
+    # named runs: the same selection, and the command that regenerates it is recorded
+    assert cli("--results", str(results_root), "report", str(run_dir)).rc == 0
+    named = final.read_text()
+    assert f"mateperf report {results_root.name}/{run_dir.name}" in named
+    assert cli("--results", str(results_root), "report", str(run_dir)).rc == 0
+    assert final.read_text() == named
 
 
 def test_explore_notebook_executes_over_a_real_run(cli_llm_run, tmp_path):
