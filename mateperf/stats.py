@@ -181,17 +181,18 @@ def slope(x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE
     n = int(x_arr.size)
     if n < 3 or np.ptp(x_arr) == 0:
         return SlopeFit(math.nan, math.nan, math.nan, math.nan, n, math.nan)
-    fit = sps.linregress(x_arr, y_arr)
+    # Plain OLS rather than scipy.stats.linregress: linregress returns a NaN standard error
+    # for a perfectly flat series (its correlation is 0/0), and a flat RSS is the common case
+    # of a clean run read at page granularity.
+    x_mean, y_mean = x_arr.mean(), y_arr.mean()
+    sxx = float(((x_arr - x_mean) ** 2).sum())
+    fitted_slope = float(((x_arr - x_mean) * (y_arr - y_mean)).sum() / sxx)
+    intercept = float(y_mean - fitted_slope * x_mean)
+    residuals = y_arr - (intercept + fitted_slope * x_arr)
+    stderr = float(np.sqrt((residuals**2).sum() / (n - 2) / sxx))
     t = sps.t.ppf(1 - (1 - confidence) / 2, n - 2)
-    half = t * fit.stderr
-    return SlopeFit(
-        float(fit.slope),
-        float(fit.slope - half),
-        float(fit.slope + half),
-        float(fit.intercept),
-        n,
-        float(fit.stderr),
-    )
+    half = t * stderr
+    return SlopeFit(fitted_slope, fitted_slope - half, fitted_slope + half, intercept, n, stderr)
 
 
 # Units that name a rate: more is better. Everything else with a unit (ms, s, MB) is a cost.

@@ -93,3 +93,8 @@ def test_summary_table_groups_in_order():
     assert list(t["arm"]) == ["b", "a"]
     assert list(t["median"]) == [2.0, 3.0]
     assert set(t.columns) >= {"n", "p99", "ci_low", "ci_high", "metric"}
+
+
+def test_slope_of_a_flat_series_is_zero_with_a_zero_width_ci():
+    fit = stats.slope(range(16), [412.5] * 16)
+    assert (fit.slope, fit.ci_low, fit.ci_high) == (0.0, 0.0, 0.0)
