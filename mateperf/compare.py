@@ -14,19 +14,7 @@ from mateperf import host, results, stats
 from mateperf.errors import BadInput
 
 IDENTITY = ("scenario", "arm", "mode", "size_bytes", "peer")
-UNIT_SUFFIXES = ("_ms", "_s", "_us", "_tps", "_per_s", "_mb", "_gbps", "_mbps", "_kb")
 NOT_METRICS = {"point", "trial"}
-
-
-def _metrics(df: pd.DataFrame, params: set[str]) -> list[str]:
-    return [
-        c
-        for c in df.columns
-        if c.endswith(UNIT_SUFFIXES)
-        and c not in params
-        and c not in NOT_METRICS
-        and pd.api.types.is_numeric_dtype(df[c])
-    ]
 
 
 def _keys(a: pd.DataFrame, b: pd.DataFrame, params: set[str]) -> list[str]:
@@ -65,7 +53,7 @@ def compare_runs(path_a, path_b) -> tuple[pd.DataFrame, list[str]]:
     params = set(run_a.info.get("params", {})) | set(run_b.info.get("params", {}))
     params |= set(run_a.info.get("grid", {})) | set(run_b.info.get("grid", {}))
     keys = _keys(a, b, params)
-    metrics = [m for m in _metrics(a, params) if m in b.columns]
+    metrics = [m for m in results.metric_columns(a, params | NOT_METRICS) if m in b.columns]
     rows = []
     groups_a = a.groupby(keys, sort=True, dropna=False) if keys else [((), a)]
     for key, ga in groups_a:

@@ -42,10 +42,13 @@ def papermill_error(exc: BaseException) -> dict:
         "cell": getattr(exc, "exec_count", None),
         "cell_index": getattr(exc, "cell_index", None),
         "ename": getattr(exc, "ename", type(exc).__name__),
-        "evalue": str(getattr(exc, "evalue", exc)).strip().splitlines()[-1:][0]
-        if str(getattr(exc, "evalue", exc)).strip()
-        else type(exc).__name__,
+        "evalue": _last_line(str(getattr(exc, "evalue", exc))) or type(exc).__name__,
     }
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def execute_phase(

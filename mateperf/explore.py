@@ -9,8 +9,6 @@ import pandas as pd
 
 from mateperf import results, stats
 
-SUFFIXES = ("_ms", "_s", "_us", "_tps", "_per_s", "_mb", "_gbps")
-
 
 def runs_table(root: Path | None = None) -> pd.DataFrame:
     """One row per stored run: id, phase, kind, status, start and parameters."""
@@ -36,10 +34,6 @@ def load(run_dirs: list[str | Path], phase: str | None = None) -> pd.DataFrame:
     if "discarded" in df:
         df = df[~df["discarded"].astype(bool)]
     return df
-
-
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.endswith(SUFFIXES) and pd.api.types.is_numeric_dtype(df[c])]
 
 
 def plot_metric(df: pd.DataFrame, metric: str, by: str = "run_id", hue: str | None = None):

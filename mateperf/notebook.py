@@ -62,9 +62,7 @@ class PhaseRun:
 
 def open_phase(phase: str, run_dir: str, namespace: dict) -> PhaseRun:
     """Collect the parameters cell's values from the notebook's namespace and open the run."""
-    schema = phases.parameters(phase)
-    schema.pop(phases.RUN_DIR_PARAM, None)
-    params = {name: namespace[name] for name in schema}
+    params = {name: namespace[name] for name in phases.defaults(phase)}
     phases.validate(phase, params)
     if run_dir:
         return PhaseRun(phase, RunDir.open(Path(run_dir)), params, interactive=False)

@@ -50,8 +50,16 @@ def bootstrap_ci(
     if arr.size < 2:
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, arr.size, size=(resamples, arr.size))
-    values = statistic(arr[idx], axis=1)
+    values = statistic(_resample(arr, rng, resamples), axis=1)
+    return _percentile_interval(values, confidence)
+
+
+def _resample(arr: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """`resamples` bootstrap resamples of arr, one per row."""
+    return arr[rng.integers(0, arr.size, size=(resamples, arr.size))]
+
+
+def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return (float(low), float(high))
@@ -125,16 +133,14 @@ def ratio_ci(
     if a.size < 2 or b.size < 2:
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
-    ma = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    mb = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+    ma = np.median(_resample(a, rng, resamples), axis=1)
+    mb = np.median(_resample(b, rng, resamples), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = mb / ma
     ratios = ratios[np.isfinite(ratios)]
     if ratios.size == 0:
         return (math.nan, math.nan)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return (float(low), float(high))
+    return _percentile_interval(ratios, confidence)
 
 
 def compare(

@@ -53,8 +53,7 @@ def plan(phase: str, grid_raw: dict[str, list[str]], fixed_raw: dict[str, str]) 
     refused here: such a point runs, fails, is recorded, and the sweep goes on.
     """
     phases.check_phase(phase)
-    schema = phases.parameters(phase)
-    schema.pop(phases.RUN_DIR_PARAM, None)
+    schema = phases.defaults(phase)
     both = set(grid_raw) & set(fixed_raw)
     if both:
         raise ParameterError(f"parameter {sorted(both)[0]!r} is both swept and fixed")
@@ -68,7 +67,7 @@ def plan(phase: str, grid_raw: dict[str, list[str]], fixed_raw: dict[str, str]) 
         for name, values in grid_raw.items()
     }
     fixed = {name: phases.coerce_value(name, v, schema[name]) for name, v in fixed_raw.items()}
-    if "model" in fixed or "model" in schema and "model" not in grid:
+    if "model" in schema and "model" not in grid:  # one file for every point: check it now
         from mateperf.model import resolve_model
 
         resolve_model(fixed.get("model") or schema.get("model") or None)
@@ -113,7 +112,7 @@ class Sweep:
     def create(cls, phase: str, grid: dict, fixed: dict, schema: dict, command: str) -> Sweep:
         run = results.RunDir.create(
             phase,
-            {**{k: v for k, v in schema.items()}, **fixed},
+            {**schema, **fixed},
             kind=KIND,
             command=command,
             extra={"grid": grid, "fixed": fixed},

@@ -93,3 +93,10 @@ def test_info_json(cli):
     assert "AVX" in fp["llama_cpp"]["system_info"]
     if not shutil.which("nvidia-smi"):
         assert fp["gpus"]["count"] == 0 and fp["gpus"]["reason"]
+
+
+@pytest.mark.parametrize("phase", ["memory", "llm"])
+def test_every_model_phase_checks_the_model_file_first(cli, results_root, bad_models, phase):
+    path = bad_models / "notgguf.gguf"
+    assert_refused(cli("run", phase, "--model", str(path)), str(path), "not a GGUF file")
+    assert no_runs(results_root)

@@ -111,8 +111,7 @@ def coerce_value(name: str, raw, default):
 
 def resolve_params(phase: str, overrides: dict) -> dict:
     """Defaults from the notebook with overrides applied and cast; unknown names refused."""
-    schema = parameters(phase)
-    schema.pop(RUN_DIR_PARAM, None)
+    schema = defaults(phase)
     unknown = [k for k in overrides if k not in schema]
     if unknown:
         raise ParameterError(
@@ -126,7 +125,11 @@ def resolve_params(phase: str, overrides: dict) -> dict:
 
 
 def validate(phase: str, params: dict) -> None:
-    """The phase's own checks of impossible values, when it has any."""
+    """The phase's own checks of impossible values, and the model file for phases with one."""
     check = getattr(module(phase), "validate", None)
     if check is not None:
         check(params)
+    if "model" in params:
+        from mateperf.model import resolve_model
+
+        resolve_model(params["model"] or None)

@@ -46,6 +46,7 @@ FIRST_REPLY_METRICS = [
 
 
 def validate(params: dict) -> None:
+    """Impossible values, refused before anything runs (the model file: phases.validate)."""
     positive = ("trials", "max_tokens", "bench_reps", "n_ctx", "n_batch")
     for name in positive:
         if name in params and params[name] < 1:
@@ -61,8 +62,6 @@ def validate(params: dict) -> None:
         n_threads_batch=params.get("n_threads_batch", 0),
         n_gpu_layers=params.get("n_gpu_layers", 0),
     )
-    if "model" in params:
-        model.resolve_model(params["model"] or None)
 
 
 def gpu_offload_available() -> bool:
@@ -318,7 +317,7 @@ def run(
     validate(p)
     from mateperf import model as model_mod
 
-    path = model_mod.resolve_model(model or None)
+    path = model_mod.resolve_model(model or None)  # validates the file
     meta = model_mod.gguf_metadata(path)
     config = model_mod.LlamaConfig(
         model_path=str(path),
