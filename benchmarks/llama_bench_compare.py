@@ -76,8 +76,8 @@ def mateperf_bench(model_path: Path, threads: int, reps: int, n_pp: int, n_tg: i
         flash_attn=False,
     )
     rows = llm.throughput_rows(config, {"bench_reps": reps, "pp_tokens": n_pp, "tg_tokens": n_tg})
-    pp = [r["pp_tps"] for r in rows if r["scenario"] == "pp" and not r["discarded"]]
-    tg = [r["tg_tps"] for r in rows if r["scenario"] == "tg" and not r["discarded"]]
+    pp = [r["pp_tps"] for r in rows if r["scenario"] == "pp" and not r["is_warmup"]]
+    tg = [r["tg_tps"] for r in rows if r["scenario"] == "tg" and not r["is_warmup"]]
     return pp, tg
 
 

@@ -1,28 +1,139 @@
-"""Compare two runs of a phase: rows matched on their parameters, a verdict per metric.
+"""Compare two runs of a phase: rows matched on what the user asked for, a verdict per metric.
 
-Like llama.cpp's compare-llama-bench.py, rows are matched on what identifies a test
-(scenario, arm, and any parameter that varies inside a run, such as a swept one); like
-`asv compare`, each matched metric gets A, B, the ratio of medians with its CI and a rank-test
-verdict, never a single-run percentage.
+Like llama.cpp's compare-llama-bench.py, rows are matched on what identifies a test (the
+phase's declared identity columns, and any parameter that varies inside a run, such as a
+swept one); like `asv compare`, only declared metrics are compared (mateperf.metrics), each
+with A, B, the ratio of medians with its CI and a rank-test verdict.
+
+The unit of replication is the trial. A request-level metric is reduced to one statistic per
+trial (median, p95, p99) and those are compared across trials; a trial-level metric has one
+value per trial; a run-level metric has one value per run, so two single runs get no test
+("not tested") and replicated runs (a sweep's rounds) do. Warm-up rows never count.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from mateperf import host, results, stats
+from mateperf import host, metrics, phases, results, stats
 from mateperf.errors import BadInput
+from mateperf.metrics import Metric
 
-IDENTITY = ("scenario", "arm", "mode", "size_bytes", "peer")
-NOT_METRICS = {"point", "trial"}
+STAT_LABELS = {"median": "trial median", "p95": "trial p95", "p99": "trial p99", None: "per trial"}
+_PERCENTILES = {"median": 50, "p95": 95, "p99": 99}
 
 
-def _keys(a: pd.DataFrame, b: pd.DataFrame, params: set[str]) -> list[str]:
-    keys = [c for c in IDENTITY if c in a.columns and c in b.columns]
+def trial_values(rows: pd.DataFrame, metric: Metric, stat: str | None = None) -> np.ndarray:
+    """One value of `metric` per replicate (round, trial) of `rows`.
+
+    `stat` reduces a request-level metric's rows of one trial (median, p95, p99); a
+    trial-level metric has one row per trial (its median is taken should a trial have more).
+    """
+    if metric.name not in rows.columns:
+        return np.array([], float)
+    keys = metrics.replicate_keys(rows)
+    values = rows[[*keys, metric.name]].dropna(subset=[metric.name])
+    if values.empty:
+        return np.array([], float)
+    if not keys:  # no trial column: the run is one replicate of a request-level metric
+        series = values[metric.name].astype(float)
+        if metric.level == metrics.REQUEST:
+            return np.array([np.percentile(series, _PERCENTILES[stat or "median"])])
+        return series.to_numpy()
+    q = _PERCENTILES[stat or "median"] if metric.level == metrics.REQUEST else 50
+    grouped = values.groupby(keys, sort=True)[metric.name]
+    return grouped.quantile(q / 100).astype(float).to_numpy()
+
+
+def statistics_for(metric: Metric) -> tuple[str | None, ...]:
+    return metrics.TRIAL_STATS if metric.level == metrics.REQUEST else (None,)
+
+
+def compare_metric(
+    ga: pd.DataFrame, gb: pd.DataFrame, metric: Metric, stat: str | None = None
+) -> stats.ABResult:
+    """B against A for one metric, at the level that repeats independently."""
+    return stats.compare(
+        trial_values(ga, metric, stat),
+        trial_values(gb, metric, stat),
+        higher_is_better=metric.higher_is_better,
+        words=metric.words,
+    )
+
+
+def run_level_table(phase: str, df: pd.DataFrame) -> pd.DataFrame:
+    """The phase's run-level metrics, one row per replicate (empty if it declares none)."""
+    module = phases.module(phase)
+    derive = getattr(module, "trial_table", None)
+    if derive is None or not any(m.level == metrics.RUN for m in metrics.for_phase(phase)):
+        return pd.DataFrame()
+    return derive(df)
+
+
+def _keys(phase: str, a: pd.DataFrame, b: pd.DataFrame, params: set[str]) -> list[str]:
+    keys = [c for c in metrics.IDENTITY.get(phase, ()) if c in a.columns and c in b.columns]
     for p in sorted(params):
-        if p in a.columns and p in b.columns and (a[p].nunique() > 1 or b[p].nunique() > 1):
+        if p in keys or p not in a.columns or p not in b.columns:
+            continue
+        if a[p].nunique(dropna=False) > 1 or b[p].nunique(dropna=False) > 1:
             keys.append(p)
     return keys
+
+
+def _matched(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]):
+    """(key values, rows of A, rows of B) for every group of A that B has too."""
+    groups = a.groupby(keys, sort=True, dropna=False) if keys else [((), a)]
+    for key, ga in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        gb = b
+        for name, value in zip(keys, key, strict=True):
+            gb = gb[gb[name].isna()] if pd.isna(value) else gb[gb[name] == value]
+        if not gb.empty:
+            yield dict(zip(keys, key, strict=True)), ga, gb
+
+
+def _row(key: dict, metric: Metric, stat: str | None, r: stats.ABResult, level: str) -> dict:
+    return {
+        **{k: v for k, v in key.items() if not pd.isna(v)},
+        "metric": metric.name,
+        "statistic": "per run" if level == metrics.RUN else STAT_LABELS[stat],
+        "A": r.median_a,
+        "B": r.median_b,
+        "B/A": r.ratio,
+        "ci_low": r.ci_low,
+        "ci_high": r.ci_high,
+        "p": r.p_value,
+        "verdict": r.verdict,
+        "n": f"{r.n_a}/{r.n_b}",
+    }
+
+
+def compare_frames(phase: str, a: pd.DataFrame, b: pd.DataFrame, params: set[str]) -> pd.DataFrame:
+    """Per matched group, declared metric and per-trial statistic: A, B, B/A [CI], p, verdict."""
+    a, b = metrics.without_warmup(a), metrics.without_warmup(b)
+    declared = [m for m in metrics.present(phase, a) if m.name in b.columns]
+    keys = _keys(phase, a, b, params)
+    rows = []
+    for key, ga, gb in _matched(a, b, keys):
+        for metric in declared:
+            if metric.level == metrics.RUN:
+                continue
+            if ga[metric.name].isna().all() or gb[metric.name].isna().all():
+                continue
+            for stat in statistics_for(metric):
+                r = compare_metric(ga, gb, metric, stat)
+                rows.append(_row(key, metric, stat, r, metric.level))
+    run_a, run_b = run_level_table(phase, a), run_level_table(phase, b)
+    if not run_a.empty and not run_b.empty:
+        run_keys = [k for k in keys if k in run_a.columns and k in run_b.columns]
+        for key, ga, gb in _matched(run_a, run_b, run_keys):
+            for metric in metrics.for_phase(phase):
+                if metric.level != metrics.RUN or metric.name not in ga or metric.name not in gb:
+                    continue
+                r = compare_metric(ga, gb, metric)
+                rows.append(_row(key, metric, None, r, metrics.RUN))
+    return pd.DataFrame(rows)
 
 
 def compare_runs(path_a, path_b) -> tuple[pd.DataFrame, list[str]]:
@@ -45,46 +156,22 @@ def compare_runs(path_a, path_b) -> tuple[pd.DataFrame, list[str]]:
             f"warning: the runs come from different hosts or builds ({', '.join(diffs)}); "
             "timings are not comparable"
         )
-    a, b = run_a.read_frame(), run_b.read_frame()
-    if "discarded" in a:
-        a = a[~a["discarded"].astype(bool)]
-    if "discarded" in b:
-        b = b[~b["discarded"].astype(bool)]
     params = set(run_a.info.get("params", {})) | set(run_b.info.get("params", {}))
     params |= set(run_a.info.get("grid", {})) | set(run_b.info.get("grid", {}))
-    keys = _keys(a, b, params)
-    metrics = [m for m in results.metric_columns(a, params | NOT_METRICS) if m in b.columns]
-    rows = []
-    groups_a = a.groupby(keys, sort=True, dropna=False) if keys else [((), a)]
-    for key, ga in groups_a:
-        key = key if isinstance(key, tuple) else (key,)
-        gb = b
-        for name, value in zip(keys, key, strict=True):
-            gb = gb[gb[name].isna()] if pd.isna(value) else gb[gb[name] == value]
-        if gb.empty:
-            continue
-        for metric in metrics:
-            va, vb = ga[metric].dropna(), gb[metric].dropna()
-            if va.empty or vb.empty:
-                continue
-            r = stats.compare(va, vb, higher_is_better=stats.higher_is_better(metric))
-            rows.append(
-                {
-                    **{k: v for k, v in zip(keys, key, strict=True) if not pd.isna(v)},
-                    "metric": metric,
-                    "A": r.median_a,
-                    "B": r.median_b,
-                    "B/A": r.ratio,
-                    "ci_low": r.ci_low,
-                    "ci_high": r.ci_high,
-                    "p": r.p_value,
-                    "verdict": r.verdict,
-                    "n": f"{r.n_a}/{r.n_b}",
-                }
-            )
-    if not rows:
+    table = compare_frames(run_a.phase, run_a.read_frame(), run_b.read_frame(), params)
+    if table.empty:
         warnings.append("warning: no rows of A matched rows of B")
-    return pd.DataFrame(rows), warnings
+    return table, warnings
+
+
+def called_different(table: pd.DataFrame) -> tuple[int, int, int]:
+    """(metrics called different, metrics tested, metrics that could not be tested)."""
+    if table.empty:
+        return 0, 0, 0
+    untested = int((table["verdict"] == stats.NOT_TESTED).sum())
+    tested = len(table) - untested
+    different = int((~table["verdict"].isin([stats.NO_DIFFERENCE, stats.NOT_TESTED])).sum())
+    return different, tested, untested
 
 
 def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
@@ -103,4 +190,11 @@ def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
     shown["p"] = [fmt_p(p) for p in table["p"]]
     shown = shown.drop(columns=["B/A", "ci_low", "ci_high"])
     cols = [c for c in shown.columns if c not in ("verdict", "n")] + ["verdict", "n"]
-    return f"A = `{run_a}`, B = `{run_b}`\n\n" + shown[cols].to_markdown(index=False)
+    different, tested, untested = called_different(table)
+    footer = (
+        f"\n\n{different} of {tested} tested comparisons called different at the 5% level "
+        "(Mann–Whitney across trials and a ratio CI excluding 1); n counts trials."
+    )
+    if untested:
+        footer += f" {untested} not tested: one replicate per run (replicate with a sweep)."
+    return f"A = `{run_a}`, B = `{run_b}`\n\n" + shown[cols].to_markdown(index=False) + footer

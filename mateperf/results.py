@@ -199,19 +199,6 @@ def tidy(df: pd.DataFrame, run_id: str, phase: str, params: dict) -> pd.DataFram
     return out[front + [c for c in out.columns if c not in front]]
 
 
-# A metric column carries its unit in its name (DESIGN "Contracts"): ttft_ms, tg_tps, rss_mb, ...
-METRIC_SUFFIXES = ("_ms", "_s", "_us", "_tps", "_per_s", "_mb", "_gbps", "_mbps", "_kb")
-
-
-def metric_columns(df: pd.DataFrame, exclude: set[str] | frozenset = frozenset()) -> list[str]:
-    """Numeric columns named with a unit, in frame order."""
-    return [
-        c
-        for c in df.columns
-        if c.endswith(METRIC_SUFFIXES) and c not in exclude and pd.api.types.is_numeric_dtype(df[c])
-    ]
-
-
 def list_runs(root: Path | None = None, phase: str | None = None) -> list[RunDir]:
     """Every run directory under root, oldest first."""
     root = Path(root) if root else default_root()

@@ -23,9 +23,10 @@ def small_run(default_model) -> pd.DataFrame:
 
 def test_rows_and_interleaving(small_run):
     first = small_run[small_run["scenario"] == llm.SCENARIO_FIRST_REPLY]
-    # one discarded warm-up pair, then 2 pairs, arms alternating cold/warm
-    assert list(first["arm"]) == ["cold", "warm"] * 3
-    assert list(first["discarded"]) == [True, True, False, False, False, False]
+    # one warm-up pair, then 2 pairs, in a balanced order: each arm first in half the pairs
+    assert list(first["arm"]) == ["cold", "warm", "warm", "cold", "cold", "warm"]
+    assert list(first["position_in_pair"]) == [0, 1] * 3
+    assert list(first["is_warmup"]) == [True, True, False, False, False, False]
     assert (first["load_s"] > 0).all()
     assert first.loc[first["arm"] == "cold", "warmup_ms"].isna().all()
     assert (first.loc[first["arm"] == "warm", "warmup_ms"] > 0).all()
@@ -47,7 +48,7 @@ def test_counters_come_from_llama_cpp(small_run):
 def test_llama_bench_style_rows(small_run):
     pp = small_run[small_run["scenario"] == llm.SCENARIO_PP]
     tg = small_run[small_run["scenario"] == llm.SCENARIO_TG]
-    assert list(pp["discarded"]) == [True, False, False]
+    assert list(pp["is_warmup"]) == [True, False, False]
     assert (pp["bench_tokens"] == SMALL_LLM["pp_tokens"]).all()
     assert np.allclose(pp["pp_tps"], pp["bench_tokens"] / pp["bench_s"])
     assert (tg["tg_tps"] > 0).all()
@@ -144,8 +145,32 @@ def test_compare_a_run_with_itself(cli_llm_run, cli):
     _, run_dir, _ = cli_llm_run
     r = cli("compare", str(run_dir), str(run_dir))
     assert r.rc == 0, r.stderr
-    assert "ttft_ms" in r.stdout and "no detectable difference" in r.stdout
+    assert "ttft_ms" in r.stdout
+    # one trial per arm: nothing can be tested, and nothing is called different
+    assert "not tested (one replicate)" in r.stdout
     assert "faster" not in r.stdout and "slower" not in r.stdout
+
+
+def test_compare_calls_two_threads_faster_than_one(cli, results_root):
+    """Known answer: on this 2-core host, generation with 2 threads beats 1 (idle machine).
+
+    Five llama-bench repetitions per run are the replicates of the tg row.
+    """
+    from mateperf.compare import compare_runs
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("this known-answer check needs 2 usable CPUs")
+    params = dict(trials=1, bench_reps=5, pp_tokens=64, tg_tokens=64, membw_mb=32)
+    for threads in (1, 2):
+        r = cli("run", "llm", *small_llm_args(n_threads=threads, **params))
+        assert r.rc == 0, r.stderr[-2000:]
+    one, two = results.list_runs(results_root, "llm")
+    assert (one.info["params"]["n_threads"], two.info["params"]["n_threads"]) == (1, 2)
+    table, _ = compare_runs(one.path, two.path)
+    tg = table[(table["scenario"] == "tg") & (table["metric"] == "tg_tps")].iloc[0]
+    assert tg["n"] == "5/5"
+    assert tg["verdict"] == "faster", tg.to_dict()
+    assert tg["B/A"] > 1.1
 
 
 def test_failed_measurement_is_recorded(cli, results_root):

@@ -4,9 +4,10 @@ Scenarios (one tidy row per trial or repetition):
 - `first_reply`: every trial loads the model afresh; the warm arm runs the warm-up (the system
   prompt plus a greeting, `warmup_tokens` generated) right after load, as the app's
   load_model(warm_cache=True) does; then one real companion turn is streamed. Arms are
-  interleaved (cold, warm, cold, warm, ...) and each pair uses the same user turn, so drift
-  and prompt length cancel. The first pair is a warm-up of the process and disk cache and is
-  kept in the table but marked `discarded`.
+  interleaved in a balanced order (cold-warm, warm-cold, cold-warm, ...: ABBA), so each arm
+  runs first in half of the pairs and a drift or a carry-over from the previous trial hits both
+  alike; each pair uses the same user turn, so prompt length cancels. The first pair is a
+  warm-up of the process and disk cache and is kept in the table marked `is_warmup`.
 - `pp` / `tg`: throughput the way llama-bench measures it (random tokens, KV cache cleared
   before each repetition, one warm-up repetition, then `bench_reps` repetitions, decode calls
   with no sampling).
@@ -24,7 +25,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, model, stats
+from mateperf import companion, metrics, model, stats
 from mateperf.errors import ParameterError
 
 SCENARIO_FIRST_REPLY = "first_reply"
@@ -32,6 +33,7 @@ SCENARIO_PP = "pp"
 SCENARIO_TG = "tg"
 SCENARIO_MEMBW = "membw"
 COLD, WARM = "cold", "warm"
+ROUND_SPLIT = ("trials", "bench_reps")  # what a sweep's rounds divide among them, primary first
 
 FIRST_REPLY_METRICS = [
     "load_s",
@@ -165,6 +167,11 @@ def first_reply_trial(config: model.LlamaConfig, arm: str, user: str, p: dict) -
     return {"load_s": load_s, "warmup_ms": warmup_ms, **row}
 
 
+def arm_order(pair: int) -> tuple[str, str]:
+    """Balanced (ABBA) order: cold first in even pairs, warm first in odd ones."""
+    return (COLD, WARM) if pair % 2 == 0 else (WARM, COLD)
+
+
 # --- llama-bench style throughput -------------------------------------------------------------
 
 
@@ -241,7 +248,7 @@ def _bench_row(scenario: str, rep: int, n_tokens: int, seconds: float, metric: s
     return {
         "scenario": scenario,
         "trial": rep,
-        "discarded": rep < 0,
+        "is_warmup": rep < 0,
         "bench_tokens": n_tokens,
         "bench_s": seconds,
         metric: n_tokens / seconds,
@@ -288,7 +295,7 @@ def membw_rows(p: dict, n_threads: int) -> list[dict]:
     for rep in range(-1, p["bench_reps"]):
         gbps = copy_bandwidth_gbps(p["membw_mb"], n_threads)
         rows.append(
-            {"scenario": SCENARIO_MEMBW, "trial": rep, "discarded": rep < 0, "membw_gbps": gbps}
+            {"scenario": SCENARIO_MEMBW, "trial": rep, "is_warmup": rep < 0, "membw_gbps": gbps}
         )
     return rows
 
@@ -341,12 +348,12 @@ def run(
     if membw_mb:
         rows += membw_rows(p, config.threads)
 
-    # Pair 0 warms the process and the page cache and is discarded; pairs 1..trials count.
+    # Pair 0 warms the process and the page cache and is left out; pairs 1..trials count.
     total = 2 * (trials + 1)
     done = 0
     for pair in range(trials + 1):
         user = companion.USER_TURNS[pair % len(companion.USER_TURNS)]
-        for arm in (COLD, WARM):
+        for position, arm in enumerate(arm_order(pair)):
             row = first_reply_trial(config, arm, user, p)
             done += 1
             rows.append(
@@ -354,7 +361,8 @@ def run(
                     "scenario": SCENARIO_FIRST_REPLY,
                     "arm": arm,
                     "trial": pair - 1,
-                    "discarded": pair == 0,
+                    "is_warmup": pair == 0,
+                    "position_in_pair": position,
                     "user_turn": pair % len(companion.USER_TURNS),
                     **row,
                 }
@@ -381,11 +389,11 @@ def run(
 
 
 def kept(df: pd.DataFrame) -> pd.DataFrame:
-    return df[~df["discarded"].astype(bool)]
+    return metrics.without_warmup(df)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Summary rows per scenario/arm and metric (discarded warm-ups left out)."""
+    """Summary rows per scenario/arm and metric (warm-ups left out)."""
     d = kept(df)
     first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
     parts = [stats.summary_table(first, ["scenario", "arm"], FIRST_REPLY_METRICS)]
@@ -408,21 +416,16 @@ def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
     first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
     cold, warm = first[first["arm"] == COLD], first[first["arm"] == WARM]
     rows = []
-    for metric, higher in (
-        ("ttft_ms", False),
-        ("e2e_ms", False),
-        ("load_s", False),
-        ("pp_tps", True),
-        ("tg_tps", True),
-        ("prompt_tokens", False),
-    ):
-        r = stats.compare(cold[metric], warm[metric], higher_is_better=higher)
+    for name in ("ttft_ms", "e2e_ms", "load_s", "pp_tps", "tg_tps", "prompt_tokens"):
+        metric = metrics.get("llm", name)
+        # one row per trial and arm: the trial is the replicate
+        r = stats.compare(
+            cold[name], warm[name], higher_is_better=metric.higher_is_better, words=metric.words
+        )
         verdict = r.verdict
-        if metric == "prompt_tokens":  # a count, not a speed
-            verdict = {stats.FASTER: "fewer", stats.SLOWER: "more"}.get(verdict, verdict)
         rows.append(
             {
-                "metric": metric,
+                "metric": name,
                 "cold_median": r.median_a,
                 "warm_median": r.median_b,
                 "ratio_warm_over_cold": r.ratio,

@@ -173,6 +173,12 @@ def _reading(ab: pd.DataFrame, summary: pd.DataFrame, bound: dict) -> list[str]:
     return lines
 
 
+def _order_note(df: pd.DataFrame) -> str:
+    if "position_in_pair" in df.columns:
+        return "arms in a balanced order (cold-warm, warm-cold, …), each first in half the pairs"
+    return "arms interleaved cold, warm, cold, … (cold always first in a pair)"
+
+
 def _gpu_note(df: pd.DataFrame, params: dict) -> list[str]:
     asked = params.get("n_gpu_layers", 0)
     if "gpu_offload" not in df or asked == 0 or bool(df["gpu_offload"].iloc[0]):
@@ -197,7 +203,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"n_ctx {params.get('n_ctx')}, n_batch {params.get('n_batch')}, threads "
         f"{int(first.get('threads_used', 0))}/{int(first.get('threads_batch_used', 0))} "
         f"(gen/batch), n_gpu_layers {params.get('n_gpu_layers')}. Every trial loads the model "
-        f"afresh; arms interleaved cold, warm, cold, …; the first pair is discarded.",
+        f"afresh; {_order_note(df)}; the first pair is a warm-up, left out.",
         "",
         *_gpu_note(df, params),
         "### Cold vs warm first reply",
@@ -209,7 +215,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "### Steady-state throughput (llama-bench method)",
         "",
         "Random tokens, KV cache cleared before each repetition, one warm-up repetition "
-        "discarded; tokens/s from wall time around the decode calls.",
+        "left out; tokens/s from wall time around the decode calls.",
         "",
         table(_throughput_table(summary, df)),
         "",

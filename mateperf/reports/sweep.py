@@ -8,17 +8,59 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mateperf import phases, stats
-from mateperf.report import fmt, fmt_ci, save_figure, table
+from mateperf import compare, metrics, phases, stats
+from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+
+
+def _points(rows: pd.DataFrame, swept: list[str]):
+    for key, group in rows.groupby(swept, sort=True, dropna=False):
+        yield dict(zip(swept, key if isinstance(key, tuple) else (key,), strict=True)), group
 
 
 def metric_by_point(rows: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame:
-    """Median and 95% CI of `metric` for each combination of swept values."""
+    """Median of the per-trial values of `metric` and its 95% CI for each swept combination.
+
+    Each trial (each round's trial) counts once: a request-level metric enters through its
+    per-trial median, so requests of one trial are never pooled as independent.
+    """
+    decl = metrics.find(metric)
     out = []
-    for key, group in rows.groupby(swept, sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        s = stats.summarize(group[metric])
-        out.append({**dict(zip(swept, key, strict=True)), **s})
+    for key, group in _points(rows, swept):
+        s = stats.summarize(compare.trial_values(group, decl, "median"))
+        out.append({**key, **s})
+    return pd.DataFrame(out)
+
+
+def against_best(rows: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame:
+    """The best point by median, and every other point's ratio to it with the compare verdict.
+
+    The same test as `mateperf compare`: per-trial values, ratio of medians with a bootstrap
+    CI, Mann–Whitney across trials; verdict words say how the point does against the best.
+    """
+    decl = metrics.find(metric)
+    summary = metric_by_point(rows, swept, metric)
+    if summary.empty or summary["median"].isna().all():
+        return pd.DataFrame()
+    best = summary["median"].idxmax() if decl.higher_is_better else summary["median"].idxmin()
+    best_key = {p: summary.at[best, p] for p in swept}
+    groups = list(_points(rows, swept))
+    best_rows = next(g for k, g in groups if k == best_key)
+    out = []
+    for key, group in groups:
+        r = compare.compare_metric(best_rows, group, decl, "median")
+        is_best = key == best_key
+        out.append(
+            {
+                **key,
+                "median": r.median_b,
+                "ratio_to_best": r.ratio,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "p": r.p_value,
+                "verdict": "best" if is_best else r.verdict,
+                "n": r.n_b,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -48,28 +90,31 @@ def _plot_against(summary: pd.DataFrame, swept: list[str], x: str, label: str, a
         ax.legend(fontsize="small")
 
 
-def _best_reading(summary: pd.DataFrame, swept: list[str], metric: str) -> str:
-    """Name the best point, and the points whose CI overlaps it (not distinguishable)."""
-    best = (
-        summary["median"].idxmax() if stats.higher_is_better(metric) else summary["median"].idxmin()
-    )
+def _where(row, swept: list[str]) -> str:
+    return ", ".join(f"{p}={row[p]}" for p in swept)
 
-    def where(i) -> str:
-        return ", ".join(f"{p}={summary.at[i, p]}" for p in swept)
 
-    lo, hi = summary.at[best, "ci_low"], summary.at[best, "ci_high"]
-    ties = [
-        i
-        for i in summary.index
-        if i != best and summary.at[i, "ci_low"] <= hi and summary.at[i, "ci_high"] >= lo
-    ]
-    text = f"Best median: {where(best)} ({fmt(summary.at[best, 'median'])})."
-    if ties:
+def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
+    """Name the best point, the points not distinguishable from it, and the tests made."""
+    best = table_[table_["verdict"] == "best"].iloc[0]
+    others = table_[table_["verdict"] != "best"]
+    tested = others[others["verdict"] != stats.NOT_TESTED]
+    ties = tested[tested["verdict"] == stats.NO_DIFFERENCE]
+    text = f"Best median: {_where(best, swept)} ({fmt(best['median'])})."
+    if len(ties):
         text += (
-            " Not distinguishable from it (95% CIs overlap): "
-            + "; ".join(where(i) for i in ties)
+            " Not distinguishable from it: "
+            + "; ".join(_where(r, swept) for _, r in ties.iterrows())
             + "."
         )
+    text += (
+        f" Comparisons made: {len(tested)} (each other point against the best, per-trial "
+        "values, Mann–Whitney at the 5% level with a ratio CI excluding 1; no correction for "
+        "the number of comparisons, and the best was picked from the same data, so a close "
+        "second can be called worse by chance about 1 time in 20)."
+    )
+    if len(tested) < len(others):
+        text += " Points with a single trial are not tested; sweep with more trials or rounds."
     return text
 
 
@@ -83,7 +128,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"## Sweep of phase {phase}: {' × '.join(f'{k} ∈ {v}' for k, v in grid.items())}",
         "",
         f"Fixed: {info.get('fixed') or 'defaults'}. Points ok: {info.get('points_ok', '?')}, "
-        f"failed: {info.get('points_failed', '?')}. Bands are 95% CIs of the median.",
+        f"failed: {info.get('points_failed', '?')}. Each trial counts once (a per-request "
+        "metric through its per-trial median); bands are 95% CIs of the median of trials.",
         "",
     ]
     numeric = [p for p in swept if pd.api.types.is_numeric_dtype(df[p])]
@@ -91,6 +137,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         if rows.empty or not swept:
             continue
         summary = metric_by_point(rows, swept, metric)
+        if summary.empty:
+            continue
         if numeric:
             fig, axes = plt.subplots(
                 1, len(numeric), figsize=(4.8 * len(numeric), 3.6), squeeze=False
@@ -100,11 +148,23 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             fig.suptitle(f"{label} across the sweep")
             name = f"sweep_{phase}_{i}_{metric}"
             parts += [save_figure(fig, plots_dir, name, md_dir, label), ""]
-        shown = summary[swept].copy()
+        ranked = against_best(rows, swept, metric)
+        shown = ranked[swept].copy()
         shown[f"{label} median [95% CI]"] = [
             fmt_ci(r["median"], r["ci_low"], r["ci_high"]) for _, r in summary.iterrows()
         ]
-        shown["n"] = summary["n"]
+        shown["point / best [95% CI]"] = [
+            "1 (best)"
+            if r["verdict"] == "best"
+            else fmt_ci(r["ratio_to_best"], r["ci_low"], r["ci_high"], 3)
+            for _, r in ranked.iterrows()
+        ]
+        shown["p"] = [
+            fmt_p(v) if r["verdict"] != "best" else ""
+            for v, (_, r) in zip(ranked["p"], ranked.iterrows(), strict=True)
+        ]
+        shown["verdict"] = ranked["verdict"]
+        shown["trials"] = summary["n"]
         parts += [f"### {label}", "", table(shown), ""]
-        parts += [_best_reading(summary, swept, metric), ""]
+        parts += [_best_reading(ranked, swept, metric), ""]
     return "\n".join(parts)

@@ -1,0 +1,168 @@
+"""Every metric, declared once: unit, direction, verdict words and the level it is measured at.
+
+compare, sweeps, explore, reports and plots read these declarations; a column that is not
+declared here is never compared (timestamps, counts and ids are not metrics, whatever their
+name ends with). Like asv's benchmark `unit`, the declaration lives in one place and no
+consumer guesses from a column name.
+
+Levels say what repeats independently:
+- REQUEST: many rows per trial (one per request or sample). Rows of one trial share the
+  trial's conditions, so they are never pooled as independent: consumers reduce them to one
+  statistic per trial (median, p95, p99) and compare those across trials.
+- TRIAL: one value per trial, stored on one row of that trial.
+- RUN: one value per run (a memory run's leak slope): a comparison needs replicated runs,
+  e.g. a sweep's rounds, where each round is a replicate.
+
+Units: memory columns ending in `_mb` hold MiB (2**20 bytes, as psutil and nvidia-smi count)
+and `_kb` columns KiB; the declared unit says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+LOWER, HIGHER = "lower", "higher"  # which direction is better
+REQUEST, TRIAL, RUN = "request", "trial", "run"
+
+# The one warm-up flag every phase writes and every consumer leaves out.
+WARMUP_FLAG = "is_warmup"
+# Stored runs from before the flag had one name.
+LEGACY_WARMUP_FLAGS = ("discarded",)
+
+SPEED = ("faster", "slower")
+MEMORY = ("less memory", "more memory")
+TOKENS = ("fewer tokens", "more tokens")
+
+# Per-trial statistics of a request-level metric that consumers compare across trials.
+TRIAL_STATS = ("median", "p95", "p99")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    direction: str  # LOWER or HIGHER is better
+    level: str  # REQUEST, TRIAL or RUN
+    words: tuple[str, str] = SPEED  # (better, worse)
+    label: str = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == HIGHER
+
+    @property
+    def title(self) -> str:
+        return f"{self.label or self.name} ({self.unit})"
+
+
+def _m(name, unit, direction, level, words=SPEED, label="") -> Metric:
+    return Metric(name, unit, direction, level, words, label)
+
+
+# -- phase 1, memory ----------------------------------------------------------------------------
+# Memory rows are samples, markers and per-message readings of ONE session: none of them repeat
+# independently. What a memory run measures is declared at run level and derived per run by
+# mateperf.phases.memory.trial_table.
+MEMORY_METRICS = (
+    _m("leak_slope_kb_per_msg", "KiB/message", LOWER, RUN, MEMORY, "heap-in-use growth"),
+    _m("rss_after_load_mb", "MiB", LOWER, RUN, MEMORY, "RSS after load"),
+    _m("rss_after_chat_mb", "MiB", LOWER, RUN, MEMORY, "RSS after the chat"),
+    _m("rss_peak_mb", "MiB", LOWER, RUN, MEMORY, "peak RSS"),
+    _m("left_over_rss_mb", "MiB", LOWER, RUN, MEMORY, "RSS left after cleanup"),
+    _m("gen_ms", "ms", LOWER, REQUEST, SPEED, "reply time"),
+)
+
+# -- phase 2, llm -------------------------------------------------------------------------------
+LLM_METRICS = (
+    _m("load_s", "s", LOWER, TRIAL, SPEED, "model load"),
+    _m("warmup_ms", "ms", LOWER, TRIAL, SPEED, "warm-up"),
+    _m("ttft_ms", "ms", LOWER, TRIAL, SPEED, "time to first token"),
+    _m("e2e_ms", "ms", LOWER, TRIAL, SPEED, "whole reply"),
+    _m("pp_tps", "tokens/s", HIGHER, TRIAL, SPEED, "prompt tokens/s"),
+    _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation tokens/s"),
+    _m("prompt_tokens", "tokens", LOWER, TRIAL, TOKENS, "prompt tokens evaluated"),
+    _m("bench_s", "s", LOWER, TRIAL, SPEED, "benchmark time"),
+    _m("membw_gbps", "GB/s", HIGHER, TRIAL, SPEED, "memory-copy bandwidth"),
+)
+
+# -- phase 3, ipc -------------------------------------------------------------------------------
+# rtt_us is send to completion ack (the avatar has applied the command). The frame's
+# completion_ms is the same measurement in ms, for frame-scale figures: not declared twice.
+# Not metrics: since_start_ms (a timestamp), size_bytes (depends on the id's digits), frame,
+# seq. apply_delay_ms is a parameter (a known answer), compared as a run-wide condition.
+IPC_METRICS = (
+    _m("rtt_us", "µs", LOWER, REQUEST, SPEED, "round trip (send to applied)"),
+    _m("sendall_us", "µs", LOWER, REQUEST, SPEED, "sendall() time"),
+    _m("peer_queue_us", "µs", LOWER, REQUEST, SPEED, "time queued in the peer"),
+    _m("total_ms", "ms", LOWER, TRIAL, SPEED, "whole sequence"),
+    _m("throughput_cmd_per_s", "commands/s", HIGHER, TRIAL, SPEED, "throughput"),
+    _m("applied_ms", "ms", LOWER, TRIAL, SPEED, "until all applied"),
+)
+
+_BY_PHASE: dict[str, tuple[Metric, ...]] = {
+    "memory": MEMORY_METRICS,
+    "llm": LLM_METRICS,
+    "ipc": IPC_METRICS,
+}
+
+# What identifies a test inside a run: rows of A are matched with rows of B on these (and on
+# any parameter that varies inside a run, such as a swept one). What the user asked for, never
+# incidental values (the bytes of a request depend on the digits of its id).
+IDENTITY: dict[str, tuple[str, ...]] = {
+    "memory": (),
+    "llm": ("scenario", "arm"),
+    "ipc": ("scenario", "mode", "fps", "target_bytes", "batch_size"),
+}
+
+
+def declare(phase: str, metrics: tuple[Metric, ...], identity: tuple[str, ...] = ()) -> None:
+    """Register a phase's metrics (phases added later declare theirs here too)."""
+    names = [m.name for m in metrics]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phase {phase}: a metric is declared twice")
+    _BY_PHASE[phase] = tuple(metrics)
+    IDENTITY[phase] = tuple(identity)
+
+
+def for_phase(phase: str) -> tuple[Metric, ...]:
+    return _BY_PHASE.get(phase, ())
+
+
+def get(phase: str, name: str) -> Metric | None:
+    for metric in for_phase(phase):
+        if metric.name == name:
+            return metric
+    return None
+
+
+def find(name: str) -> Metric | None:
+    """The declaration of `name` in whichever phase declares it (first match)."""
+    for metrics in _BY_PHASE.values():
+        for metric in metrics:
+            if metric.name == name:
+                return metric
+    return None
+
+
+def present(phase: str, df: pd.DataFrame) -> list[Metric]:
+    """The phase's declared metrics that `df` has as numeric columns, in declaration order."""
+    return [
+        m
+        for m in for_phase(phase)
+        if m.name in df.columns and pd.api.types.is_numeric_dtype(df[m.name])
+    ]
+
+
+def without_warmup(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that count: warm-up rows (under the current or a legacy flag name) left out."""
+    for flag in (WARMUP_FLAG, *LEGACY_WARMUP_FLAGS):
+        if flag in df.columns:
+            df = df[~df[flag].fillna(False).astype(bool)]
+    return df
+
+
+def replicate_keys(df: pd.DataFrame) -> list[str]:
+    """The columns that name one independent replicate: a sweep's round, then the trial."""
+    return [c for c in ("round", "trial") if c in df.columns]
