@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mateperf import phases, results
 from mateperf.errors import BadInput, ParameterError
+from mateperf.execute import absolute_environment
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.results is not None:
             args.results = args.results.resolve()
             os.environ["MATEPERF_RESULTS"] = str(args.results)
+        # Kernels run in their run directory: paths must not depend on where we were started.
+        absolute_environment()
         return args.func(args)
     except BadInput as exc:
         print(f"mateperf: error: {exc}", file=sys.stderr)

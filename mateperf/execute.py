@@ -3,6 +3,10 @@
 The notebook does the measuring through the library; this module only injects parameters,
 runs the kernel, and records in run.json whether it worked and, if not, which cell failed
 with what. The executed notebook is kept beside the parquet either way.
+
+The kernel runs with the run directory as its working directory, so every path that reaches
+it (the run directory, path parameters such as `model`, and the MATEPERF_* variables it
+inherits) is made absolute here first: a relative path would name another file there.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ from pathlib import Path
 from mateperf import phases, results
 
 log = logging.getLogger("mateperf")
+
+# Environment variables holding paths, inherited by every kernel.
+PATH_ENV = ("MATEPERF_RESULTS", "MATEPERF_MODEL")
+
+
+def absolute_environment() -> None:
+    """Make the path-valued MATEPERF_* variables absolute, against the current directory."""
+    for name in PATH_ENV:
+        value = os.environ.get(name)
+        if value:
+            os.environ[name] = os.path.abspath(os.path.expanduser(value))
 
 
 @dataclass
@@ -57,20 +72,27 @@ def execute_phase(
     run: results.RunDir,
     show_progress: bool = True,
     output_name: str | None = None,
+    lock_root: Path | None = None,
 ) -> ExecutionResult:
-    """Run the phase notebook into run.path; marks run.json ok or failed."""
+    """Run the phase notebook into run.path; marks run.json ok or failed.
+
+    `lock_root` is the results root whose measurement lock is held (default: the default
+    root); a sweep passes its own root, wherever it was resumed from.
+    """
     import papermill as pm
 
     notebook = phases.require_notebook(phase)
+    absolute_environment()
+    run.path = run.path.resolve()
     output = run.path / (output_name or notebook.name)
-    injected = {k: builtin(v) for k, v in params.items()}
+    injected = {k: builtin(v) for k, v in phases.absolute_paths(params).items()}
     injected[phases.RUN_DIR_PARAM] = str(run.path)
     if show_progress:
         _route_kernel_output()
     start = time.perf_counter()
     error = None
     try:
-        with measurement_lock(results.default_root()):
+        with measurement_lock(lock_root or results.default_root()):
             start = time.perf_counter()
             pm.execute_notebook(
                 str(notebook),

@@ -15,8 +15,10 @@ def cmd_sweep(args) -> int:
 
     start = time.perf_counter()
     if args.resume:
-        if args.grid or args.param:
-            raise BadInput("--resume takes no --grid or -p: the sweep keeps its own")
+        if args.grid or args.param or args.model is not None:
+            raise BadInput("--resume takes no --grid, -p or --model: the sweep keeps its own")
+        if args.rounds is not None or args.seed is not None:
+            raise BadInput("--resume takes no --rounds or --seed: the sweep keeps its own")
         sw = sweep_mod.Sweep.open(Path(args.resume))
         if sw.run.phase != args.phase:
             raise BadInput(f"{args.resume} is a sweep of phase {sw.run.phase}, not {args.phase}")
@@ -27,22 +29,34 @@ def cmd_sweep(args) -> int:
         if args.model is not None:
             fixed_raw["model"] = args.model
         grid, fixed, schema = sweep_mod.plan(args.phase, grid_raw, fixed_raw)
-        sw = sweep_mod.Sweep.create(args.phase, grid, fixed, schema, _command())
-        n = len(sw.manifest()["points"])
-        print(f"mateperf: sweep of {n} points -> {sw.run.path}", file=sys.stderr)
+        sw = sweep_mod.Sweep.create(
+            args.phase, grid, fixed, schema, _command(), rounds=args.rounds, seed=args.seed
+        )
+        m = sw.manifest()
+        print(
+            f"mateperf: sweep of {len(m['points'])} points x {m['rounds']} rounds "
+            f"(order seed {m['order_seed']}) -> {sw.run.path}",
+            file=sys.stderr,
+        )
     manifest = sw.execute()
     wall = time.perf_counter() - start
     ov = sweep_mod.overhead(manifest, wall, only=sw.executed)
-    ok = sum(p["status"] == sweep_mod.OK for p in manifest["points"])
-    failed = [p for p in manifest["points"] if p["status"] == sweep_mod.FAILED]
+    units = manifest["point_rounds"]
+    ok = sum(u["status"] == sweep_mod.OK for u in units)
+    failed = [u for u in units if u["status"] == sweep_mod.FAILED]
     print(
-        f"{sw.run.run_id}: {ok}/{len(manifest['points'])} points ok; this invocation ran "
-        f"{len(sw.executed)} point(s) in {wall:.1f} s, measured work {ov['measured_s']:.1f} s, "
+        f"{sw.run.run_id}: {ok}/{len(units)} point-rounds ok ({len(manifest['points'])} points "
+        f"x {manifest['rounds']} rounds); this invocation ran {len(sw.executed)} "
+        f"point-round(s) in {wall:.1f} s, measured work {ov['measured_s']:.1f} s, "
         f"outside it {ov['overhead_share'] * 100:.1f}% -> {sw.run.path}"
     )
-    for p in failed:
-        e = p["error"] or {}
-        print(f"  failed {p['name']}: {e.get('ename')}: {e.get('evalue')}", file=sys.stderr)
+    for u in failed:
+        e = u["error"] or {}
+        print(
+            f"  failed {u['name']} (attempt {len(u['attempts'])}): "
+            f"{e.get('ename')}: {e.get('evalue')}",
+            file=sys.stderr,
+        )
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -63,7 +77,18 @@ def add_commands(sub) -> None:
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", default=[])
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model")
-    p.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted sweep")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="visit every point this many times, each round in a shuffled order; the "
+        "phase's repetitions are split among them (default: min(trials, 3), or 1)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the visiting order (default: random)")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="finish a sweep: run its interrupted and failed point-rounds",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compare", help="compare two runs of a phase")

@@ -72,6 +72,8 @@ def test_bad_model_from_environment(cli, bad_models):
         (["run", "ipc", "-p", "peer=unity"], ["peer='unity'"]),
         (["frobnicate"], ["invalid choice"]),
         (["report", "/nonexistent/run"], ["not a run directory"]),
+        (["sweep", "llm", "--resume", "nonexistent/sweep"], ["not a run directory"]),
+        (["sweep", "llm", "--grid", "n_threads=1,2", "--rounds", "x"], ["--rounds", "'x'"]),
     ],
 )
 def test_bad_cli_input_is_refused(cli, results_root, args, needles):

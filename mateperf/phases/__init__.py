@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,9 @@ PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6
 PHASES = tuple(PHASE_NUMBERS)
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RUN_DIR_PARAM = "run_dir"
+# Parameters that name a file. A kernel runs with the run directory as its working directory,
+# so a relative path that was right where the command was typed is wrong there.
+PATH_PARAMS = ("model",)
 
 
 def check_phase(phase: str) -> str:
@@ -73,6 +77,25 @@ def _literal_assignments(source: str) -> dict:
     return params
 
 
+def round_split(phase: str) -> tuple[str, ...]:
+    """The phase's repetition parameters that a sweep divides among its rounds, primary first.
+
+    Declared as `ROUND_SPLIT` in the phase module; empty for a phase whose every run is one
+    replicate (memory), where each round runs the whole point again.
+    """
+    return tuple(getattr(module(phase), "ROUND_SPLIT", ()))
+
+
+def absolute_paths(params: dict) -> dict:
+    """`params` with every non-empty path parameter made absolute (against the caller's cwd)."""
+    out = dict(params)
+    for name in PATH_PARAMS:
+        value = out.get(name)
+        if isinstance(value, str) and value:
+            out[name] = os.path.abspath(os.path.expanduser(value))
+    return out
+
+
 def defaults(phase: str) -> dict:
     """The parameters cell's values, without run_dir."""
     schema = parameters(phase)
@@ -121,7 +144,7 @@ def resolve_params(phase: str, overrides: dict) -> dict:
     for name, raw in overrides.items():
         params[name] = coerce_value(name, raw, schema[name])
     validate(phase, params)
-    return params
+    return absolute_paths(params)
 
 
 def validate(phase: str, params: dict) -> None:
