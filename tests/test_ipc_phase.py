@@ -1,15 +1,17 @@
 """Phase 3 end to end, small: the real peers in their own processes, the real report, the CLI.
 
-Never asserts on timings; it checks shape, counts, that warm-ups stay out of the statistics,
-that batching completes in fewer frames, and that the report is deterministic.
+Never asserts on timings, except the known answer of an injected apply delay; it checks shape,
+counts, that per-trial values are stored once per trial, that warm-ups stay out of the
+statistics, that batching completes in fewer frames, and that the report is deterministic.
 """
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from mateperf import phases
+from mateperf import metrics, phases
 from mateperf.errors import ParameterError
 from mateperf.phases import ipc
 from mateperf.reports import ipc as ipc_report
@@ -38,17 +40,85 @@ def small_run(request) -> pd.DataFrame:
 def test_rows_per_request_for_every_scenario_and_mode(small_run):
     df = small_run
     assert set(df["scenario"]) == set(ipc.SCENARIOS)
-    counts = df.groupby(["scenario", "mode", "fps", "trial"]).size()
+    assert set(df["record"]) == {"request", "trial"}
+    requests = df[df["record"] == "request"]
+    counts = requests.groupby(["scenario", "mode", "fps", "trial"]).size()
     assert counts[("simple_commands", "floor", 0.0, 0)] == 30 + 3
     assert counts[("simple_commands", "bridge_unpaced", 0.0, 1)] == 30 + 3
     assert counts[("batching", "batched", 60.0, 0)] == 20
     assert counts[("original_method", "sendall_sleep_1ms", 60.0, 1)] == 20
-    assert set(df[df["scenario"] == "message_sizes"]["target_bytes"]) == {64, 4096}
-    sizes = df[(df["scenario"] == "message_sizes") & (df["mode"] == "bridge_unpaced")]
+    sizes = requests[(requests["scenario"] == "message_sizes")]
     assert (sizes["size_bytes"] - sizes["target_bytes"]).abs().max() <= 8  # id digits vary
     assert df["is_warmup"].sum() > 0 and df["peer"].nunique() == 1
     for col in ipc.METRICS:
         assert col in df and df[col].dtype == float
+
+
+def test_per_trial_values_are_stored_once_per_trial(small_run):
+    df = small_run
+    requests, trials = df[df["record"] == "request"], df[df["record"] == "trial"]
+    assert requests[list(ipc.TRIAL_METRICS)].isna().all().all()
+    assert trials[list(ipc.REQUEST_METRICS)].isna().all().all()
+    assert not trials["is_warmup"].any()
+    per_arm = trials.groupby(["scenario", "mode", "fps", "trial"]).size()
+    assert (per_arm == 1).all()
+    assert set(trials["scenario"]) == {"throughput", "batching", "original_method"}
+    assert len(per_arm) == 2 * (3 + 3 * 2 + 2)  # trials x (throughput + batching + original)
+    tp = trials[trials["scenario"] == "throughput"]
+    assert tp["total_ms"].notna().all() and tp["throughput_cmd_per_s"].notna().all()
+    orig = trials[trials["scenario"] == "original_method"]
+    assert orig["applied_ms"].notna().all() and (orig["applied_ms"] >= orig["total_ms"]).all()
+    # the floor's pipelined run has no per-request times: a trial row only
+    assert requests[(requests["scenario"] == "throughput") & (requests["mode"] == "floor")].empty
+
+
+def test_rows_are_matched_on_what_was_asked_not_on_incidental_columns(small_run):
+    df = small_run
+    declared = {m.name for m in metrics.IPC_METRICS}
+    undeclared = {"completion_ms", "since_start_ms", "size_bytes", "frame", "seq", "apply_delay_ms"}
+    assert not declared & undeclared
+    assert (df["completion_ms"] * 1e3 - df["rtt_us"]).abs().max() < 1e-6  # one measurement
+    assert set(ipc.METRICS) == declared
+    assert metrics.IDENTITY["ipc"] == ipc.IDENTITY
+    sizes = df[df["scenario"] == "message_sizes"]
+    assert set(sizes["target_bytes"]) == {64, 4096}  # floor and bridge, request rows
+    assert df[df["scenario"] != "message_sizes"]["target_bytes"].isna().all()
+    batching = df[df["scenario"] == "batching"]
+    assert set(batching["batch_size"]) == {10}  # every arm of the comparison, trial rows too
+    assert df[df["scenario"] != "batching"]["batch_size"].isna().all()
+    assert df["fps"].notna().all() and df["scenario"].notna().all() and df["mode"].notna().all()
+    assert "is_warmup" in df and "discarded" not in df
+
+
+def _as_stored_before_trial_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The layout of runs stored before trial rows: per-trial values on every request row."""
+    keys = ["scenario", "mode", "fps", "trial"]
+    trials = df[df["record"] == "trial"][[*keys, *ipc.TRIAL_METRICS]]
+    requests = df[df["record"] == "request"].drop(columns=[*ipc.TRIAL_METRICS, "record"])
+    legacy = requests.merge(trials, on=keys, how="left")
+    floor_tp = trials[(trials["scenario"] == "throughput") & (trials["mode"] == "floor")]
+    copies = floor_tp.loc[floor_tp.index.repeat(5)].assign(is_warmup=False)
+    return pd.concat([legacy, copies], ignore_index=True)
+
+
+def test_runs_stored_with_copied_per_trial_values_read_the_same(small_run, tmp_path):
+    legacy = _as_stored_before_trial_rows(small_run)
+    assert "record" not in legacy
+    new, old = ipc.headline(small_run), ipc.headline(legacy)
+    for key, value in new.items():
+        if isinstance(value, float) and not np.isnan(value):
+            assert old[key] == pytest.approx(value), key
+    summary_new = ipc.summarize(small_run)
+    summary_old = ipc.summarize(legacy)
+    by = ["scenario", "mode", "fps", "metric"]
+    per_trial_new = summary_new[summary_new["level"] == "trial"].sort_values(by)
+    per_trial_old = summary_old[summary_old["level"] == "trial"].sort_values(by)
+    pd.testing.assert_frame_equal(
+        per_trial_new.reset_index(drop=True), per_trial_old.reset_index(drop=True)
+    )
+    info = {"params": {"fps": 60, "trials": 2}, "run_id": "r", "fingerprint": {}}
+    section = ipc_report.section(legacy, info, tmp_path / "plots", tmp_path)
+    assert section.startswith("## Phase 3 — IPC")
 
 
 def test_at_60_fps_batches_take_fewer_frames_than_one_by_one(small_run):
@@ -66,7 +136,19 @@ def test_summary_leaves_warmups_out_and_headline_has_the_must_show_figures(small
         & (summary["mode"] == "bridge_unpaced")
         & (summary["metric"] == "rtt_us")
     ]
-    assert int(row["n"].iloc[0]) == 2 * 30
+    assert int(row["n"].iloc[0]) == 2 * 30 and int(row["trials"].iloc[0]) == 2
+    medians = (
+        small_run[
+            (small_run["scenario"] == "simple_commands")
+            & (small_run["mode"] == "bridge_unpaced")
+            & ~small_run["is_warmup"]
+        ]
+        .groupby("trial")["rtt_us"]
+        .median()
+    )
+    assert float(row["median"].iloc[0]) == pytest.approx(float(medians.median()))
+    totals = summary[(summary["scenario"] == "batching") & (summary["metric"] == "total_ms")]
+    assert set(totals["level"]) == {"trial"} and set(totals["n"]) == {2}
     h = ipc.headline(small_run)
     for key in (
         "bridge_over_floor_p50",
@@ -96,9 +178,38 @@ def test_parameters_cell_is_the_schema_and_bad_values_are_refused():
     assert list(schema)[-1] == "run_dir"
     assert {"peer", "fps", "trials", "requests", "sizes", "warmup"} <= set(schema)
     assert phases.resolve_params("ipc", {"peer": "csharp", "fps": "30"})["fps"] == 30
-    for bad in ({"peer": "rust"}, {"fps": "-1"}, {"sizes": "64,abc"}, {"scenarios": "nope"}):
+    assert phases.resolve_params("ipc", {"apply_delay_ms": "5"})["apply_delay_ms"] == 5.0
+    assert phases.defaults("ipc")["apply_delay_ms"] == ipc.DEFAULTS["apply_delay_ms"] == 0.0
+    for bad in (
+        {"peer": "rust"},
+        {"fps": "-1"},
+        {"sizes": "64,abc"},
+        {"scenarios": "nope"},
+        {"apply_delay_ms": "-1"},
+        {"apply_delay_ms": "slow"},
+    ):
         with pytest.raises(ParameterError):
             phases.resolve_params("ipc", bad)
+    with pytest.raises(ParameterError, match="apply_delay_ms"):
+        ipc.run(apply_delay_ms=-0.5)
+
+
+def test_an_injected_apply_delay_shows_in_the_phase_as_a_known_answer():
+    # unpaced only (fps 0), simple commands: the bridge's completion must rise by the delay
+    df = ipc.run(
+        peer="python",
+        fps=0,
+        trials=1,
+        requests=30,
+        warmup=3,
+        scenarios="simple_commands",
+        apply_delay_ms=5.0,
+    )
+    assert set(df["apply_delay_ms"]) == {5.0}
+    h = ipc.headline(df)
+    rise = h["bridge_completion_p50_ms"] - h["floor_p50_us"] / 1e3
+    assert 4.0 <= rise <= 9.0, h
+    assert h["apply_delay_ms"] == 5.0
 
 
 def test_notebook_is_committed_without_outputs():

@@ -6,6 +6,10 @@ one I/O thread per connection reads, validates and queues; the main loop wakes e
 each command to an in-memory ``AvatarState`` and then acks it. Bad input is answered from the
 I/O thread and never reaches the main loop.
 
+``apply_delay_ms`` (``--apply-delay-ms``) stands in for a slow avatar: the main thread sleeps
+that long for every command it applies (each command of a batch too), before the ack. It is a
+known answer for the benchmarks: a command awaited alone, unpaced, must take that much longer.
+
 Run it in its own process, as Unity is: ``python -m mateperf.bridge.peer --fps 60 --port 0``
 prints ``{"event": "listening", "port": N}``; closing its stdin (or SIGTERM) stops it and it
 prints ``{"event": "stopped", "counters": {...}}``.
@@ -112,10 +116,14 @@ class FramePacedPeer:
         fps: float = 60.0,
         legacy: bool = False,
         max_line_bytes: int = MAX_LINE_BYTES,
+        apply_delay_ms: float = 0.0,
     ):
         if fps < 0:
             raise ValueError(f"fps must be >= 0, got {fps}")
+        if apply_delay_ms < 0:
+            raise ValueError(f"apply_delay_ms must be >= 0, got {apply_delay_ms}")
         self.fps = fps
+        self.apply_delay_s = apply_delay_ms / 1e3
         self.legacy = legacy
         self.max_line_bytes = max_line_bytes
         self.avatar = AvatarState()
@@ -204,17 +212,22 @@ class FramePacedPeer:
 
     # -- main thread -----------------------------------------------------------------------------
 
+    def _apply_command(self, command: str, data: dict) -> None:
+        self.avatar.apply(command, data)
+        if self.apply_delay_s:
+            time.sleep(self.apply_delay_s)
+
     def _apply(self, conn: _Connection, request: Request, recv_ns: int) -> bytes | None:
         extra: dict[str, Any] = {}
         if request.command == "stats":
             extra["data"] = {"counters": self.counters.as_dict(), "state": self.avatar.snapshot()}
         elif request.command == "batch":
             for sub in request.data["commands"]:
-                self.avatar.apply(sub["command"], sub.get("data") or {})
+                self._apply_command(sub["command"], sub.get("data") or {})
             extra["count"] = len(request.data["commands"])
             self.counters.count_applied(extra["count"])
         else:
-            self.avatar.apply(request.command, request.data)
+            self._apply_command(request.command, request.data)
             self.counters.count_applied(1)
         if self.legacy:
             if request.command in LEGACY_EARLY_ACK:
@@ -298,8 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=60.0)
     parser.add_argument("--legacy", action="store_true")
     parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES)
+    parser.add_argument(
+        "--apply-delay-ms", type=float, default=0.0, help="main-thread time per applied command"
+    )
     args = parser.parse_args(argv)
-    peer = FramePacedPeer(args.host, args.port, args.fps, args.legacy, args.max_line_bytes)
+    if args.apply_delay_ms < 0:
+        parser.error(f"--apply-delay-ms must be >= 0, got {args.apply_delay_ms:g}")
+    peer = FramePacedPeer(
+        args.host, args.port, args.fps, args.legacy, args.max_line_bytes, args.apply_delay_ms
+    )
 
     def watch_stdin() -> None:
         sys.stdin.buffer.read()

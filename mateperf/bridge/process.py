@@ -177,10 +177,19 @@ def start_peer(
     port: int = 0,
     max_line_bytes: int = MAX_LINE_BYTES,
     startup_timeout_s: float = 20.0,
+    apply_delay_ms: float = 0.0,
 ) -> PeerProcess:
-    """Start a peer in its own process and wait until it listens."""
+    """Start a peer in its own process and wait until it listens.
+
+    ``apply_delay_ms``: the peer's main thread spends that long on every command it applies
+    (a slow avatar, the known answer of the latency benchmarks).
+    """
+    if apply_delay_ms < 0:
+        raise ValueError(f"apply_delay_ms must be >= 0, got {apply_delay_ms}")
     args = ["--host", host, "--port", str(port), "--fps", str(fps)]
     args += ["--max-line-bytes", str(max_line_bytes)] + (["--legacy"] if legacy else [])
+    if apply_delay_ms:
+        args += ["--apply-delay-ms", repr(float(apply_delay_ms))]
     if kind == "python":
         cmd = [sys.executable, "-m", "mateperf.bridge.peer", *args]
     elif kind == "csharp":

@@ -17,23 +17,42 @@ Scenarios (column `scenario`; `mode` says how it was driven):
                        had them all (a trailing load_model, acked after it is applied)
 
 Scenarios run interleaved inside each trial (trial 0 runs them all, then trial 1 ...), so drift
-hits every arm alike. Each arm's first `warmup` requests per trial are kept with
+hits every arm alike, and each trial starts its own floor and peer processes, so a trial
+replicates what a run would. Each arm's first `warmup` requests per trial are kept with
 `is_warmup=True` and left out of every summary.
+
+The frame holds two kinds of rows (column `record`):
+  request  one per request (or per command of a batch): the request-level metrics of
+           mateperf.metrics.IPC_METRICS (rtt_us, sendall_us, peer_queue_us) and what describes
+           the request without being a metric (completion_ms: rtt_us in ms; since_start_ms,
+           frame, size_bytes, command, seq);
+  trial    one per arm and trial, where the arm has a whole-sequence figure: the trial-level
+           metrics (total_ms, throughput_cmd_per_s, applied_ms), stored once, never copied onto
+           request rows.
+Both carry the arm's identity (mateperf.metrics.IDENTITY["ipc"]): scenario, mode, fps,
+target_bytes (message_sizes rows; NaN elsewhere) and batch_size (batching rows; NaN elsewhere).
+A metric of the other kind is NaN on a row. Requests of one trial share its conditions, so
+every comparison here is across trials: request metrics through their per-trial medians.
+
+`apply_delay_ms` makes the peers spend that long on every command they apply (a slow avatar):
+a known answer, since one command awaited alone, unpaced, must take that much longer.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from mateperf import stats
+from mateperf import metrics, stats
 from mateperf.bridge.client import Ack, BridgeError, UnityBridge
 from mateperf.bridge.floor import FloorClient
 from mateperf.bridge.process import PEER_KINDS, PeerProcess, start_floor, start_peer
@@ -41,6 +60,7 @@ from mateperf.bridge.protocol import encode_request
 from mateperf.errors import ParameterError
 
 PHASE = "ipc"
+ROUND_SPLIT = ("trials",)  # what a sweep's rounds divide among them (mateperf.sweep)
 SCENARIOS = (
     "simple_commands",
     "message_sizes",
@@ -49,16 +69,18 @@ SCENARIOS = (
     "batching",
     "original_method",
 )
-METRICS = (
-    "rtt_us",
-    "completion_ms",
-    "since_start_ms",
-    "total_ms",
-    "throughput_cmd_per_s",
-    "sendall_us",
-    "applied_ms",
-    "peer_queue_us",
-)
+REQUEST_METRICS = tuple(m.name for m in metrics.IPC_METRICS if m.level == metrics.REQUEST)
+TRIAL_METRICS = tuple(m.name for m in metrics.IPC_METRICS if m.level == metrics.TRIAL)
+METRICS = REQUEST_METRICS + TRIAL_METRICS
+IDENTITY = metrics.IDENTITY[PHASE]
+
+# column `record`: what a row is
+RECORD = "record"
+REQUEST_ROW, TRIAL_ROW = "request", "trial"
+# describe a request without being metrics: rtt_us again in ms (one measurement, declared
+# once), a timestamp, a frame number, bytes that depend on the digits of the request id, the
+# arm's request counter
+REQUEST_FIELDS = ("completion_ms", "since_start_ms", "frame", "size_bytes", "seq")
 
 DEFAULTS = {
     "peer": "python",
@@ -80,6 +102,9 @@ DEFAULTS = {
     # costs tens of µs, and the bridge's chain (client → I/O thread → frame loop → client) has
     # more of them than the floor's ping-pong; pinning shows the cost without them.
     "pin_cpu": -1,
+    # ms the peers' main thread spends on every command it applies (a slow avatar), as a
+    # known answer: 0 measures the bridge itself.
+    "apply_delay_ms": 0.0,
 }
 
 
@@ -121,6 +146,13 @@ def validate(params: dict) -> None:
         raise ParameterError(f"parameter warmup={params['warmup']!r}: must be >= 0")
     if float(params.get("timeout_s", 5.0)) <= 0:
         raise ParameterError(f"parameter timeout_s={params['timeout_s']!r}: must be > 0")
+    delay = params.get("apply_delay_ms", 0.0)
+    try:
+        delay_ok = math.isfinite(float(delay)) and float(delay) >= 0
+    except (TypeError, ValueError):
+        delay_ok = False
+    if not delay_ok:
+        raise ParameterError(f"parameter apply_delay_ms={delay!r}: must be a number >= 0 (ms)")
     pin = int(params.get("pin_cpu", -1))
     if pin != -1 and pin not in os.sched_getaffinity(0):
         allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
@@ -135,6 +167,18 @@ def _progress(message: str) -> None:
 
 def _fps_mode(fps: float) -> str:
     return "bridge_unpaced" if fps == 0 else f"bridge_{fps:g}fps"
+
+
+@dataclass
+class Arm:
+    """One arm of a scenario in one trial: its request rows and its per-trial figures."""
+
+    mode: str
+    fps: float
+    requests: list[dict]
+    per_trial: dict[str, float] = field(default_factory=dict)
+    target_bytes: float = math.nan
+    batch_size: float = math.nan
 
 
 def _ack_row(ack: Ack, start_ns: int) -> dict:
@@ -179,7 +223,9 @@ def _simple(i: int) -> tuple[str, dict]:
 class _Lab:
     """The processes of one run: the floor, an unpaced peer, a paced peer, a legacy peer."""
 
-    def __init__(self, stack: ExitStack, peer: str, fps: float, timeout_s: float):
+    def __init__(
+        self, stack: ExitStack, peer: str, fps: float, timeout_s: float, apply_delay_ms: float
+    ):
         self.peer_kind = peer
         self.fps = fps
         self.timeout_s = timeout_s
@@ -188,10 +234,14 @@ class _Lab:
         self.peers: dict[float, PeerProcess] = {}
         self.bridges: dict[float, UnityBridge] = {}
         for f in dict.fromkeys((0.0, float(fps))):
-            self.peers[f] = stack.enter_context(start_peer(peer, fps=f))
+            self.peers[f] = stack.enter_context(
+                start_peer(peer, fps=f, apply_delay_ms=apply_delay_ms)
+            )
             bridge = UnityBridge(port=self.peers[f].port, request_timeout_s=timeout_s)
             self.bridges[f] = stack.enter_context(bridge.connect())
-        self.legacy_peer = stack.enter_context(start_peer(peer, fps=fps, legacy=True))
+        self.legacy_peer = stack.enter_context(
+            start_peer(peer, fps=fps, legacy=True, apply_delay_ms=apply_delay_ms)
+        )
 
 
 def _floor_pingpong(lab: _Lab, lines: Callable[[int], bytes], n: int) -> list[dict]:
@@ -223,22 +273,19 @@ def _mark_warmup(rows: list[dict], warmup: int) -> list[dict]:
     return rows
 
 
-def _scenario_simple(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[dict]]]:
+def _scenario_simple(lab: _Lab, p: dict) -> Iterator[Arm]:
     w = p["warmup"]
     n = p["requests"] + w
     line_len = len(encode_request(*_simple(0), 1000))
     floor_line = b"x" * (line_len - 1) + b"\n"
-    yield "floor", 0.0, _mark_warmup(_floor_pingpong(lab, lambda i: floor_line, n), w)
-    yield (
-        "bridge_unpaced",
-        0.0,
-        _mark_warmup(_requests(lab.bridges[0.0], [_simple(i) for i in range(n)]), w),
-    )
+    yield Arm("floor", 0.0, _mark_warmup(_floor_pingpong(lab, lambda i: floor_line, n), w))
+    rows = _requests(lab.bridges[0.0], [_simple(i) for i in range(n)])
+    yield Arm("bridge_unpaced", 0.0, _mark_warmup(rows, w))
     if lab.fps:
         wp = min(w, 5)
         commands = [_simple(i) for i in range(p["paced_requests"] + wp)]
         rows = _requests(lab.bridges[lab.fps], commands)
-        yield _fps_mode(lab.fps), lab.fps, _mark_warmup(rows, wp)
+        yield Arm(_fps_mode(lab.fps), lab.fps, _mark_warmup(rows, wp))
 
 
 def _echo_for_size(size: int) -> tuple[str, dict]:
@@ -246,81 +293,70 @@ def _echo_for_size(size: int) -> tuple[str, dict]:
     return "echo", {"payload": "x" * max(0, size - base)}
 
 
-def _scenario_sizes(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[dict]]]:
+def _scenario_sizes(lab: _Lab, p: dict) -> Iterator[Arm]:
     w = min(p["warmup"], 5)
     n = p["size_requests"] + w
     for size in parse_sizes(p["sizes"]):
         floor_line = b"x" * (size - 1) + b"\n"
         rows = _mark_warmup(_floor_pingpong(lab, lambda i, ln=floor_line: ln, n), w)
-        for r in rows:
-            r["target_bytes"] = size
-        yield "floor", 0.0, rows
+        yield Arm("floor", 0.0, rows, target_bytes=size)
         rows = _mark_warmup(_requests(lab.bridges[0.0], [_echo_for_size(size)] * n), w)
-        for r in rows:
-            r["target_bytes"] = size
-        yield "bridge_unpaced", 0.0, rows
+        yield Arm("bridge_unpaced", 0.0, rows, target_bytes=size)
 
 
-def _throughput_rows(total_ns: int, count: int, acks: list | None) -> list[dict]:
-    total_ms = total_ns / 1e6
-    per_s = count / (total_ns / 1e9)
-    rows = []
-    for i in range(count):
-        row = {"total_ms": total_ms, "throughput_cmd_per_s": per_s, "is_warmup": False}
-        if acks is not None and isinstance(acks[i], Ack):
-            row.update(_ack_row(acks[i], acks[0].sent_ns))
-        rows.append(row)
-    return rows
+def _sequence(total_ns: int, count: int) -> dict[str, float]:
+    return {"total_ms": total_ns / 1e6, "throughput_cmd_per_s": count / (total_ns / 1e9)}
 
 
-def _pipelined(bridge: UnityBridge, commands: list[tuple[str, dict]], window: int) -> list[dict]:
+def _pipelined(bridge: UnityBridge, commands: list[tuple[str, dict]], window: int) -> Arm:
     t0 = time.perf_counter_ns()
     acks = bridge.pipeline(commands, window=window)
     total = time.perf_counter_ns() - t0
     failed = [a for a in acks if isinstance(a, BridgeError)]
     if failed:
         raise failed[0]
-    rows = _throughput_rows(total, len(commands), acks)
-    for r in rows:
-        r["since_start_ms"] = r.get("since_start_ms", np.nan)
-    return rows
+    rows = [{**_ack_row(a, acks[0].sent_ns), "is_warmup": False} for a in acks]
+    return Arm("", 0.0, rows, _sequence(total, len(commands)))
 
 
-def _scenario_throughput(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[dict]]]:
+def _scenario_throughput(lab: _Lab, p: dict) -> Iterator[Arm]:
     n, window = p["throughput_requests"], p["window"]
     line = encode_request(*_simple(0), 1000)
     floor_line = b"x" * (len(line) - 1) + b"\n"
     lab.floor.pipelined_ns(floor_line, min(n, 100), window)  # warm-up, discarded
-    yield "floor", 0.0, _throughput_rows(lab.floor.pipelined_ns(floor_line, n, window), n, None)
+    # the floor has no per-request times when pipelined: a trial row only
+    yield Arm("floor", 0.0, [], _sequence(lab.floor.pipelined_ns(floor_line, n, window), n))
     lab.bridges[0.0].pipeline([_simple(i) for i in range(min(n, 100))], window)  # warm-up
-    commands = [_simple(i) for i in range(n)]
-    yield "bridge_unpaced", 0.0, _pipelined(lab.bridges[0.0], commands, window)
+    arm = _pipelined(lab.bridges[0.0], [_simple(i) for i in range(n)], window)
+    arm.mode = "bridge_unpaced"
+    yield arm
     if lab.fps:
         n_paced = min(n, window * 30)  # about half a second at 60 fps
-        commands = [_simple(i) for i in range(n_paced)]
-        yield _fps_mode(lab.fps), lab.fps, _pipelined(lab.bridges[lab.fps], commands, window)
+        arm = _pipelined(lab.bridges[lab.fps], [_simple(i) for i in range(n_paced)], window)
+        arm.mode, arm.fps = _fps_mode(lab.fps), lab.fps
+        yield arm
 
 
-def _scenario_expressions(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[dict]]]:
+def _scenario_expressions(lab: _Lab, p: dict) -> Iterator[Arm]:
     for fps in lab.bridges:
         steps = 5 if fps == 0 else 1
         commands = [c for s in range(steps) for c in expression_sequence(s)]
         w = min(p["warmup"], 3)
         warm = list(expression_sequence(99))[:w]
-        yield _fps_mode(fps), fps, _mark_warmup(_requests(lab.bridges[fps], warm + commands), w)
+        rows = _requests(lab.bridges[fps], warm + commands)
+        yield Arm(_fps_mode(fps), fps, _mark_warmup(rows, w))
 
 
-def _scenario_batching(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[dict]]]:
+def _scenario_batching(lab: _Lab, p: dict) -> Iterator[Arm]:
+    """All three arms carry batch_size: they are one comparison, made at that batch size."""
     n, size = p["batch_commands"], p["batch_size"]
     commands = [_simple(i) for i in range(n)]
     for fps, bridge in lab.bridges.items():
         bridge.request(*_simple(0))  # align with the frame loop as a real caller would be
         t0 = time.perf_counter_ns()
         rows = _requests(bridge, commands)
-        total = (time.perf_counter_ns() - t0) / 1e6
-        for r in rows:
-            r["total_ms"] = total
-        yield "one_by_one", fps, rows
+        total = time.perf_counter_ns() - t0
+        yield Arm("one_by_one", fps, rows, {"total_ms": total / 1e6}, batch_size=size)
 
         bridge.request(*_simple(0))
         rows = []
@@ -332,24 +368,19 @@ def _scenario_batching(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[di
                 row = _ack_row(ack, t0)
                 row["command"] = command
                 rows.append(row)
-        total = (time.perf_counter_ns() - t0) / 1e6
-        for r in rows:
-            r["total_ms"] = total
-            r["batch_size"] = size
-        yield "batched", fps, rows
+        total = time.perf_counter_ns() - t0
+        yield Arm("batched", fps, rows, {"total_ms": total / 1e6}, batch_size=size)
 
         bridge.request(*_simple(0))
         t0 = time.perf_counter_ns()
         acks = bridge.pipeline(commands, window=size)
-        total = (time.perf_counter_ns() - t0) / 1e6
+        total = time.perf_counter_ns() - t0
         rows = []
         for ack in acks:
             if isinstance(ack, BridgeError):
                 raise ack
-            row = _ack_row(ack, t0)
-            row["total_ms"] = total
-            rows.append(row)
-        yield "pipelined", fps, rows
+            rows.append(_ack_row(ack, t0))
+        yield Arm("pipelined", fps, rows, {"total_ms": total / 1e6}, batch_size=size)
 
 
 def _read_until(sock: socket.socket, command: str, timeout_s: float) -> None:
@@ -366,7 +397,7 @@ def _read_until(sock: socket.socket, command: str, timeout_s: float) -> None:
     raise TimeoutError(f"no {command} response within {timeout_s} s")
 
 
-def _scenario_original(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[dict]]]:
+def _scenario_original(lab: _Lab, p: dict) -> Iterator[Arm]:
     """The original study's loop, reproduced: time sendall() only, one socket, no reply read."""
     n = p["batch_commands"]
     lines = [encode_request(*_simple(i)) for i in range(n)]
@@ -388,8 +419,8 @@ def _scenario_original(lab: _Lab, p: dict) -> Iterator[tuple[str, float, list[di
             _read_until(s, "load_model", p["timeout_s"])
             applied = (time.perf_counter_ns() - t_start) / 1e6
         for r in rows:
-            r.update(total_ms=total, applied_ms=applied, is_warmup=False)
-        yield mode, lab.fps, rows
+            r["is_warmup"] = False
+        yield Arm(mode, lab.fps, rows, {"total_ms": total, "applied_ms": applied})
 
 
 SCENARIO_RUNNERS = {
@@ -417,13 +448,39 @@ def _check_counters(lab: _Lab) -> list[dict]:
     return rows
 
 
+def _arm_frame(scenario: str, trial: int, arm: Arm) -> pd.DataFrame:
+    """An arm's request rows, then its trial row (when it has per-trial figures)."""
+    parts = []
+    if arm.requests:
+        requests = pd.DataFrame(arm.requests)
+        requests[RECORD] = REQUEST_ROW
+        requests["seq"] = np.arange(len(requests), dtype=float)
+        if "is_warmup" not in requests:
+            requests["is_warmup"] = False
+        parts.append(requests)
+    if arm.per_trial:
+        parts.append(pd.DataFrame([{**arm.per_trial, RECORD: TRIAL_ROW, "is_warmup": False}]))
+    frame = pd.concat(parts, ignore_index=True)
+    frame["scenario"] = scenario
+    frame["mode"] = arm.mode
+    frame["trial"] = trial
+    frame["fps"] = float(arm.fps)
+    frame["target_bytes"] = float(arm.target_bytes)
+    frame["batch_size"] = float(arm.batch_size)
+    return frame
+
+
+FRONT_COLUMNS = (*IDENTITY, "trial", RECORD, "is_warmup")
+
+
 def run(**params) -> pd.DataFrame:
-    """Measure every chosen scenario; one row per request (or per command in a batch)."""
+    """Measure every chosen scenario: request rows and one trial row per arm and trial."""
     p = {**DEFAULTS, **params}
     validate(p)
     for name in DEFAULTS:
         if isinstance(DEFAULTS[name], int):
             p[name] = int(p[name])
+    p["apply_delay_ms"] = float(p["apply_delay_ms"])
     fps = float(p["fps"])
     chosen = parse_scenarios(p["scenarios"])
     frames = []
@@ -433,104 +490,169 @@ def run(**params) -> pd.DataFrame:
             os.sched_setaffinity(0, {p["pin_cpu"]})
             stack.callback(os.sched_setaffinity, 0, before)
             _progress(f"client, peers and floor pinned to CPU {p['pin_cpu']}")
-        _progress(f"starting floor and {p['peer']} peers (fps 0 and {fps:g})")
-        lab = _Lab(stack, p["peer"], fps, float(p["timeout_s"]))
+        delay = f", {p['apply_delay_ms']:g} ms per applied command" if p["apply_delay_ms"] else ""
         for trial in range(p["trials"]):
-            for scenario in chosen:
-                _progress(f"{scenario} trial {trial + 1}/{p['trials']}")
-                for mode, mode_fps, rows in SCENARIO_RUNNERS[scenario](lab, p):
-                    frame = pd.DataFrame(rows)
-                    frame.insert(0, "scenario", scenario)
-                    frame.insert(1, "mode", mode)
-                    frame.insert(2, "trial", trial)
-                    frame.insert(3, "seq", range(len(frame)))
-                    frame["fps"] = mode_fps
-                    frames.append(frame)
-        counters = _check_counters(lab)
-        _progress(f"peer counters match the client's: {counters}")
+            # Fresh processes and connections per trial: a trial then replicates what a run
+            # would (where the scheduler puts each thread, the frame loop's phase, the JIT),
+            # so variation between runs shows up between trials instead of as a difference.
+            with ExitStack() as trial_stack:
+                _progress(
+                    f"trial {trial + 1}/{p['trials']}: starting floor and {p['peer']} peers "
+                    f"(fps 0 and {fps:g}{delay})"
+                )
+                lab = _Lab(trial_stack, p["peer"], fps, float(p["timeout_s"]), p["apply_delay_ms"])
+                for scenario in chosen:
+                    _progress(f"{scenario} trial {trial + 1}/{p['trials']}")
+                    for arm in SCENARIO_RUNNERS[scenario](lab, p):
+                        frames.append(_arm_frame(scenario, trial, arm))
+                counters = _check_counters(lab)
+            _progress(f"peer counters match the client's: {counters}")
     df = pd.concat(frames, ignore_index=True)
     df["peer"] = p["peer"]
     df["pin_cpu"] = p["pin_cpu"]
-    df["is_warmup"] = df["is_warmup"].fillna(False).astype(bool)
-    for col in (*METRICS, "size_bytes", "target_bytes", "batch_size", "frame"):
+    df["apply_delay_ms"] = p["apply_delay_ms"]
+    df["is_warmup"] = df["is_warmup"].astype(bool)
+    for col in (*METRICS, *REQUEST_FIELDS):
         if col not in df:
             df[col] = np.nan
         df[col] = df[col].astype(float)
     df["command"] = df.get("command", pd.Series(dtype=object)).fillna("")
-    return df
+    order = [*FRONT_COLUMNS, *METRICS, *REQUEST_FIELDS, "command"]
+    return df[[*order, *[c for c in df.columns if c not in order]]]
 
 
 # -- computing from a stored frame ---------------------------------------------------------------
 
 
+def split_records(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(request rows, trial rows) of a stored frame, warm-ups left out.
+
+    Frames stored before trial rows existed carry each per-trial value copied onto every
+    request row of its arm and trial; one trial row per arm and trial is rebuilt from them,
+    and the copies are blanked on the request rows.
+    """
+    df = metrics.without_warmup(df)
+    if RECORD in df.columns:
+        return df[df[RECORD] == REQUEST_ROW], df[df[RECORD] == TRIAL_ROW]
+    copied = [c for c in TRIAL_METRICS if c in df.columns]
+    requests = df.assign(**{c: np.nan for c in copied})
+    if not copied:
+        return requests, df.iloc[:0]
+    keys = [c for c in (*IDENTITY, *metrics.replicate_keys(df)) if c in df.columns]
+    with_values = df[df[copied].notna().any(axis=1)]
+    trials = with_values.groupby(keys, sort=False, dropna=False)[copied].first().reset_index()
+    return requests, trials
+
+
+def per_trial(rows: pd.DataFrame, metric: str, percentile: float = 50) -> np.ndarray:
+    """One value of `metric` per trial (sorted by trial): a percentile of the trial's requests,
+    or the trial row's own value. Trials, not requests, are what repeat independently."""
+    if metric not in rows.columns:
+        return np.array([], float)
+    keys = metrics.replicate_keys(rows)
+    values = rows[[*keys, metric]].dropna(subset=[metric])
+    if values.empty:
+        return np.array([], float)
+    if not keys:
+        return np.array([np.percentile(values[metric], percentile)])
+    grouped = values.groupby(keys, sort=True)[metric]
+    return grouped.quantile(percentile / 100).to_numpy(float)
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Percentiles and the median's CI per scenario, mode, fps (and size), warm-ups left out."""
-    kept = df[~df["is_warmup"].astype(bool)].copy()
-    kept["target_bytes"] = kept["target_bytes"].fillna(0).astype(int)
-    by = ["scenario", "mode", "fps", "target_bytes"]
-    table = stats.summary_table(kept, by=by, metrics=list(METRICS))
-    return table[table["n"] > 0].reset_index(drop=True)
+    """Per arm (its identity columns) and declared metric, warm-ups left out.
+
+    A request-level metric: `median` is the median of the per-trial medians and its 95% CI is
+    bootstrapped over those trials; n, mean, std, p5/p95/p99, min and max describe the pooled
+    requests (the distribution a caller sees). A trial-level metric: one value per trial, so n
+    counts trials. `trials` counts the trials in every row.
+    """
+    requests, trials = split_records(df)
+    keys = [c for c in IDENTITY if c in df.columns]
+    rows = []
+    for frame, level in ((requests, metrics.REQUEST), (trials, metrics.TRIAL)):
+        names = [m.name for m in metrics.IPC_METRICS if m.level == level]
+        if frame.empty:
+            continue
+        for key, group in frame.groupby(keys, sort=False, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            for metric in names:
+                if metric not in group or group[metric].isna().all():
+                    continue
+                medians = per_trial(group, metric)
+                row = {**dict(zip(keys, key, strict=True)), "metric": metric, "level": level}
+                row["trials"] = len(medians)
+                row.update(stats.summarize(group[metric]))
+                if level == metrics.REQUEST:
+                    across = stats.summarize(medians)
+                    row.update({k: across[k] for k in ("median", "ci_low", "ci_high")})
+                rows.append(row)
+    columns = [*keys, "metric", "level", "trials", *stats.SUMMARY_KEYS]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def _median(df: pd.DataFrame, scenario: str, mode: str, metric: str, **where) -> float:
-    sel = df[(df["scenario"] == scenario) & (df["mode"] == mode) & ~df["is_warmup"].astype(bool)]
+def _arm(rows: pd.DataFrame, scenario: str, mode: str, **where) -> pd.DataFrame:
+    sel = rows[(rows["scenario"] == scenario) & (rows["mode"] == mode)]
     for key, value in where.items():
         sel = sel[sel[key] == value]
-    values = sel[metric].dropna()
-    return float(values.median()) if len(values) else float("nan")
+    return sel
 
 
-def _per_trial(df: pd.DataFrame, scenario: str, mode: str, metric: str, **where) -> list[float]:
-    sel = df[(df["scenario"] == scenario) & (df["mode"] == mode) & ~df["is_warmup"].astype(bool)]
-    for key, value in where.items():
-        sel = sel[sel[key] == value]
-    return [float(v) for v in sel.groupby("trial")[metric].first().dropna()]
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
 
 
 def headline(df: pd.DataFrame) -> dict:
-    """The figures the issue asks for, computed from a stored frame (NaN when not measured)."""
-    live = df[~df["is_warmup"].astype(bool)]
+    """The figures the issue asks for, computed from a stored frame (NaN when not measured).
+
+    Every centre is a median across trials of one value per trial (a trial's median request,
+    or its whole-sequence figure), and every ratio is `stats.compare` of those per-trial values.
+    """
+    requests, trials = split_records(df)
     out: dict = {"peer": str(df["peer"].iloc[0]) if len(df) else ""}
-    simple = live[live["scenario"] == "simple_commands"]
-    floor = simple[simple["mode"] == "floor"]["rtt_us"].dropna()
-    bridge = simple[simple["mode"] == "bridge_unpaced"]["rtt_us"].dropna()
-    if len(floor) and len(bridge):
-        out["floor_p50_us"] = float(floor.median())
-        out["floor_p99_us"] = float(np.percentile(floor, 99))
-        out["bridge_p50_us"] = float(bridge.median())
-        out["bridge_p99_us"] = float(np.percentile(bridge, 99))
-        ab = stats.compare(floor.to_numpy(), bridge.to_numpy())
+    if "apply_delay_ms" in df.columns and len(df):
+        out["apply_delay_ms"] = float(df["apply_delay_ms"].iloc[0])
+    floor = _arm(requests, "simple_commands", "floor")
+    bridge = _arm(requests, "simple_commands", "bridge_unpaced")
+    if floor["rtt_us"].notna().any() and bridge["rtt_us"].notna().any():
+        ab = stats.compare(per_trial(floor, "rtt_us"), per_trial(bridge, "rtt_us"))
+        out["simple_trials"] = min(ab.n_a, ab.n_b)
+        out["floor_p50_us"] = ab.median_a
+        out["bridge_p50_us"] = ab.median_b
+        out["floor_p99_us"] = _median(per_trial(floor, "rtt_us", 99))
+        out["bridge_p99_us"] = _median(per_trial(bridge, "rtt_us", 99))
         out["bridge_over_floor_p50"] = ab.ratio
         out["bridge_over_floor_ci"] = (ab.ci_low, ab.ci_high)
-    tp_floor = _per_trial(df, "throughput", "floor", "throughput_cmd_per_s")
-    tp_bridge = _per_trial(df, "throughput", "bridge_unpaced", "throughput_cmd_per_s")
-    if tp_floor and tp_bridge:
-        out["floor_throughput_cmd_per_s"] = float(np.median(tp_floor))
-        out["bridge_throughput_cmd_per_s"] = float(np.median(tp_bridge))
-        out["throughput_share_of_floor"] = out["bridge_throughput_cmd_per_s"] / float(
-            np.median(tp_floor)
-        )
-    batching = live[live["scenario"] == "batching"]
-    for fps in sorted(batching["fps"].unique()):
+        out["bridge_over_floor_verdict"] = ab.verdict
+        out["bridge_completion_p50_ms"] = ab.median_b / 1e3
+    tp_floor = per_trial(_arm(trials, "throughput", "floor"), "throughput_cmd_per_s")
+    tp_bridge = per_trial(_arm(trials, "throughput", "bridge_unpaced"), "throughput_cmd_per_s")
+    if len(tp_floor) and len(tp_bridge):
+        ab = stats.compare(tp_floor, tp_bridge, higher_is_better=True)
+        out["floor_throughput_cmd_per_s"] = ab.median_a
+        out["bridge_throughput_cmd_per_s"] = ab.median_b
+        out["throughput_share_of_floor"] = ab.ratio
+        out["throughput_share_ci"] = (ab.ci_low, ab.ci_high)
+    batching_fps = {
+        float(f) for rows in (requests, trials) for f in rows[rows["scenario"] == "batching"]["fps"]
+    }
+    for fps in sorted(batching_fps):
         tag = "unpaced" if fps == 0 else f"{fps:g}fps"
+        totals = {}
         for mode in ("one_by_one", "batched", "pipelined"):
-            out[f"{tag}_{mode}_completion_p50_ms"] = _median(
-                df, "batching", mode, "completion_ms", fps=fps
-            )
-            totals = _per_trial(df, "batching", mode, "total_ms", fps=fps)
-            out[f"{tag}_{mode}_total_ms"] = float(np.median(totals)) if totals else float("nan")
+            rtt = per_trial(_arm(requests, "batching", mode, fps=fps), "rtt_us")
+            out[f"{tag}_{mode}_completion_p50_ms"] = _median(rtt) / 1e3
+            totals[mode] = per_trial(_arm(trials, "batching", mode, fps=fps), "total_ms")
+            out[f"{tag}_{mode}_total_ms"] = _median(totals[mode])
         out[f"{tag}_frame_ms"] = 1000.0 / fps if fps else float("nan")
-        if len(_per_trial(df, "batching", "batched", "total_ms", fps=fps)) >= 1:
-            ab = stats.compare(
-                _per_trial(df, "batching", "batched", "total_ms", fps=fps),
-                _per_trial(df, "batching", "one_by_one", "total_ms", fps=fps),
-            )
+        if len(totals["batched"]) and len(totals["one_by_one"]):
+            ab = stats.compare(totals["batched"], totals["one_by_one"])
             out[f"{tag}_one_by_one_over_batched_total"] = ab.ratio
             out[f"{tag}_one_by_one_over_batched_ci"] = (ab.ci_low, ab.ci_high)
     for mode in ("sendall", "sendall_sleep_1ms"):
-        out[f"original_{mode}_p50_us"] = _median(df, "original_method", mode, "sendall_us")
-        totals = _per_trial(df, "original_method", mode, "total_ms")
-        applied = _per_trial(df, "original_method", mode, "applied_ms")
-        out[f"original_{mode}_total_ms"] = float(np.median(totals)) if totals else float("nan")
-        out[f"original_{mode}_applied_ms"] = float(np.median(applied)) if applied else float("nan")
+        sent = per_trial(_arm(requests, "original_method", mode), "sendall_us")
+        out[f"original_{mode}_p50_us"] = _median(sent)
+        sequence = _arm(trials, "original_method", mode)
+        out[f"original_{mode}_total_ms"] = _median(per_trial(sequence, "total_ms"))
+        out[f"original_{mode}_applied_ms"] = _median(per_trial(sequence, "applied_ms"))
     return out

@@ -21,20 +21,36 @@ TARGET_THROUGHPUT_SHARE = 0.25
 TARGET_BATCH_SPEEDUP = 5.0
 
 
-def _live(df: pd.DataFrame) -> pd.DataFrame:
+def _one_run(df: pd.DataFrame) -> pd.DataFrame:
     if "run_id" in df.columns and df["run_id"].nunique() > 1:
         df = df[df["run_id"] == df["run_id"].iloc[0]]
-    return df[~df["is_warmup"].astype(bool)]
+    return df
 
 
-def _verdict(ok: bool | None) -> str:
+UNCLEAR = "unclear"
+
+
+def _verdict(ok: bool | str | None) -> str:
+    if isinstance(ok, str):
+        return ok
     return "–" if ok is None else ("met" if ok else "missed")
+
+
+def _against(low: float, high: float, target: float, at_most: bool) -> bool | str:
+    """Met or missed only when the whole 95% CI is on one side of the target."""
+    if math.isnan(low) or math.isnan(high):
+        return UNCLEAR
+    if (high <= target) if at_most else (low >= target):
+        return True
+    if (low > target) if at_most else (high < target):
+        return False
+    return UNCLEAR
 
 
 def _headline_table(h: dict) -> pd.DataFrame:
     rows = []
 
-    def add(figure: str, value: str, target: str, ok: bool | None) -> None:
+    def add(figure: str, value: str, target: str, ok: bool | str | None) -> None:
         rows.append({"figure": figure, "value": value, "target": target, "verdict": _verdict(ok)})
 
     if "bridge_p50_us" in h:
@@ -46,10 +62,10 @@ def _headline_table(h: dict) -> pd.DataFrame:
             None,
         )
         add(
-            "bridge p50 ÷ floor p50 [95% CI]",
+            f"bridge p50 ÷ floor p50 [95% CI], per-trial medians of {h['simple_trials']} trials",
             fmt_ci(ratio, lo, hi, 2),
             f"≤ {TARGET_P50_OVER_FLOOR:g}×",
-            ratio <= TARGET_P50_OVER_FLOOR,
+            _against(lo, hi, TARGET_P50_OVER_FLOOR, at_most=True),
         )
         add(
             "round trip p99, unpaced (µs): bridge / floor",
@@ -67,10 +83,10 @@ def _headline_table(h: dict) -> pd.DataFrame:
         )
         share = h["throughput_share_of_floor"]
         add(
-            "bridge throughput ÷ floor's",
-            fmt(share, 2),
+            "bridge throughput ÷ floor's [95% CI]",
+            fmt_ci(share, *h["throughput_share_ci"], 2),
             f"≥ {TARGET_THROUGHPUT_SHARE:g}",
-            share >= TARGET_THROUGHPUT_SHARE,
+            _against(*h["throughput_share_ci"], TARGET_THROUGHPUT_SHARE, at_most=False),
         )
     for tag in sorted(k[: -len("_frame_ms")] for k in h if k.endswith("_frame_ms")):
         frame_ms = h[f"{tag}_frame_ms"]
@@ -98,7 +114,9 @@ def _headline_table(h: dict) -> pd.DataFrame:
             f"one by one ÷ batched, total time {label} [95% CI]",
             fmt_ci(speedup, lo, hi, 1),
             f"≥ {TARGET_BATCH_SPEEDUP:g}×" if tag != "unpaced" else "",
-            None if tag == "unpaced" or math.isnan(speedup) else speedup >= TARGET_BATCH_SPEEDUP,
+            None
+            if tag == "unpaced" or math.isnan(speedup)
+            else _against(lo, hi, TARGET_BATCH_SPEEDUP, at_most=False),
         )
     for mode, label in (("sendall", "without sleep"), ("sendall_sleep_1ms", "with sleep(0.001)")):
         if math.isnan(h.get(f"original_{mode}_total_ms", float("nan"))):
@@ -113,17 +131,21 @@ def _headline_table(h: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _rows(summary: pd.DataFrame, scenario: str, metric: str) -> pd.DataFrame:
+    return summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)]
+
+
 def _latency_table(summary: pd.DataFrame, scenario: str, metric: str, digits: int) -> pd.DataFrame:
-    s = summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)]
     unit = {"us": "µs"}.get(metric.rsplit("_", 1)[-1], metric.rsplit("_", 1)[-1])
     rows = []
-    for _, r in s.iterrows():
+    for _, r in _rows(summary, scenario, metric).iterrows():
         row = {"mode": r["mode"], "fps": fmt(float(r["fps"]), 0)}
         if scenario == "message_sizes":
-            row["size (bytes)"] = int(r["target_bytes"])
+            row["size (bytes)"] = fmt(float(r["target_bytes"]), 0)
         row.update(
             {
-                "n": int(r["n"]),
+                "trials": int(r["trials"]),
+                "requests": int(r["n"]),
                 f"p50 [95% CI] ({unit})": fmt_ci(r["median"], r["ci_low"], r["ci_high"], digits),
                 f"p95 ({unit})": fmt(r["p95"], digits),
                 f"p99 ({unit})": fmt(r["p99"], digits),
@@ -134,32 +156,34 @@ def _latency_table(summary: pd.DataFrame, scenario: str, metric: str, digits: in
     return pd.DataFrame(rows)
 
 
-def _per_trial_table(df: pd.DataFrame, scenario: str, metrics: list[str]) -> pd.DataFrame:
-    """Per-trial figures (total time, throughput) summarized across trials."""
-    sel = df[df["scenario"] == scenario]
+def _per_trial_table(summary: pd.DataFrame, scenario: str, metrics: list[str]) -> pd.DataFrame:
+    """Per-trial figures (total time, throughput): their median across trials, CI, range."""
+    sel = summary[(summary["scenario"] == scenario) & summary["metric"].isin(metrics)]
     rows = []
     for (mode, fps), group in sel.groupby(["mode", "fps"], sort=False):
-        per_trial = group.groupby("trial")[metrics].first()
-        row = {"mode": mode, "fps": fmt(float(fps), 0), "trials": len(per_trial)}
+        row = {"mode": mode, "fps": fmt(float(fps), 0), "trials": int(group["trials"].max())}
         for metric in metrics:
-            values = per_trial[metric].dropna()
-            row[f"{metric} median (min–max)"] = (
-                f"{fmt(float(values.median()), 2)} ({fmt(float(values.min()), 2)}–"
-                f"{fmt(float(values.max()), 2)})"
-                if len(values)
+            m = group[group["metric"] == metric]
+            row[f"{metric} median [95% CI] (min–max)"] = (
+                f"{fmt_ci(m['median'].iloc[0], m['ci_low'].iloc[0], m['ci_high'].iloc[0], 2)} "
+                f"({fmt(m['min'].iloc[0], 2)}–{fmt(m['max'].iloc[0], 2)})"
+                if len(m)
                 else "–"
             )
         if scenario == "batching":
-            comp = group["completion_ms"].dropna()
+            comp = _rows(summary, scenario, "rtt_us")
+            comp = comp[(comp["mode"] == mode) & (comp["fps"] == fps)]
             row["per-command completion p50 / p95 (ms)"] = (
-                f"{fmt(float(comp.median()), 3)} / {fmt(float(np.percentile(comp, 95)), 3)}"
+                f"{fmt(comp['median'].iloc[0] / 1e3, 3)} / {fmt(comp['p95'].iloc[0] / 1e3, 3)}"
+                if len(comp)
+                else "–"
             )
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _plot_cdf(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
-    sel = df[(df["scenario"] == "simple_commands") & df["rtt_us"].notna()]
+def _plot_cdf(requests: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
+    sel = requests[(requests["scenario"] == "simple_commands") & requests["rtt_us"].notna()]
     if sel.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -168,25 +192,25 @@ def _plot_cdf(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
         ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=mode)
     ax.set_xscale("log")
     ax.set_xlabel("round trip, send to completion ack (µs, log)")
-    ax.set_ylabel("fraction of requests")
+    ax.set_ylabel("fraction of requests (all trials)")
     ax.set_title("simple_commands: latency CDF per mode")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     return save_figure(fig, plots_dir, "ipc_latency_cdf", md_dir, "latency CDF per mode")
 
 
-def _plot_sizes(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
-    sel = df[(df["scenario"] == "message_sizes") & df["rtt_us"].notna()]
+def _plot_sizes(summary: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
+    sel = _rows(summary, "message_sizes", "rtt_us")
     if sel.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for mode, group in sel.groupby("mode", sort=True):
-        g = group.groupby("target_bytes")["rtt_us"]
-        med = g.median()
+        group = group.sort_values("target_bytes")
+        med = group["median"].to_numpy()
         ax.errorbar(
-            med.index,
-            med.to_numpy(),
-            yerr=[med - g.quantile(0.05), g.quantile(0.95) - med],
+            group["target_bytes"].to_numpy(),
+            med,
+            yerr=[med - group["p5"].to_numpy(), group["p95"].to_numpy() - med],
             marker="o",
             capsize=3,
             label=mode,
@@ -201,8 +225,8 @@ def _plot_sizes(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
     return save_figure(fig, plots_dir, "ipc_latency_vs_size", md_dir, "latency vs message size")
 
 
-def _plot_batching(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
-    sel = df[df["scenario"] == "batching"]
+def _plot_batching(summary: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
+    sel = _rows(summary, "batching", "total_ms")
     if sel.empty:
         return None
     fpss = sorted(sel["fps"].unique())
@@ -211,18 +235,18 @@ def _plot_batching(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | Non
         1, len(fpss), figsize=(4.5 * len(fpss), 4), squeeze=False, layout="constrained"
     )
     for ax, fps in zip(axes[0], fpss, strict=True):
-        per_trial = sel[sel["fps"] == fps].groupby(["mode", "trial"])["total_ms"].first()
-        meds = [per_trial.get(m, pd.Series(dtype=float)).median() for m in modes]
-        lows = [
-            m - per_trial.get(k, pd.Series([m])).min() for m, k in zip(meds, modes, strict=True)
-        ]
-        highs = [
-            per_trial.get(k, pd.Series([m])).max() - m for m, k in zip(meds, modes, strict=True)
-        ]
-        ax.bar(modes, meds, yerr=[lows, highs], capsize=4, color=["#c44e52", "#4c72b0", "#55a868"])
+        at = sel[sel["fps"] == fps].set_index("mode").reindex(modes)
+        meds = at["median"].to_numpy()
+        ax.bar(
+            modes,
+            meds,
+            yerr=[meds - at["min"].to_numpy(), at["max"].to_numpy() - meds],
+            capsize=4,
+            color=["#c44e52", "#4c72b0", "#55a868"],
+        )
         ax.set_title("unpaced" if fps == 0 else f"{fps:g} fps")
         if ax is axes[0][0]:
-            ax.set_ylabel("total time for all commands (ms), bars min–max")
+            ax.set_ylabel("total time for all commands (ms), median of trials, bars min–max")
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("batching: total time, one by one vs batched vs pipelined")
     return save_figure(fig, plots_dir, "ipc_batching", md_dir, "batching bars")
@@ -273,7 +297,8 @@ def _reading(h: dict) -> str:
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     """The phase 3 markdown section; plots go to ``plots_dir`` as ipc_*.png."""
-    live = _live(df)
+    df = _one_run(df)
+    requests, _ = ipc.split_records(df)
     h = ipc.headline(df)
     summary = ipc.summarize(df)
     params = info.get("params", {})
@@ -292,7 +317,20 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             else "CPU placement left to the scheduler (pin_cpu=-1): on an idle VM, waking a "
             "thread blocked on another vCPU costs tens of µs, and the bridge's round trip has "
             "more such wake-ups than the floor's; `-p pin_cpu=N` measures without them."
+        )
+        + (
+            f" Injected apply delay: the peers spend {fmt(h['apply_delay_ms'], 2)} ms on every "
+            "command they apply (a slow avatar, a known answer), so these are not the bridge's "
+            "own figures."
+            if h.get("apply_delay_ms", 0.0) > 0
+            else ""
         ),
+        "",
+        "The trial is the unit of replication: a latency's p50 is the median across trials of "
+        "each trial's median request, with a 95% CI across trials; p95, p99 and max describe "
+        "all requests of all trials; totals and throughput are one value per trial; every "
+        "ratio compares per-trial values (`stats.compare`). A target is met or missed only "
+        "when the ratio's whole 95% CI lies on one side of it; otherwise it is unclear.",
         "",
         "### Headline",
         "",
@@ -314,13 +352,13 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         ("batching", ["total_ms"], "Batching"),
         ("original_method", ["total_ms", "applied_ms"], "The original method, reproduced"),
     ):
-        t = _per_trial_table(live, scenario, metrics)
+        t = _per_trial_table(summary, scenario, metrics)
         if len(t):
             out += [f"### {title}", "", table(t), ""]
     plots = [
-        _plot_cdf(live, plots_dir, md_dir),
-        _plot_sizes(live, plots_dir, md_dir),
-        _plot_batching(live, plots_dir, md_dir),
+        _plot_cdf(requests, plots_dir, md_dir),
+        _plot_sizes(summary, plots_dir, md_dir),
+        _plot_batching(summary, plots_dir, md_dir),
     ]
     plots = [p for p in plots if p]
     if plots:

@@ -1,6 +1,8 @@
 // The Unity side of the bridge without UnityEngine: socket threads read, validate and queue;
 // Tick(), called once per frame on the main thread, drains the queue, applies each command to
 // the avatar and then acks it. Bad input is answered from the socket thread and never queued.
+// ApplyDelayMs stands in for a slow avatar: the main thread spends that long on every command it
+// applies (each command of a batch too), a known answer for the latency benchmarks.
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
@@ -76,6 +78,7 @@ namespace MatePerf.Bridge
         public readonly BridgeCounters Counters = new BridgeCounters();
         public readonly bool Legacy;
         public readonly int MaxLineBytes;
+        public readonly double ApplyDelayMs;
         public long Frame;
         public int Port { get; private set; }
 
@@ -89,11 +92,14 @@ namespace MatePerf.Bridge
         volatile bool stopping;
 
         public BridgeServer(IAvatar avatar, string host = "127.0.0.1", int port = 5555, bool legacy = false,
-                            int maxLineBytes = BridgeProtocol.DefaultMaxLineBytes)
+                            int maxLineBytes = BridgeProtocol.DefaultMaxLineBytes, double applyDelayMs = 0)
         {
+            if (applyDelayMs < 0 || double.IsNaN(applyDelayMs))
+                throw new ArgumentOutOfRangeException("applyDelayMs", applyDelayMs, "must be >= 0");
             this.avatar = avatar;
             Legacy = legacy;
             MaxLineBytes = maxLineBytes;
+            ApplyDelayMs = applyDelayMs;
             listener = new TcpListener(IPAddress.Parse(host), port);
         }
 
@@ -218,6 +224,22 @@ namespace MatePerf.Bridge
                     break;
                 case "echo": avatar.Echo(((string)data["payload"]).Length); break;
                 default: throw new InvalidOperationException("unvalidated command " + command);
+            }
+            if (ApplyDelayMs > 0) Hold(ApplyDelayMs);
+        }
+
+        /// Occupy the calling thread for `ms`: Thread.Sleep has millisecond resolution, so sleep
+        /// to within a millisecond of the end and yield the rest, as the frame loop does.
+        public static void Hold(double ms)
+        {
+            long end = Stopwatch.GetTimestamp() + (long)(ms * Stopwatch.Frequency / 1000.0);
+            while (true)
+            {
+                long left = end - Stopwatch.GetTimestamp();
+                if (left <= 0) return;
+                long leftMs = left * 1000 / Stopwatch.Frequency;
+                if (leftMs > 1) Thread.Sleep((int)(leftMs - 1));
+                else Thread.Yield();
             }
         }
 

@@ -1,6 +1,7 @@
 // Runs BridgeServer with a frame loop, as Unity's player loop would, for tests and benchmarks.
 // Speaks the peer stdio contract: prints {"event":"listening","port":N}, stops when stdin
 // closes, then prints {"event":"stopped","counters":{...}}.
+// --apply-delay-ms N: the main thread spends N ms on every applied command (a slow avatar).
 using System;
 using System.Diagnostics;
 using System.Globalization;
@@ -14,7 +15,7 @@ public static class HeadlessHost
     {
         string host = "127.0.0.1";
         int port = 0, maxLine = BridgeProtocol.DefaultMaxLineBytes;
-        double fps = 60;
+        double fps = 60, applyDelayMs = 0;
         bool legacy = false;
         for (int i = 0; i < args.Length; i++)
         {
@@ -25,10 +26,16 @@ public static class HeadlessHost
                 case "--fps": fps = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--legacy": legacy = true; break;
                 case "--max-line-bytes": maxLine = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--apply-delay-ms": applyDelayMs = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 default: Console.Error.WriteLine("unknown argument " + args[i]); return 2;
             }
         }
-        var server = new BridgeServer(new AvatarState(), host, port, legacy, maxLine);
+        if (!(applyDelayMs >= 0))
+        {
+            Console.Error.WriteLine("--apply-delay-ms must be >= 0, got " + applyDelayMs.ToString(CultureInfo.InvariantCulture));
+            return 2;
+        }
+        var server = new BridgeServer(new AvatarState(), host, port, legacy, maxLine, applyDelayMs);
         server.Start();
         var stop = new ManualResetEventSlim(false);
         new Thread(() =>
