@@ -107,12 +107,7 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
             + "; ".join(_where(r, swept) for _, r in ties.iterrows())
             + "."
         )
-    text += (
-        f" Comparisons made: {len(tested)} (each other point against the best, per-trial "
-        "values, Mann–Whitney at the 5% level with a ratio CI excluding 1; no correction for "
-        "the number of comparisons, and the best was picked from the same data, so a close "
-        "second can be called worse by chance about 1 time in 20)."
-    )
+    text += f" Comparisons made: {len(tested)} (each other point against the best)."
     if len(tested) < len(others):
         text += " Points with a single trial are not tested; sweep with more trials or rounds."
     return text
@@ -129,7 +124,11 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         f"Fixed: {info.get('fixed') or 'defaults'}. Points ok: {info.get('points_ok', '?')}, "
         f"failed: {info.get('points_failed', '?')}. Each trial counts once (a per-request "
-        "metric through its per-trial median); bands are 95% CIs of the median of trials.",
+        "metric through its per-trial median); bands are 95% CIs of the median of trials. "
+        "Every point is compared with the best one as `mateperf compare` does (ratio of "
+        "medians with a bootstrap CI, Mann–Whitney across trials at the 5% level); there is no "
+        "correction for the number of comparisons, and the best was picked from the same data, "
+        "so a close second is called worse by chance about 1 time in 20.",
         "",
     ]
     numeric = [p for p in swept if pd.api.types.is_numeric_dtype(df[p])]
