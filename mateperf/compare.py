@@ -111,6 +111,9 @@ def _row(key: dict, metric: Metric, stat: str | None, r: stats.ABResult, level: 
 
 def compare_frames(phase: str, a: pd.DataFrame, b: pd.DataFrame, params: set[str]) -> pd.DataFrame:
     """Per matched group, declared metric and per-trial statistic: A, B, B/A [CI], p, verdict."""
+    # run-level metrics are derived from the whole frame: the phase leaves out its own warm-up
+    # (the memory phase needs the warm-up replies' garbage to reconstruct the live heap)
+    run_a, run_b = run_level_table(phase, a), run_level_table(phase, b)
     a, b = metrics.without_warmup(a), metrics.without_warmup(b)
     declared = [m for m in metrics.present(phase, a) if m.name in b.columns]
     keys = _keys(phase, a, b, params)
@@ -124,7 +127,6 @@ def compare_frames(phase: str, a: pd.DataFrame, b: pd.DataFrame, params: set[str
             for stat in statistics_for(metric):
                 r = compare_metric(ga, gb, metric, stat)
                 rows.append(_row(key, metric, stat, r, metric.level))
-    run_a, run_b = run_level_table(phase, a), run_level_table(phase, b)
     if not run_a.empty and not run_b.empty:
         run_keys = [k for k in keys if k in run_a.columns and k in run_b.columns]
         for key, ga, gb in _matched(run_a, run_b, run_keys):

@@ -64,14 +64,16 @@ def _m(name, unit, direction, level, words=SPEED, label="") -> Metric:
 # -- phase 1, memory ----------------------------------------------------------------------------
 # Memory rows are samples, markers and per-message readings of ONE session: none of them repeat
 # independently. What a memory run measures is declared at run level and derived per run by
-# mateperf.phases.memory.trial_table.
+# mateperf.phases.memory.trial_table. The leak slope is the one the verdict rests on: the live
+# heap (heap in use less garbage a later collection returned) per message after the warm-up.
+# Reply times (gen_ms) are not declared: this phase does not control for speed (the llm phase
+# measures it), and they run on a host shared with the sampler.
 MEMORY_METRICS = (
-    _m("leak_slope_kb_per_msg", "KiB/message", LOWER, RUN, MEMORY, "heap-in-use growth"),
+    _m("leak_slope_kb_per_msg", "KiB/message", LOWER, RUN, MEMORY, "live-heap growth"),
     _m("rss_after_load_mb", "MiB", LOWER, RUN, MEMORY, "RSS after load"),
     _m("rss_after_chat_mb", "MiB", LOWER, RUN, MEMORY, "RSS after the chat"),
-    _m("rss_peak_mb", "MiB", LOWER, RUN, MEMORY, "peak RSS"),
+    _m("rss_peak_mb", "MiB", LOWER, RUN, MEMORY, "peak RSS during the chat"),
     _m("left_over_rss_mb", "MiB", LOWER, RUN, MEMORY, "RSS left after cleanup"),
-    _m("gen_ms", "ms", LOWER, REQUEST, SPEED, "reply time"),
 )
 
 # -- phase 2, llm -------------------------------------------------------------------------------

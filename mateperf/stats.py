@@ -263,8 +263,9 @@ def slope_hac(
     series, normal critical values are too small (the long-run variance is itself uncertain), so
     the t quantile is scaled by cv(b)/1.96, the fixed-b critical value (Kiefer and Vogelsang,
     2005) of a trend slope, from `_trend_fixed_b_critical` (other confidence levels scale the
-    95% value). Coverage in simulation, n = 80, AR(1) errors: ρ = 0 and 0.5 about nominal, ρ = 0.9
-    still short of it (the bandwidth stays small next to the dependence) but far above OLS.
+    95% value). Coverage of the 95% CI in simulation (n = 80, AR(1) errors, 1000 series each):
+    96% at ρ = 0, 91% at ρ = 0.5, 78% at ρ = 0.9, against 96%, 75% and 33% for `slope`: still
+    short of nominal when the dependence is strong next to the series' length.
     A perfectly straight series has a zero-width CI, as in `slope`.
     """
     x_arr, y_arr = np.asarray(x, float), np.asarray(y, float)

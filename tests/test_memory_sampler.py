@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import mmap
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from mateperf.trackers.memory import (
+    HEAP_STATUS,
     GpuReader,
     MemorySampler,
+    heap_available,
     malloc_trim,
     mapped_file_rss_mb,
     read_rss,
@@ -120,3 +124,72 @@ def test_bad_intervals_are_refused():
         MemorySampler(interval_ms=0)
     with pytest.raises(ValueError, match="uss_interval_ms"):
         MemorySampler(uss_interval_ms=-1)
+
+
+class _Cycle:
+    """An object in a reference cycle holding a buffer: garbage only the cyclic GC frees."""
+
+    def __init__(self, size: int):
+        self.me = self
+        self.buffer = bytearray(size)
+
+
+def test_collections_are_recorded_with_the_heap_they_return():
+    gc.collect()  # garbage of earlier tests is not this test's
+    with MemorySampler(interval_ms=20) as sampler:
+        assert sampler.gc.running
+        gc.disable()  # so that all of it waits for the forced collection
+        try:
+            for _ in range(40):
+                _Cycle(256 << 10)  # 10 MiB of cyclic garbage in all, freed by malloc's free()
+            collected = sampler.collect()
+        finally:
+            gc.enable()
+        sampler.mark("after")
+        time.sleep(0.05)
+    assert not sampler.gc.running and sampler.gc._callback not in gc.callbacks
+    df = sampler.frame()
+    events = df[df["record"] == "gc"]
+    forced = events[events["gc_forced"].astype(bool)]
+    assert len(forced) == 1
+    event = forced.iloc[0]
+    assert event["gc_generation"] == 2 and event["gc_collected"] == collected >= 40
+    assert event["label"] == "gc gen 2 (forced)" and event["gc_pause_ms"] > 0
+    assert df["t_s"].is_monotonic_increasing
+    if heap_available():
+        assert 9.5 < event["gc_freed_heap_mb"] < 11.0, event.to_dict()
+        assert event["heap_used_mb"] > 0
+        assert (df["heap_status"] == "heap in use from glibc mallinfo2").all()
+    else:
+        assert np.isnan(event["gc_freed_heap_mb"])
+        assert "unavailable on this OS" in HEAP_STATUS
+
+
+def test_automatic_collections_from_other_threads_are_recorded_too():
+    def churn():
+        for _ in range(3000):
+            _Cycle(16)
+
+    with MemorySampler(interval_ms=5) as sampler:
+        threads = [threading.Thread(target=churn) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    events = sampler.gc.events()
+    automatic = events[~events["gc_forced"]]
+    assert len(automatic) >= 5  # 9000 cycles, a generation-0 collection every ~700
+    assert set(automatic["gc_generation"]) <= {0, 1, 2}
+    assert automatic["gc_collected"].sum() > 1000
+    # no events are recorded once the sampler is stopped
+    n = sampler.gc.n_events
+    gc.collect()
+    assert sampler.gc.n_events == n
+
+
+def test_without_gc_events_the_frame_has_none():
+    with MemorySampler(interval_ms=20, gc_events=False) as sampler:
+        assert sampler.gc is None
+        sampler.collect()
+        time.sleep(0.05)
+    assert "gc" not in set(sampler.frame()["record"])

@@ -1,4 +1,8 @@
-"""Phase 1 section: checkpoints, the leak test, cleanup effects, timeline and per-message plots."""
+"""Phase 1 section: checkpoints, the leak verdict, collections, cleanup, timeline and plots.
+
+Formats what mateperf.phases.memory computed; states as causes only what the run measured.
+Units: MiB (2^20 bytes) and KiB (2^10 bytes), as the `_mb` / `_kb` columns hold.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from mateperf.phases import memory  # noqa: E402
 from mateperf.report import fmt, save_figure, table  # noqa: E402
 
 METRIC_LABELS = {
+    "heap_live_mb": "live heap",
     "rss_mb": "RSS",
     "rss_anon_mb": "anonymous RSS",
     "rss_file_mb": "file-backed RSS",
@@ -25,6 +30,13 @@ METRIC_LABELS = {
     "model_mapped_mb": "model file resident",
     "vram_device_used_mb": "VRAM used (device)",
     "vram_process_mb": "VRAM (this process)",
+}
+ROLES = {
+    "heap_live_mb": "decides",
+    "heap_used_mb": "flat or bounded",
+    "rss_mb": "flat or bounded; leak with anonymous RSS when readings follow a collection",
+    "rss_anon_mb": "flat or bounded; leak with RSS when readings follow a collection",
+    "uss_mb": "shown only",
 }
 SCENARIO_COLORS = {
     "baseline": "#dddddd",
@@ -50,6 +62,10 @@ def _has_vram(df: pd.DataFrame) -> bool:
     return "vram_device_used_mb" in df.columns and df["vram_device_used_mb"].notna().any()
 
 
+def _kib(mib: float, digits: int = 1) -> str:
+    return fmt(float(mib) * 1024, digits)
+
+
 def _checkpoint_table(cp: pd.DataFrame, vram: bool) -> pd.DataFrame:
     cols = ["rss_mb", "uss_mb", "rss_anon_mb", "rss_file_mb", "model_mapped_mb"]
     cols += ["heap_used_mb", "heap_free_mb"]
@@ -57,7 +73,7 @@ def _checkpoint_table(cp: pd.DataFrame, vram: bool) -> pd.DataFrame:
         cols += ["vram_device_used_mb", "vram_process_mb"]
     out = pd.DataFrame({"checkpoint": cp["checkpoint"], "scenario": cp["scenario"]})
     for c in cols:
-        out[f"{METRIC_LABELS[c]} (MB)"] = [fmt(float(v)) for v in cp[c]]
+        out[f"{METRIC_LABELS[c]} (MiB)"] = [fmt(float(v)) for v in cp[c]]
     return out.reset_index(drop=True)
 
 
@@ -66,16 +82,51 @@ def _leak_table(leak: pd.DataFrame) -> pd.DataFrame:
     for _, r in leak.iterrows():
         rows.append(
             {
-                "metric": METRIC_LABELS.get(r["metric"], r["metric"]),
+                "series": METRIC_LABELS.get(r["metric"], r["metric"]),
                 "messages fitted": int(r["n"]),
-                "slope MB/message [95% CI]": (
-                    f"{fmt(r['slope_mb_per_msg'], 4)} "
-                    f"[{fmt(r['ci_low'], 4)}, {fmt(r['ci_high'], 4)}]"
+                "slope KiB/message [95% CI, HAC]": (
+                    f"{fmt(r['slope_kb_per_msg'], 1)} "
+                    f"[{fmt(r['ci_low_kb_per_msg'], 1)}, {fmt(r['ci_high_kb_per_msg'], 1)}]"
                 ),
-                "slope KB/message": fmt(r["slope_kb_per_msg"], 1),
-                "threshold MB/message": fmt(r["threshold_mb_per_msg"], 3),
-                "verdict": r["verdict"],
-                "votes": "yes" if r["votes"] else "no (shown only)",
+                "OLS 95% CI (not used)": (
+                    f"[{fmt(r['ols_ci_low_kb_per_msg'], 1)}, {fmt(r['ols_ci_high_kb_per_msg'], 1)}]"
+                ),
+                "HAC bandwidth": fmt(r.get("hac_bandwidth", np.nan), 1),
+                "against the threshold": r["growth"],
+                "role": ROLES.get(r["metric"], ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _gc_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The collections CPython ran on its own during the chat, and the two forced ones that
+    open and close it (the per-reply ones of gc_every_message are summarised in the reading)."""
+    gcs = memory.collections(df)
+    msgs = memory.message_rows(df)
+    marks = df[df["record"] == "marker"]
+    loaded = marks.loc[marks["label"] == "model loaded", "t_s"]
+    closed = marks.loc[marks["label"] == "chat garbage collected", "t_s"]
+    if gcs.empty or msgs.empty or loaded.empty or closed.empty:
+        return pd.DataFrame()
+    forced = gcs["gc_forced"].fillna(False).astype(bool)
+    chat = (gcs["t_s"] > float(loaded.iloc[0])) & (gcs["t_s"] < float(closed.iloc[0]))
+    first, last = float(msgs["reply_start_s"].min()), float(msgs["t_s"].max())
+    around = forced & ((gcs["t_s"] < first) | (gcs["t_s"] > last))
+    rows = []
+    for _, g in gcs[chat & (~forced | around)].iterrows():
+        if g["gc_forced"]:
+            when = "before message 1" if g["t_s"] < first else "after the last message"
+        else:
+            when = f"during message {int(g['gc_replies_done']) + 1}"
+        rows.append(
+            {
+                "when": when,
+                "kind": "forced" if g["gc_forced"] else "automatic",
+                "generation": int(g["gc_generation"]),
+                "objects collected": int(g["gc_collected"]),
+                "heap returned (MiB)": fmt(float(g["gc_freed_heap_mb"]), 1),
+                "pause (ms)": fmt(float(g["gc_pause_ms"]), 1),
             }
         )
     return pd.DataFrame(rows)
@@ -83,28 +134,40 @@ def _leak_table(leak: pd.DataFrame) -> pd.DataFrame:
 
 def _cleanup_table(effects: pd.Series) -> pd.DataFrame:
     rows = []
-    for step, key in (
+    steps = [
+        ("full gc.collect() after the chat", "chat_gc_freed"),
         ("close the model", "close_freed"),
         ("gc.collect()", "gc_freed"),
         ("malloc_trim(0)", "malloc_trim_freed"),
-    ):
+    ]
+    if not np.isfinite(effects.get("chat_gc_freed_rss_mb", np.nan)):
+        steps = steps[1:]  # stored before that step existed
+    for step, key in steps:
         rows.append(
             {
                 "step": step,
-                "RSS returned (MB)": fmt(effects[f"{key}_rss_mb"]),
-                "USS returned (MB)": fmt(effects[f"{key}_uss_mb"]),
-                "heap in use returned (MB)": fmt(effects[f"{key}_heap_used_mb"]),
+                "RSS returned (MiB)": fmt(effects[f"{key}_rss_mb"]),
+                "USS returned (MiB)": fmt(effects[f"{key}_uss_mb"]),
+                "heap in use returned (MiB)": fmt(effects[f"{key}_heap_used_mb"]),
             }
         )
     rows.append(
         {
             "step": "left above baseline after cleanup",
-            "RSS returned (MB)": fmt(effects["left_over_rss_mb"]),
-            "USS returned (MB)": fmt(effects["left_over_uss_mb"]),
-            "heap in use returned (MB)": fmt(effects["left_over_heap_used_mb"]),
+            "RSS returned (MiB)": fmt(effects["left_over_rss_mb"]),
+            "USS returned (MiB)": fmt(effects["left_over_uss_mb"]),
+            "heap in use returned (MiB)": fmt(effects["left_over_heap_used_mb"]),
         }
     )
     return pd.DataFrame(rows)
+
+
+def _automatic_collection_times(df: pd.DataFrame) -> np.ndarray:
+    gcs = memory.collections(df)
+    if gcs.empty:
+        return np.array([])
+    auto = gcs[~gcs["gc_forced"].fillna(False).astype(bool)]
+    return auto["t_s"].to_numpy(float)
 
 
 def _plot_timeline(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
@@ -125,8 +188,12 @@ def _plot_timeline(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
     ]
     for metric, style in (("rss_mb", "-"), ("rss_anon_mb", "--"), ("rss_file_mb", ":")):
         ax.plot(samples["t_s"], samples[metric], style, lw=1.2, label=METRIC_LABELS[metric])
-    uss = samples.dropna(subset=["uss_mb"])
+    uss = df[df["record"].isin(["sample", "marker", "message"])].dropna(subset=["uss_mb"])
     ax.plot(uss["t_s"], uss["uss_mb"], ".", ms=2.5, label=METRIC_LABELS["uss_mb"])
+    auto = _automatic_collection_times(df)
+    if auto.size:
+        ax.plot(auto, np.zeros_like(auto), "v", color="tab:purple", ms=6, clip_on=False)
+        ax.plot([], [], "v", color="tab:purple", label="automatic gc")
     for _, m in marks.dropna(subset=["checkpoint"]).iterrows():
         for a in axes:
             a.axvline(m["t_s"], color="black", lw=0.6, alpha=0.6)
@@ -139,7 +206,7 @@ def _plot_timeline(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
             textcoords="offset points",
             va="bottom",
         )
-    ax.set_ylabel("MB")
+    ax.set_ylabel("MiB")
     ax.set_ylim(bottom=0)
     handles, _labels = ax.get_legend_handles_labels()
     ax.legend(handles=handles + scenario_keys, loc="upper left", fontsize=7, ncol=4)
@@ -147,11 +214,20 @@ def _plot_timeline(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
     if vram:
         axes[1].plot(samples["t_s"], samples["vram_device_used_mb"], label="device used")
         axes[1].plot(samples["t_s"], samples["vram_process_mb"], "--", label="this process")
-        axes[1].set_ylabel("VRAM MB")
+        axes[1].set_ylabel("VRAM MiB")
         axes[1].legend(loc="upper left", fontsize=8)
         axes[1].grid(alpha=0.3)
     axes[-1].set_xlabel("time since the sampler started (s)")
     return save_figure(fig, plots_dir, "memory_timeline", md_dir, "memory timeline")
+
+
+def _collection_messages(df: pd.DataFrame) -> np.ndarray:
+    """Message positions (k - 0.5 = during message k) of the automatic collections."""
+    gcs = memory.collections(df)
+    if gcs.empty:
+        return np.array([])
+    auto = gcs[~gcs["gc_forced"].fillna(False).astype(bool)]
+    return auto["gc_replies_done"].astype(float).to_numpy() + 0.5
 
 
 def _plot_per_message(
@@ -159,15 +235,20 @@ def _plot_per_message(
 ) -> str:
     msgs = memory.message_rows(df)
     metrics = list(leak["metric"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.6))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6))
     axes = np.atleast_1d(axes)
+    at = _collection_messages(df)
     for ax, metric in zip(axes, metrics, strict=True):
         r = leak[leak["metric"] == metric].iloc[0]
         x = msgs["message"].astype(float).to_numpy()
-        y = msgs[metric].astype(float).to_numpy()
+        y = memory._series(df, metric).to_numpy(float)
         ax.axvspan(0.5, warmup + 0.5, color="#eeeeee", lw=0, label="warm-up (not fitted)")
+        for i, m in enumerate(at):
+            ax.axvline(
+                m, color="tab:purple", lw=0.8, alpha=0.6, label="automatic gc" if not i else None
+            )
         ax.plot(x, y, ".", ms=4, color="tab:blue")
-        fitted = x > warmup
+        fitted = (x > warmup) & np.isfinite(y)
         if fitted.sum() >= 3 and np.isfinite(r["slope_mb_per_msg"]):
             # The band pivots on the centroid: lines through (x̄, ȳ) with the CI's two slopes.
             xf = x[fitted]
@@ -177,7 +258,7 @@ def _plot_per_message(
                 xf,
                 ybar + r["slope_mb_per_msg"] * (xf - xbar),
                 color="tab:red",
-                label=f"slope {r['slope_kb_per_msg']:.1f} KB/msg",
+                label=f"slope {r['slope_kb_per_msg']:.1f} KiB/msg",
             )
             ax.fill_between(
                 xf,
@@ -186,101 +267,134 @@ def _plot_per_message(
                 color="tab:red",
                 alpha=0.2,
                 lw=0,
-                label="95% CI of the slope",
+                label="95% CI (HAC)",
             )
-        ax.set_title(f"{METRIC_LABELS[metric]}: {r['verdict']}", fontsize=9)
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_title(f"{METRIC_LABELS[metric]}: {r['growth']}", fontsize=9)
         ax.set_xlabel("message")
-        ax.set_ylabel("MB")
+        ax.set_ylabel("MiB")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Memory after each message, least-squares slope after the warm-up")
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle("Memory after each message; slope after the warm-up with its robust 95% CI")
     fig.tight_layout()
     return save_figure(fig, plots_dir, "memory_per_message", md_dir, "memory per message")
 
 
-def _heap_drops(df: pd.DataFrame, min_mb: float = 10.0) -> pd.Series:
-    """Messages after which heap in use fell by more than min_mb (MB fallen, by message)."""
-    msgs = memory.message_rows(df)
-    if "heap_used_mb" not in msgs or msgs["heap_used_mb"].isna().all():
-        return pd.Series(dtype=float)
-    fall = -msgs["heap_used_mb"].diff()
-    hits = fall > min_mb
-    return pd.Series(fall[hits].to_numpy(), index=msgs.loc[hits, "message"].to_numpy())
+def _verdict_lines(v: pd.Series, run: pd.Series) -> list[str]:
+    threshold = float(v["threshold_kb_per_msg"])
+    basis = METRIC_LABELS.get(v["decided_by"], v["decided_by"])
+    slope = (
+        f"{basis} {fmt(v['slope_kb_per_msg'], 1)} KiB/message (95% CI "
+        f"{fmt(v['ci_low_kb_per_msg'], 1)} to {fmt(v['ci_high_kb_per_msg'], 1)}, robust to "
+        f"autocorrelation, messages {int(run.get('warmup_messages', 0)) + 1}–end)"
+    )
+    head = f"- Verdict: **{v['verdict']}**. "
+    if v["verdict"] == memory.LEAK:
+        why = (
+            f"The {slope} lies above the {threshold:.1f} KiB/message threshold: growth that "
+            "no collection returned."
+        )
+    elif v["verdict"] == memory.BOUNDED:
+        why = (
+            f"The {slope} lies below the {threshold:.1f} KiB/message threshold, but memory "
+            "rose and fell: growth that collections returned or that stopped (below)."
+        )
+    elif v["verdict"] == memory.FLAT:
+        why = (
+            f"The {slope} lies below the {threshold:.1f} KiB/message threshold, and no "
+            "series grew above it."
+        )
+    elif v["verdict"] == memory.INCONCLUSIVE and v["decided_by"] != memory.LIVE:
+        why = (
+            f"The live heap cannot be measured in this run, and RSS alone cannot tell garbage "
+            f"awaiting collection from a leak: the {slope} grows, but either may be the cause."
+        )
+    elif v["verdict"] == memory.INCONCLUSIVE:
+        why = f"The {slope} does not lie wholly on either side of {threshold:.1f} KiB/message."
+    else:
+        why = f"Too few messages after the warm-up to fit a slope ({int(v['n'])})."
+    return [head + why]
 
 
 def _reading(
     df: pd.DataFrame,
     cp: pd.DataFrame,
-    leak: pd.DataFrame,
-    verdict: str,
+    v: pd.Series,
     effects: pd.Series,
     run: pd.Series,
 ) -> list[str]:
     by = cp.set_index("checkpoint")
     lines = []
-    rss = leak[leak["metric"] == "rss_mb"].iloc[0]
     injected = int(run.get("leak_kb_per_message", 0) or 0)
-    threshold = float(rss["threshold_mb_per_msg"])
-    lines.append(
-        f"- Overall verdict: **{verdict}**. A leak is called when the 95% CI of the slope of "
-        f"heap in use, or of both RSS and anonymous RSS, lies above "
-        f"{threshold * 1024:.1f} KB/message."
-    )
-    for _, r in leak.iterrows():
-        lines.append(
-            f"  - {METRIC_LABELS[r['metric']]}: {r['slope_kb_per_msg']:.1f} KB/message "
-            f"(95% CI {r['ci_low'] * 1024:.1f} to {r['ci_high'] * 1024:.1f}) → {r['verdict']}"
-        )
     if injected:
         lines.append(
-            f"- This run injected a known leak of {injected} KB/message "
-            f"({injected / 1024:.4f} MB); the detector's self-check expects 'leak'."
+            f"- This run injected a known leak of {injected} KiB/message; the detector's "
+            "self-check expects 'leak'."
         )
-    if bool(run.get("gc_every_message", False)):
+    if not v["gc_events"]:
         lines.append(
-            "- gc.collect() ran after every message before the reading, so the leak test sees "
-            "live memory, not garbage waiting for CPython's cyclic collector."
+            "- This run was stored before garbage collections were recorded, so the live heap "
+            "is known only where every reading followed a forced collection."
         )
-        freed = memory.message_rows(df).get("gc_freed_heap_mb")
-        if freed is not None and freed.notna().any():
-            lines.append(
-                f"  Each collection freed a median {freed.median():.1f} MB of heap "
-                f"(max {freed.max():.1f} MB): cyclic garbage per reply. Without the "
-                "collection it piles up until CPython's next full collection "
-                "(gc_every_message=False shows that sawtooth)."
+    if "unavailable" in str(v["heap_status"]):
+        lines.append(
+            f"- {v['heap_status']}: the heap each collection returned cannot be measured, and "
+            "RSS alone cannot tell garbage awaiting collection from a leak."
+        )
+    freed = [float(x) for x in memory.gc_summary(df)["freed_mb"]]
+    at = memory.gc_summary(df)["freed_at"]
+    returning = [(m, f) for m, f in zip(at, freed, strict=True) if np.isfinite(f) and f > 1.0]
+    if v["gc_events"] and int(v["collections"]) > 0:
+        listed = ", ".join(f"{m} ({f:.1f} MiB)" for m, f in returning)
+        lines.append(
+            f"- CPython ran {int(v['collections'])} collection(s) on its own during the chat"
+            + (
+                f"; they returned heap during message {listed}, "
+                f"about every {fmt(v['period_messages'], 0)} messages"
+                if returning
+                else ", none of which returned more than 1 MiB of heap"
             )
+            + f". Heap in use peaked at {fmt(v['heap_peak_mb'])} MiB (message "
+            f"{int(v['heap_peak_message'])}); RSS peaked at {fmt(v['rss_peak_mb'])} MiB "
+            f"(reading after message {int(v['rss_peak_message'])})."
+        )
+    elif v["gc_events"] and not bool(run.get("gc_every_message", False)):
+        lines.append("- CPython ran no collection of its own during the chat.")
+    pending_end = float(v.get("pending_end_mb", np.nan))
+    if np.isfinite(pending_end) and pending_end >= 0.05:
+        lines.append(
+            f"- The full collection forced after the last message returned "
+            f"{pending_end:.1f} MiB of heap: garbage the chat had left for the collector."
+        )
+    elif np.isfinite(pending_end):
+        lines.append("- The full collection forced after the last message returned no heap.")
+    if np.isfinite(v.get("per_message_gc_mb", np.nan)):
+        lines.append(
+            f"- gc.collect() ran after every reply (gc_every_message) and returned a median "
+            f"{v['per_message_gc_mb']:.2f} MiB of heap each time."
+        )
     if "baseline" in by.index and "after_load" in by.index:
         lines.append(
             f"- Loading the model took RSS from {by.loc['baseline', 'rss_mb']:.1f} to "
-            f"{by.loc['after_load', 'rss_mb']:.1f} MB, of which "
-            f"{effects['after_load_model_mapped_mb']:.1f} MB "
+            f"{by.loc['after_load', 'rss_mb']:.1f} MiB, of which "
+            f"{effects['after_load_model_mapped_mb']:.1f} MiB "
             f"({effects['after_load_model_mapped_share'] * 100:.0f}% of RSS) are pages of the "
             f"mmap'd model file: clean, file-backed, reclaimable by the kernel, not a leak."
         )
-    drops = _heap_drops(df)
-    if len(drops):
-        at = ", ".join(f"{int(m)} (−{d:.0f} MB)" for m, d in drops.items())
-        lines.append(
-            f"- Heap in use fell sharply after message {at}: CPython's full collections of "
-            f"reference cycles. Between them it climbs steadily, so this growth is garbage "
-            f"waiting for the cyclic GC, bounded by how often a full collection runs; RSS keeps "
-            f"the high-water mark because glibc retains the freed heap."
-        )
     if np.isfinite(effects["gc_freed_rss_mb"]) and effects["gc_freed_rss_mb"] > 1:
         lines.append(
-            f"- gc.collect() after closing returned {effects['gc_freed_rss_mb']:.1f} MB: objects "
-            f"in reference cycles that CPython had not yet collected."
+            f"- gc.collect() after closing returned {effects['gc_freed_rss_mb']:.1f} MiB of RSS."
         )
     if np.isfinite(effects["heap_free_before_trim_mb"]):
         lines.append(
-            f"- Before malloc_trim, glibc held {effects['heap_free_before_trim_mb']:.1f} MB of "
+            f"- Before malloc_trim, glibc held {effects['heap_free_before_trim_mb']:.1f} MiB of "
             f"free chunks; a leak that refills such chunks does not raise RSS until they run "
-            f"out, which is why heap in use votes."
+            f"out, which is why the verdict reads heap in use."
         )
     lines.append(
-        f"- malloc_trim(0) returned {fmt(effects['malloc_trim_freed_rss_mb'])} MB of heap that "
-        f"was already freed but kept by glibc (allocator retention, not a leak); after cleanup "
-        f"RSS is {fmt(effects['left_over_rss_mb'])} MB above the baseline."
+        f"- malloc_trim(0) returned {fmt(effects['malloc_trim_freed_rss_mb'])} MiB of RSS "
+        f"(heap already freed but kept by glibc: allocator retention, not a leak); after "
+        f"cleanup RSS is {fmt(effects['left_over_rss_mb'])} MiB above the baseline."
     )
     return lines
 
@@ -291,27 +405,27 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     params = info.get("params", {}) or {}
     cp = memory.checkpoints(df)
     leak = memory.summarize(df)
-    fits = {m: memory.leak_fit(df, m) for m in leak["metric"]}
-    leak["intercept"] = [fits[m].intercept for m in leak["metric"]]
-    verdict = memory.overall_verdict(leak)
+    verdict = memory.verdict_table(df).iloc[0]
     effects = memory.cleanup_effects(df).iloc[0]
     warmup = int(leak["warmup_messages"].iloc[0])
     msgs = memory.message_rows(df)
     gpu_status = str(run.get("gpu_status", ""))
     threads = run.get("n_threads_used", params.get("n_threads"))
+    gc_table = _gc_table(df)
     parts = [
         "## Phase 1 — Memory",
         "",
         f"Model `{Path(str(run.get('model_path', '?'))).name}` "
-        f"({fmt(float(run.get('model_file_mb', np.nan)))} MB file), n_ctx {run.get('n_ctx')}, "
+        f"({fmt(float(run.get('model_file_mb', np.nan)))} MiB file), n_ctx {run.get('n_ctx')}, "
         f"{threads} threads, n_gpu_layers {run.get('n_gpu_layers')}. {len(msgs)} messages "
         f"(history trimmed to the last {run.get('history_messages')}, replies up to "
         f"{run.get('max_tokens')} tokens), warm-up {warmup} messages, "
         f"gc.collect() after each message: {bool(run.get('gc_every_message', False))}, "
-        f"injected leak {int(run.get('leak_kb_per_message', 0) or 0)} KB/message. "
+        f"injected leak {int(run.get('leak_kb_per_message', 0) or 0)} KiB/message. "
         f"RSS sampled every {fmt(float(run.get('sample_interval_ms', np.nan)), 0)} ms, "
         f"{_uss_schedule(float(run.get('uss_interval_ms', 0) or 0))}. "
-        f"GPU: {gpu_status or 'unknown'}. MB = 2^20 bytes.",
+        f"GPU: {gpu_status or 'unknown'}. {verdict['heap_status']}. "
+        "MiB = 2^20 bytes, KiB = 2^10 bytes.",
         "",
         "### Checkpoints",
         "",
@@ -321,9 +435,15 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         "### Leak test",
         "",
+        *_verdict_lines(verdict, run),
+        "",
         table(_leak_table(leak)),
         "",
         _plot_per_message(df, leak, warmup, plots_dir, md_dir),
+        "",
+        "### Garbage collections",
+        "",
+        table(gc_table) if len(gc_table) else "_(not recorded in this run)_",
         "",
         "### Cleanup: what each step returned",
         "",
@@ -331,7 +451,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         "### Reading",
         "",
-        *_reading(df, cp, leak, verdict, effects, run),
+        *_reading(df, cp, verdict, effects, run),
         "",
     ]
     return "\n".join(parts)

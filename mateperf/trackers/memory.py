@@ -19,17 +19,23 @@ Why these sources:
   free chunks the allocator retained is invisible in RSS until they run out, but not here.
 - VRAM via NVML: device-wide used memory and, where the driver reports it, this process's own use.
   Without NVML the sampler still runs and says why in `gpu_status` ("no GPU: ...").
+- Garbage collections from `gc.callbacks`: every collection CPython runs while the sampler is on
+  (generation, objects collected and uncollectable, pause) with the heap in use before and
+  after, i.e. what the collection gave back to malloc.
+  Where glibc's mallinfo2 is missing, `heap_status` says so and the heap columns are NaN.
 
-Units: MB here means MiB (2**20 bytes), as psutil and nvidia-smi count.
+Units: columns ending in `_mb` are MiB (2**20 bytes), as psutil and nvidia-smi count.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -151,6 +157,14 @@ def _load_mallinfo2():
 
 
 _MALLINFO2 = _load_mallinfo2()
+HEAP_READ = "heap in use from glibc mallinfo2"
+HEAP_UNAVAILABLE = "heap in use unavailable on this OS (no glibc mallinfo2)"
+HEAP_STATUS = HEAP_READ if _MALLINFO2 is not None else HEAP_UNAVAILABLE
+
+
+def heap_available() -> bool:
+    """Whether read_heap can read the allocator (glibc 2.33+); see HEAP_STATUS for why not."""
+    return _MALLINFO2 is not None
 
 
 def read_heap() -> tuple[float, float]:
@@ -225,6 +239,126 @@ class GpuReader:
         return used, process
 
 
+GC_COLUMNS = [
+    "t_s",
+    "gc_generation",
+    "gc_collected",
+    "gc_uncollectable",
+    "gc_pause_ms",
+    "heap_before_mb",
+    "heap_after_mb",
+    "gc_forced",
+]
+
+
+class GcRecorder:
+    """Every collection CPython's garbage collector runs while the recorder is on.
+
+    Registered in `gc.callbacks`, so it sees automatic collections as well as `gc.collect()`.
+    A row per collection: start time (on the owner's clock), generation, objects collected and
+    uncollectable, pause, and `gc_forced` (1 when it came through `collect()`). For collections of
+    `heap_generation` and above (default 0: all) it reads heap in use before and after, so
+    `heap_before_mb - heap_after_mb` is what the collection gave back to malloc. That costs two
+    mallinfo2 calls (every arena's lock, a walk of the free lists) per collection, which is cheap
+    where collections are rare, as in a chat: CPython counts net allocations of tracked objects,
+    a reply allocates and frees nearly in balance: the 100-message default chat ran two automatic
+    collections, the 300-message one six. Raise it for allocation-heavy work. Without glibc the
+    heap columns are NaN.
+
+    Events go into preallocated numpy blocks, as the sampler's samples do: a Python object per
+    event would make the recorder's own memory grow with the work it watches.
+    """
+
+    def __init__(self, now_s, heap_generation: int = 0, block_events: int = 16384):
+        # A bound method of the owner would put owner and recorder in a reference cycle, and the
+        # sampler's blocks (megabytes) would then wait for the collector it is watching.
+        self._clock = weakref.WeakMethod(now_s) if hasattr(now_s, "__self__") else lambda: now_s
+        self.heap_generation = int(heap_generation)
+        self._block_events = int(block_events)
+        self._blocks: list[np.ndarray] = [self._new_block()]
+        self._n_in_block = 0
+        # Re-entrant: a reader that allocates while holding it can trigger a collection in its
+        # own thread, whose callback then takes the lock again.
+        self._lock = threading.RLock()
+        self._forced = False
+        self._start_t_s = float("nan")
+        self._start_ns = 0
+        self._heap_before = float("nan")
+
+    def _new_block(self) -> np.ndarray:
+        return np.full((self._block_events, len(GC_COLUMNS)), np.nan)
+
+    @property
+    def running(self) -> bool:
+        return self._callback in gc.callbacks
+
+    def start(self) -> GcRecorder:
+        if not self.running:
+            gc.callbacks.append(self._callback)
+        return self
+
+    def stop(self) -> GcRecorder:
+        while self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        return self
+
+    def collect(self, generation: int = 2) -> int:
+        """`gc.collect(generation)`, recorded with gc_forced = 1; returns what it collected."""
+        self._forced = True
+        try:
+            return gc.collect(generation)
+        finally:
+            self._forced = False
+
+    def _callback(self, phase: str, info: dict) -> None:
+        # Runs inside the collection, in whichever thread triggered it; CPython does not start
+        # another collection until this one has finished, so start/stop pairs never interleave.
+        generation = info.get("generation", -1)
+        if phase == "start":
+            clock = self._clock()
+            self._start_t_s = clock() if clock is not None else float("nan")
+            self._start_ns = time.perf_counter_ns()
+            self._heap_before = (
+                read_heap()[0] if generation >= self.heap_generation else float("nan")
+            )
+            return
+        pause_ms = (time.perf_counter_ns() - self._start_ns) / 1e6
+        heap_after = read_heap()[0] if generation >= self.heap_generation else float("nan")
+        values = (
+            self._start_t_s,
+            generation,
+            info.get("collected", 0),
+            info.get("uncollectable", 0),
+            pause_ms,
+            self._heap_before,
+            heap_after,
+            1.0 if self._forced else 0.0,
+        )
+        with self._lock:
+            if self._n_in_block == self._block_events:
+                self._blocks.append(self._new_block())
+                self._n_in_block = 0
+            self._blocks[-1][self._n_in_block] = values
+            self._n_in_block += 1
+
+    @property
+    def n_events(self) -> int:
+        with self._lock:
+            return (len(self._blocks) - 1) * self._block_events + self._n_in_block
+
+    def events(self) -> pd.DataFrame:
+        """One row per collection, oldest first; gc_freed_heap_mb = heap before - after."""
+        with self._lock:
+            n = self._n_in_block
+            data = np.concatenate(self._blocks[:-1] + [self._blocks[-1][:n]])
+        df = pd.DataFrame(data, columns=GC_COLUMNS)
+        for name in ("gc_generation", "gc_collected", "gc_uncollectable"):
+            df[name] = df[name].astype("int64")
+        df["gc_forced"] = df["gc_forced"].astype(bool)
+        df["gc_freed_heap_mb"] = df["heap_before_mb"] - df["heap_after_mb"]
+        return df
+
+
 _NUMERIC = SAMPLE_COLUMNS[2:]  # t_s .. vram_process_mb
 
 
@@ -236,7 +370,8 @@ class MemorySampler:
     both: background USS every 200 ms cost 4.5% of generation tokens/s, every 1 s 1.5%, none
     (markers only) no detectable difference; RSS every 20 ms is cheap.
     `start()` after `stop()` resumes sampling into the same record with the same time origin,
-    so a stopped interval is a gap.
+    so a stopped interval is a gap. gc_events (default on): garbage collections are recorded
+    while the sampler runs (GcRecorder), on the same clock; `collect()` forces a full one.
 
     The samples go into preallocated numpy blocks that are written through once when allocated:
     storing them in Python objects, or in pages first touched as they fill, would make the
@@ -252,6 +387,7 @@ class MemorySampler:
         gpu: bool = True,
         gpu_index: int = 0,
         block_samples: int = 65536,
+        gc_events: bool = True,
     ):
         if not interval_ms > 0:
             raise ValueError(f"interval_ms={interval_ms} must be positive")
@@ -269,6 +405,7 @@ class MemorySampler:
         self._thread: threading.Thread | None = None
         self._t0_ns: int | None = None
         self._starts = 0
+        self.gc = GcRecorder(self._now_s) if gc_events else None
 
     def _new_block(self) -> np.ndarray:
         return np.full((self._block_samples, len(_NUMERIC)), np.nan)
@@ -292,6 +429,8 @@ class MemorySampler:
         if self._t0_ns is None:
             self._t0_ns = time.perf_counter_ns()
         self._starts += 1
+        if self.gc is not None:
+            self.gc.start()
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._loop, name=f"memory-sampler-{self._starts}", daemon=True
@@ -305,6 +444,8 @@ class MemorySampler:
             self._stop.set()
             thread.join()
             self._thread = None
+        if self.gc is not None:
+            self.gc.stop()
         return self
 
     def __enter__(self) -> MemorySampler:
@@ -313,11 +454,25 @@ class MemorySampler:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    @property
+    def heap_status(self) -> str:
+        return HEAP_STATUS
+
     # -- reading -----------------------------------------------------------------------------
     def _now_s(self) -> float:
         if self._t0_ns is None:
             self._t0_ns = time.perf_counter_ns()
         return (time.perf_counter_ns() - self._t0_ns) / 1e9
+
+    def now_s(self) -> float:
+        """Seconds on the sampler's clock (the `t_s` of its rows)."""
+        return self._now_s()
+
+    def collect(self) -> int:
+        """A forced full collection, recorded as such when gc events are on; returns its count."""
+        if self.gc is None:
+            return gc.collect()
+        return self.gc.collect()
 
     def _read(self, with_uss: bool) -> tuple[float, ...]:
         t_s = self._now_s()
@@ -356,6 +511,19 @@ class MemorySampler:
                 next_ns = now + interval_ns - (now - next_ns) % interval_ns
             self._stop.wait((next_ns - now) / 1e9)
 
+    def _read_atomic(self) -> tuple[float, ...]:
+        # A collection triggered by an allocation inside the read would free heap between the
+        # reading's timestamp and its heap figure, and the reading could not be placed before or
+        # after that collection. Deferring collections for the read (about a millisecond) keeps
+        # every full reading on one side of every collection.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._read(True)
+        finally:
+            if enabled:
+                gc.enable()
+
     def mark(self, label: str, **extra) -> dict:
         """Record an event with a full reading (RSS, USS, VRAM) taken now; returns that reading.
 
@@ -364,7 +532,7 @@ class MemorySampler:
         row = {
             "record": "marker",
             "label": label,
-            **dict(zip(_NUMERIC, self._read(True), strict=True)),
+            **dict(zip(_NUMERIC, self._read_atomic(), strict=True)),
         }
         row.update(extra)
         with self._lock:
@@ -376,7 +544,7 @@ class MemorySampler:
         return {
             "record": "sample",
             "label": "",
-            **dict(zip(_NUMERIC, self._read(True), strict=True)),
+            **dict(zip(_NUMERIC, self._read_atomic(), strict=True)),
         }
 
     @property
@@ -401,9 +569,28 @@ class MemorySampler:
         df["gpu_status"] = self.gpu_status
         return df
 
+    def gc_events(self) -> pd.DataFrame:
+        """The collections as rows of the frame: record "gc", heap_used_mb = heap after."""
+        if self.gc is None:
+            return pd.DataFrame(columns=["record", "label", "t_s"])
+        df = self.gc.events()
+        forced = np.where(df["gc_forced"], " (forced)", "")
+        labels = [f"gc gen {g}{f}" for g, f in zip(df["gc_generation"], forced, strict=True)]
+        df = df.rename(columns={"heap_after_mb": "heap_used_mb"}).drop(columns="heap_before_mb")
+        df.insert(0, "label", labels)
+        df.insert(0, "record", "gc")
+        df["gpu_status"] = self.gpu_status
+        return df
+
     def frame(self) -> pd.DataFrame:
-        """Samples and markers in time order: `record` is "sample" or "marker"."""
-        df = pd.concat([self.samples(), self.markers()], ignore_index=True, sort=False)
+        """Samples, markers and collections in time order: `record` is "sample", "marker" or
+        "gc" (one row per garbage collection; see GcRecorder)."""
+        parts = [self.samples(), self.markers()]
+        events = self.gc_events()
+        if len(events):
+            parts.append(events)
+        df = pd.concat(parts, ignore_index=True, sort=False)
+        df["heap_status"] = self.heap_status
         return df.sort_values("t_s", kind="stable").reset_index(drop=True)
 
 
