@@ -75,7 +75,9 @@ def mateperf_bench(model_path: Path, threads: int, reps: int, n_pp: int, n_tg: i
         n_threads_batch=threads,
         flash_attn=False,
     )
-    rows = llm.throughput_rows(config, {"bench_reps": reps, "pp_tokens": n_pp, "tg_tokens": n_tg})
+    p = {"pp_tokens": n_pp, "tg_tokens": n_tg}
+    rng = np.random.default_rng(config.seed)
+    rows = [row for rep in range(-1, reps) for row in llm.throughput_trial(config, p, rep, rng)]
     pp = [r["pp_tps"] for r in rows if r["scenario"] == "pp" and not r["is_warmup"]]
     tg = [r["tg_tps"] for r in rows if r["scenario"] == "tg" and not r["is_warmup"]]
     return pp, tg

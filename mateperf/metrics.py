@@ -77,6 +77,7 @@ MEMORY_METRICS = (
 )
 
 # -- phase 2, llm -------------------------------------------------------------------------------
+# bench_s is not declared: it is bench_tokens / pp_tps (or tg_tps), the same verdict twice.
 LLM_METRICS = (
     _m("load_s", "s", LOWER, TRIAL, SPEED, "model load"),
     _m("warmup_ms", "ms", LOWER, TRIAL, SPEED, "warm-up"),
@@ -85,7 +86,6 @@ LLM_METRICS = (
     _m("pp_tps", "tokens/s", HIGHER, TRIAL, SPEED, "prompt tokens/s"),
     _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation tokens/s"),
     _m("prompt_tokens", "tokens", LOWER, TRIAL, TOKENS, "prompt tokens evaluated"),
-    _m("bench_s", "s", LOWER, TRIAL, SPEED, "benchmark time"),
     _m("membw_gbps", "GB/s", HIGHER, TRIAL, SPEED, "memory-copy bandwidth"),
 )
 

@@ -9,8 +9,8 @@ Scenarios (one tidy row per trial or repetition):
   alike; each pair uses the same user turn, so prompt length cancels. The first pair is a
   warm-up of the process and disk cache and is kept in the table marked `is_warmup`.
 - `pp` / `tg`: throughput the way llama-bench measures it (random tokens, KV cache cleared
-  before each repetition, one warm-up repetition, then `bench_reps` repetitions, decode calls
-  with no sampling).
+  before each repetition, decode calls with no sampling), one repetition per fresh model load
+  after a short warm-up decode; the first repetition is a warm-up, left out.
 - `membw`: memory-copy bandwidth with n_threads threads, measured in the same run, so the
   generation rate can be shown against the bound bandwidth / bytes read per token.
 """
@@ -220,25 +220,26 @@ def bench_tg(llm, n_tokens: int, rng: np.random.Generator) -> float:
     return (time.perf_counter_ns() - start) / 1e9
 
 
-def throughput_rows(config: model.LlamaConfig, p: dict) -> list[dict]:
+def throughput_trial(
+    config: model.LlamaConfig, p: dict, rep: int, rng: np.random.Generator
+) -> list[dict]:
+    """One llama-bench repetition (pp, then tg) on a model loaded for it alone.
+
+    A fresh load per repetition makes the repetitions independent of one load's placement of
+    weights and threads (repetitions on one load agree with each other far better than two
+    runs do: an A/A pair was called different on pp and tg that way). A short decode first
+    touches every weight once, so the measured one does not pay a fresh load's page faults.
+    """
     llm, _ = model.load(config)
-    rng = np.random.default_rng(config.seed)
     rows = []
     try:
-        n_reps = p["bench_reps"]
-        for rep in range(-1, n_reps):  # rep -1 is llama-bench's warm-up run
-            if p["pp_tokens"]:
-                s = bench_pp(llm, p["pp_tokens"], config.n_batch, rng)
-                rows.append(_bench_row(SCENARIO_PP, rep, p["pp_tokens"], s, "pp_tps"))
-            if p["tg_tokens"]:
-                s = bench_tg(llm, p["tg_tokens"], rng)
-                rows.append(_bench_row(SCENARIO_TG, rep, p["tg_tokens"], s, "tg_tps"))
-            if rep >= 0:
-                last = rows[-1]
-                _progress(
-                    f"throughput rep {rep + 1}/{n_reps}: {last['scenario']} "
-                    f"{last.get('tg_tps', last.get('pp_tps')):.1f} tok/s"
-                )
+        bench_pp(llm, min(16, llm.n_ctx()), config.n_batch, rng)
+        if p["pp_tokens"]:
+            s = bench_pp(llm, p["pp_tokens"], config.n_batch, rng)
+            rows.append(_bench_row(SCENARIO_PP, rep, p["pp_tokens"], s, "pp_tps"))
+        if p["tg_tokens"]:
+            s = bench_tg(llm, p["tg_tokens"], rng)
+            rows.append(_bench_row(SCENARIO_TG, rep, p["tg_tokens"], s, "tg_tps"))
     finally:
         model.close(llm)
     return rows
@@ -290,14 +291,13 @@ def copy_bandwidth_gbps(total_mb: int, n_threads: int) -> float:
     return 2 * per_thread * n_threads / seconds / 1e9
 
 
-def membw_rows(p: dict, n_threads: int) -> list[dict]:
-    rows = []
-    for rep in range(-1, p["bench_reps"]):
-        gbps = copy_bandwidth_gbps(p["membw_mb"], n_threads)
-        rows.append(
-            {"scenario": SCENARIO_MEMBW, "trial": rep, "is_warmup": rep < 0, "membw_gbps": gbps}
-        )
-    return rows
+def _bench_figure(row: dict) -> float:
+    return row.get("tg_tps", row.get("pp_tps", row.get("membw_gbps", float("nan"))))
+
+
+def membw_row(p: dict, n_threads: int, rep: int) -> dict:
+    gbps = copy_bandwidth_gbps(p["membw_mb"], n_threads)
+    return {"scenario": SCENARIO_MEMBW, "trial": rep, "is_warmup": rep < 0, "membw_gbps": gbps}
 
 
 # --- the phase --------------------------------------------------------------------------------
@@ -344,35 +344,41 @@ def run(
             "has no GPU offload: every layer runs on the CPU (see README, CUDA build)"
         )
 
-    _progress(f"memory-copy bandwidth with {config.threads} threads")
-    if membw_mb:
-        rows += membw_rows(p, config.threads)
-
-    # Pair 0 warms the process and the page cache and is left out; pairs 1..trials count.
+    # Round 0 warms the process and the page cache and is left out; rounds 1.. count. A round
+    # is one cold/warm pair, one throughput repetition and one bandwidth reading, so every
+    # scenario's trials are spread over the whole run instead of one block at its end.
+    rng = np.random.default_rng(config.seed)
     total = 2 * (trials + 1)
     done = 0
-    for pair in range(trials + 1):
-        user = companion.USER_TURNS[pair % len(companion.USER_TURNS)]
-        for position, arm in enumerate(arm_order(pair)):
-            row = first_reply_trial(config, arm, user, p)
-            done += 1
-            rows.append(
-                {
-                    "scenario": SCENARIO_FIRST_REPLY,
-                    "arm": arm,
-                    "trial": pair - 1,
-                    "is_warmup": pair == 0,
-                    "position_in_pair": position,
-                    "user_turn": pair % len(companion.USER_TURNS),
-                    **row,
-                }
-            )
-            _progress(
-                f"first reply {done}/{total} {arm}: load {row['load_s']:.2f} s, "
-                f"ttft {row['ttft_ms']:.0f} ms, tg {row['tg_tps']:.1f} tok/s"
-            )
-
-    rows += throughput_rows(config, p)
+    for k in range(max(trials, bench_reps) + 1):
+        if k <= trials:
+            user = companion.USER_TURNS[k % len(companion.USER_TURNS)]
+            for position, arm in enumerate(arm_order(k)):
+                row = first_reply_trial(config, arm, user, p)
+                done += 1
+                rows.append(
+                    {
+                        "scenario": SCENARIO_FIRST_REPLY,
+                        "arm": arm,
+                        "trial": k - 1,
+                        "is_warmup": k == 0,
+                        "position_in_pair": position,
+                        "user_turn": k % len(companion.USER_TURNS),
+                        **row,
+                    }
+                )
+                _progress(
+                    f"first reply {done}/{total} {arm}: load {row['load_s']:.2f} s, "
+                    f"ttft {row['ttft_ms']:.0f} ms, tg {row['tg_tps']:.1f} tok/s"
+                )
+        if k <= bench_reps:
+            bench = throughput_trial(config, p, k - 1, rng)
+            if membw_mb:
+                bench.append(membw_row(p, config.threads, k - 1))
+            rows += bench
+            if k > 0 and bench:
+                figures = [f"{r['scenario']} {_bench_figure(r):.1f}" for r in bench]
+                _progress(f"throughput rep {k}/{bench_reps}: {', '.join(figures)}")
 
     df = pd.DataFrame(rows)
     df["model_name"] = meta["name"]

@@ -214,8 +214,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         "### Steady-state throughput (llama-bench method)",
         "",
-        "Random tokens, KV cache cleared before each repetition, one warm-up repetition "
-        "left out; tokens/s from wall time around the decode calls.",
+        "Random tokens, KV cache cleared before each repetition, each repetition on a "
+        "fresh model load, the first left out; tokens/s from wall time around the decode calls.",
         "",
         table(_throughput_table(summary, df)),
         "",
