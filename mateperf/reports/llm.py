@@ -152,9 +152,8 @@ def _reading(ab: pd.DataFrame, summary: pd.DataFrame, bound: dict) -> list[str]:
         )
     if "pp_tps" in by_metric.index and by_metric.loc["pp_tps", "verdict"] == "slower":
         lines.append(
-            "- Prompt tokens/s is lower in the warm arm only because few tokens are left to "
-            "evaluate: a short batch keeps the cores less busy. What the user feels is the "
-            "time to first token."
+            "- Prompt tokens/s is lower in the warm arm, which evaluates far fewer prompt "
+            "tokens per reply (above); what the user feels is the time to first token."
         )
     warm_cost = summary[(summary["arm"] == llm.WARM) & (summary["metric"] == "warmup_ms")]
     if not warm_cost.empty:
