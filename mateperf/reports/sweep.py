@@ -113,12 +113,33 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
     return text
 
 
+def run_level_specs(phase: str, df: pd.DataFrame, swept: list[str]) -> list:
+    """(label, rows, metric) for the phase's run-level metrics, one row per point and round.
+
+    A memory session is one replicate; the phase derives its figures (leak slope, RSS at the
+    checkpoints) from each point-round's whole frame, and the rounds are the replicates.
+    """
+    declared = [m for m in metrics.for_phase(phase) if m.level == metrics.RUN]
+    derive = getattr(phases.module(phase), "trial_table", None)
+    if not declared or derive is None or "point" not in df.columns or not swept:
+        return []
+    parts = []
+    for _, rows in df.groupby("point", sort=True):
+        table_ = derive(rows)
+        for name in swept:
+            table_[name] = rows[name].iloc[0]
+        parts.append(table_)
+    derived = pd.concat(parts, ignore_index=True)
+    return [(m.title, derived, m.name) for m in declared if m.name in derived.columns]
+
+
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     phase = info["phase"]
     grid = info.get("grid", {})
     swept = [p for p in grid if p in df.columns]
     module = phases.module(phase)
     specs = module.sweep_metrics(df) if hasattr(module, "sweep_metrics") else []
+    specs += run_level_specs(phase, df, swept)
     parts = [
         f"## Sweep of phase {phase}: {' × '.join(f'{k} ∈ {v}' for k, v in grid.items())}",
         "",
