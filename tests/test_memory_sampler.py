@@ -170,15 +170,23 @@ def test_automatic_collections_from_other_threads_are_recorded_too():
         for _ in range(3000):
             _Cycle(16)
 
+    def collections_so_far() -> int:
+        return sum(g["collections"] for g in gc.get_stats())
+
     with MemorySampler(interval_ms=5) as sampler:
+        before = collections_so_far()
         threads = [threading.Thread(target=churn) for _ in range(3)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        ran = collections_so_far() - before
     events = sampler.gc.events()
     automatic = events[~events["gc_forced"]]
-    assert len(automatic) >= 5  # 9000 cycles, a generation-0 collection every ~700
+    # known answer: CPython's own count of the collections that ran meanwhile (how many run
+    # for 9000 cycles depends on the version's thresholds and the sampler's own allocations)
+    assert ran >= 1
+    assert len(automatic) >= ran
     assert set(automatic["gc_generation"]) <= {0, 1, 2}
     assert automatic["gc_collected"].sum() > 1000
     # no events are recorded once the sampler is stopped
