@@ -251,6 +251,33 @@ GC_COLUMNS = [
 ]
 
 
+class _RowBlocks:
+    """Fixed-width float rows in preallocated blocks: appending never reallocates what is
+    stored, so a recorder running for hours does not copy its history (the caller locks)."""
+
+    def __init__(self, width: int, rows_per_block: int):
+        self._width = int(width)
+        self._rows_per_block = int(rows_per_block)
+        self._blocks: list[np.ndarray] = [self._new_block()]
+        self._n_in_block = 0
+
+    def _new_block(self) -> np.ndarray:
+        return np.full((self._rows_per_block, self._width), np.nan)
+
+    def append(self, values) -> None:
+        if self._n_in_block == self._rows_per_block:
+            self._blocks.append(self._new_block())
+            self._n_in_block = 0
+        self._blocks[-1][self._n_in_block] = values
+        self._n_in_block += 1
+
+    def __len__(self) -> int:
+        return (len(self._blocks) - 1) * self._rows_per_block + self._n_in_block
+
+    def array(self) -> np.ndarray:
+        return np.concatenate(self._blocks[:-1] + [self._blocks[-1][: self._n_in_block]])
+
+
 class GcRecorder:
     """Every collection CPython's garbage collector runs while the recorder is on.
 
@@ -274,9 +301,7 @@ class GcRecorder:
         # sampler's blocks (megabytes) would then wait for the collector it is watching.
         self._clock = weakref.WeakMethod(now_s) if hasattr(now_s, "__self__") else lambda: now_s
         self.heap_generation = int(heap_generation)
-        self._block_events = int(block_events)
-        self._blocks: list[np.ndarray] = [self._new_block()]
-        self._n_in_block = 0
+        self._rows = _RowBlocks(len(GC_COLUMNS), block_events)
         # Re-entrant: a reader that allocates while holding it can trigger a collection in its
         # own thread, whose callback then takes the lock again.
         self._lock = threading.RLock()
@@ -284,9 +309,6 @@ class GcRecorder:
         self._start_t_s = float("nan")
         self._start_ns = 0
         self._heap_before = float("nan")
-
-    def _new_block(self) -> np.ndarray:
-        return np.full((self._block_events, len(GC_COLUMNS)), np.nan)
 
     @property
     def running(self) -> bool:
@@ -335,22 +357,17 @@ class GcRecorder:
             1.0 if self._forced else 0.0,
         )
         with self._lock:
-            if self._n_in_block == self._block_events:
-                self._blocks.append(self._new_block())
-                self._n_in_block = 0
-            self._blocks[-1][self._n_in_block] = values
-            self._n_in_block += 1
+            self._rows.append(values)
 
     @property
     def n_events(self) -> int:
         with self._lock:
-            return (len(self._blocks) - 1) * self._block_events + self._n_in_block
+            return len(self._rows)
 
     def events(self) -> pd.DataFrame:
         """One row per collection, oldest first; gc_freed_heap_mb = heap before - after."""
         with self._lock:
-            n = self._n_in_block
-            data = np.concatenate(self._blocks[:-1] + [self._blocks[-1][:n]])
+            data = self._rows.array()
         df = pd.DataFrame(data, columns=GC_COLUMNS)
         for name in ("gc_generation", "gc_collected", "gc_uncollectable"):
             df[name] = df[name].astype("int64")
@@ -396,9 +413,7 @@ class MemorySampler:
         self.interval_ms = float(interval_ms)
         self.uss_interval_ms = float(uss_interval_ms)
         self.gpu = GpuReader(enabled=gpu, device_index=gpu_index)
-        self._block_samples = int(block_samples)
-        self._blocks: list[np.ndarray] = [self._new_block()]
-        self._n_in_block = 0
+        self._rows = _RowBlocks(len(_NUMERIC), block_samples)
         self._markers: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -406,9 +421,6 @@ class MemorySampler:
         self._t0_ns: int | None = None
         self._starts = 0
         self.gc = GcRecorder(self._now_s) if gc_events else None
-
-    def _new_block(self) -> np.ndarray:
-        return np.full((self._block_samples, len(_NUMERIC)), np.nan)
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -486,11 +498,7 @@ class MemorySampler:
 
     def _store(self, values: tuple[float, ...]) -> None:
         with self._lock:
-            if self._n_in_block == self._block_samples:
-                self._blocks.append(self._new_block())
-                self._n_in_block = 0
-            self._blocks[-1][self._n_in_block] = values
-            self._n_in_block += 1
+            self._rows.append(values)
 
     def _loop(self) -> None:
         interval_ns = int(self.interval_ms * 1e6)
@@ -550,12 +558,12 @@ class MemorySampler:
     @property
     def n_samples(self) -> int:
         with self._lock:
-            return (len(self._blocks) - 1) * self._block_samples + self._n_in_block
+            return len(self._rows)
 
     def samples(self) -> pd.DataFrame:
         """The background samples, oldest first (uss_mb is NaN where USS was not read)."""
         with self._lock:
-            data = np.concatenate(self._blocks[:-1] + [self._blocks[-1][: self._n_in_block]])
+            data = self._rows.array()
         df = pd.DataFrame(data, columns=_NUMERIC)
         df.insert(0, "label", "")
         df.insert(0, "record", "sample")
