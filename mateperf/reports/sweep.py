@@ -31,14 +31,17 @@ def metric_by_point(rows: pd.DataFrame, swept: list[str], metric: str) -> pd.Dat
     return pd.DataFrame(out)
 
 
-def against_best(rows: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame:
+def against_best(
+    rows: pd.DataFrame, swept: list[str], metric: str, summary: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """The best point by median, and every other point's ratio to it with the compare verdict.
 
     The same test as `mateperf compare`: per-trial values, ratio of medians with a bootstrap
     CI, Mann–Whitney across trials; verdict words say how the point does against the best.
     """
     decl = metrics.find(metric)
-    summary = metric_by_point(rows, swept, metric)
+    if summary is None:
+        summary = metric_by_point(rows, swept, metric)
     if summary.empty or summary["median"].isna().all():
         return pd.DataFrame()
     best = summary["median"].idxmax() if decl.higher_is_better else summary["median"].idxmin()
@@ -168,7 +171,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             fig.suptitle(f"{label} across the sweep")
             name = f"sweep_{phase}_{i}_{metric}"
             parts += [save_figure(fig, plots_dir, name, md_dir, label), ""]
-        ranked = against_best(rows, swept, metric)
+        ranked = against_best(rows, swept, metric, summary)
         shown = ranked[swept].copy()
         shown[f"{label} median [95% CI]"] = [
             fmt_ci(r["median"], r["ci_low"], r["ci_high"]) for _, r in summary.iterrows()
