@@ -221,16 +221,22 @@ class LlamaConfig:
     model_path: str
     n_ctx: int = 2048
     n_batch: int = 512
+    n_ubatch: int = 0  # physical batch; 0 means the same as n_batch
     n_threads: int = 0
     n_threads_batch: int = 0
     n_gpu_layers: int = 0
     flash_attn: bool = False
+    offload_kqv: bool = True  # llama.cpp's default: the KV cache lives with the offloaded layers
     seed: int = 1234
 
     def __post_init__(self):
         checks = [
             (self.n_ctx >= 64, f"n_ctx={self.n_ctx} must be at least 64"),
             (self.n_batch >= 1, f"n_batch={self.n_batch} must be at least 1"),
+            (
+                0 <= self.n_ubatch <= self.n_batch,
+                f"n_ubatch={self.n_ubatch} must be 0 (as n_batch) or 1..n_batch={self.n_batch}",
+            ),
             (self.n_threads >= 0, f"n_threads={self.n_threads} must be 0 (auto) or positive"),
             (
                 self.n_threads_batch >= 0,
@@ -250,6 +256,10 @@ class LlamaConfig:
     def threads_batch(self) -> int:
         return self.n_threads_batch or self.threads
 
+    @property
+    def ubatch(self) -> int:
+        return self.n_ubatch or self.n_batch
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -263,11 +273,12 @@ def load(config: LlamaConfig):
         model_path=config.model_path,
         n_ctx=config.n_ctx,
         n_batch=config.n_batch,
-        n_ubatch=config.n_batch,
+        n_ubatch=config.ubatch,
         n_threads=config.threads,
         n_threads_batch=config.threads_batch,
         n_gpu_layers=config.n_gpu_layers,
         flash_attn=config.flash_attn,
+        offload_kqv=config.offload_kqv,
         seed=config.seed,
         verbose=False,
     )
