@@ -18,6 +18,10 @@ from mateperf.errors import BadInput, ParameterError
 from mateperf.execute import absolute_environment
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+CONFIG_HELP = (
+    "a recommended.json from `mateperf run cpu`: its n_threads, n_threads_batch, n_batch and "
+    "n_ubatch become the defaults (-p still wins); refused on a host it was not measured on"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +46,29 @@ def _with_model(phase: str, overrides: dict, model: str | None) -> dict:
             raise ParameterError(f"phase {phase} takes no model")
         overrides = {**overrides, "model": model}
     return overrides
+
+
+def with_config(phase: str, overrides: dict, config: str | None, required: bool = True) -> dict:
+    """The settings of a recommended.json (host-checked) under the user's explicit -p values.
+
+    A phase without any of the settings refuses the file when `required` (a single run asked
+    for it), and simply runs without it otherwise (`mateperf all`).
+    """
+    if config is None:
+        return overrides
+    from mateperf import recommend
+
+    rec = recommend.load(config)
+    schema = phases.defaults(phase)
+    taken = {k: str(v) for k, v in recommend.as_params(rec).items() if k in schema}
+    if not taken:
+        if required:
+            raise ParameterError(
+                f"--config {config}: phase {phase} takes none of its settings "
+                f"({', '.join(recommend.SETTINGS)})"
+            )
+        return overrides
+    return {**taken, **overrides}
 
 
 def _print_outcome(outcome) -> None:
@@ -75,6 +102,7 @@ def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
 
 def cmd_run(args) -> int:
     overrides = _with_model(args.phase, parse_assignments(args.param), args.model)
+    overrides = with_config(args.phase, overrides, args.config)
     outcome = run_phase(args.phase, overrides, args.results, _command())
     _print_outcome(outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
@@ -91,13 +119,13 @@ def cmd_all(args) -> int:
         overrides = {}
         if args.model is not None and "model" in phases.parameters(phase):
             overrides["model"] = args.model
-        outcome = run_phase(
-            phase,
-            overrides,
-            args.results,
-            f"mateperf run {phase}"
-            + (f" --model {shlex.quote(args.model)}" if "model" in overrides else ""),
+        command = f"mateperf run {phase}" + (
+            f" --model {shlex.quote(args.model)}" if "model" in overrides else ""
         )
+        configured = with_config(phase, overrides, args.config, required=False)
+        if configured != overrides:
+            command += f" --config {shlex.quote(str(Path(args.config).resolve()))}"
+        outcome = run_phase(phase, configured, args.results, command)
         _print_outcome(outcome)
         if not outcome.ok:
             failed.append(phase)
@@ -148,10 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("phase")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
+    p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("all", help="every built phase with defaults, then the report")
     p.add_argument("--model")
+    p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("report", help="regenerate results/FINAL_RESULTS.md from stored runs")

@@ -6,7 +6,6 @@ without the CPU, thread budget, GPU and build it came from.
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 import sys
@@ -31,36 +30,23 @@ def cpu_model() -> str:
 
 
 def cpu_affinity() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
+    return cpu_topology().allowed
 
 
 def cgroup_cpu_quota() -> float | None:
     """CPUs allowed by the cgroup (quota / period), or None when unlimited or unknown."""
-    v2 = Path("/sys/fs/cgroup/cpu.max")
-    try:
-        if v2.exists():
-            quota, period = v2.read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
-        v1q = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-        v1p = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-        if v1q.exists():
-            quota = int(v1q.read_text())
-            return None if quota < 0 else quota / int(v1p.read_text())
-    except (OSError, ValueError):
-        pass
-    return None
+    return cpu_topology().cgroup_quota_cpus
 
 
 def usable_cpus() -> int:
     """The CPUs this process may really use: affinity, capped by the cgroup quota."""
-    n = len(cpu_affinity())
-    quota = cgroup_cpu_quota()
-    if quota is not None:
-        n = min(n, max(1, int(quota)))
-    return n
+    return cpu_topology().usable
+
+
+def cpu_topology():
+    from mateperf.trackers.cpu import detect
+
+    return detect()
 
 
 def gpus() -> dict:
@@ -136,14 +122,16 @@ def _version(dist: str) -> str:
 
 def fingerprint() -> dict:
     vm = psutil.virtual_memory()
+    topo = cpu_topology()
     return {
         "hostname": platform.node(),
         "cpu_model": cpu_model(),
         "cores_physical": psutil.cpu_count(logical=False),
         "cores_logical": psutil.cpu_count(logical=True),
-        "affinity": cpu_affinity(),
-        "cgroup_cpu_quota": cgroup_cpu_quota(),
-        "usable_cpus": usable_cpus(),
+        "affinity": topo.allowed,
+        "cgroup_cpu_quota": topo.cgroup_quota_cpus,
+        "usable_cpus": topo.usable,
+        "cpu_topology": topo.as_dict(),
         "ram_total_mb": round(vm.total / 2**20, 1),
         "gpus": gpus(),
         "os": platform.platform(),

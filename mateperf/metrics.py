@@ -34,6 +34,7 @@ LEGACY_WARMUP_FLAGS = ("discarded",)
 SPEED = ("faster", "slower")
 MEMORY = ("less memory", "more memory")
 TOKENS = ("fewer tokens", "more tokens")
+CPU = ("less CPU", "more CPU")
 
 # Per-trial statistics of a request-level metric that consumers compare across trials.
 TRIAL_STATS = ("median", "p95", "p99")
@@ -103,10 +104,25 @@ IPC_METRICS = (
     _m("applied_ms", "ms", LOWER, TRIAL, SPEED, "until all applied"),
 )
 
+# -- phase 4, cpu -------------------------------------------------------------------------------
+# One row per trial (a fresh model load with one setting under one background). The frame and
+# command figures are the peer's, per trial window (companion background only).
+CPU_METRICS = (
+    _m("pp_tps", "tokens/s", HIGHER, TRIAL, SPEED, "prompt tokens/s"),
+    _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation tokens/s"),
+    _m("ttft_ms", "ms", LOWER, TRIAL, SPEED, "time to first token"),
+    _m("e2e_ms", "ms", LOWER, TRIAL, SPEED, "whole reply"),
+    _m("cpu_ms_per_token", "CPU ms/token", LOWER, TRIAL, CPU, "process CPU time per token"),
+    _m("frame_p50_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p50"),
+    _m("frame_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p99"),
+    _m("cmd_rtt_ms", "ms", LOWER, TRIAL, SPEED, "emotion command round trip"),
+)
+
 _BY_PHASE: dict[str, tuple[Metric, ...]] = {
     "memory": MEMORY_METRICS,
     "llm": LLM_METRICS,
     "ipc": IPC_METRICS,
+    "cpu": CPU_METRICS,
 }
 
 # What identifies a test inside a run: rows of A are matched with rows of B on these (and on
@@ -116,6 +132,7 @@ IDENTITY: dict[str, tuple[str, ...]] = {
     "memory": (),
     "llm": ("scenario", "arm"),
     "ipc": ("scenario", "mode", "fps", "target_bytes", "batch_size"),
+    "cpu": ("background", "frame_busy", "n_threads", "n_threads_batch", "n_batch", "n_ubatch"),
 }
 
 

@@ -263,6 +263,15 @@ class LlamaConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_recommended(cls, path, model_path, **overrides) -> LlamaConfig:
+        """The settings of a recommended.json (from `mateperf run cpu`), checked against this
+        host (mateperf.recommend.ConfigError names what does not fit); overrides win."""
+        from mateperf import recommend
+
+        rec = recommend.load(path)
+        return cls(model_path=str(model_path), **{**recommend.as_params(rec), **overrides})
+
 
 def load(config: LlamaConfig):
     """Construct the Llama object; returns (llm, load_s) with load_s the wall clock around it."""

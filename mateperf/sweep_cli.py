@@ -11,12 +11,14 @@ from mateperf.errors import BadInput
 
 
 def cmd_sweep(args) -> int:
-    from mateperf.cli import EXIT_FAILED, EXIT_OK, _command, parse_assignments
+    from mateperf.cli import EXIT_FAILED, EXIT_OK, _command, parse_assignments, with_config
 
     start = time.perf_counter()
     if args.resume:
-        if args.grid or args.param or args.model is not None:
-            raise BadInput("--resume takes no --grid, -p or --model: the sweep keeps its own")
+        if args.grid or args.param or args.model is not None or args.config is not None:
+            raise BadInput(
+                "--resume takes no --grid, -p, --model or --config: the sweep keeps its own"
+            )
         if args.rounds is not None or args.seed is not None:
             raise BadInput("--resume takes no --rounds or --seed: the sweep keeps its own")
         sw = sweep_mod.Sweep.open(Path(args.resume))
@@ -28,6 +30,12 @@ def cmd_sweep(args) -> int:
         fixed_raw = parse_assignments(args.param)
         if args.model is not None:
             fixed_raw["model"] = args.model
+        # swept names stay swept: the file only fills the fixed settings the grid leaves alone
+        fixed_raw = {
+            k: v
+            for k, v in with_config(args.phase, fixed_raw, args.config).items()
+            if k not in grid_raw or k in fixed_raw
+        }
         grid, fixed, schema = sweep_mod.plan(args.phase, grid_raw, fixed_raw)
         sw = sweep_mod.Sweep.create(
             args.phase, grid, fixed, schema, _command(), rounds=args.rounds, seed=args.seed
@@ -77,6 +85,9 @@ def add_commands(sub) -> None:
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", default=[])
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model")
+    from mateperf.cli import CONFIG_HELP
+
+    p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     p.add_argument(
         "--rounds",
         type=int,

@@ -1,0 +1,182 @@
+"""The avatar's side of a reply, as background load for the model's measurements.
+
+The companion never generates alone: Unity renders at 60 fps, its main thread busy for part of
+every frame, while the bridge carries the emotion commands of the reply being streamed.
+`CompanionLoad` recreates that beside a measurement: a frame-paced peer process (Python, or the
+C# core under Mono) spinning on its main thread for `frame_busy` of every frame, and a thread
+here sending emotion commands at `command_hz` and waiting for their completion acks.
+
+A measurement window (`window()`) says what the peer achieved meanwhile: its frame intervals
+(does the model's threading make the avatar stutter?) and the commands' round trips.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mateperf.bridge.client import BridgeError, UnityBridge
+from mateperf.bridge.process import start_peer
+
+BACKGROUNDS = ("idle", "companion")
+
+
+@dataclass
+class WindowResult:
+    """What the avatar side did during one measurement window."""
+
+    frames: int = 0
+    frame_interval_ms: list[float] = field(default_factory=list)
+    tick_ms: list[float] = field(default_factory=list)
+    command_rtt_ms: list[float] = field(default_factory=list)
+    command_errors: int = 0
+
+    def figures(self) -> dict:
+        """Per-window statistics: one value per trial for the phase's table."""
+        intervals = np.asarray(self.frame_interval_ms, float)
+        rtts = np.asarray(self.command_rtt_ms, float)
+
+        def q(values, p):
+            return float(np.percentile(values, p)) if len(values) else float("nan")
+
+        return {
+            "frames": self.frames,
+            "frame_p50_ms": q(intervals, 50),
+            "frame_p99_ms": q(intervals, 99),
+            "frame_max_ms": float(intervals.max()) if len(intervals) else float("nan"),
+            "cmd_rtt_ms": q(rtts, 50),
+            "cmd_count": len(rtts),
+            "cmd_errors": self.command_errors,
+        }
+
+
+def _emotion_commands():
+    from mateperf.phases.ipc import expression_sequence
+
+    for step in itertools.count():
+        yield from expression_sequence(step)
+
+
+class CompanionLoad:
+    """A busy frame-paced peer plus a stream of emotion commands; a context manager."""
+
+    def __init__(
+        self,
+        peer: str = "python",
+        fps: float = 60.0,
+        frame_busy: float = 0.5,
+        command_hz: float = 10.0,
+    ):
+        if not 0 <= frame_busy < 1:
+            raise ValueError(f"frame_busy must be in [0, 1), got {frame_busy}")
+        if fps <= 0:
+            raise ValueError(f"fps must be positive for a companion load, got {fps}")
+        if command_hz < 0:
+            raise ValueError(f"command_hz must be >= 0, got {command_hz}")
+        self.peer_kind, self.fps, self.frame_busy = peer, fps, frame_busy
+        self.command_hz = command_hz
+        self._proc = None
+        self._commands: UnityBridge | None = None
+        self._stats: UnityBridge | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._rtts_ms: list[float] = []
+        self._errors = 0
+
+    def __enter__(self) -> CompanionLoad:
+        self._proc = start_peer(self.peer_kind, fps=self.fps, frame_busy=self.frame_busy)
+        try:
+            self._commands = UnityBridge(port=self._proc.port, auto_reconnect=False).connect()
+            self._stats = UnityBridge(port=self._proc.port, auto_reconnect=False).connect()
+        except Exception:
+            self._proc.kill()
+            raise
+        if self.command_hz > 0:
+            self._thread = threading.Thread(target=self._stream, daemon=True, name="emotions")
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for bridge in (self._commands, self._stats):
+            if bridge is not None:
+                bridge.close()
+        if self._proc is not None:
+            self._proc.stop(timeout_s=5)
+            self._proc.kill()
+
+    def _stream(self) -> None:
+        period_s = 1.0 / self.command_hz
+        next_at = time.perf_counter()
+        for command, data in _emotion_commands():
+            if self._stop.is_set():
+                return
+            try:
+                ack = self._commands.request(command, data, timeout_s=2.0)
+                with self._lock:
+                    self._rtts_ms.append(ack.rtt_ns / 1e6)
+            except BridgeError:
+                with self._lock:
+                    self._errors += 1
+            next_at += period_s
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                next_at = time.perf_counter()  # fell behind: no burst to catch up
+
+    def _take_commands(self) -> tuple[list[float], int]:
+        with self._lock:
+            out, self._rtts_ms = self._rtts_ms, []
+            errors, self._errors = self._errors, 0
+        return out, errors
+
+    @contextmanager
+    def window(self):
+        """Measure the avatar side over the body of the `with`; yields a WindowResult."""
+        self._stats.frame_stats(reset=True)
+        self._take_commands()
+        result = WindowResult()
+        try:
+            yield result
+        finally:
+            stats = self._stats.frame_stats(reset=True)
+            rtts, errors = self._take_commands()
+            result.frames = int(stats.get("frames", 0))
+            result.frame_interval_ms = [v / 1e3 for v in stats.get("frame_interval_us", [])]
+            result.tick_ms = [v / 1e3 for v in stats.get("tick_us", [])]
+            result.command_rtt_ms = rtts
+            result.command_errors = errors
+
+
+class NoLoad:
+    """The `idle` background: nothing beside the measurement; windows report nothing."""
+
+    def __enter__(self) -> NoLoad:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @contextmanager
+    def window(self):
+        yield None
+
+
+def background(
+    kind: str, peer: str = "python", fps: float = 60.0, frame_busy: float = 0.5, command_hz=10.0
+):
+    """The load for a background name: `idle` or `companion`."""
+    if kind == "idle":
+        return NoLoad()
+    if kind == "companion":
+        return CompanionLoad(peer, fps, frame_busy, command_hz)
+    raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {kind!r}")

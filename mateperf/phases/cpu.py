@@ -1,0 +1,377 @@
+"""Phase 4 "cpu": how many threads, measured under the load the companion really runs beside.
+
+Every trial loads the model afresh with one setting (n_threads for generation, n_threads_batch
+for prompts, n_batch/n_ubatch) under one background:
+- `idle`: nothing else runs;
+- `companion`: a frame-paced peer process at `fps`, its main thread busy for `frame_busy` of
+  every frame (a stand-in for Unity's per-frame work), while emotion commands stream to it over
+  the bridge at `command_hz`, as during a reply (mateperf.companion_load).
+In the trial's window: prompt processing of `pp_tokens` random tokens (llama-bench's pp), then
+generation of `tg_tokens` (tg) with the process's CPU time, then one real companion reply
+streamed (time to first token, whole reply). The peer reports the frame intervals it achieved
+meanwhile (does the model's threading make the avatar stutter?).
+
+Settings and backgrounds are visited in a seeded random order inside each round, one round per
+trial, so a drift of the host hits every setting alike; the first trial is a warm-up of the
+process and page cache, kept in the table marked `is_warmup`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mateperf import companion, metrics, model, recommend, stats
+from mateperf.bridge.process import PEER_KINDS
+from mateperf.companion_load import BACKGROUNDS, background
+from mateperf.errors import ParameterError
+from mateperf.phases import llm as llm_phase
+from mateperf.trackers import cpu as cpu_detect
+
+ROUND_SPLIT = ("trials",)
+SCENARIO = "threads"
+
+
+@dataclass(frozen=True)
+class Setting:
+    n_threads: int
+    n_threads_batch: int
+    n_batch: int
+    n_ubatch: int
+    background: str
+    frame_busy: float  # 0 for idle
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{recommend.condition_label(self.background, self.frame_busy)} "
+            f"t={self.n_threads} tb={self.n_threads_batch} b={self.n_batch}/{self.n_ubatch}"
+        )
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def _items(name: str, text) -> list[str]:
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise ParameterError(f"parameter {name}={text!r}: give at least one value")
+    return items
+
+
+def parse_threads(name: str, text, usable: int, same_as: list[int] | None = None) -> list[int]:
+    """`auto` (1..usable), `same` (as n_threads) or a list of thread counts, each 1..usable."""
+    word = str(text).strip().lower()
+    if word == "auto":
+        return list(range(1, usable + 1))
+    if word == "same" and same_as is not None:
+        return list(same_as)
+    values = []
+    for item in _items(name, text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ParameterError(
+                f"parameter {name}={text!r}: {item!r} is not a thread count "
+                f"(use 'auto' or whole numbers 1..{usable})"
+            ) from None
+        if value < 1:
+            raise ParameterError(f"parameter {name}={text!r}: {value} threads is impossible")
+        if value > usable:
+            raise ParameterError(
+                f"parameter {name}={text!r}: {value} threads is more than the {usable} CPUs "
+                "this process may use (affinity and cgroup quota)"
+            )
+        values.append(value)
+    return sorted(set(values))
+
+
+def parse_sizes(name: str, text, same_as: list[int] | None = None) -> list[int]:
+    if str(text).strip().lower() == "same" and same_as is not None:
+        return list(same_as)
+    values = []
+    for item in _items(name, text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ParameterError(
+                f"parameter {name}={text!r}: {item!r} is not a whole number"
+            ) from None
+        if value < 1:
+            raise ParameterError(f"parameter {name}={text!r}: {value} must be at least 1")
+        values.append(value)
+    return sorted(set(values))
+
+
+def parse_loads(text) -> list[float]:
+    values = []
+    for item in _items("frame_busy", text):
+        try:
+            value = float(item)
+        except ValueError:
+            raise ParameterError(
+                f"parameter frame_busy={text!r}: {item!r} is not a number"
+            ) from None
+        if not 0 <= value < 1:
+            raise ParameterError(
+                f"parameter frame_busy={text!r}: {value:g} is not a share of a frame (0 to <1)"
+            )
+        values.append(value)
+    return sorted(set(values))
+
+
+def settings(params: dict, usable: int) -> list[Setting]:
+    """Every setting × background the run visits (batch pairs with n_ubatch > n_batch left out)."""
+    threads = parse_threads("n_threads", params["n_threads"], usable)
+    threads_batch = parse_threads("n_threads_batch", params["n_threads_batch"], usable, threads)
+    batches = parse_sizes("n_batch", params["n_batch"])
+    ubatches_text = params["n_ubatch"]
+    same_ubatch = str(ubatches_text).strip().lower() == "same"
+    ubatches = [] if same_ubatch else parse_sizes("n_ubatch", ubatches_text)
+    pairs = (
+        [(b, b) for b in batches]
+        if same_ubatch
+        else [(b, u) for b in batches for u in ubatches if u <= b]
+    )
+    if not pairs:
+        raise ParameterError(
+            f"parameters n_batch={params['n_batch']!r}, n_ubatch={ubatches_text!r}: every "
+            "n_ubatch is larger than every n_batch"
+        )
+    names = _items("backgrounds", params["backgrounds"])
+    for name in names:
+        if name not in BACKGROUNDS:
+            raise ParameterError(
+                f"parameter backgrounds={params['backgrounds']!r}: {name!r} is not one of "
+                f"{', '.join(BACKGROUNDS)}"
+            )
+    loads = []
+    if "idle" in names:
+        loads.append(("idle", 0.0))
+    if "companion" in names:
+        loads += [("companion", f) for f in parse_loads(params["frame_busy"])]
+    thread_pairs = (
+        [(t, t) for t in threads]
+        if str(params["n_threads_batch"]).strip().lower() == "same"
+        else list(itertools.product(threads, threads_batch))
+    )
+    return [
+        Setting(t, tb, b, u, bg, busy)
+        for (bg, busy), (t, tb), (b, u) in itertools.product(loads, thread_pairs, pairs)
+    ]
+
+
+def validate(params: dict) -> None:
+    usable = cpu_detect.detect().usable
+    for name in ("trials", "pp_tokens", "tg_tokens", "max_tokens", "n_ctx"):
+        if name in params and params[name] < 1:
+            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
+    if params.get("fps", 60.0) <= 0:
+        raise ParameterError(f"parameter fps={params['fps']} must be positive")
+    if params.get("command_hz", 0.0) < 0:
+        raise ParameterError(f"parameter command_hz={params['command_hz']} must not be negative")
+    tolerance = params.get("tolerance", recommend.DEFAULT_TOLERANCE)
+    if not 0 < tolerance < 1:
+        raise ParameterError(f"parameter tolerance={tolerance} must be a fraction in (0, 1)")
+    if params.get("peer", "python") not in PEER_KINDS:
+        raise ParameterError(
+            f"parameter peer={params['peer']!r}: choose from {', '.join(PEER_KINDS)}"
+        )
+    if params.get("pp_tokens", 0) + params.get("tg_tokens", 0) > params.get("n_ctx", 2048):
+        raise ParameterError(
+            f"pp_tokens + tg_tokens = {params['pp_tokens'] + params['tg_tokens']} does not "
+            f"fit n_ctx={params['n_ctx']}"
+        )
+    found = settings(params, usable)
+    for s in found:  # the model's own checks (n_ubatch <= n_batch, ...)
+        model.LlamaConfig("-", n_batch=s.n_batch, n_ubatch=s.n_ubatch, n_threads=s.n_threads)
+
+
+# --- one trial --------------------------------------------------------------------------------
+
+
+def _progress(message: str) -> None:
+    print(f"[cpu] {message}", file=sys.stderr, flush=True)
+
+
+def trial(setting: Setting, p: dict, model_path: str, rng: np.random.Generator, user: str) -> dict:
+    """Load, then pp, tg and one reply inside the background's measurement window."""
+    config = model.LlamaConfig(
+        model_path=model_path,
+        n_ctx=p["n_ctx"],
+        n_batch=setting.n_batch,
+        n_ubatch=setting.n_ubatch,
+        n_threads=setting.n_threads,
+        n_threads_batch=setting.n_threads_batch,
+        seed=p["seed"],
+    )
+    load = background(setting.background, p["peer"], p["fps"], setting.frame_busy, p["command_hz"])
+    with load:
+        llm, load_s = model.load(config)
+        try:
+            # touch every weight once: the timed part must not pay a fresh load's page faults
+            llm_phase.bench_pp(llm, 16, setting.n_batch, rng)
+            with load.window() as avatar:
+                pp_s = llm_phase.bench_pp(llm, p["pp_tokens"], setting.n_batch, rng)
+                cpu_start = time.process_time()
+                tg_s = llm_phase.bench_tg(llm, p["tg_tokens"], rng)
+                cpu_tg_s = time.process_time() - cpu_start
+                reply = llm_phase.stream_reply(
+                    llm, companion.chat_messages(user), p["max_tokens"], p["seed"]
+                )
+        finally:
+            model.close(llm)
+    row = {
+        "load_s": load_s,
+        "pp_tps": p["pp_tokens"] / pp_s,
+        "tg_tps": p["tg_tokens"] / tg_s,
+        "cpu_ms_per_token": 1e3 * cpu_tg_s / p["tg_tokens"],
+        "ttft_ms": reply["ttft_ms"],
+        "e2e_ms": reply["e2e_ms"],
+        "reply_tokens": reply["gen_tokens"],
+        "prompt_tokens": reply["prompt_tokens"],
+    }
+    if avatar is not None:
+        row.update(avatar.figures())
+    return row
+
+
+# --- the phase --------------------------------------------------------------------------------
+
+
+def run(
+    model: str = "",  # noqa: A002 - the parameter name users type
+    n_threads: str = "auto",
+    n_threads_batch: str = "same",
+    n_batch: str = "512",
+    n_ubatch: str = "same",
+    backgrounds: str = "idle,companion",
+    frame_busy: str = "0.5",
+    peer: str = "python",
+    fps: float = 60.0,
+    command_hz: float = 10.0,
+    trials: int = 5,
+    pp_tokens: int = 128,
+    tg_tokens: int = 48,
+    max_tokens: int = 24,
+    n_ctx: int = 1024,
+    tolerance: float = recommend.DEFAULT_TOLERANCE,
+    seed: int = 1234,
+) -> pd.DataFrame:
+    p = dict(locals())
+    validate(p)
+    from mateperf import model as model_mod
+
+    topo = cpu_detect.detect()
+    path = model_mod.resolve_model(model or None)
+    visit = settings(p, topo.usable)
+    rng = np.random.default_rng(seed)
+    order = [(-1, visit[0])]  # the warm-up: first setting, left out
+    for k in range(trials):
+        order += [(k, visit[i]) for i in rng.permutation(len(visit))]
+    _progress(
+        f"{len(visit)} settings × {trials} trials (+1 warm-up) on {topo.usable} usable CPUs, "
+        f"seed {seed}"
+    )
+    rows = []
+    for i, (k, s) in enumerate(order):
+        user = companion.USER_TURNS[max(k, 0) % len(companion.USER_TURNS)]
+        base = {
+            "scenario": SCENARIO,
+            "trial": k,
+            "is_warmup": k < 0,
+            "visit": i,
+            "n_threads": s.n_threads,
+            "n_threads_batch": s.n_threads_batch,
+            "n_batch": s.n_batch,
+            "n_ubatch": s.n_ubatch,
+            "background": s.background,
+            "frame_busy": s.frame_busy,
+            "condition": recommend.condition_label(s.background, s.frame_busy),
+            "peer": p["peer"] if s.background == "companion" else "",
+        }
+        try:
+            row = trial(s, p, str(path), rng, user)
+            base["error"] = ""
+        except Exception as exc:  # one failed trial is recorded; the run goes on
+            row = {}
+            base["error"] = f"{type(exc).__name__}: {exc}"
+            _progress(f"{i + 1}/{len(order)} {s.label}: FAILED {base['error']}")
+        rows.append({**base, **row})
+        if row:
+            frame = f", frame p99 {row['frame_p99_ms']:.1f} ms" if "frame_p99_ms" in row else ""
+            _progress(
+                f"{i + 1}/{len(order)} {s.label}: pp {row['pp_tps']:.0f}, "
+                f"tg {row['tg_tps']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms{frame}"
+            )
+    df = pd.DataFrame(rows)
+    if (df["error"] != "").all():
+        raise RuntimeError(f"every trial failed; the first: {df['error'].iloc[0]}")
+    df["model_file"] = path.name
+    df["usable_cpus"] = topo.usable
+    return df
+
+
+# --- summaries (compute only) -----------------------------------------------------------------
+
+
+def kept(df: pd.DataFrame) -> pd.DataFrame:
+    d = metrics.without_warmup(df)
+    if "error" in d.columns:
+        d = d[d["error"].fillna("") == ""]
+    return d
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Median and CI per condition and setting for every metric measured."""
+    d = kept(df)
+    names = [m.name for m in metrics.present("cpu", d) if d[m.name].notna().any()]
+    by = ["condition", "background", "frame_busy", *recommend.SETTINGS]
+    parts = []
+    for key, sub in d.groupby(by, sort=True):
+        for name in names:
+            values = sub[name].dropna()
+            if values.empty:
+                continue
+            s = stats.summarize(values)
+            parts.append({**dict(zip(by, key, strict=True)), "metric": name, **s})
+    return pd.DataFrame(parts)
+
+
+def trial_table(df: pd.DataFrame) -> pd.DataFrame:
+    return kept(df)
+
+
+def recommendation(df: pd.DataFrame, fingerprint: dict, run_id: str = "") -> dict:
+    """recommended.json's content for this run (see mateperf.recommend)."""
+    tolerance = float(df["tolerance"].iloc[0]) if "tolerance" in df.columns else 0.03
+    model_file = str(df["model_file"].iloc[0]) if "model_file" in df.columns else ""
+    return recommend.recommend(df, fingerprint, tolerance, run_id=run_id, model_file=model_file)
+
+
+def sweep_metrics(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
+    d = kept(df)
+    out = []
+    for cond, sub in d.groupby("condition", sort=True):
+        out += [
+            (f"generation tokens/s, {cond}", sub, "tg_tps"),
+            (f"prompt tokens/s, {cond}", sub, "pp_tps"),
+        ]
+    return out
+
+
+def per_condition(df: pd.DataFrame) -> pd.DataFrame:
+    """The recommender's rule per metric and load (mateperf.recommend.per_condition)."""
+    tolerance = float(df["tolerance"].iloc[0]) if "tolerance" in df.columns else 0.03
+    return recommend.per_condition(kept(df), tolerance)
+
+
+def write_recommendation(run, df: pd.DataFrame):
+    """Write recommended.json into the run directory; returns its path."""
+    rec = recommendation(df, run.info.get("fingerprint", {}), run.run_id)
+    return recommend.write(run.path / "recommended.json", rec)

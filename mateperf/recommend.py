@@ -1,0 +1,322 @@
+"""From a thread/batch sweep to the configuration the companion should load: recommended.json.
+
+The rule, per metric and load condition: among the measured settings, take the smallest (fewest
+threads, then smallest batches: what leaves most of the machine to the avatar) whose median is
+within `tolerance` (3%) of the best median and that the shared rank test does not call
+significantly worse than the best. The best is itself a candidate, so there is always an answer.
+
+Each metric is decided by the settings that act on it: generation by n_threads, prompt
+processing by n_threads_batch, n_batch and n_ubatch (llama.cpp uses n_threads_batch for batches
+of more than one token). Trials that differ only in other settings are replicates of the same
+setting for that metric.
+
+The combined recommendation must hold under the companion's load: a setting is accepted when it
+passes the rule at every measured companion load (frame_busy level); measured idle only, it is
+chosen from idle and says so.
+
+recommended.json records the settings, the evidence and the host it was measured on; loading
+it on a host that differs (another CPU, another CPU budget) is refused, naming the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mateperf import metrics, stats
+from mateperf.errors import BadInput
+
+FORMAT = 1
+SETTINGS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch")
+# Which settings act on which metric (the others are replicates for it).
+DECIDED_BY = {
+    "tg_tps": ("n_threads",),
+    "cpu_ms_per_token": ("n_threads",),
+    "pp_tps": ("n_threads_batch", "n_batch", "n_ubatch"),
+    "ttft_ms": SETTINGS,
+    "e2e_ms": SETTINGS,
+    "frame_p99_ms": SETTINGS,
+}
+# The metrics the combined recommendation is built from, and what each decides.
+COMBINED = (("tg_tps", ("n_threads",)), ("pp_tps", ("n_threads_batch", "n_batch", "n_ubatch")))
+# Host fields that must match for a recommendation to apply.
+HOST_KEYS = ("cpu_model", "cores_logical", "usable_cpus", "affinity", "cgroup_cpu_quota")
+DEFAULT_TOLERANCE = 0.03
+
+
+class ConfigError(BadInput):
+    """A recommended.json that is unreadable or does not fit this host."""
+
+
+def condition_label(background: str, frame_busy: float) -> str:
+    if background == "idle":
+        return "idle"
+    return f"{background} {frame_busy:.0%}"
+
+
+def worse_gap(value: float, best: float, higher_is_better: bool) -> float:
+    """How much worse `value` is than `best`, as a fraction (negative if better)."""
+    if not best or math.isnan(best) or math.isnan(value):
+        return math.nan
+    return 1 - value / best if higher_is_better else value / best - 1
+
+
+def _groups(rows: pd.DataFrame, metric: str, by: tuple[str, ...]) -> dict[tuple, np.ndarray]:
+    out = {}
+    for key, sub in rows.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        values = sub[metric].dropna().to_numpy(float)
+        if values.size:
+            out[tuple(int(k) for k in key)] = values
+    return out
+
+
+def evaluate(
+    rows: pd.DataFrame,
+    metric: str,
+    by: tuple[str, ...],
+    tolerance: float = DEFAULT_TOLERANCE,
+    alpha: float = stats.ALPHA,
+) -> pd.DataFrame:
+    """Every setting of `by` against the best for `metric` in `rows` (one load condition).
+
+    One row per setting, smallest first: its median, the gap to the best, the ratio to the best
+    with its CI, the rank test's p and verdict, and whether it passes the rule.
+    """
+    declared = metrics.find(metric)
+    hib = declared.higher_is_better if declared else False
+    words = declared.words if declared else metrics.SPEED
+    groups = _groups(rows, metric, by)
+    if not groups:
+        return pd.DataFrame()
+    medians = {k: float(np.median(v)) for k, v in groups.items()}
+    best = max(medians, key=medians.get) if hib else min(medians, key=medians.get)
+    out = []
+    for key in sorted(groups):
+        r = stats.compare(groups[best], groups[key], higher_is_better=hib, alpha=alpha, words=words)
+        gap = worse_gap(medians[key], medians[best], hib)
+        significantly_worse = r.verdict == words[1]
+        out.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "metric": metric,
+                "n": len(groups[key]),
+                "median": medians[key],
+                "best": key == best,
+                "gap_pct": 100 * gap,
+                "ratio_to_best": r.ratio,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "p_value": r.p_value,
+                "verdict_vs_best": r.verdict,
+                "passes": bool(gap <= tolerance and not significantly_worse),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def conditions(df: pd.DataFrame) -> list[tuple[str, float]]:
+    keys = df[["background", "frame_busy"]].drop_duplicates()
+    return sorted((str(b), float(f)) for b, f in keys.itertuples(index=False))
+
+
+def _rows(df: pd.DataFrame, background: str, frame_busy: float) -> pd.DataFrame:
+    return df[(df["background"] == background) & np.isclose(df["frame_busy"], frame_busy)]
+
+
+def per_condition(df: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE) -> pd.DataFrame:
+    """The rule per metric and load condition: chosen setting, best setting, gap and test."""
+    out = []
+    for background, busy in conditions(df):
+        rows = _rows(df, background, busy)
+        for metric, by in DECIDED_BY.items():
+            if metric not in rows.columns or rows[metric].notna().sum() == 0:
+                continue
+            table = evaluate(rows, metric, by, tolerance)
+            chosen = table[table["passes"]].iloc[0]
+            best = table[table["best"]].iloc[0]
+            out.append(
+                {
+                    "condition": condition_label(background, busy),
+                    "background": background,
+                    "frame_busy": busy,
+                    "metric": metric,
+                    "decided_by": ", ".join(by),
+                    "chosen": _setting_text(chosen, by),
+                    "best": _setting_text(best, by),
+                    "chosen_median": chosen["median"],
+                    "best_median": best["median"],
+                    "gap_pct": chosen["gap_pct"],
+                    "ratio_to_best": chosen["ratio_to_best"],
+                    "ci_low": chosen["ci_low"],
+                    "ci_high": chosen["ci_high"],
+                    "p_value": chosen["p_value"],
+                    "verdict_vs_best": chosen["verdict_vs_best"],
+                    "n": int(chosen["n"]),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def _setting_text(row, by) -> str:
+    return ", ".join(f"{k}={int(row[k])}" for k in by)
+
+
+def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, tolerance: float):
+    """The smallest setting that passes the rule in every condition of `target` background."""
+    levels = [c for c in conditions(df) if c[0] == target]
+    tables = [evaluate(_rows(df, *c), metric, by, tolerance) for c in levels]
+    tables = [t for t in tables if len(t)]
+    if not tables:
+        return None, []
+    keys = sorted(set.intersection(*[set(map(tuple, t[list(by)].to_numpy())) for t in tables]))
+    evidence, worst = [], {}
+    for key in keys:
+        worst[key] = max(
+            float(t.loc[(t[list(by)] == key).all(axis=1), "gap_pct"].iloc[0]) for t in tables
+        )
+    passing = [
+        k
+        for k in keys
+        if all(bool(t.loc[(t[list(by)] == k).all(axis=1), "passes"].iloc[0]) for t in tables)
+    ]
+    chosen = passing[0] if passing else min(keys, key=worst.get)
+    for (background, busy), t in zip(levels, tables, strict=False):
+        row = t.loc[(t[list(by)] == chosen).all(axis=1)].iloc[0]
+        best = t[t["best"]].iloc[0]
+        evidence.append(
+            {
+                "metric": metric,
+                "condition": condition_label(background, busy),
+                "chosen": dict(zip(by, map(int, chosen), strict=True)),
+                "best": {k: int(best[k]) for k in by},
+                "chosen_median": _num(row["median"]),
+                "best_median": _num(best["median"]),
+                "gap_pct": _num(row["gap_pct"]),
+                "ratio_to_best": _num(row["ratio_to_best"]),
+                "ratio_ci": [_num(row["ci_low"]), _num(row["ci_high"])],
+                "p_value": _num(row["p_value"]),
+                "verdict_vs_best": row["verdict_vs_best"],
+                "n": int(row["n"]),
+                "passes": bool(row["passes"]),
+            }
+        )
+    note = (
+        ""
+        if passing
+        else (
+            f"no setting passes for {metric} at every {target} load: the one with the smallest "
+            "worst-case gap"
+        )
+    )
+    return (dict(zip(by, map(int, chosen), strict=True)), note), evidence
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else round(value, 4)
+
+
+def host_key(fingerprint: dict) -> dict:
+    return {k: fingerprint.get(k) for k in HOST_KEYS}
+
+
+def recommend(
+    df: pd.DataFrame, fingerprint: dict, tolerance: float = DEFAULT_TOLERANCE, **source
+) -> dict:
+    """The combined recommendation (the content of recommended.json) from a cpu frame."""
+    d = metrics.without_warmup(df)
+    if "error" in d.columns:
+        d = d[d["error"].isna() | (d["error"] == "")]
+    target = "companion" if (d["background"] == "companion").any() else "idle"
+    chosen: dict = {}
+    evidence, notes = [], []
+    for metric, by in COMBINED:
+        picked, ev = _pick(d, metric, by, target, tolerance)
+        if picked is None:
+            raise ValueError(f"no {metric} measurements to recommend from")
+        setting, note = picked
+        chosen.update(setting)
+        evidence += ev
+        if note:
+            notes.append(note)
+    if target == "idle":
+        notes.append(
+            "measured idle only: the companion's load may change the answer "
+            "(run with backgrounds=idle,companion)"
+        )
+    loads = sorted({float(f) for f in d.loc[d["background"] == target, "frame_busy"]})
+    return {
+        "format": FORMAT,
+        **{k: int(chosen[k]) for k in SETTINGS},
+        "for": target,
+        "frame_busy": loads,
+        "tolerance_pct": 100 * tolerance,
+        "rule": (
+            "per metric, the smallest setting within the tolerance of the best median and not "
+            "significantly worse (Mann–Whitney), at every measured load of the target background"
+        ),
+        "notes": notes,
+        "evidence": evidence,
+        "host": host_key(fingerprint),
+        "hostname": fingerprint.get("hostname"),
+        **source,
+    }
+
+
+def write(path: Path, recommendation: dict) -> Path:
+    from mateperf.results import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(recommendation, indent=2) + "\n")
+    return Path(path)
+
+
+def load(path: str | Path, fingerprint: dict | None = None) -> dict:
+    """Read a recommended.json and check it fits this host; ConfigError names what does not."""
+    path = Path(path).expanduser()
+    try:
+        rec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--config {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise ConfigError(f"--config {path}: not a mateperf recommended.json (format {FORMAT})")
+    for key in SETTINGS:
+        value = rec.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--config {path}: {key}={value!r} must be a positive integer")
+    if rec["n_ubatch"] > rec["n_batch"]:
+        raise ConfigError(f"--config {path}: n_ubatch={rec['n_ubatch']} exceeds n_batch")
+    if fingerprint is None:
+        from mateperf.host import fingerprint as current
+
+        fingerprint = current()
+    check_host(path, rec, fingerprint)
+    return rec
+
+
+def check_host(path: Path, rec: dict, fingerprint: dict) -> None:
+    here, there = host_key(fingerprint), rec.get("host") or {}
+    for key in HOST_KEYS:
+        if there.get(key) != here.get(key):
+            raise ConfigError(
+                f"--config {path} was measured on another host: {key} is {there.get(key)!r} "
+                f"there and {here.get(key)!r} here (measure this host with `mateperf run cpu`)"
+            )
+    usable = int(fingerprint.get("usable_cpus") or 1)
+    for key in ("n_threads", "n_threads_batch"):
+        if rec[key] > usable:
+            raise ConfigError(
+                f"--config {path}: {key}={rec[key]} is more than the {usable} CPUs this "
+                "process may use"
+            )
+
+
+def as_params(rec: dict) -> dict:
+    """The settings as phase parameters."""
+    return {k: rec[k] for k in SETTINGS}

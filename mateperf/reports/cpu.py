@@ -1,0 +1,340 @@
+"""Phase 4 section: detection, the thread/batch sweep under each load, the recommendation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from mateperf import recommend, stats
+from mateperf.phases import cpu
+from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.trackers.cpu import CpuTopology, heuristics
+
+COLUMNS = (
+    ("pp_tps", "pp tok/s", 0),
+    ("tg_tps", "tg tok/s", 1),
+    ("ttft_ms", "TTFT ms", 0),
+    ("e2e_ms", "reply ms", 0),
+    ("cpu_ms_per_token", "CPU ms/token", 1),
+    ("frame_p50_ms", "frame p50 ms", 1),
+    ("frame_p99_ms", "frame p99 ms", 1),
+)
+
+
+def topology_from(info: dict) -> CpuTopology | None:
+    data = dict(info.get("fingerprint", {}).get("cpu_topology") or {})
+    if not data:
+        return None
+    for derived in ("usable", "physical_usable", "smt"):
+        data.pop(derived, None)
+    return CpuTopology(**data)
+
+
+def _detection(topo: CpuTopology | None) -> list[str]:
+    if topo is None:
+        return ["_(this run's fingerprint has no CPU detection)_", ""]
+    n = topo.notes
+    quota = "none" if topo.cgroup_quota_cpus is None else f"{topo.cgroup_quota_cpus:g} CPUs"
+    smt = (
+        "unavailable"
+        if topo.smt_groups is None
+        else ("yes: " + " ".join(str(g) for g in topo.smt_groups if len(g) > 1))
+        if topo.smt
+        else "no (one logical CPU per core)"
+    )
+    hybrid = (
+        f"performance {topo.performance_cpus}, efficiency {topo.efficiency_cpus}"
+        if topo.efficiency_cpus
+        else "no"
+    )
+    rows = [
+        ("logical CPUs", topo.logical, "os.cpu_count"),
+        ("physical cores", topo.physical, n.get("physical", n.get("smt", ""))),
+        ("affinity mask", topo.affinity, n.get("affinity", "")),
+        ("cgroup CPU quota", quota, n.get("cgroup", "")),
+        ("SMT siblings", smt, n.get("smt", "")),
+        ("hybrid cores", hybrid, n.get("hybrid", "")),
+        ("load average (1, 5, 15 min)", topo.load_avg, n.get("load_avg", "")),
+        ("usable (threads that can run at once)", topo.usable, "affinity, capped by quota"),
+        ("usable physical cores", topo.physical_usable, "cores inside the mask"),
+    ]
+    frame = pd.DataFrame(rows, columns=["detected", "value", "source"])
+    frame["value"] = frame["value"].map(lambda v: "unavailable" if v is None else str(v))
+    return [table(frame), ""]
+
+
+def _medians(d: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition and setting: median [95% CI] of every metric measured."""
+    by = ["condition", *recommend.SETTINGS]
+    rows = []
+    for key, sub in d.groupby(by, sort=True):
+        row = dict(zip(by, key, strict=True))
+        row["n"] = len(sub)
+        for name, label, digits in COLUMNS:
+            values = sub[name].dropna() if name in sub.columns else pd.Series(dtype=float)
+            if values.empty:
+                continue
+            s = stats.summarize(values)
+            row[label] = fmt_ci(s["median"], s["ci_low"], s["ci_high"], digits)
+        rows.append(row)
+    out = pd.DataFrame(rows).rename(
+        columns={"n_threads": "t", "n_threads_batch": "tb", "n_batch": "b", "n_ubatch": "ub"}
+    )
+    return out.dropna(axis=1, how="all").fillna("–")
+
+
+def _evidence(rec: dict) -> pd.DataFrame:
+    rows = []
+    for e in rec["evidence"]:
+        rows.append(
+            {
+                "metric": e["metric"],
+                "load": e["condition"],
+                "chosen": ", ".join(f"{k}={v}" for k, v in e["chosen"].items()),
+                "best": ", ".join(f"{k}={v}" for k, v in e["best"].items()),
+                "chosen median": fmt(e["chosen_median"]),
+                "best median": fmt(e["best_median"]),
+                "gap to best": f"{fmt(e['gap_pct'])}%",
+                "chosen/best [95% CI]": fmt_ci(e["ratio_to_best"], *e["ratio_ci"], digits=3),
+                "p": fmt_p(e["p_value"]),
+                "verdict vs best": e["verdict_vs_best"],
+                "n": e["n"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _median_at(d: pd.DataFrame, metric: str, **where) -> float:
+    sub = d
+    for k, v in where.items():
+        sub = sub[sub[k] == v]
+    values = sub[metric].dropna()
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def _heuristics(d: pd.DataFrame, topo: CpuTopology | None, rec: dict) -> pd.DataFrame:
+    """Each rule's thread counts, what runs here, and its measured tg/pp under the target load."""
+    if topo is None:
+        return pd.DataFrame()
+    target = d[d["background"] == rec["for"]]
+    rows = []
+    candidates = [(h.name, h.n_threads, h.n_threads_batch, h.reasoning) for h in heuristics(topo)]
+    candidates.append(
+        ("**recommended**", rec["n_threads"], rec["n_threads_batch"], "this run's rule")
+    )
+    best_tg = max(
+        (_median_at(target, "tg_tps", n_threads=t) for t in sorted(target["n_threads"].unique())),
+        default=float("nan"),
+    )
+    for name, t, tb, why in candidates:
+        t_here, tb_here = min(t, topo.usable), min(tb, topo.usable)
+        row = {
+            "rule": name,
+            "n_threads / batch": f"{t} / {tb}",
+            "runs here": f"{t_here} / {tb_here}"
+            + (" (clamped)" if (t, tb) != (t_here, tb_here) else ""),
+        }
+        for cond, sub in target.groupby("condition", sort=True):
+            tg = _median_at(sub, "tg_tps", n_threads=t_here)
+            row[f"tg tok/s, {cond}"] = fmt(tg)
+        tg_all = _median_at(target, "tg_tps", n_threads=t_here)
+        row["tg gap to best"] = (
+            f"{fmt(100 * recommend.worse_gap(tg_all, best_tg, True))}%"
+            if not np.isnan(tg_all)
+            else "not measured"
+        )
+        row["reasoning"] = why
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _flips(d: pd.DataFrame) -> pd.DataFrame:
+    """The best setting per load: where it flips as the avatar's frame gets busier."""
+    rows = []
+    for (background, busy), sub in d.groupby(["background", "frame_busy"], sort=True):
+        row = {"load": recommend.condition_label(background, busy)}
+        for metric, by, label in (
+            ("tg_tps", ("n_threads",), "best n_threads (tg)"),
+            ("pp_tps", ("n_threads_batch",), "best n_threads_batch (pp)"),
+            ("e2e_ms", ("n_threads", "n_threads_batch"), "best for the whole reply"),
+        ):
+            t = recommend.evaluate(sub, metric, by)
+            if len(t):
+                best = t[t["best"]].iloc[0]
+                row[label] = ", ".join(f"{k}={int(best[k])}" for k in by)
+        if "frame_p99_ms" in sub.columns and sub["frame_p99_ms"].notna().any():
+            row["frame p99 ms by n_threads"] = ", ".join(
+                f"{int(t)}: {fmt(_median_at(sub, 'frame_p99_ms', n_threads=t))}"
+                for t in sorted(sub["n_threads"].unique())
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _band(sub: pd.DataFrame, by: str, metric: str):
+    xs, med, lo, hi = [], [], [], []
+    for x, g in sub.groupby(by, sort=True):
+        values = g[metric].dropna()
+        if values.empty:
+            continue
+        s = stats.summarize(values)
+        xs.append(int(x))
+        med.append(s["median"])
+        lo.append(s["ci_low"] if not np.isnan(s["ci_low"]) else s["median"])
+        hi.append(s["ci_high"] if not np.isnan(s["ci_high"]) else s["median"])
+    return xs, med, lo, hi
+
+
+def _plot_threads(d: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    # prompt rows at the recommended batch pair, so batch sizes do not mix into the curve
+    pp_rows = d[(d["n_batch"] == rec["n_batch"]) & (d["n_ubatch"] == rec["n_ubatch"])]
+    panels = (
+        (axes[0], pp_rows, "n_threads_batch", "pp_tps", "prompt tokens/s (pp)"),
+        (axes[1], d, "n_threads", "tg_tps", "generation tokens/s (tg)"),
+    )
+    for ax, rows, by, metric, title in panels:
+        for cond, sub in rows.groupby("condition", sort=True):
+            xs, med, lo, hi = _band(sub, by, metric)
+            (line,) = ax.plot(xs, med, marker="o", label=cond)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+        ax.axvline(rec[by], color="black", linestyle="--", linewidth=1, label="recommended")
+        ax.set_xlabel(by)
+        ax.set_ylabel("tokens/s (median, 95% CI)")
+        ax.set_title(title)
+        ax.set_xticks(sorted(int(x) for x in d[by].unique()))
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, plots_dir, "cpu_threads", md_dir, "tokens/s vs threads per load")
+
+
+def _plot_heatmap(d: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> str:
+    rows = d[d["background"] == rec["for"]]
+    batches = sorted(
+        {(int(b), int(u)) for b, u in zip(rows["n_batch"], rows["n_ubatch"], strict=True)}
+    )
+    threads = sorted(int(t) for t in rows["n_threads_batch"].unique())
+    grid = np.full((len(threads), len(batches)), np.nan)
+    for i, t in enumerate(threads):
+        for j, (b, u) in enumerate(batches):
+            grid[i, j] = _median_at(rows, "pp_tps", n_threads_batch=t, n_batch=b, n_ubatch=u)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(batches), 1.4 + 0.9 * len(threads)))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+    for i in range(len(threads)):
+        for j in range(len(batches)):
+            mark = threads[i] == rec["n_threads_batch"] and batches[j] == (
+                rec["n_batch"],
+                rec["n_ubatch"],
+            )
+            text = fmt(grid[i, j], 0) + (" ★" if mark else "")
+            ax.text(j, i, text, ha="center", va="center", color="white", fontsize=9)
+    ax.set_xticks(range(len(batches)), [f"{b}/{u}" for b, u in batches])
+    ax.set_yticks(range(len(threads)), [str(t) for t in threads])
+    ax.set_xlabel("n_batch / n_ubatch")
+    ax.set_ylabel("n_threads_batch")
+    ax.set_title(f"prompt tokens/s, {rec['for']} (★ recommended)")
+    fig.colorbar(im, ax=ax, label="pp tokens/s (median)")
+    fig.tight_layout()
+    return save_figure(fig, plots_dir, "cpu_batch_heatmap", md_dir, "pp tokens/s, threads × batch")
+
+
+def _plot_frames(d: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
+    rows = d[(d["background"] == "companion")]
+    if rows.empty or "frame_p99_ms" not in rows.columns or rows["frame_p99_ms"].isna().all():
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cond, sub in rows.groupby("condition", sort=True):
+        xs, med, lo, hi = _band(sub, "n_threads", "frame_p99_ms")
+        (line,) = ax.plot(xs, med, marker="o", label=f"{cond}, p99")
+        ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+        xs, med, _, _ = _band(sub, "n_threads", "frame_p50_ms")
+        ax.plot(xs, med, marker=".", linestyle=":", color=line.get_color(), label=f"{cond}, p50")
+    fps = float(rows["fps"].iloc[0]) if "fps" in rows.columns else 60.0
+    ax.axhline(1e3 / fps, color="grey", linestyle="--", linewidth=1, label=f"{fps:g} fps frame")
+    ax.set_xlabel("n_threads")
+    ax.set_xticks(sorted(int(t) for t in rows["n_threads"].unique()))
+    ax.set_ylabel("avatar frame interval (ms)")
+    ax.set_title("Does the model's threading make the avatar stutter?")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, plots_dir, "cpu_frame_time", md_dir, "avatar frame time vs threads")
+
+
+def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
+    d = cpu.kept(df)
+    params = info.get("params", {})
+    topo = topology_from(info)
+    failed = df[df.get("error", pd.Series("", index=df.index)).fillna("") != ""]
+    rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
+    conditions = ", ".join(sorted(d["condition"].unique()))
+    peer = params.get("peer", "python")
+    settings = ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS)
+    parts = [
+        "## Phase 4 — CPU threads under the companion's load",
+        "",
+        f"Model `{df['model_file'].iloc[0]}`, n_ctx {params.get('n_ctx')}; "
+        f"pp{params.get('pp_tokens')} and tg{params.get('tg_tokens')} (llama-bench method) "
+        f"and one companion reply of up to {params.get('max_tokens')} tokens "
+        "per trial, each trial on a fresh model load; "
+        f"{params.get('trials')} trials per setting, settings in a seeded random order per "
+        f"round (seed {params.get('seed')}), the first trial a warm-up, left out.",
+        "",
+        f"Loads measured: {conditions}. `companion X%`: a {peer} peer at "
+        f"{params.get('fps')} fps, its main thread busy for X% of every frame, emotion commands "
+        f"streaming to it at {params.get('command_hz')}/s, all during the measurement.",
+        "",
+        "### Detected CPU budget",
+        "",
+        *_detection(topo),
+        "### Recommendation",
+        "",
+        f"**{settings}** — for `{rec['for']}` "
+        f"(frame_busy {', '.join(f'{f:.0%}' for f in rec['frame_busy'])}). "
+        f"Rule: {rec['rule']}; tolerance {rec['tolerance_pct']:g}%. Written to "
+        f"`{info.get('run_id', '?')}/recommended.json`; load it with "
+        "`mateperf run PHASE --config PATH` or `LlamaConfig.from_recommended(PATH, model)`.",
+        "",
+        *[f"- {note}" for note in rec["notes"]],
+        "",
+        table(_evidence(rec)),
+        "",
+        "### Against the usual rules",
+        "",
+        table(_heuristics(d, topo, rec)),
+        "",
+        "### Where the best setting flips as the avatar gets busier",
+        "",
+        table(_flips(d)),
+        "",
+        _plot_threads(d, rec, plots_dir, md_dir),
+        "",
+    ]
+    if d["n_batch"].nunique() > 1 or d["n_ubatch"].nunique() > 1:
+        parts += [_plot_heatmap(d, rec, plots_dir, md_dir), ""]
+    frames = _plot_frames(d, plots_dir, md_dir)
+    if frames:
+        parts += [frames, ""]
+    parts += [
+        "### Every setting (median [95% CI] over trials)",
+        "",
+        "t = n_threads (generation), tb = n_threads_batch (prompt), b/ub = n_batch/n_ubatch.",
+        "",
+        table(_medians(d)),
+        "",
+    ]
+    if len(failed):
+        parts += [
+            f"{len(failed)} trial(s) failed and are left out:",
+            "",
+            *[
+                f"- `{r['condition']}` t={r['n_threads']}: {r['error']}"
+                for _, r in failed.iterrows()
+            ],
+            "",
+        ]
+    return "\n".join(parts)

@@ -1,0 +1,316 @@
+"""What CPUs this process may use, and what the usual thread-count rules would pick from them.
+
+An instrument: it reads the machine and says where each figure came from. Every source that
+does not exist on this OS (affinity masks and load average on Windows, cgroups and /sys outside
+Linux) is reported as "unavailable on this OS" instead of failing: the companion's developers
+run Windows too.
+
+The rules beside the detection (`heuristics`) are the candidates a thread sweep is judged
+against: the original plan's "cores − 2", the hard-coded 6 it replaced, llama.cpp's own default
+(`cpu_get_num_math`: physical cores of the whole machine, performance cores only on a hybrid
+Linux x86 CPU, blind to affinity and cgroup quotas) and llama-cpp-python's defaults
+(`n_threads = cpu_count() // 2`, `n_threads_batch = cpu_count()`, logical CPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+UNAVAILABLE = "unavailable on this OS"
+SYS_CPU = Path("/sys/devices/system/cpu")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Where Linux lists the CPUs of each kind on a hybrid Intel CPU (performance / efficiency).
+HYBRID_LISTS = {"performance": "cpu_core", "efficiency": "cpu_atom"}
+ORIGINAL_HARD_CODED_THREADS = 6
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """Linux's CPU list format, e.g. "0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11]."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return sorted(set(cpus))
+
+
+def affinity() -> tuple[list[int] | None, str]:
+    """The CPUs the scheduler may run this process on, and where that came from."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0)), "sched_getaffinity"
+    try:  # Windows and macOS: psutil knows the mask where the OS has one
+        import psutil
+
+        mask = psutil.Process().cpu_affinity()
+        if mask:
+            return sorted(mask), "psutil"
+    except (AttributeError, NotImplementedError, OSError):
+        pass
+    return None, f"affinity mask {UNAVAILABLE}"
+
+
+def _own_cgroups(proc_cgroup: str) -> tuple[str | None, dict[str, str]]:
+    """This process's cgroup v2 path and v1 paths by controller, from /proc/self/cgroup."""
+    v2, v1 = None, {}
+    for line in proc_cgroup.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        for name in controllers.split(","):
+            if name:
+                v1[name] = path
+    return v2, v1
+
+
+def _ancestors(root: Path, rel: str) -> list[Path]:
+    """root/rel and every directory above it up to root: a quota on any of them applies."""
+    rel_parts = [p for p in Path(rel or "/").parts if p not in ("/", "")]
+    dirs = [root.joinpath(*rel_parts[:i]) for i in range(len(rel_parts), -1, -1)]
+    return list(dict.fromkeys(dirs))
+
+
+def _read_v2(directory: Path) -> float | None | str:
+    """CPUs allowed by directory/cpu.max; None when "max"; "absent" when no such file."""
+    path = directory / "cpu.max"
+    if not path.is_file():
+        return "absent"
+    quota, period = path.read_text().split()[:2]
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _read_v1(directory: Path) -> float | None | str:
+    quota_path, period_path = directory / "cpu.cfs_quota_us", directory / "cpu.cfs_period_us"
+    if not quota_path.is_file():
+        return "absent"
+    quota = int(quota_path.read_text())
+    return None if quota < 0 else quota / int(period_path.read_text())
+
+
+def cgroup_quota(
+    root: Path = CGROUP_ROOT, proc_cgroup: str | None = None
+) -> tuple[float | None, str]:
+    """CPUs allowed by a cgroup CPU quota (the smallest on the path), or None, and the source.
+
+    Looks in the process's own cgroup and every parent (a container often sees its cgroup
+    mounted at the root), for cgroup v2 `cpu.max`, then v1 `cpu.cfs_quota_us`.
+    `root` and `proc_cgroup` are parameters so a test can point them at synthetic files.
+    """
+    if not sys.platform.startswith("linux") and root == CGROUP_ROOT:
+        return None, f"cgroup quota {UNAVAILABLE}"
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            proc_cgroup = ""
+    v2, v1 = _own_cgroups(proc_cgroup)
+    candidates: list[tuple[Path, object]] = []
+    if v2 is not None or (root / "cpu.max").is_file():
+        candidates += [(d, _read_v2) for d in _ancestors(root, v2 or "/")]
+    for mount in ("cpu,cpuacct", "cpu", "cpuacct,cpu"):
+        base = root / mount
+        if base.is_dir():
+            candidates += [(d, _read_v1) for d in _ancestors(base, v1.get("cpu", "/"))]
+            break
+    found: list[tuple[float, Path]] = []
+    seen_file = False
+    for directory, reader in candidates:
+        try:
+            value = reader(directory)
+        except (OSError, ValueError):
+            continue
+        if value == "absent":
+            continue
+        seen_file = True
+        if value is not None:
+            found.append((float(value), directory))
+    if found:
+        cpus, where = min(found)
+        return cpus, f"cgroup quota {cpus:g} CPUs ({where})"
+    if seen_file:
+        return None, "cgroup: no CPU quota"
+    return None, "cgroup: no CPU controller found"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def smt_groups(sys_cpu: Path = SYS_CPU) -> tuple[list[list[int]] | None, str]:
+    """Groups of logical CPUs that share one physical core (SMT siblings), machine-wide."""
+    if not sys_cpu.is_dir():
+        return None, f"SMT siblings {UNAVAILABLE}"
+    groups: set[tuple[int, ...]] = set()
+    for topo in sorted(sys_cpu.glob("cpu[0-9]*/topology")):
+        text = _read(topo / "thread_siblings_list") or _read(topo / "core_cpus_list")
+        if text:
+            groups.add(tuple(parse_cpu_list(text)))
+    if not groups:
+        return None, "SMT siblings: no topology files"
+    return sorted(list(g) for g in groups), "/sys/devices/system/cpu/cpu*/topology"
+
+
+def hybrid_cores(sys_devices: Path = SYS_CPU.parents[1]) -> tuple[dict[str, list[int]], str]:
+    """Performance and efficiency CPUs where Linux lists them (Intel hybrid); else {}."""
+    if not sys_devices.is_dir():
+        return {}, f"core types {UNAVAILABLE}"
+    kinds = {}
+    for kind, name in HYBRID_LISTS.items():
+        text = _read(sys_devices / name / "cpus")
+        if text:
+            kinds[kind] = parse_cpu_list(text)
+    if not kinds:
+        return {}, "not a hybrid CPU (no cpu_core/cpu_atom lists)"
+    return kinds, "/sys/devices/cpu_core, /sys/devices/cpu_atom"
+
+
+def load_average() -> tuple[list[float] | None, str]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()], "os.getloadavg"
+    except (AttributeError, OSError):
+        return None, f"load average {UNAVAILABLE}"
+
+
+@dataclass(frozen=True)
+class CpuTopology:
+    """The detected CPU budget of this process. `notes` says where each figure came from."""
+
+    logical: int
+    physical: int | None  # distinct cores of the machine
+    affinity: list[int] | None
+    cgroup_quota_cpus: float | None
+    smt_groups: list[list[int]] | None
+    performance_cpus: list[int] = field(default_factory=list)
+    efficiency_cpus: list[int] = field(default_factory=list)
+    load_avg: list[float] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def allowed(self) -> list[int]:
+        return self.affinity if self.affinity is not None else list(range(self.logical))
+
+    @property
+    def usable(self) -> int:
+        """Threads that can run at once: the affinity mask, capped by the cgroup quota."""
+        n = len(self.allowed)
+        if self.cgroup_quota_cpus is not None:
+            n = min(n, max(1, math.floor(self.cgroup_quota_cpus)))
+        return max(1, n)
+
+    @property
+    def physical_usable(self) -> int:
+        """Distinct cores inside the affinity mask (efficiency cores left out), capped too."""
+        allowed = set(self.allowed)
+        if self.efficiency_cpus and self.performance_cpus:
+            allowed -= set(self.efficiency_cpus)
+        if self.smt_groups:
+            cores = {tuple(g) for g in self.smt_groups if allowed & set(g)}
+            n = len(cores) or len(allowed)
+        else:
+            n = len(allowed)
+        return max(1, min(n, self.usable))
+
+    @property
+    def smt(self) -> bool:
+        return bool(self.smt_groups) and any(len(g) > 1 for g in self.smt_groups)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.update(usable=self.usable, physical_usable=self.physical_usable, smt=self.smt)
+        return out
+
+
+def detect(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: str | None = None) -> CpuTopology:
+    notes = {}
+    logical = os.cpu_count() or 1
+    mask, notes["affinity"] = affinity()
+    quota, notes["cgroup"] = cgroup_quota(cgroup_root, proc_cgroup)
+    groups, notes["smt"] = smt_groups()
+    kinds, notes["hybrid"] = hybrid_cores()
+    load, notes["load_avg"] = load_average()
+    physical = len(groups) if groups else None
+    if physical is None:
+        try:
+            import psutil
+
+            physical = psutil.cpu_count(logical=False)
+            notes["physical"] = "psutil"
+        except ImportError:
+            notes["physical"] = f"physical cores {UNAVAILABLE}"
+    return CpuTopology(
+        logical=logical,
+        physical=physical,
+        affinity=mask,
+        cgroup_quota_cpus=quota,
+        smt_groups=groups,
+        performance_cpus=kinds.get("performance", []),
+        efficiency_cpus=kinds.get("efficiency", []),
+        load_avg=load,
+        notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class Heuristic:
+    name: str
+    n_threads: int  # what the rule says
+    n_threads_batch: int
+    reasoning: str
+
+    def on(self, usable: int) -> tuple[int, int]:
+        """What would really run here: a rule asking for more threads than usable is clamped."""
+        return min(self.n_threads, usable), min(self.n_threads_batch, usable)
+
+
+def heuristics(topo: CpuTopology) -> list[Heuristic]:
+    """The candidate rules, each computed the way its source computes it."""
+    machine_physical = topo.physical or topo.logical
+    if topo.performance_cpus and topo.efficiency_cpus and topo.smt_groups:
+        perf = set(topo.performance_cpus)
+        machine_physical = len({tuple(g) for g in topo.smt_groups if perf & set(g)})
+    lcp = max(topo.logical // 2, 1)
+    return [
+        Heuristic(
+            "original (hard-coded 6)",
+            ORIGINAL_HARD_CODED_THREADS,
+            ORIGINAL_HARD_CODED_THREADS,
+            "the companion's first version: n_threads=6 whatever the machine",
+        ),
+        Heuristic(
+            "cores − 2 (original plan)",
+            max(1, topo.logical - 2),
+            max(1, topo.logical - 2),
+            "logical CPUs minus two left for the OS and Unity; ignores SMT, affinity and quota",
+        ),
+        Heuristic(
+            "llama.cpp default",
+            machine_physical,
+            machine_physical,
+            "cpu_get_num_math: physical cores of the whole machine (performance cores only "
+            "on hybrid Linux x86); ignores affinity and cgroup quota",
+        ),
+        Heuristic(
+            "llama-cpp-python default",
+            lcp,
+            topo.logical,
+            "n_threads = cpu_count() // 2, n_threads_batch = cpu_count() (logical CPUs)",
+        ),
+        Heuristic(
+            "usable physical cores",
+            topo.physical_usable,
+            topo.physical_usable,
+            "distinct cores inside the affinity mask, efficiency cores left out, capped by "
+            "the cgroup quota",
+        ),
+    ]
