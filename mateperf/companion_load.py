@@ -22,6 +22,7 @@ import numpy as np
 
 from mateperf.bridge.client import BridgeError, UnityBridge
 from mateperf.bridge.process import start_peer
+from mateperf.phases.ipc import expression_sequence  # the ipc phase's emotion beat
 
 BACKGROUNDS = ("idle", "companion")
 
@@ -56,8 +57,6 @@ class WindowResult:
 
 
 def _emotion_commands():
-    from mateperf.phases.ipc import expression_sequence
-
     for step in itertools.count():
         yield from expression_sequence(step)
 

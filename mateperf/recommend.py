@@ -173,20 +173,16 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
     tables = [t for t in tables if len(t)]
     if not tables:
         return None, []
-    keys = sorted(set.intersection(*[set(map(tuple, t[list(by)].to_numpy())) for t in tables]))
-    evidence, worst = [], {}
-    for key in keys:
-        worst[key] = max(
-            float(t.loc[(t[list(by)] == key).all(axis=1), "gap_pct"].iloc[0]) for t in tables
-        )
-    passing = [
-        k
-        for k in keys
-        if all(bool(t.loc[(t[list(by)] == k).all(axis=1), "passes"].iloc[0]) for t in tables)
+    indexed = [
+        {tuple(int(r[k]) for k in by): r for r in t.to_dict("records")} for t in tables
     ]
+    keys = sorted(set.intersection(*[set(t) for t in indexed]))
+    worst = {k: max(float(t[k]["gap_pct"]) for t in indexed) for k in keys}
+    passing = [k for k in keys if all(bool(t[k]["passes"]) for t in indexed)]
     chosen = passing[0] if passing else min(keys, key=worst.get)
-    for (background, busy), t in zip(levels, tables, strict=False):
-        row = t.loc[(t[list(by)] == chosen).all(axis=1)].iloc[0]
+    evidence = []
+    for (background, busy), t, ti in zip(levels, tables, indexed, strict=False):
+        row = ti[chosen]
         best = t[t["best"]].iloc[0]
         evidence.append(
             {
