@@ -100,7 +100,38 @@ def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
     return execute_phase(phase, params, run)
 
 
+def phases_help() -> str:
+    lines = ["phases:"]
+    for phase in phases.PHASES:
+        lines.append(f"  {phase:<8} {phases.title(phase)}")
+    lines.append("`mateperf run PHASE --help` lists a phase's parameters.")
+    return "\n".join(lines)
+
+
+def phase_help(phase: str) -> str:
+    phases.check_phase(phase)
+    rows = phases.parameter_help(phase)
+    lines = [
+        f"usage: mateperf run {phase} [-p NAME=VALUE ...] [--model PATH] [--config PATH]",
+        "",
+        phases.title(phase),
+        "",
+        "parameters (-p NAME=VALUE):",
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, kind, default, meaning in rows:
+        lines.append(f"  {name:<{width}}  {kind:<5} default {default}")
+        if meaning:
+            lines.append(f"  {'':<{width}}  {meaning}")
+    return "\n".join(lines)
+
+
 def cmd_run(args) -> int:
+    if args.help or args.phase is None:
+        if args.phase is None and not args.help:
+            raise BadInput("run: which phase? " + ", ".join(phases.PHASES))
+        print(phase_help(args.phase) if args.phase else phases_help())
+        return EXIT_OK
     overrides = _with_model(args.phase, parse_assignments(args.param), args.model)
     overrides = with_config(args.phase, overrides, args.config)
     outcome = run_phase(args.phase, overrides, args.results, _command())
@@ -161,6 +192,12 @@ def _command() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mateperf", description="Desktop-Mate performance lab")
     parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show papermill's per-cell log and the kernel's own messages",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=None,
@@ -172,8 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("run", help="run one phase notebook headless into a new run directory")
-    p.add_argument("phase")
+    p = sub.add_parser(
+        "run",
+        help="run one phase notebook headless into a new run directory",
+        add_help=False,
+        usage="mateperf run PHASE [-p NAME=VALUE ...] [--model PATH] [--config PATH]",
+    )
+    p.add_argument("phase", nargs="?")
+    p.add_argument("-h", "--help", action="store_true", help="the phases, or PHASE's parameters")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
     p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
@@ -198,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.verbose:
+            os.environ["MATEPERF_VERBOSE"] = "1"
         if args.results is not None:
             args.results = args.results.resolve()
             os.environ["MATEPERF_RESULTS"] = str(args.results)

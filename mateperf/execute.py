@@ -12,9 +12,9 @@ inherits) is made absolute here first: a relative path would name another file t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +26,16 @@ log = logging.getLogger("mateperf")
 
 # Environment variables holding paths, inherited by every kernel.
 PATH_ENV = ("MATEPERF_RESULTS", "MATEPERF_MODEL")
+# `mateperf -v` sets it: papermill's per-cell log, the kernel's own warnings, library logs.
+VERBOSE_ENV = "MATEPERF_VERBOSE"
+# The kernel's start-up warnings (e.g. "running over TCP without encryption") are not ours.
+QUIET_KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# What the console shows by default: the phases' own progress lines, "[phase] ...".
+PROGRESS_LINE = re.compile(r"^\[[a-z]+\] ")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def absolute_environment() -> None:
@@ -87,8 +97,9 @@ def execute_phase(
     output = run.path / (output_name or notebook.name)
     injected = {k: builtin(v) for k, v in phases.absolute_paths(params).items()}
     injected[phases.RUN_DIR_PARAM] = str(run.path)
+    loud = verbose()
     if show_progress:
-        _route_kernel_output()
+        _route_kernel_output(loud)
     start = time.perf_counter()
     error = None
     try:
@@ -99,9 +110,10 @@ def execute_phase(
                 str(output),
                 parameters=injected,
                 kernel_name="python3",
-                progress_bar=show_progress,
+                progress_bar=show_progress and loud,
                 log_output=show_progress,
                 cwd=str(run.path),
+                extra_arguments=[] if loud else QUIET_KERNEL_ARGS,
             )
     except pm.PapermillExecutionError as exc:
         error = papermill_error(exc)
@@ -135,6 +147,12 @@ def measurement_lock(root: Path):
     worker threads spin while they wait), so a second `mateperf run` waits here and says so.
     """
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; say so once and measure without the lock
+        print("mateperf: measurement lock unavailable on this OS", file=sys.stderr)
+        yield
+        return
     with open(root / ".measure.lock", "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,13 +174,27 @@ def measurement_lock(root: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _route_kernel_output() -> None:
-    """Papermill logs the kernel's stdout/stderr (our progress lines) at INFO."""
+class _ProgressOnly(logging.Filter):
+    """Keep the phases' progress lines of the kernel's output; drop cell logs and tables."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = [ln for ln in str(record.getMessage()).splitlines() if PROGRESS_LINE.match(ln)]
+        if not lines:
+            return False
+        record.msg, record.args = "\n".join(lines), None
+        return True
+
+
+def _route_kernel_output(loud: bool = False) -> None:
+    """Papermill logs the kernel's stdout/stderr (our progress lines) and its cell markers."""
     logger = logging.getLogger("papermill")
-    if not any(getattr(h, "_mateperf", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._mateperf = True
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    for h in [h for h in logger.handlers if getattr(h, "_mateperf", False)]:
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._mateperf = True
+    if not loud:
+        handler.addFilter(_ProgressOnly())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -273,9 +273,36 @@ class LlamaConfig:
         return cls(model_path=str(model_path), **{**recommend.as_params(rec), **overrides})
 
 
+_LOG_CALLBACK = None  # kept referenced: llama.cpp holds only the C pointer
+GGML_LOG_LEVEL_ERROR = 3
+
+
+def quiet_llama_logs() -> None:
+    """llama.cpp's own log lines (buffer sizes, "using full-size SWA cache") are not for the
+    console: only its errors reach stderr, unless `mateperf -v` (MATEPERF_VERBOSE) asks."""
+    global _LOG_CALLBACK
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    if _LOG_CALLBACK is not None or os.environ.get("MATEPERF_VERBOSE", "") not in ("", "0"):
+        return
+
+    @llama_cpp.llama_log_callback
+    def errors_only(level, text, user_data):
+        if level == GGML_LOG_LEVEL_ERROR:
+            print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+
+    _LOG_CALLBACK = errors_only
+    llama_cpp.llama_log_set(errors_only, ctypes.c_void_p(0))
+
+
 def load(config: LlamaConfig):
     """Construct the Llama object; returns (llm, load_s) with load_s the wall clock around it."""
     import llama_cpp
+
+    quiet_llama_logs()
 
     start = time.perf_counter_ns()
     llm = llama_cpp.Llama(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import io
 import json
 import os
+import tokenize
 from pathlib import Path
 from types import ModuleType
 
@@ -55,12 +57,45 @@ def module(phase: str) -> ModuleType:
 
 def parameters(phase: str) -> dict:
     """Name -> default of the notebook's `parameters` cell, in order (run_dir included)."""
+    return _literal_assignments(parameters_source(phase))
+
+
+def parameters_source(phase: str) -> str:
     nb = json.loads(require_notebook(phase).read_text())
     for cell in nb["cells"]:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = "".join(cell["source"])
-            return _literal_assignments(source)
+            return "".join(cell["source"])
     raise PhaseError(f"notebook of phase {phase!r} has no cell tagged 'parameters'")
+
+
+def parameter_help(phase: str) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, meaning) of each parameter, the meaning from its line's comment."""
+    source = parameters_source(phase)
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out = []
+    for node in ast.parse(source).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if not isinstance(target, ast.Name) or target.id == RUN_DIR_PARAM:
+            continue
+        value = ast.literal_eval(node.value)
+        out.append((target.id, type(value).__name__, repr(value), comments.get(node.lineno, "")))
+    return out
+
+
+def title(phase: str) -> str:
+    """The first heading of the phase's notebook, e.g. "Phase 4 — CPU threads ..."."""
+    path = notebook_path(phase)
+    if path is None:
+        return "not built yet"
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return phase
 
 
 def _literal_assignments(source: str) -> dict:

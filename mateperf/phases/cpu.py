@@ -374,4 +374,9 @@ def per_condition(df: pd.DataFrame) -> pd.DataFrame:
 def write_recommendation(run, df: pd.DataFrame):
     """Write recommended.json into the run directory; returns its path."""
     rec = recommendation(df, run.info.get("fingerprint", {}), run.run_id)
-    return recommend.write(run.path / "recommended.json", rec)
+    path = recommend.write(run.path / "recommended.json", rec)
+    chosen = ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS)
+    _progress(f"recommended for {rec['for']}: {chosen} -> {path}")
+    for note in rec["notes"]:
+        _progress(f"note: {note}")
+    return path

@@ -125,10 +125,6 @@ def _heuristics(d: pd.DataFrame, topo: CpuTopology | None, rec: dict) -> pd.Data
     candidates.append(
         ("**recommended**", rec["n_threads"], rec["n_threads_batch"], "this run's rule")
     )
-    best_tg = max(
-        (_median_at(target, "tg_tps", n_threads=t) for t in sorted(target["n_threads"].unique())),
-        default=float("nan"),
-    )
     for name, t, tb, why in candidates:
         t_here, tb_here = min(t, topo.usable), min(tb, topo.usable)
         row = {
@@ -139,13 +135,19 @@ def _heuristics(d: pd.DataFrame, topo: CpuTopology | None, rec: dict) -> pd.Data
         }
         for cond, sub in target.groupby("condition", sort=True):
             tg = _median_at(sub, "tg_tps", n_threads=t_here)
-            row[f"tg tok/s, {cond}"] = fmt(tg)
-        tg_all = _median_at(target, "tg_tps", n_threads=t_here)
-        row["tg gap to best"] = (
-            f"{fmt(100 * recommend.worse_gap(tg_all, best_tg, True))}%"
-            if not np.isnan(tg_all)
-            else "not measured"
-        )
+            best = max(_median_at(sub, "tg_tps", n_threads=x) for x in sub["n_threads"].unique())
+            gap = recommend.worse_gap(tg, best, True)
+            row[f"tg tok/s, {cond} (gap to best)"] = (
+                f"{fmt(tg)} ({fmt(100 * gap)}%)" if not np.isnan(tg) else "not measured"
+            )
+            pp = _median_at(
+                sub,
+                "pp_tps",
+                n_threads_batch=tb_here,
+                n_batch=rec["n_batch"],
+                n_ubatch=rec["n_ubatch"],
+            )
+            row[f"pp tok/s, {cond}"] = fmt(pp, 0)
         row["reasoning"] = why
         rows.append(row)
     return pd.DataFrame(rows)
@@ -171,7 +173,7 @@ def _flips(d: pd.DataFrame) -> pd.DataFrame:
                 for t in sorted(sub["n_threads"].unique())
             )
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("–")
 
 
 def _band(sub: pd.DataFrame, by: str, metric: str):
