@@ -173,9 +173,7 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
     tables = [t for t in tables if len(t)]
     if not tables:
         return None, []
-    indexed = [
-        {tuple(int(r[k]) for k in by): r for r in t.to_dict("records")} for t in tables
-    ]
+    indexed = [{tuple(int(r[k]) for k in by): r for r in t.to_dict("records")} for t in tables]
     keys = sorted(set.intersection(*[set(t) for t in indexed]))
     worst = {k: max(float(t[k]["gap_pct"]) for t in indexed) for k in keys}
     passing = [k for k in keys if all(bool(t[k]["passes"]) for t in indexed)]
