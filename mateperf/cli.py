@@ -60,6 +60,8 @@ def with_config(phase: str, overrides: dict, config: str | None, required: bool 
 
     rec = recommend.load(config)
     schema = phases.defaults(phase)
+    if "config" in schema:  # the phase reads the file itself (final: the tuned arms)
+        return {"config": os.path.abspath(config), **overrides}
     taken = {k: str(v) for k, v in recommend.as_params(rec).items() if k in schema}
     if not taken:
         if required:

@@ -13,6 +13,7 @@ A measurement window (`window()`) says what the peer achieved meanwhile: its fra
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 import time
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ class WindowResult:
     tick_ms: list[float] = field(default_factory=list)
     command_rtt_ms: list[float] = field(default_factory=list)
     command_errors: int = 0
+    beat_ms: list[float] = field(default_factory=list)  # enqueue to the beat's last ack
 
     def figures(self) -> dict:
         """Per-window statistics: one value per trial for the phase's table."""
@@ -53,6 +55,8 @@ class WindowResult:
             "cmd_rtt_ms": q(rtts, 50),
             "cmd_count": len(rtts),
             "cmd_errors": self.command_errors,
+            "beat_ms": q(np.asarray(self.beat_ms, float), 50),
+            "beats": len(self.beat_ms),
         }
 
 
@@ -87,6 +91,9 @@ class CompanionLoad:
         self._lock = threading.Lock()
         self._rtts_ms: list[float] = []
         self._errors = 0
+        self._beats: queue.Queue = queue.Queue()
+        self._beat_ms: list[float] = []
+        self._beat_thread: threading.Thread | None = None
 
     def __enter__(self) -> CompanionLoad:
         self._proc = start_peer(self.peer_kind, fps=self.fps, frame_busy=self.frame_busy)
@@ -99,12 +106,16 @@ class CompanionLoad:
         if self.command_hz > 0:
             self._thread = threading.Thread(target=self._stream, daemon=True, name="emotions")
             self._thread.start()
+        self._beat_thread = threading.Thread(target=self._send_beats, daemon=True, name="beats")
+        self._beat_thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._beats.put(None)
+        for thread in (self._thread, self._beat_thread):
+            if thread is not None:
+                thread.join(timeout=5)
         for bridge in (self._commands, self._stats):
             if bridge is not None:
                 bridge.close()
@@ -132,23 +143,64 @@ class CompanionLoad:
             else:
                 next_at = time.perf_counter()  # fell behind: no burst to catch up
 
+    def send_beat(self, commands: list[tuple[str, dict]], batched: bool) -> None:
+        """Queue an emotion beat for the avatar without blocking the caller (the reply keeps
+        streaming): sent as one `batch`, or command by command, each waited for, as the
+        original companion did. Its latency runs from this call to the last ack."""
+        self._beats.put((time.perf_counter_ns(), list(commands), batched))
+
+    def drain_beats(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued beat has been acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while self._beats.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _send_beats(self) -> None:
+        while True:
+            item = self._beats.get()
+            if item is None:
+                self._beats.task_done()
+                return
+            queued_ns, commands, batched = item
+            try:
+                if batched:
+                    self._commands.send_batch(commands, timeout_s=5.0)
+                else:
+                    for command, data in commands:
+                        self._commands.request(command, data, timeout_s=5.0)
+                with self._lock:
+                    self._beat_ms.append((time.perf_counter_ns() - queued_ns) / 1e6)
+            except BridgeError:
+                with self._lock:
+                    self._errors += 1
+            finally:
+                self._beats.task_done()
+
     def _take_commands(self) -> tuple[list[float], int]:
         with self._lock:
             out, self._rtts_ms = self._rtts_ms, []
             errors, self._errors = self._errors, 0
         return out, errors
 
+    def _take_beats(self) -> list[float]:
+        with self._lock:
+            out, self._beat_ms = self._beat_ms, []
+        return out
+
     @contextmanager
     def window(self):
         """Measure the avatar side over the body of the `with`; yields a WindowResult."""
         self._stats.frame_stats(reset=True)
         self._take_commands()
+        self._take_beats()
         result = WindowResult()
         try:
             yield result
         finally:
+            self.drain_beats()
             stats = self._stats.frame_stats(reset=True)
             rtts, errors = self._take_commands()
+            result.beat_ms = self._take_beats()
             result.frames = int(stats.get("frames", 0))
             result.frame_interval_ms = [v / 1e3 for v in stats.get("frame_interval_us", [])]
             result.tick_ms = [v / 1e3 for v in stats.get("tick_us", [])]

@@ -99,10 +99,12 @@ def _rate(tokens: int, ms: float) -> float:
     return tokens / (ms / 1e3) if tokens > 0 and ms > 0 else float("nan")
 
 
-def stream_reply(llm, messages: list[dict], max_tokens: int, seed: int) -> dict:
+def stream_reply(llm, messages: list[dict], max_tokens: int, seed: int, on_chunk=None) -> dict:
     """Stream one chat reply; times to first content and to the end, and llama.cpp's counters.
 
     Greedy decoding (temperature 0) so both arms of an A/B generate the same text.
+    `on_chunk(index, text)` is called for every piece of content as it arrives (the companion
+    drives the avatar from it); its time counts in the reply, as it would in the app.
     """
     text_tokens = len(llm.tokenize("\n".join(m["content"] for m in messages).encode()))
     # llama.cpp may round its context up; llama-cpp-python's token buffer keeps n_ctx as asked
@@ -128,6 +130,8 @@ def stream_reply(llm, messages: list[dict], max_tokens: int, seed: int) -> dict:
         if delta:
             if first is None:
                 first = time.perf_counter_ns()
+            if on_chunk is not None:
+                on_chunk(len(text), delta)
             text.append(delta)
     end = time.perf_counter_ns()
     perf = _perf(llm)
@@ -139,6 +143,7 @@ def stream_reply(llm, messages: list[dict], max_tokens: int, seed: int) -> dict:
         "pp_tps": _rate(perf["n_p_eval"], perf["t_p_eval_ms"]),
         "tg_tps": _rate(perf["n_eval"], perf["t_eval_ms"]),
         "reply_chars": len("".join(text)),
+        "reply_text": "".join(text),
     }
 
 

@@ -1,0 +1,219 @@
+"""Phase 6 section: a whole companion turn, every optimisation against the original settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from mateperf import metrics, stats
+from mateperf.phases import final
+from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+
+ARM_WORDS = {
+    final.BASELINE: "original settings",
+    "threads": "+ recommended threads/batch",
+    "warmup": "+ warm-up after load",
+    "batching": "+ one batch per emotion beat",
+    "profile": "+ selected GPU profile",
+    final.OPTIMISED: "all four together",
+}
+
+
+def _settings(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    first = df.drop_duplicates("arm").set_index("arm")
+    cfg_columns = [c for c in first.columns if c.startswith("cfg_")]
+    baseline = first.loc[final.BASELINE, cfg_columns] if final.BASELINE in first.index else None
+    for arm in [a for a in final.ARMS if a in first.index]:
+        r = first.loc[arm]
+        same = arm != final.BASELINE and baseline is not None and r[cfg_columns].equals(baseline)
+        rows.append(
+            {
+                "arm": arm,
+                "what": ARM_WORDS[arm] + (" — same settings as the baseline here" if same else ""),
+                "n_threads / batch": f"{r['cfg_n_threads']} / {r['cfg_n_threads_batch']}",
+                "n_batch / n_ubatch": f"{r['cfg_n_batch']} / {r['cfg_n_ubatch']}",
+                "n_gpu_layers": r["cfg_n_gpu_layers"],
+                "warm-up": "yes" if r["cfg_warmup"] else "no",
+                "commands": "one batch per beat" if r["cfg_batching"] else "one by one, waited",
+                "profile": r["cfg_profile"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _medians(d: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (peer, arm), sub in d.groupby(["peer", "arm"], sort=False):
+        row = {"peer": peer, "arm": arm, "n": len(sub)}
+        for m in metrics.present("final", sub):
+            values = sub[m.name].dropna()
+            if values.empty:
+                continue
+            s = stats.summarize(values)
+            digits = 0 if m.unit in ("ms", "MiB") else 1
+            row[m.title] = fmt_ci(s["median"], s["ci_low"], s["ci_high"], digits)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    order = {a: i for i, a in enumerate(final.ARMS)}
+    return out.sort_values(["peer", "arm"], key=lambda c: c.map(order) if c.name == "arm" else c)
+
+
+def _vs_baseline(ab: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in ab.iterrows():
+        m = metrics.get("final", r["metric"])
+        rows.append(
+            {
+                "peer": r["peer"],
+                "arm": r["arm"],
+                "metric": m.title if m else r["metric"],
+                "baseline": fmt(r["baseline"]),
+                "arm median": fmt(r["arm_median"]),
+                "arm/baseline [95% CI]": fmt_ci(r["ratio"], r["ci_low"], r["ci_high"], 2),
+                "p": fmt_p(r["p_value"]),
+                "verdict": r["verdict"],
+                "n": r["n"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _add_up(ab: pd.DataFrame) -> pd.DataFrame:
+    t = final.add_up(ab)
+    if t.empty:
+        return t
+    t["metric"] = t["metric"].map(lambda n: metrics.get("final", n).title)
+    t["product of single ratios"] = t["product of single ratios"].map(lambda v: fmt(v, 2))
+    t["measured combination [95% CI]"] = [
+        fmt_ci(v, lo, hi, 2)
+        for v, (lo, hi) in zip(t["measured combination"], t["combination CI"], strict=True)
+    ]
+    return t.drop(columns=["measured combination", "combination CI"])
+
+
+def _plot_forest(ab: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
+    if ab.empty:
+        return None
+    names = [m.name for m in metrics.for_phase("final") if m.name in set(ab["metric"])]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.8), sharey=True)
+    axes = np.atleast_1d(axes)
+    arms = [a for a in final.ARMS if a in set(ab["arm"])]
+    for ax, name in zip(axes, names, strict=True):
+        sub = ab[ab["metric"] == name]
+        for j, peer in enumerate(sorted(sub["peer"].unique())):
+            rows = sub[sub["peer"] == peer].set_index("arm")
+            ys = [i + 0.15 * j for i, a in enumerate(arms) if a in rows.index]
+            r = rows.loc[[a for a in arms if a in rows.index]]
+            err = [r["ratio"] - r["ci_low"], r["ci_high"] - r["ratio"]]
+            ax.errorbar(r["ratio"], ys, xerr=err, fmt="o", capsize=3, label=peer)
+        ax.axvline(1.0, color="grey", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_title(metrics.get("final", name).label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(range(len(arms)), arms)
+    axes[0].invert_yaxis()
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("arm / baseline (median ratio, 95% CI; left of 1 = lower)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, plots_dir, "final_vs_baseline", md_dir, "each arm against baseline")
+
+
+def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
+    d = final.kept(df)
+    params = info.get("params", {})
+    ab = final.against_baseline(df)
+    first = df.iloc[0]
+    failed = df[df["error"].fillna("") != ""]
+    vram = str(first.get("vram_status", ""))
+    parts = [
+        "## Phase 6 — Final: a whole companion turn, original settings against every optimisation",
+        "",
+        f"Model `{first['model_file']}`, n_ctx {params.get('n_ctx')}, replies of up to "
+        f"{params.get('max_tokens')} tokens; an emotion beat every {params.get('beat_chunks')} "
+        f"pieces of text and at the emotion tag, to a peer at {params.get('fps')} fps busy for "
+        f"{float(params.get('frame_busy', 0)):.0%} of every frame. Every turn loads the model "
+        f"afresh; {params.get('trials')} turns per arm, arms in a seeded random order per round "
+        f"(seed {params.get('seed')}); the first turn is a warm-up, left out.",
+        "",
+        f"Threads of the tuned arms: {first['threads_source']}. GPU profile: "
+        f"{first['profile_reason']}. VRAM: "
+        + (vram if vram and not vram.startswith("GPU") else "measured with NVML")
+        + (
+            "; **no GPU was measured on this host**: the profile arm runs on the CPU."
+            if not bool(first.get("gpu_offload")) or "no NVIDIA GPU" in vram
+            else "."
+        ),
+        "",
+        table(_settings(df)),
+        "",
+        "### Every arm (median [95% CI] over turns)",
+        "",
+        table(_medians(d)),
+        "",
+        "### Against the baseline",
+        "",
+        "Ratio of medians arm/baseline with a bootstrap 95% CI and a Mann–Whitney test across "
+        "turns; below 1 is lower (better for times and memory, worse for tokens/s).",
+        "",
+        table(_vs_baseline(ab)),
+        "",
+    ]
+    forest = _plot_forest(ab, plots_dir, md_dir)
+    if forest:
+        parts += [forest, ""]
+    adds = _add_up(ab)
+    if len(adds):
+        parts += [
+            "### Do they add up?",
+            "",
+            "If the optimisations were independent, the combination's ratio would be the "
+            "product of the single ones.",
+            "",
+            table(adds),
+            "",
+        ]
+    if len(failed):
+        parts += [
+            f"{len(failed)} turn(s) failed and are left out:",
+            "",
+            *[f"- `{r['arm']}` ({r['peer']}): {r['error']}" for _, r in failed.iterrows()],
+            "",
+        ]
+    return "\n".join(parts)
+
+
+# What each optimisation is judged on in the summary table of FINAL_RESULTS.md.
+HEADLINE_METRICS = {
+    "threads": "tg_tps",
+    "warmup": "ttft_ms",
+    "batching": "beat_ms",
+    "profile": "e2e_ms",
+    final.OPTIMISED: "e2e_ms",
+}
+
+
+def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
+    """Rows of the final report's summary table: each optimisation against the baseline."""
+    ab = final.against_baseline(df)
+    rows = []
+    for arm, metric in HEADLINE_METRICS.items():
+        sub = ab[(ab["arm"] == arm) & (ab["metric"] == metric)]
+        for _, r in sub.iterrows():
+            m = metrics.get("final", metric)
+            rows.append(
+                {
+                    "phase": "final",
+                    "optimisation": ARM_WORDS[arm] + (f" ({r['peer']} peer)" if r["peer"] else ""),
+                    "metric": m.title,
+                    "baseline": fmt(r["baseline"]),
+                    "optimised": fmt(r["arm_median"]),
+                    "ratio [95% CI]": fmt_ci(r["ratio"], r["ci_low"], r["ci_high"], 2),
+                    "verdict": r["verdict"],
+                    "original claim": final.ORIGINAL_CLAIMS.get(arm, ""),
+                }
+            )
+    return rows
