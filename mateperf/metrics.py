@@ -118,11 +118,26 @@ CPU_METRICS = (
     _m("cmd_rtt_ms", "ms", LOWER, TRIAL, SPEED, "emotion command round trip"),
 )
 
+# -- phase 6, final -----------------------------------------------------------------------------
+# One row per companion turn (model loaded afresh, peer started afresh). beat_ms is the turn's
+# median emotion-beat completion (queued by the reply to its last command applied).
+FINAL_METRICS = (
+    _m("startup_ms", "ms", LOWER, TRIAL, SPEED, "model load and warm-up"),
+    _m("ttft_ms", "ms", LOWER, TRIAL, SPEED, "time to first token"),
+    _m("e2e_ms", "ms", LOWER, TRIAL, SPEED, "whole reply"),
+    _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation"),
+    _m("beat_ms", "ms", LOWER, TRIAL, SPEED, "avatar emotion beat applied"),
+    _m("frame_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p99"),
+    _m("peak_rss_mb", "MiB", LOWER, TRIAL, MEMORY, "peak RSS"),
+    _m("peak_vram_mb", "MiB", LOWER, TRIAL, MEMORY, "peak VRAM"),
+)
+
 _BY_PHASE: dict[str, tuple[Metric, ...]] = {
     "memory": MEMORY_METRICS,
     "llm": LLM_METRICS,
     "ipc": IPC_METRICS,
     "cpu": CPU_METRICS,
+    "final": FINAL_METRICS,
 }
 
 # What identifies a test inside a run: rows of A are matched with rows of B on these (and on
@@ -133,6 +148,7 @@ IDENTITY: dict[str, tuple[str, ...]] = {
     "llm": ("scenario", "arm"),
     "ipc": ("scenario", "mode", "fps", "target_bytes", "batch_size"),
     "cpu": ("background", "frame_busy", "n_threads", "n_threads_batch", "n_batch", "n_ubatch"),
+    "final": ("arm", "peer"),
 }
 
 
