@@ -142,13 +142,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_all(args) -> int:
-    from mateperf.report import write_final
+    import time
+
+    from mateperf.report import summary_section, write_final
 
     available = phases.available_phases()
     if not available:
         raise BadInput("no phase notebooks found under notebooks/")
+    if args.config is not None:  # refuse a file for another host before measuring anything
+        from mateperf import recommend
+
+        recommend.load(args.config)
     failed = []
-    for phase in available:
+    start = time.perf_counter()
+    for i, phase in enumerate(available, 1):
         overrides = {}
         if args.model is not None and "model" in phases.parameters(phase):
             overrides["model"] = args.model
@@ -158,15 +165,26 @@ def cmd_all(args) -> int:
         configured = with_config(phase, overrides, args.config, required=False)
         if configured != overrides:
             command += f" --config {shlex.quote(str(Path(args.config).resolve()))}"
+        print(f"mateperf: [{i}/{len(available)}] {phase}: {phases.title(phase)}", file=sys.stderr)
         outcome = run_phase(phase, configured, args.results, command)
         _print_outcome(outcome)
+        elapsed = time.perf_counter() - start
+        print(
+            f"mateperf: [{i}/{len(available)}] {phase} "
+            f"{'ok' if outcome.ok else 'FAILED'} in {outcome.seconds:.0f} s; "
+            f"{elapsed / 60:.1f} min so far",
+            file=sys.stderr,
+        )
         if not outcome.ok:
             failed.append(phase)
     not_built = [p for p in phases.PHASES if p not in available]
     if not_built:
         print(f"mateperf: phases not built yet: {', '.join(not_built)}", file=sys.stderr)
     out = write_final(None, args.results)
-    print(f"report: {out}")
+    print()
+    print(summary_section(out.read_text()))
+    print()
+    print(f"report: {out} ({(time.perf_counter() - start) / 60:.1f} min in all)")
     if failed:
         print(f"mateperf: failed phases: {', '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED

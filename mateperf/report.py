@@ -146,8 +146,109 @@ def select_runs(paths: list[Path] | None, root: Path | None = None) -> list[resu
     return [r for r in found if r is not None]
 
 
+def collect_variants(root: Path, representative: results.RunDir) -> list[results.RunDir]:
+    """The newest finished run of each variant of the representative's phase, itself first.
+
+    A variant is a run whose test-defining parameters differ (mateperf.reports.overview:
+    VARIANT_PARAMS), e.g. the IPC phase against the C# peer, or the memory self-check.
+    """
+    from mateperf.reports.overview import variant_label
+
+    phase = representative.phase
+    defaults = phases.defaults(phase)
+    newest: dict[str, results.RunDir] = {}
+    for run in results.list_runs(root, phase):
+        if (
+            run.info.get("status") in (results.STATUS_OK, results.STATUS_PARTIAL)
+            and run.info.get("kind", "run") in ("run", "notebook")
+            and run.frame_path().is_file()
+        ):
+            newest[variant_label(phase, run.info.get("params", {}), defaults)] = run
+    mine = variant_label(phase, representative.info.get("params", {}), defaults)
+    newest[mine] = representative
+    ordered = [representative] + [r for k, r in sorted(newest.items()) if k != mine]
+    return ordered
+
+
+def _variants_table(phase: str, runs: list[results.RunDir], host_names: dict) -> str:
+    from mateperf.reports.overview import variant_label, variant_row
+
+    defaults = phases.defaults(phase)
+    rows = []
+    for run in runs:
+        label = variant_label(phase, run.info.get("params", {}), defaults)
+        row = {
+            "variant": label,
+            "run": f"[`{run.run_id}`]({run.run_id}/{phase}.md)",
+            "host": host_names.get(run.run_id, "?"),
+        }
+        row.update(variant_row(phase, run.read_frame(phase), run.info))
+        rows.append(row)
+    return table(pd.DataFrame(rows).fillna("–"))
+
+
+def _host_names(runs: list[results.RunDir]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Each run's host as "host A", "host B", ... in order of first appearance."""
+    names: dict[str, str] = {}
+    by_text: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for r in runs:
+        # the machine and its build, not the code revision (each run lists its own)
+        text = "\n".join(
+            ln
+            for ln in format_fingerprint(r.info.get("fingerprint", {})).splitlines()
+            if not ln.startswith("mateperf ")
+        )
+        if text not in by_text:
+            by_text[text] = f"host {chr(ord('A') + len(by_text))}"
+            members[by_text[text]] = [text]
+        names[r.run_id] = by_text[text]
+        members[by_text[text]].append(r.run_id)
+    return names, members
+
+
+def _not_measured(runs: list[results.RunDir], members: dict) -> list[str]:
+    lines = []
+    present = {r.phase for r in runs}
+    for phase in phases.PHASES:
+        if phase not in present:
+            lines.append(f"- **{phase}**: no stored run (`mateperf run {phase}`).")
+    no_gpu: dict[str, list[str]] = {}
+    for host, (text, *_ids) in members.items():
+        gpu_line = next((ln for ln in text.splitlines() if ln.startswith("GPU: ")), "")
+        if gpu_line.startswith("GPU: none"):
+            no_gpu.setdefault(gpu_line[5:], []).append(host)
+    for reason, hosts in no_gpu.items():
+        lines.append(
+            f"- **GPU** on {', '.join(hosts)}: {reason}. No VRAM, offload or GPU-profile speed "
+            "was measured there; the gpu phase ran only its predictions and the CPU fallback."
+        )
+    return lines
+
+
+def summary_section(text: str) -> str:
+    """The `## Summary` section of a FINAL_RESULTS.md text (for the console)."""
+    match = re.search(r"^## Summary\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    return match.group(1).strip() if match else ""
+
+
+def _demote(section: str) -> tuple[str, str]:
+    """A phase section's own `## ` heading, and its body."""
+    lines = section.strip().splitlines()
+    if lines and lines[0].startswith("## "):
+        return lines[0], "\n".join(lines[1:]).strip()
+    return "", section.strip()
+
+
 def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Path:
-    """Regenerate results/FINAL_RESULTS.md and results/plots/ from stored runs."""
+    """Regenerate results/FINAL_RESULTS.md and results/plots/ from stored runs.
+
+    First screen: what was measured, on which host (printed once), and the summary table; then
+    one section per phase: its variants side by side, the representative run's tables and
+    plots, a link to each run's own report. Byte-identical when regenerated.
+    """
+    from mateperf.reports.overview import summary_rows
+
     root = Path(root) if root else results.default_root()
     runs = select_runs(paths, root)
     if not runs:
@@ -161,35 +262,70 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         runs,
         key=lambda r: (order.get(r.phase, 99), r.info.get("kind") == "sweep", r.run_id),
     )
+    plain = [r for r in runs if r.info.get("kind") != "sweep"]
+    variants = {r.phase: (collect_variants(root, r) if not paths else [r]) for r in plain}
+    every = runs + [v for vs in variants.values() for v in vs if v not in runs]
+    host_names, members = _host_names(every)
     parts = [
         "# Desktop-Mate performance — final results",
         "",
         "Generated from stored run directories; do not edit by hand. Regenerate with "
-        f"`{_report_command(paths, root)}`.",
-        "Every figure below comes from the run named in its section, on the host printed there.",
+        f"`{_report_command(paths, root)}` (no measuring; the same bytes every time).",
         "",
-        "| phase | run | status | reproduce |",
-        "|---|---|---|---|",
+        "## What was measured, and where",
+        "",
+        "| phase | question | run | host | code | status |",
+        "|---|---|---|---|---|---|",
     ]
     for r in runs:
+        kind = " (sweep)" if r.info.get("kind") == "sweep" else ""
+        commit = str(r.info.get("fingerprint", {}).get("git_commit", "?"))
+        code = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
         parts.append(
-            f"| {r.phase} | `{r.run_id}` | {r.info.get('status')} | `{reproduce_command(r.info)}` |"
+            f"| {r.phase}{kind} | {phases.title(r.phase)} | [`{r.run_id}`]({r.run_id}/"
+            f"{r.phase}.md) | {host_names[r.run_id]} | `{code}` | {r.info.get('status')} |"
         )
-    missing = [p for p in phases.PHASES if p not in {r.phase for r in runs}]
+    for host, (text, *ids) in members.items():
+        parts += ["", f"**{host}** ({len(ids)} run(s)):", "", "```", text, "```"]
+    rows = []
+    for r in plain:
+        rows += summary_rows(r.phase, r.read_frame(r.phase), r.info)
+    parts += [
+        "",
+        "## Summary",
+        "",
+        "Each optimisation against the original setting, measured in the phase's "
+        "representative run: medians, their ratio with a bootstrap 95% CI, and the verdict "
+        "of a Mann–Whitney test across trials (not a single-run percentage). Beside each row, "
+        "what the original study claimed.",
+        "",
+        table(pd.DataFrame(rows)) if rows else "_(no phase run yet)_",
+        "",
+    ]
+    missing = _not_measured(runs, members)
     if missing:
-        parts += ["", f"Phases with no stored run: {', '.join(missing)}."]
-    hosts = {}
-    for r in runs:
-        text = format_fingerprint(r.info.get("fingerprint", {}))
-        hosts.setdefault(text, []).append(r.run_id)
-    parts += ["", "## Hosts", ""]
-    for text, ids in hosts.items():
-        parts += [f"Runs {', '.join(f'`{i}`' for i in ids)}:", "", "```", text, "```", ""]
+        parts += ["### Not measured", "", *missing, ""]
     for r in runs:
         # one folder per run: two runs of a phase must not overwrite each other's plots
-        section = phase_section(r.phase, r, plots_root / r.run_id, root)
-        parts += ["", section.rstrip(), ""]
-        parts += [f"_Source: `{r.run_id}`; reproduce with `{reproduce_command(r.info)}`._", ""]
+        heading, body = _demote(phase_section(r.phase, r, plots_root / r.run_id, root))
+        parts += ["", heading or f"## {r.phase}", ""]
+        vs = variants.get(r.phase, [])
+        if r.info.get("kind") != "sweep" and len(vs) > 1:
+            parts += [
+                "### Variants of this phase",
+                "",
+                "The newest run of each variant, side by side; the first is the one detailed "
+                "below.",
+                "",
+                _variants_table(r.phase, vs, host_names),
+                "",
+            ]
+        parts += [body, ""]
+        parts += [
+            f"_Source: [`{r.run_id}`]({r.run_id}/{r.phase}.md) on {host_names[r.run_id]}; "
+            f"reproduce with `{reproduce_command(r.info)}`._",
+            "",
+        ]
     out = root / FINAL_NAME
     results.atomic_write_text(out, "\n".join(parts).rstrip() + "\n")
     return out
