@@ -94,6 +94,10 @@ def test_run_sweep_recommend_and_config_round_trip(tmp_path):
     """`mateperf run cpu` from another folder, then its recommended.json through --config."""
     r = mateperf(tmp_path, "run", "cpu", *small_cpu_args())
     assert r.returncode == 0, r.stderr[-3000:]
+    # the console: the phase's progress and its result, not papermill's or the kernel's logs
+    assert "[cpu] recommended for companion" in r.stderr
+    for noise in ("Executing Cell", "IPKernelApp", "llama_", "Executing:"):
+        assert noise not in r.stderr + r.stdout, noise
     (run_dir,) = (tmp_path / "results").glob("*-cpu-*")
     df = pd.read_parquet(run_dir / "cpu.parquet")
     usable = usable_cpus()
