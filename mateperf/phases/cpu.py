@@ -64,6 +64,20 @@ def _items(name: str, text) -> list[str]:
     return items
 
 
+def _whole_numbers(name: str, text, what: str) -> list[int]:
+    """A comma-separated list of whole numbers of at least 1, sorted, duplicates dropped."""
+    values = []
+    for item in _items(name, text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise ParameterError(f"parameter {name}={text!r}: {item!r} is not {what}") from None
+        if value < 1:
+            raise ParameterError(f"parameter {name}={text!r}: {value} must be at least 1")
+        values.append(value)
+    return sorted(set(values))
+
+
 def parse_threads(name: str, text, usable: int, same_as: list[int] | None = None) -> list[int]:
     """`auto` (1..usable), `same` (as n_threads) or a list of thread counts, each 1..usable."""
     word = str(text).strip().lower()
@@ -71,41 +85,19 @@ def parse_threads(name: str, text, usable: int, same_as: list[int] | None = None
         return list(range(1, usable + 1))
     if word == "same" and same_as is not None:
         return list(same_as)
-    values = []
-    for item in _items(name, text):
-        try:
-            value = int(item)
-        except ValueError:
-            raise ParameterError(
-                f"parameter {name}={text!r}: {item!r} is not a thread count "
-                f"(use 'auto' or whole numbers 1..{usable})"
-            ) from None
-        if value < 1:
-            raise ParameterError(f"parameter {name}={text!r}: {value} threads is impossible")
-        if value > usable:
-            raise ParameterError(
-                f"parameter {name}={text!r}: {value} threads is more than the {usable} CPUs "
-                "this process may use (affinity and cgroup quota)"
-            )
-        values.append(value)
-    return sorted(set(values))
+    values = _whole_numbers(name, text, f"a thread count (use 'auto' or whole numbers 1..{usable})")
+    if values[-1] > usable:
+        raise ParameterError(
+            f"parameter {name}={text!r}: {values[-1]} threads is more than the {usable} CPUs "
+            "this process may use (affinity and cgroup quota)"
+        )
+    return values
 
 
 def parse_sizes(name: str, text, same_as: list[int] | None = None) -> list[int]:
     if str(text).strip().lower() == "same" and same_as is not None:
         return list(same_as)
-    values = []
-    for item in _items(name, text):
-        try:
-            value = int(item)
-        except ValueError:
-            raise ParameterError(
-                f"parameter {name}={text!r}: {item!r} is not a whole number"
-            ) from None
-        if value < 1:
-            raise ParameterError(f"parameter {name}={text!r}: {value} must be at least 1")
-        values.append(value)
-    return sorted(set(values))
+    return _whole_numbers(name, text, "a whole number")
 
 
 def parse_loads(text) -> list[float]:
@@ -321,10 +313,7 @@ def run(
 
 
 def kept(df: pd.DataFrame) -> pd.DataFrame:
-    d = metrics.without_warmup(df)
-    if "error" in d.columns:
-        d = d[d["error"].fillna("") == ""]
-    return d
+    return metrics.completed(df)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

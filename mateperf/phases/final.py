@@ -424,10 +424,7 @@ def run(
 
 
 def kept(df: pd.DataFrame) -> pd.DataFrame:
-    d = metrics.without_warmup(df)
-    if "error" in d.columns:
-        d = d[d["error"].fillna("") == ""]
-    return d
+    return metrics.completed(df)
 
 
 def trial_table(df: pd.DataFrame) -> pd.DataFrame:
