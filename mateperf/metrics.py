@@ -198,6 +198,15 @@ def without_warmup(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def completed(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that count in a phase that records failed trials (an `error` column): warm-ups
+    and failures left out."""
+    d = without_warmup(df)
+    if "error" in d.columns:
+        d = d[d["error"].fillna("") == ""]
+    return d
+
+
 def replicate_keys(df: pd.DataFrame) -> list[str]:
     """The columns that name one independent replicate: a sweep's round, then the trial."""
     return [c for c in ("round", "trial") if c in df.columns]
