@@ -102,6 +102,9 @@ IPC_METRICS = (
     _m("total_ms", "ms", LOWER, TRIAL, SPEED, "whole sequence"),
     _m("throughput_cmd_per_s", "commands/s", HIGHER, TRIAL, SPEED, "throughput"),
     _m("applied_ms", "ms", LOWER, TRIAL, SPEED, "until all applied"),
+    # frame_cost: one row per frame (many per trial, like requests): the peer's main-thread
+    # time in Tick, the cost the bridge adds to every frame of the game
+    _m("tick_us", "µs", LOWER, REQUEST, SPEED, "main-thread Tick per frame"),
 )
 
 # -- phase 4, cpu -------------------------------------------------------------------------------
@@ -146,7 +149,7 @@ _BY_PHASE: dict[str, tuple[Metric, ...]] = {
 IDENTITY: dict[str, tuple[str, ...]] = {
     "memory": (),
     "llm": ("scenario", "arm"),
-    "ipc": ("scenario", "mode", "fps", "target_bytes", "batch_size"),
+    "ipc": ("scenario", "mode", "fps", "target_bytes", "batch_size", "commands_per_frame"),
     "cpu": ("background", "frame_busy", "n_threads", "n_threads_batch", "n_batch", "n_ubatch"),
     "final": ("arm", "peer"),
 }

@@ -2,7 +2,8 @@
 
 Never asserts on timings, except the known answer of an injected apply delay; it checks shape,
 counts, that per-trial values are stored once per trial, that warm-ups stay out of the
-statistics, that batching completes in fewer frames, and that the report is deterministic.
+statistics, that batching completes in fewer frames, that frame_cost reads one row per peer
+frame with the load it asked for, and that the report is deterministic.
 """
 
 import json
@@ -27,6 +28,8 @@ SMALL = {
     "batch_commands": 20,
     "batch_size": 10,
     "warmup": 3,
+    "frame_cost_frames": 20,
+    "frame_cost_loads": "0,10",
 }
 
 
@@ -40,7 +43,8 @@ def small_run(request) -> pd.DataFrame:
 def test_rows_per_request_for_every_scenario_and_mode(small_run):
     df = small_run
     assert set(df["scenario"]) == set(ipc.SCENARIOS)
-    assert set(df["record"]) == {"request", "trial"}
+    assert set(df["record"]) == {"request", "frame", "trial"}
+    assert set(df[df["record"] == "frame"]["scenario"]) == {"frame_cost"}
     requests = df[df["record"] == "request"]
     counts = requests.groupby(["scenario", "mode", "fps", "trial"]).size()
     assert counts[("simple_commands", "floor", 0.0, 0)] == 30 + 3
@@ -86,6 +90,10 @@ def test_rows_are_matched_on_what_was_asked_not_on_incidental_columns(small_run)
     batching = df[df["scenario"] == "batching"]
     assert set(batching["batch_size"]) == {10}  # every arm of the comparison, trial rows too
     assert df[df["scenario"] != "batching"]["batch_size"].isna().all()
+    cost = df[df["scenario"] == "frame_cost"]
+    assert set(cost["commands_per_frame"]) == {0, 10}  # the loads, and 10 for the silent client
+    assert df[df["scenario"] != "frame_cost"]["commands_per_frame"].isna().all()
+    assert "frame_interval_us" not in declared and "frame_commands" not in declared
     assert df["fps"].notna().all() and df["scenario"].notna().all() and df["mode"].notna().all()
     assert "is_warmup" in df and "discarded" not in df
 
@@ -94,7 +102,8 @@ def _as_stored_before_trial_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The layout of runs stored before trial rows: per-trial values on every request row."""
     keys = ["scenario", "mode", "fps", "trial"]
     trials = df[df["record"] == "trial"][[*keys, *ipc.TRIAL_METRICS]]
-    requests = df[df["record"] == "request"].drop(columns=[*ipc.TRIAL_METRICS, "record"])
+    many = df[df["record"].isin(("request", "frame"))]
+    requests = many.drop(columns=[*ipc.TRIAL_METRICS, "record"])
     legacy = requests.merge(trials, on=keys, how="left")
     floor_tp = trials[(trials["scenario"] == "throughput") & (trials["mode"] == "floor")]
     copies = floor_tp.loc[floor_tp.index.repeat(5)].assign(is_warmup=False)
@@ -127,6 +136,32 @@ def test_at_60_fps_batches_take_fewer_frames_than_one_by_one(small_run):
         span = trial.groupby("mode")["frame"].agg(lambda f: f.max() - f.min() + 1)
         assert span["one_by_one"] >= 20 and span["batched"] <= 3
         assert span["batched"] < span["one_by_one"]
+
+
+def test_frame_cost_reads_the_peers_frame_log_per_arm(small_run):
+    df = small_run
+    frames = df[(df["scenario"] == "frame_cost") & (df["record"] == "frame")]
+    assert set(frames["mode"]) == {ipc.FRAME_COST_LOAD, ipc.FRAME_COST_NON_READING}
+    assert set(frames["fps"]) == {60.0}
+    assert frames["tick_us"].notna().all() and (frames["tick_us"] >= 0).all()
+    assert (frames["frame_interval_us"] > 0).all()
+    assert frames[list(ipc.REQUEST_METRICS[:3])].isna().all().all()  # no request metric on a frame
+    counted = frames[~frames["is_warmup"]]
+    for (mode, load, trial), arm in counted.groupby(["mode", "commands_per_frame", "trial"]):
+        assert len(arm) >= 10, (mode, load, trial)  # the peer kept producing frames
+        if mode == ipc.FRAME_COST_LOAD:
+            # one write per frame, acked before the next: the frames applied that load
+            assert arm["frame_commands"].median() == load, (load, arm["frame_commands"].tolist())
+        else:
+            assert arm["frame_commands"].sum() > 0  # the silent client's commands kept applying
+    table = ipc.frame_cost_table(df)
+    assert list(table["commands_per_frame"]) == [0, 10, 10]
+    assert list(table["mode"]) == ["commands", "commands", "non_reading_client"]
+    share = table["tick_p99_us"] / table["frame_us"] * 100
+    assert np.allclose(share, table["tick_p99_share_pct"]) and (table["trials"] == 2).all()
+    h = ipc.headline(df)
+    assert h["frame_cost_10_p50_us"] == table["tick_p50_us"].iloc[1]
+    assert h["frame_cost_non_reading_max_us"] == table["tick_max_us"].iloc[2]
 
 
 def test_summary_leaves_warmups_out_and_headline_has_the_must_show_figures(small_run):
@@ -171,6 +206,8 @@ def test_report_section_is_deterministic_with_relative_plot_links(small_run, tmp
         assert f"](plots/{name}.png)" in first
         assert (md_dir / "plots" / f"{name}.png").stat().st_size > 0
     assert "### Headline" in first and "| figure" in first
+    assert "### Frame cost: main-thread time in Tick per frame" in first
+    assert "% of 16.7 ms" in first and "non_reading_client" in first
 
 
 def test_parameters_cell_is_the_schema_and_bad_values_are_refused():
@@ -180,6 +217,7 @@ def test_parameters_cell_is_the_schema_and_bad_values_are_refused():
     assert phases.resolve_params("ipc", {"peer": "csharp", "fps": "30"})["fps"] == 30
     assert phases.resolve_params("ipc", {"apply_delay_ms": "5"})["apply_delay_ms"] == 5.0
     assert phases.defaults("ipc")["apply_delay_ms"] == ipc.DEFAULTS["apply_delay_ms"] == 0.0
+    assert {k: v for k, v in schema.items() if k != "run_dir"} == ipc.DEFAULTS
     for bad in (
         {"peer": "rust"},
         {"fps": "-1"},
@@ -187,6 +225,9 @@ def test_parameters_cell_is_the_schema_and_bad_values_are_refused():
         {"scenarios": "nope"},
         {"apply_delay_ms": "-1"},
         {"apply_delay_ms": "slow"},
+        {"frame_cost_loads": "1,x"},
+        {"frame_cost_loads": "-1"},
+        {"frame_cost_frames": "0"},
     ):
         with pytest.raises(ParameterError):
             phases.resolve_params("ipc", bad)

@@ -1,7 +1,9 @@
 // Unity entry point: a thin MonoBehaviour over BridgeServer (Core/, no UnityEngine there).
 // Socket threads queue; Update() runs BridgeServer.Tick() once per frame on the main thread,
-// the only thread allowed to touch the VRM avatar. Not compiled by the tests (no UnityEngine
-// under Mono); everything it calls is.
+// the only thread allowed to touch the VRM avatar. Tick never waits on the network, never lets an
+// avatar exception out, and applies at most the frame budget below. The tests compile this file
+// against a stub of the UnityEngine types it uses (tests/unity_stub/) and run it under Mono.
+using System;
 using MatePerf.Bridge;
 using UnityEngine;
 
@@ -12,6 +14,10 @@ public sealed class PythonBridge : MonoBehaviour
     [SerializeField] bool legacyProtocol = false;
     [Tooltip("A component implementing MatePerf.Bridge.IAvatar over the VRM model")]
     [SerializeField] MonoBehaviour avatarComponent;
+    [Tooltip("Frame budget: commands applied per frame at most (a batch counts its commands); 0 = no limit")]
+    [SerializeField] int maxCommandsPerFrame = 0;
+    [Tooltip("Frame budget: microseconds of bridge work per frame at most; 0 = no limit")]
+    [SerializeField] float maxTickMicroseconds = 2000f;
 
     BridgeServer server;
 
@@ -23,14 +29,31 @@ public sealed class PythonBridge : MonoBehaviour
             Debug.LogWarning("PythonBridge: no IAvatar component set; using an in-memory AvatarState");
             avatar = new AvatarState();
         }
-        server = new BridgeServer(avatar, bindAddress, port, legacyProtocol);
-        server.Start();
+        try
+        {
+            server = new BridgeServer(avatar, bindAddress, port, legacyProtocol)
+            {
+                MaxCommandsPerFrame = maxCommandsPerFrame,
+                MaxTickMicros = maxTickMicroseconds,
+                Log = message => Debug.LogWarning("PythonBridge: " + message),
+            };
+            server.Start();
+        }
+        catch (Exception e)  // a taken port (another Desktop-Mate running?) or a bad address
+        {
+            Debug.LogError("PythonBridge: cannot listen on " + bindAddress + ":" + port + " (" + e.Message
+                           + "); is another instance running? The bridge is disabled.");
+            if (server != null) server.Dispose();
+            server = null;
+            enabled = false;
+            return;
+        }
         Debug.Log("PythonBridge listening on " + bindAddress + ":" + server.Port);
     }
 
     void Update()
     {
-        server.Tick();
+        if (server != null) server.Tick();
     }
 
     void OnDestroy()

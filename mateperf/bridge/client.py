@@ -474,7 +474,28 @@ class UnityBridge:
         """The peer's counters and avatar state (a mateperf peer only)."""
         if self.legacy:
             raise BridgeError("a legacy peer has no stats command")
-        ack = self.request("stats", None, timeout_s)
+        return self._query("stats", None, timeout_s)
+
+    def frame_stats(self, reset: bool = True, timeout_s: float | None = None) -> dict:
+        """The peer's frames since the last reset (a mateperf peer only), oldest first.
+
+        ``frames`` (int), ``frame_interval_us`` and ``tick_us`` (lists of ints, µs: start of a
+        frame to the start of the next; main-thread time in Tick without the frame's busy
+        spin), ``commands`` and ``queue_depth`` (per frame: commands applied, requests left
+        queued), ``fps`` and ``frame_busy`` (floats). ``reset`` clears the peer's window after
+        the reply; the peer keeps at most its last 65536 frames.
+        """
+        if self.legacy:
+            raise BridgeError("a legacy peer has no frame_stats command")
+        return self._query("frame_stats", {"reset": bool(reset)}, timeout_s)
+
+    def _query(self, command: str, data: dict | None, timeout_s: float | None) -> dict:
+        try:
+            ack = self.request(command, data, timeout_s)
+        except CommandRejected:
+            self.counters.sent -= 1
+            self.counters.rejected -= 1
+            raise
         # peers never count queries; keep the client's counters comparable with theirs
         self.counters.sent -= 1
         self.counters.acked -= 1

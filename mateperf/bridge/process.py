@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.protocol import DEFAULT_HOST, MAX_LINE_BYTES
 
 PEER_KINDS = ("python", "csharp")
@@ -43,6 +44,20 @@ class PeerProcess:
     port: int
     host: str = DEFAULT_HOST
     _lines: queue.Queue = field(default_factory=queue.Queue, repr=False)
+    # every line the peer printed that was read so far (its log lines on stderr included)
+    output: list[str] = field(default_factory=list, repr=False)
+
+    def read_output(self) -> list[str]:
+        """Collect what the peer printed since the last call, without waiting; all of it."""
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                return self.output
+            if line is None:
+                self._lines.put(None)  # keep the end marker for stop()
+                return self.output
+            self.output.append(line)
 
     def stop(self, timeout_s: float = 10.0) -> dict:
         """Stop gracefully; return the peer's final counters (empty if it died)."""
@@ -57,6 +72,7 @@ class PeerProcess:
                 line = self._lines.get(timeout=timeout_s)
                 if line is None:
                     break
+                self.output.append(line)
                 msg = _parse(line)
                 if msg.get("event") == "stopped":
                     counters = msg.get("counters", {})
@@ -140,7 +156,9 @@ def use_fresh_csharp_build(out_dir: Path) -> Path:
     return _session_exe["exe"]
 
 
-def _spawn(cmd: list[str], kind: str, host: str, startup_timeout_s: float) -> PeerProcess:
+def _spawn(
+    cmd: list[str], kind: str, host: str, startup_timeout_s: float, env: dict | None = None
+) -> PeerProcess:
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.PIPE,
@@ -148,6 +166,7 @@ def _spawn(cmd: list[str], kind: str, host: str, startup_timeout_s: float) -> Pe
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        env=None if env is None else {**os.environ, **env},
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
@@ -160,7 +179,7 @@ def _spawn(cmd: list[str], kind: str, host: str, startup_timeout_s: float) -> Pe
             seen.append(line)
             msg = _parse(line)
             if msg.get("event") == "listening":
-                return PeerProcess(kind, proc, int(msg["port"]), host, lines)
+                return PeerProcess(kind, proc, int(msg["port"]), host, lines, seen)
     except queue.Empty:
         proc.kill()
         proc.wait()
@@ -178,18 +197,52 @@ def start_peer(
     max_line_bytes: int = MAX_LINE_BYTES,
     startup_timeout_s: float = 20.0,
     apply_delay_ms: float = 0.0,
+    frame_busy: float = 0.0,
+    *,
+    max_ack_buffer_bytes: int | None = None,
+    id_window: int | None = None,
+    max_commands_per_frame: int = 0,
+    max_tick_us: float = 0.0,
+    missing_blendshapes: tuple[str, ...] = (),
+    env: dict | None = None,
 ) -> PeerProcess:
     """Start a peer in its own process and wait until it listens.
 
     ``apply_delay_ms``: the peer's main thread spends that long on every command it applies
     (a slow avatar, the known answer of the latency benchmarks).
+    ``frame_busy``: share of each paced frame (fps > 0) the peer's main thread busy-spins after
+    its tick, in [0, 1): Unity's own per-frame work.
+    ``max_ack_buffer_bytes``: unsent response bytes a connection may hold before its client is
+    dropped as not reading (None: the peer's default, 1 MiB). ``id_window``: request ids kept
+    per connection for duplicate detection (None: 4096). ``max_commands_per_frame`` and
+    ``max_tick_us``: the frame budget (0: no limit). ``missing_blendshapes``: names the avatar
+    raises on in set_expression (a real fault for the isolation tests). ``env``: variables
+    added to the peer's environment (a locale, say).
     """
     if apply_delay_ms < 0:
         raise ValueError(f"apply_delay_ms must be >= 0, got {apply_delay_ms}")
+    frame_busy = check_frame_busy(frame_busy)
+    for name, value in (("max_ack_buffer_bytes", max_ack_buffer_bytes), ("id_window", id_window)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if max_commands_per_frame < 0 or max_tick_us < 0:
+        raise ValueError("max_commands_per_frame and max_tick_us must be >= 0 (0: no limit)")
     args = ["--host", host, "--port", str(port), "--fps", str(fps)]
     args += ["--max-line-bytes", str(max_line_bytes)] + (["--legacy"] if legacy else [])
     if apply_delay_ms:
         args += ["--apply-delay-ms", repr(float(apply_delay_ms))]
+    if frame_busy:
+        args += ["--frame-busy", repr(frame_busy)]
+    if max_ack_buffer_bytes is not None:
+        args += ["--max-ack-buffer-bytes", str(int(max_ack_buffer_bytes))]
+    if id_window is not None:
+        args += ["--id-window", str(int(id_window))]
+    if max_commands_per_frame:
+        args += ["--max-commands-per-frame", str(int(max_commands_per_frame))]
+    if max_tick_us:
+        args += ["--max-tick-us", repr(float(max_tick_us))]
+    for name in missing_blendshapes:
+        args += ["--missing-blendshape", name]
     if kind == "python":
         cmd = [sys.executable, "-m", "mateperf.bridge.peer", *args]
     elif kind == "csharp":
@@ -198,7 +251,19 @@ def start_peer(
         cmd = ["mono", "--gc=sgen", str(exe), *args]
     else:
         raise ValueError(f"peer must be one of {PEER_KINDS}, got {kind!r}")
-    return _spawn(cmd, kind, host, startup_timeout_s)
+    return _spawn(cmd, kind, host, startup_timeout_s, env)
+
+
+def start_program(
+    cmd: list[str],
+    kind: str,
+    host: str = DEFAULT_HOST,
+    startup_timeout_s: float = 20.0,
+    env: dict | None = None,
+) -> PeerProcess:
+    """Start any program that speaks the peer stdio contract (a harness around PythonBridge.cs,
+    say) and wait until it listens."""
+    return _spawn(cmd, kind, host, startup_timeout_s, env)
 
 
 def start_floor(

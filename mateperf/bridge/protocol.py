@@ -29,7 +29,7 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _DECODER = json.JSONDecoder()
 
 # Commands that answer with data instead of changing the avatar; never counted.
-QUERY_COMMANDS = frozenset({"stats"})
+QUERY_COMMANDS = frozenset({"stats", "frame_stats"})
 
 
 class ProtocolError(ValueError):
@@ -90,6 +90,7 @@ COMMANDS: dict[str, dict[str, Field]] = {
     "echo": {"payload": Field("string")},
     "batch": {"commands": Field("list")},
     "stats": {},
+    "frame_stats": {"reset": Field("bool", required=False)},
 }
 
 
@@ -267,9 +268,20 @@ class AvatarState:
     head_max_angle: float = 10.0
     echo_bytes: int = 0
     commands_applied: int = 0
+    # blendshapes this model lacks: set_expression of one raises, as a real VRM rig would
+    missing_blendshapes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.expressions: dict[str, float] = {}
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        """What `restore` needs to undo the commands applied after this call (a failed batch)."""
+        return dict(self.__dict__), dict(self.expressions)
+
+    def restore(self, checkpoint: tuple[dict, dict]) -> None:
+        fields, expressions = checkpoint
+        self.__dict__.update(fields)
+        self.expressions = expressions
 
     def apply(self, command: str, data: dict) -> None:
         handler: Callable[[dict], None] = getattr(self, f"_{command}")
@@ -284,6 +296,8 @@ class AvatarState:
         self.expressions.clear()
 
     def _set_expression(self, data: dict) -> None:
+        if data["name"] in self.missing_blendshapes:
+            raise LookupError(f"no blendshape {data['name']!r} on this model")
         self.expressions[data["name"]] = float(data["value"])
 
     def _reset_expressions(self, data: dict) -> None:

@@ -15,22 +15,31 @@ Scenarios (column `scenario`; `mode` says how it was driven):
   original_method      the original study's loop against a legacy peer: time `sendall` only,
                        with and without `sleep(0.001)`; `applied_ms` is when the avatar really
                        had them all (a trailing load_model, acked after it is applied)
+  frame_cost           the peer's main-thread time in Tick per frame (`tick_us`, from its
+                       frame log) at each of `frame_cost_loads` commands per frame (mode
+                       `commands`), and with a client that stopped reading and whose socket is
+                       full (mode `non_reading_client`); a peer of its own at `fps` (60 when
+                       unpaced), `frame_cost_frames` frames per arm
 
 Scenarios run interleaved inside each trial (trial 0 runs them all, then trial 1 ...), so drift
 hits every arm alike, and each trial starts its own floor and peer processes, so a trial
 replicates what a run would. Each arm's first `warmup` requests per trial are kept with
 `is_warmup=True` and left out of every summary.
 
-The frame holds two kinds of rows (column `record`):
+The frame holds three kinds of rows (column `record`):
   request  one per request (or per command of a batch): the request-level metrics of
            mateperf.metrics.IPC_METRICS (rtt_us, sendall_us, peer_queue_us) and what describes
            the request without being a metric (completion_ms: rtt_us in ms; since_start_ms,
            frame, size_bytes, command, seq);
+  frame    one per peer frame (frame_cost): tick_us, and what describes the frame
+           (frame_interval_us, frame_commands applied, queue_depth left, seq);
   trial    one per arm and trial, where the arm has a whole-sequence figure: the trial-level
            metrics (total_ms, throughput_cmd_per_s, applied_ms), stored once, never copied onto
            request rows.
-Both carry the arm's identity (mateperf.metrics.IDENTITY["ipc"]): scenario, mode, fps,
-target_bytes (message_sizes rows; NaN elsewhere) and batch_size (batching rows; NaN elsewhere).
+Request and frame rows are many per trial (metric level REQUEST); both reduce per trial.
+All carry the arm's identity (mateperf.metrics.IDENTITY["ipc"]): scenario, mode, fps,
+target_bytes (message_sizes rows; NaN elsewhere), batch_size (batching rows; NaN elsewhere)
+and commands_per_frame (frame_cost rows; NaN elsewhere).
 A metric of the other kind is NaN on a row. Requests of one trial share its conditions, so
 every comparison here is across trials: request metrics through their per-trial medians.
 
@@ -68,6 +77,7 @@ SCENARIOS = (
     "expression_commands",
     "batching",
     "original_method",
+    "frame_cost",
 )
 REQUEST_METRICS = tuple(m.name for m in metrics.IPC_METRICS if m.level == metrics.REQUEST)
 TRIAL_METRICS = tuple(m.name for m in metrics.IPC_METRICS if m.level == metrics.TRIAL)
@@ -76,11 +86,24 @@ IDENTITY = metrics.IDENTITY[PHASE]
 
 # column `record`: what a row is
 RECORD = "record"
-REQUEST_ROW, TRIAL_ROW = "request", "trial"
+REQUEST_ROW, FRAME_ROW, TRIAL_ROW = "request", "frame", "trial"
 # describe a request without being metrics: rtt_us again in ms (one measurement, declared
 # once), a timestamp, a frame number, bytes that depend on the digits of the request id, the
-# arm's request counter
-REQUEST_FIELDS = ("completion_ms", "since_start_ms", "frame", "size_bytes", "seq")
+# arm's request counter; and a frame: its interval (pacing, not a cost the bridge adds), the
+# commands it applied and the requests it left queued
+REQUEST_FIELDS = (
+    "completion_ms",
+    "since_start_ms",
+    "frame",
+    "size_bytes",
+    "seq",
+    "frame_interval_us",
+    "frame_commands",
+    "queue_depth",
+)
+# frame_cost's modes: a steady load of commands per frame, or a client whose socket is full
+FRAME_COST_LOAD, FRAME_COST_NON_READING = "commands", "non_reading_client"
+NON_READING_COMMANDS_PER_FRAME = 10
 
 DEFAULTS = {
     "peer": "python",
@@ -105,6 +128,9 @@ DEFAULTS = {
     # ms the peers' main thread spends on every command it applies (a slow avatar), as a
     # known answer: 0 measures the bridge itself.
     "apply_delay_ms": 0.0,
+    # frame_cost: frames per arm and trial, and the commands per frame of its load arms
+    "frame_cost_frames": 60,
+    "frame_cost_loads": "0,1,10,100",
 }
 
 
@@ -120,6 +146,20 @@ def parse_sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 48 or max(sizes) > (1 << 20) - 1:
         raise ParameterError(f"parameter sizes={text!r}: each size must be in 48..1048575 bytes")
     return sizes
+
+
+def parse_loads(text: str) -> list[int]:
+    try:
+        loads = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise ParameterError(
+            f"parameter frame_cost_loads={text!r}: expected comma-separated ints"
+        ) from None
+    if not loads or min(loads) < 0 or max(loads) > 1000:
+        raise ParameterError(
+            f"parameter frame_cost_loads={text!r}: each load must be 0..1000 commands per frame"
+        )
+    return loads
 
 
 def parse_scenarios(text: str) -> list[str]:
@@ -139,7 +179,7 @@ def validate(params: dict) -> None:
     for name in ("trials", "requests", "paced_requests", "size_requests", "throughput_requests"):
         if name in params and int(params[name]) < 1:
             raise ParameterError(f"parameter {name}={params[name]!r}: must be >= 1")
-    for name in ("window", "batch_size", "batch_commands"):
+    for name in ("window", "batch_size", "batch_commands", "frame_cost_frames"):
         if name in params and int(params[name]) < 1:
             raise ParameterError(f"parameter {name}={params[name]!r}: must be >= 1")
     if int(params.get("warmup", 0)) < 0:
@@ -158,6 +198,7 @@ def validate(params: dict) -> None:
         allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
         raise ParameterError(f"parameter pin_cpu={pin}: expected -1 or one of CPUs {allowed}")
     parse_sizes(params.get("sizes", DEFAULTS["sizes"]))
+    parse_loads(params.get("frame_cost_loads", DEFAULTS["frame_cost_loads"]))
     parse_scenarios(params.get("scenarios", DEFAULTS["scenarios"]))
 
 
@@ -179,6 +220,8 @@ class Arm:
     per_trial: dict[str, float] = field(default_factory=dict)
     target_bytes: float = math.nan
     batch_size: float = math.nan
+    commands_per_frame: float = math.nan
+    record: str = REQUEST_ROW  # what `requests` holds: request rows, or frame rows
 
 
 def _ack_row(ack: Ack, start_ns: int) -> dict:
@@ -229,6 +272,7 @@ class _Lab:
         self.peer_kind = peer
         self.fps = fps
         self.timeout_s = timeout_s
+        self.apply_delay_ms = apply_delay_ms
         self.floor_proc = stack.enter_context(start_floor())
         self.floor = stack.enter_context(FloorClient("127.0.0.1", self.floor_proc.port))
         self.peers: dict[float, PeerProcess] = {}
@@ -423,6 +467,118 @@ def _scenario_original(lab: _Lab, p: dict) -> Iterator[Arm]:
         yield Arm(mode, lab.fps, rows, {"total_ms": total, "applied_ms": applied})
 
 
+def _frame_rows(stats: dict, warmup: int) -> list[dict]:
+    """One row per frame of a frame_stats reply; the first `warmup` frames are warm-ups (the
+    frame that answered the reset query before them is one)."""
+    rows = []
+    for i, (interval, tick, commands, depth) in enumerate(
+        zip(
+            stats["frame_interval_us"],
+            stats["tick_us"],
+            stats["commands"],
+            stats["queue_depth"],
+            strict=True,
+        )
+    ):
+        rows.append(
+            {
+                "tick_us": float(tick),
+                "frame_interval_us": float(interval),
+                "frame_commands": float(commands),
+                "queue_depth": float(depth),
+                "is_warmup": i < warmup,
+            }
+        )
+    return rows
+
+
+def _fill_socket(port: int, probe: UnityBridge, timeout_s: float) -> tuple[socket.socket, int]:
+    """A client that sends and never reads, flooding until the peer holds some of its acks
+    unsent (its socket is full): the state in which a blocking send would stall the frame."""
+    silent = socket.socket()
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    silent.connect(("127.0.0.1", port))
+    deadline = time.monotonic() + timeout_s
+    request_id = 0
+    while probe.stats()["bridge"]["ack_buffer_bytes"] == 0:
+        if time.monotonic() > deadline:
+            silent.close()
+            raise TimeoutError("frame_cost: the non-reading client's socket never filled")
+        lines = [encode_request("echo", {"payload": "x"}, request_id + i) for i in range(500)]
+        request_id += len(lines)
+        silent.sendall(b"".join(lines))
+    return silent, request_id
+
+
+def _scenario_frame_cost(lab: _Lab, p: dict) -> Iterator[Arm]:
+    """Tick time per frame at a steady load, then with a non-reading client: a peer of its own,
+    so the client that never reads (and is counted only by the peer) leaves the others alone."""
+    fps = lab.fps or 60.0
+    period_s = 1.0 / fps
+    n_frames, warmup = p["frame_cost_frames"], 2
+    with ExitStack() as stack:
+        proc = stack.enter_context(
+            start_peer(lab.peer_kind, fps=fps, apply_delay_ms=lab.apply_delay_ms)
+        )
+        bridge = stack.enter_context(
+            UnityBridge(port=proc.port, request_timeout_s=lab.timeout_s).connect()
+        )
+        for load in parse_loads(p["frame_cost_loads"]):
+            commands = [_simple(i) for i in range(load)]
+            bridge.frame_stats(reset=True)
+            end = time.monotonic() + (n_frames + warmup) * period_s
+            while time.monotonic() < end:
+                if load:
+                    # sent right after the previous ack: one frame applies all `load` of them
+                    for pending in bridge.submit_many(commands):
+                        bridge.wait(pending)
+                else:
+                    time.sleep(period_s)
+            rows = _frame_rows(bridge.frame_stats(reset=True), warmup)
+            yield Arm(FRAME_COST_LOAD, fps, rows, commands_per_frame=load, record=FRAME_ROW)
+
+        silent, request_id = _fill_socket(proc.port, bridge, lab.timeout_s * 4)
+        bridge.frame_stats(reset=True)
+        end = time.monotonic() + (n_frames + warmup) * period_s
+        next_at = time.monotonic()
+        while time.monotonic() < end:
+            lines = [
+                encode_request(*_simple(i), request_id + i)
+                for i in range(NON_READING_COMMANDS_PER_FRAME)
+            ]
+            request_id += len(lines)
+            try:
+                silent.sendall(b"".join(lines))
+            except OSError:
+                break  # dropped by the peer at its bound: the frames so far are the arm
+            next_at += period_s
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        stats = bridge.frame_stats(reset=True)
+        state = bridge.stats()
+        silent.close()
+        rows = _frame_rows(stats, warmup)
+        yield Arm(
+            FRAME_COST_NON_READING,
+            fps,
+            rows,
+            commands_per_frame=NON_READING_COMMANDS_PER_FRAME,
+            record=FRAME_ROW,
+        )
+        client = bridge.counters.as_dict()
+        bridge.close()
+        counters = proc.stop()
+        # the peer counts the silent client too: check its own books and the client's acks
+        if (
+            counters.get("received") != counters.get("applied", 0) + counters.get("rejected", 0)
+            or client["sent"] != client["acked"]
+        ):
+            raise CountersMismatch(f"frame_cost peer counted {counters}, the client {client}")
+        _progress(
+            f"frame_cost: non-reading client held {state['bridge']['ack_buffer_bytes']} bytes "
+            f"of acks unsent, dropped clients {state['counters']['dropped_clients']}"
+        )
+
+
 SCENARIO_RUNNERS = {
     "simple_commands": _scenario_simple,
     "message_sizes": _scenario_sizes,
@@ -430,6 +586,7 @@ SCENARIO_RUNNERS = {
     "expression_commands": _scenario_expressions,
     "batching": _scenario_batching,
     "original_method": _scenario_original,
+    "frame_cost": _scenario_frame_cost,
 }
 
 
@@ -453,7 +610,7 @@ def _arm_frame(scenario: str, trial: int, arm: Arm) -> pd.DataFrame:
     parts = []
     if arm.requests:
         requests = pd.DataFrame(arm.requests)
-        requests[RECORD] = REQUEST_ROW
+        requests[RECORD] = arm.record
         requests["seq"] = np.arange(len(requests), dtype=float)
         if "is_warmup" not in requests:
             requests["is_warmup"] = False
@@ -467,6 +624,7 @@ def _arm_frame(scenario: str, trial: int, arm: Arm) -> pd.DataFrame:
     frame["fps"] = float(arm.fps)
     frame["target_bytes"] = float(arm.target_bytes)
     frame["batch_size"] = float(arm.batch_size)
+    frame["commands_per_frame"] = float(arm.commands_per_frame)
     return frame
 
 
@@ -525,7 +683,8 @@ def run(**params) -> pd.DataFrame:
 
 
 def split_records(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(request rows, trial rows) of a stored frame, warm-ups left out.
+    """(request and frame rows, trial rows) of a stored frame, warm-ups left out: the rows
+    that are many per trial, and the rows that are one per trial.
 
     Frames stored before trial rows existed carry each per-trial value copied onto every
     request row of its arm and trial; one trial row per arm and trial is rebuilt from them,
@@ -533,7 +692,7 @@ def split_records(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     df = metrics.without_warmup(df)
     if RECORD in df.columns:
-        return df[df[RECORD] == REQUEST_ROW], df[df[RECORD] == TRIAL_ROW]
+        return df[df[RECORD].isin((REQUEST_ROW, FRAME_ROW))], df[df[RECORD] == TRIAL_ROW]
     copied = [c for c in TRIAL_METRICS if c in df.columns]
     requests = df.assign(**{c: np.nan for c in copied})
     if not copied:
@@ -589,6 +748,39 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 rows.append(row)
     columns = [*keys, "metric", "level", "trials", *stats.SUMMARY_KEYS]
     return pd.DataFrame(rows, columns=columns)
+
+
+def frame_cost_table(df: pd.DataFrame, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """frame_cost per arm: Tick time per frame (µs) and as a share of the frame period (%).
+
+    p50 is the median across trials of each trial's median frame (with its 95% CI); p99 and
+    max describe all frames of all trials, the frames a player sees.
+    """
+    summary = summarize(df) if summary is None else summary
+    sel = summary[(summary["scenario"] == "frame_cost") & (summary["metric"] == "tick_us")]
+    rows = []
+    for _, r in sel.iterrows():
+        frame_us = 1e6 / float(r["fps"])
+        row = {
+            "mode": r["mode"],
+            "commands_per_frame": float(r["commands_per_frame"]),
+            "fps": float(r["fps"]),
+            "frame_us": frame_us,
+            "trials": int(r["trials"]),
+            "frames": int(r["n"]),
+        }
+        for stat, key in (("p50", "median"), ("p99", "p99"), ("max", "max")):
+            row[f"tick_{stat}_us"] = float(r[key])
+            row[f"tick_{stat}_share_pct"] = float(r[key]) / frame_us * 100
+        row["tick_p50_ci_us"] = (float(r["ci_low"]), float(r["ci_high"]))
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out):
+        order = {FRAME_COST_LOAD: 0, FRAME_COST_NON_READING: 1}
+        out = out.sort_values(
+            ["mode", "commands_per_frame"], key=lambda c: c.map(order) if c.name == "mode" else c
+        ).reset_index(drop=True)
+    return out
 
 
 def _arm(rows: pd.DataFrame, scenario: str, mode: str, **where) -> pd.DataFrame:
@@ -649,6 +841,15 @@ def headline(df: pd.DataFrame) -> dict:
             ab = stats.compare(totals["batched"], totals["one_by_one"])
             out[f"{tag}_one_by_one_over_batched_total"] = ab.ratio
             out[f"{tag}_one_by_one_over_batched_ci"] = (ab.ci_low, ab.ci_high)
+    cost = frame_cost_table(df)
+    for _, r in cost.iterrows():
+        tag = (
+            "non_reading" if r["mode"] == FRAME_COST_NON_READING else f"{r['commands_per_frame']:g}"
+        )
+        for stat in ("p50", "p99", "max"):
+            out[f"frame_cost_{tag}_{stat}_us"] = r[f"tick_{stat}_us"]
+            out[f"frame_cost_{tag}_{stat}_share_pct"] = r[f"tick_{stat}_share_pct"]
+        out["frame_cost_frame_us"] = r["frame_us"]
     for mode in ("sendall", "sendall_sleep_1ms"):
         sent = per_trial(_arm(requests, "original_method", mode), "sendall_us")
         out[f"original_{mode}_p50_us"] = _median(sent)

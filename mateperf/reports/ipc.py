@@ -1,4 +1,5 @@
-"""Phase 3 section: the bridge against its floor, message sizes, batching, the original method."""
+"""Phase 3 section: the bridge against its floor, message sizes, batching, the original method,
+and what the bridge costs the game's frame."""
 
 from __future__ import annotations
 
@@ -118,6 +119,24 @@ def _headline_table(h: dict) -> pd.DataFrame:
             if tag == "unpaced" or math.isnan(speedup)
             else _against(lo, hi, TARGET_BATCH_SPEEDUP, at_most=False),
         )
+    frame_us = h.get("frame_cost_frame_us")
+    for tag, label in (
+        ("100", "at 100 commands/frame"),
+        ("non_reading", "with a non-reading client"),
+    ):
+        if f"frame_cost_{tag}_p50_us" not in h:
+            continue
+        add(
+            f"main-thread Tick per frame {label}: p50 / p99 / max (µs; % of the "
+            f"{fmt(frame_us / 1e3, 1)} ms frame)",
+            " / ".join(
+                f"{fmt(h[f'frame_cost_{tag}_{stat}_us'], 0)} "
+                f"({fmt(h[f'frame_cost_{tag}_{stat}_share_pct'], 1)}%)"
+                for stat in ("p50", "p99", "max")
+            ),
+            "",
+            None,
+        )
     for mode, label in (("sendall", "without sleep"), ("sendall_sleep_1ms", "with sleep(0.001)")):
         if math.isnan(h.get(f"original_{mode}_total_ms", float("nan"))):
             continue
@@ -179,6 +198,27 @@ def _per_trial_table(summary: pd.DataFrame, scenario: str, metrics: list[str]) -
                 else "–"
             )
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _frame_cost_table(cost: pd.DataFrame) -> pd.DataFrame:
+    """frame_cost as the phase computed it: Tick per frame in µs and as a share of the frame."""
+    rows = []
+    for _, r in cost.iterrows():
+        rows.append(
+            {
+                "mode": r["mode"],
+                "commands/frame": fmt(r["commands_per_frame"], 0),
+                "trials": int(r["trials"]),
+                "frames": int(r["frames"]),
+                "p50 [95% CI] (µs)": fmt_ci(r["tick_p50_us"], *r["tick_p50_ci_us"], 0),
+                "p99 (µs)": fmt(r["tick_p99_us"], 0),
+                "max (µs)": fmt(r["tick_max_us"], 0),
+                f"p50 / p99 / max (% of {fmt(r['frame_us'] / 1e3, 1)} ms)": " / ".join(
+                    fmt(r[f"tick_{stat}_share_pct"], 1) for stat in ("p50", "p99", "max")
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -280,6 +320,21 @@ def _reading(h: dict) -> str:
             f"Batching buys frames, not microseconds: unpaced the same gain is "
             f"{fmt(h.get('unpaced_one_by_one_over_batched_total', float('nan')), 1)}×."
         )
+    if "frame_cost_100_p99_us" in h:
+        parts.append(
+            f"Inside the game's frame, the bridge's Tick costs the main thread "
+            f"{fmt(h.get('frame_cost_0_p50_us', float('nan')), 0)} µs idle and "
+            f"{fmt(h['frame_cost_100_p50_us'], 0)} µs at 100 commands per frame (p50; p99 "
+            f"{fmt(h['frame_cost_100_p99_us'], 0)} µs, "
+            f"{fmt(h['frame_cost_100_p99_share_pct'], 1)}% of the frame)"
+            + (
+                f"; a client that stopped reading, its socket full, leaves it at "
+                f"{fmt(h['frame_cost_non_reading_p50_us'], 0)} µs p50: its acks wait in its "
+                "writer's bounded buffer, not in the frame."
+                if "frame_cost_non_reading_p50_us" in h
+                else "."
+            )
+        )
     if not math.isnan(h.get("original_sendall_sleep_1ms_total_ms", float("nan"))):
         plain = h["original_sendall_total_ms"]
         slept = h["original_sendall_sleep_1ms_total_ms"]
@@ -355,6 +410,19 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         t = _per_trial_table(summary, scenario, metrics)
         if len(t):
             out += [f"### {title}", "", table(t), ""]
+    cost = ipc.frame_cost_table(df, summary)
+    if len(cost):
+        out += [
+            "### Frame cost: main-thread time in Tick per frame",
+            "",
+            "From the peer's own frame log (`frame_stats`): p50 is the median across trials of "
+            "each trial's median frame; p99 and max cover all frames of all trials. "
+            "`non_reading_client`: a client whose socket is full sends "
+            f"{ipc.NON_READING_COMMANDS_PER_FRAME} commands per frame and reads nothing.",
+            "",
+            table(_frame_cost_table(cost)),
+            "",
+        ]
     plots = [
         _plot_cdf(requests, plots_dir, md_dir),
         _plot_sizes(summary, plots_dir, md_dir),

@@ -5,8 +5,11 @@ using Newtonsoft.Json.Linq;
 
 namespace MatePerf.Bridge
 {
-    public sealed class AvatarState : IAvatar
+    public sealed class AvatarState : IAvatar, IAvatarCheckpoint
     {
+        /// Blendshapes this model lacks: SetExpression of one throws, as a real VRM rig would.
+        public readonly HashSet<string> MissingBlendshapes = new HashSet<string>();
+
         public string Model;
         public readonly Dictionary<string, double> Expressions = new Dictionary<string, double>();
         public double TransitionSpeed = 1.0;
@@ -18,7 +21,13 @@ namespace MatePerf.Bridge
 
         public void LoadModel(string path) { Model = string.IsNullOrEmpty(path) ? "default" : path; CommandsApplied++; }
         public void UnloadModel() { Model = null; Expressions.Clear(); CommandsApplied++; }
-        public void SetExpression(string name, double value) { Expressions[name] = value; CommandsApplied++; }
+        public void SetExpression(string name, double value)
+        {
+            if (MissingBlendshapes.Contains(name))
+                throw new KeyNotFoundException("no blendshape '" + name + "' on this model");
+            Expressions[name] = value;
+            CommandsApplied++;
+        }
         public void ResetExpressions() { Expressions.Clear(); CommandsApplied++; }
         public void SetTransitionSpeed(double speed) { TransitionSpeed = speed; CommandsApplied++; }
         public void SetAutoBlink(bool enabled) { AutoBlink = enabled; CommandsApplied++; }
@@ -33,6 +42,35 @@ namespace MatePerf.Bridge
         }
 
         public void Echo(int payloadBytes) { EchoBytes = payloadBytes; CommandsApplied++; }
+
+        sealed class Saved
+        {
+            public string Model; public Dictionary<string, double> Expressions; public double TransitionSpeed;
+            public bool AutoBlink, HeadMovementEnabled; public double HeadMinInterval, HeadMaxInterval, HeadMaxAngle;
+            public int EchoBytes; public long CommandsApplied;
+        }
+
+        public object Checkpoint()
+        {
+            return new Saved
+            {
+                Model = Model, Expressions = new Dictionary<string, double>(Expressions), TransitionSpeed = TransitionSpeed,
+                AutoBlink = AutoBlink, HeadMovementEnabled = HeadMovementEnabled, HeadMinInterval = HeadMinInterval,
+                HeadMaxInterval = HeadMaxInterval, HeadMaxAngle = HeadMaxAngle, EchoBytes = EchoBytes,
+                CommandsApplied = CommandsApplied,
+            };
+        }
+
+        public void Restore(object checkpoint)
+        {
+            var s = (Saved)checkpoint;
+            Model = s.Model;
+            Expressions.Clear();
+            foreach (var kv in s.Expressions) Expressions[kv.Key] = kv.Value;
+            TransitionSpeed = s.TransitionSpeed; AutoBlink = s.AutoBlink; HeadMovementEnabled = s.HeadMovementEnabled;
+            HeadMinInterval = s.HeadMinInterval; HeadMaxInterval = s.HeadMaxInterval; HeadMaxAngle = s.HeadMaxAngle;
+            EchoBytes = s.EchoBytes; CommandsApplied = s.CommandsApplied;
+        }
 
         public JObject Snapshot()
         {

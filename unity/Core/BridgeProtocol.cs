@@ -2,6 +2,7 @@
 // UTF-8 JSON, Desktop-Mate compatible, plus request ids, batch and completion acks.
 using System;
 using System.Collections.Generic;
+using System.Globalization;
 using System.IO;
 using System.Text;
 using Newtonsoft.Json;
@@ -60,9 +61,11 @@ namespace MatePerf.Bridge
             ["echo"] = new[] { F("payload", Kind.String) },
             ["batch"] = new[] { F("commands", Kind.List) },
             ["stats"] = new FieldSpec[0],
+            ["frame_stats"] = new[] { F("reset", Kind.Bool, required: false) },
         };
 
-        public static bool IsQuery(string command) { return command == "stats"; }
+        /// Commands that answer with data instead of changing the avatar; never counted.
+        public static bool IsQuery(string command) { return command == "stats" || command == "frame_stats"; }
 
         static string JsonTypeName(JToken v)
         {
@@ -84,6 +87,21 @@ namespace MatePerf.Bridge
             return k == Kind.Number ? "number" : k == Kind.String ? "string" : k == Kind.Bool ? "bool" : "list";
         }
 
+        /// A number as the Python peer writes it, whatever the current culture (a German locale
+        /// would otherwise write 0,5): integers without a point, floats shortest round-trip.
+        public static string Number(double x)
+        {
+            if (x == Math.Floor(x) && Math.Abs(x) < 1e15) return ((long)x).ToString(CultureInfo.InvariantCulture);
+            return x.ToString("R", CultureInfo.InvariantCulture);
+        }
+
+        static string Number(JToken v)
+        {
+            if (v.Type == JTokenType.Integer) return v.ToString(Formatting.None);
+            string text = Number(v.Value<double>());
+            return text.IndexOfAny(new[] { '.', 'E', 'N', 'I' }) < 0 ? text + ".0" : text;
+        }
+
         static void Check(string command, FieldSpec f, JToken v)
         {
             string where = command + "." + f.Name;
@@ -99,8 +117,8 @@ namespace MatePerf.Bridge
             if (f.Kind == Kind.Number)
             {
                 double x = v.Value<double>();
-                if (f.Low.HasValue && x < f.Low.Value) throw new ProtocolException(where + ": " + x + " is below " + f.Low.Value);
-                if (f.High.HasValue && x > f.High.Value) throw new ProtocolException(where + ": " + x + " is above " + f.High.Value);
+                if (f.Low.HasValue && x < f.Low.Value) throw new ProtocolException(where + ": " + Number(v) + " is below " + Number(f.Low.Value));
+                if (f.High.HasValue && x > f.High.Value) throw new ProtocolException(where + ": " + Number(v) + " is above " + Number(f.High.Value));
             }
             if (f.Kind == Kind.String && f.Low.HasValue && ((string)v).Length < f.Low.Value)
                 throw new ProtocolException(where + ": must not be empty");
@@ -137,16 +155,17 @@ namespace MatePerf.Bridge
                 var subs = (JArray)obj["commands"];
                 if (subs.Count == 0) throw new ProtocolException("batch.commands: must not be empty");
                 if (subs.Count > MaxBatchCommands)
-                    throw new ProtocolException("batch.commands: more than " + MaxBatchCommands + " commands");
+                    throw new ProtocolException("batch.commands: more than " + MaxBatchCommands.ToString(CultureInfo.InvariantCulture) + " commands");
                 for (int i = 0; i < subs.Count; i++)
                 {
                     var sub = subs[i] as JObject;
-                    if (sub == null) throw new ProtocolException("batch.commands[" + i + "]: expected object");
+                    string at = "batch.commands[" + i.ToString(CultureInfo.InvariantCulture) + "]: ";
+                    if (sub == null) throw new ProtocolException(at + "expected object");
                     var subCommand = sub["command"];
                     if (subCommand != null && subCommand.Type == JTokenType.String && IsQuery((string)subCommand))
-                        throw new ProtocolException("batch.commands[" + i + "]: " + (string)subCommand + " cannot be batched");
+                        throw new ProtocolException(at + (string)subCommand + " cannot be batched");
                     try { ValidateCommand(subCommand, sub["data"], true); }
-                    catch (ProtocolException e) { throw new ProtocolException("batch.commands[" + i + "]: " + e.Message); }
+                    catch (ProtocolException e) { throw new ProtocolException(at + e.Message); }
                 }
             }
             return obj;
@@ -214,6 +233,25 @@ namespace MatePerf.Bridge
         public static byte[] Encode(JObject message)
         {
             return Encoding.UTF8.GetBytes(message.ToString(Formatting.None) + "\n");
+        }
+
+        /// A completion ack, written directly: the same fields in the same order as
+        /// Encode(Response(...)) plus frame and peer times, without building a JObject, which
+        /// costs the main thread several µs per command under Mono. `command` is a validated
+        /// name (no escaping needed); `idJson` the request id as JSON ("null" when absent);
+        /// `count` < 0 leaves the count out. `text` is the caller's reusable buffer.
+        public static byte[] EncodeAck(StringBuilder text, string command, string idJson, int count,
+                                       long frame, long recvNs, long applyNs)
+        {
+            var inv = CultureInfo.InvariantCulture;
+            text.Length = 0;
+            text.Append("{\"type\":\"response\",\"command\":\"").Append(command)
+                .Append("\",\"status\":\"success\",\"message\":\"applied\",\"id\":").Append(idJson);
+            if (count >= 0) text.Append(",\"count\":").Append(count.ToString(inv));
+            text.Append(",\"frame\":").Append(frame.ToString(inv))
+                .Append(",\"recv_ns\":").Append(recvNs.ToString(inv))
+                .Append(",\"apply_ns\":").Append(applyNs.ToString(inv)).Append("}\n");
+            return Encoding.UTF8.GetBytes(text.ToString());
         }
     }
 

@@ -1,6 +1,20 @@
 // The Unity side of the bridge without UnityEngine: socket threads read, validate and queue;
-// Tick(), called once per frame on the main thread, drains the queue, applies each command to
-// the avatar and then acks it. Bad input is answered from the socket thread and never queued.
+// Tick(), called once per frame on the main thread, applies queued commands to the avatar and
+// acks them. Bad input is answered from the socket thread and never queued.
+//
+// What Tick never does, because it runs inside the game's frame (mateperf/bridge/peer.py keeps
+// the same rules):
+// - wait on the network: acks go to each connection's AckWriter, which sends without blocking
+//   what the kernel takes and leaves the rest to its own thread, within a bounded buffer; a
+//   client that stops reading is dropped at the bound (Counters.DroppedClients, a Log line),
+//   never waited for;
+// - let one command's exception escape: that command gets an error ack (a batch is restored to
+//   its checkpoint and gets one), Counters.ApplyErrors counts it, the frame goes on;
+// - exceed its budget: at most MaxCommandsPerFrame commands and/or MaxTickMicros of work per
+//   frame (0: no limit; a batch is never split, and a frame always applies at least one
+//   request); the rest waits, in order, for the next frame (Counters.Deferred, QueueDepth).
+// State is bounded: duplicate ids are detected over the last IdWindow ids of a connection,
+// closed connections are pruned, a failing accept backs off.
 // ApplyDelayMs stands in for a slow avatar: the main thread spends that long on every command it
 // applies (each command of a batch too), a known answer for the latency benchmarks.
 using System;
@@ -18,6 +32,7 @@ namespace MatePerf.Bridge
     public sealed class BridgeCounters
     {
         public long Received, Applied, AppliedCommands, Rejected, Connections;
+        public long DroppedClients, ApplyErrors, Deferred, AcceptErrors;
 
         public JObject ToJson()
         {
@@ -28,34 +43,11 @@ namespace MatePerf.Bridge
                 ["applied_commands"] = Interlocked.Read(ref AppliedCommands),
                 ["rejected"] = Interlocked.Read(ref Rejected),
                 ["connections"] = Interlocked.Read(ref Connections),
+                ["dropped_clients"] = Interlocked.Read(ref DroppedClients),
+                ["apply_errors"] = Interlocked.Read(ref ApplyErrors),
+                ["deferred"] = Interlocked.Read(ref Deferred),
+                ["accept_errors"] = Interlocked.Read(ref AcceptErrors),
             };
-        }
-    }
-
-    sealed class ClientConnection
-    {
-        public readonly Socket Socket;
-        public readonly object SendLock = new object();
-        public readonly HashSet<string> SeenIds = new HashSet<string>();
-        public volatile bool Open = true;
-
-        public ClientConnection(Socket socket) { Socket = socket; }
-
-        public void Send(byte[] payload)
-        {
-            if (!Open) return;
-            try
-            {
-                lock (SendLock)
-                {
-                    int sent = 0;
-                    while (sent < payload.Length) sent += Socket.Send(payload, sent, payload.Length - sent, SocketFlags.None);
-                }
-            }
-            catch (Exception e) when (e is SocketException || e is ObjectDisposedException || e is IOException)
-            {
-                Open = false;
-            }
         }
     }
 
@@ -63,11 +55,21 @@ namespace MatePerf.Bridge
     {
         public ClientConnection Connection;
         public Request Request;
+        public string IdJson;  // the request id as JSON, written into its ack ("null": none)
         public long RecvNs;
+    }
+
+    sealed class BatchFailedException : Exception
+    {
+        public BatchFailedException(string message) : base(message) { }
     }
 
     public sealed class BridgeServer : IDisposable
     {
+        public const long DefaultMaxAckBufferBytes = 1 << 20;
+        public const int DefaultIdWindow = 4096;
+        const int FirstAcceptPauseMs = 10, LongestAcceptPauseMs = 1000;
+
         // What the original bridge acked from its socket thread before the main thread ran it.
         static readonly HashSet<string> LegacyEarlyAck = new HashSet<string>
         {
@@ -82,14 +84,37 @@ namespace MatePerf.Bridge
         public long Frame;
         public int Port { get; private set; }
 
-        /// Set whenever a request is queued, so an unpaced host can sleep until there is work.
+        /// Unsent response bytes a connection may hold before its client is dropped as not reading.
+        public long MaxAckBufferBytes = DefaultMaxAckBufferBytes;
+        /// Request ids kept per connection for duplicate detection.
+        public int IdWindow = DefaultIdWindow;
+        /// The frame budget: commands (a batch counts its commands) and µs of Tick; 0: no limit.
+        public int MaxCommandsPerFrame;
+        public double MaxTickMicros;
+        /// Where the bridge reports what it did on its own (a dropped client, accept errors);
+        /// called from socket threads, never from Tick. PythonBridge routes it to Debug.LogWarning.
+        public Action<string> Log = delegate { };
+
+        /// The last FrameLog.DefaultCapacity frames' interval and Tick time, for frame_stats.
+        public readonly FrameLog Frames = new FrameLog();
+        /// What the host runs at, reported by frame_stats (the core does not pace frames).
+        public double Fps;
+        /// Share of each frame the host spends busy after Tick (HeadlessHost --frame-busy).
+        public double FrameBusy;
+
+        /// Set whenever a request is queued (or left for the next frame by the budget), so an
+        /// unpaced host can sleep until there is work.
         public readonly AutoResetEvent WorkArrived = new AutoResetEvent(false);
 
         readonly IAvatar avatar;
         readonly TcpListener listener;
         readonly ConcurrentQueue<QueuedRequest> queue = new ConcurrentQueue<QueuedRequest>();
-        readonly List<ClientConnection> connections = new List<ClientConnection>();
+        readonly Queue<QueuedRequest> backlog = new Queue<QueuedRequest>();  // main thread only
+        readonly HashSet<ClientConnection> connections = new HashSet<ClientConnection>();
         volatile bool stopping;
+        int frameCommands;  // commands applied in the current frame (a batch's each)
+        int deferredFront;  // leading backlog requests already counted as deferred
+        readonly System.Text.StringBuilder ackText = new System.Text.StringBuilder(256);  // main thread only
 
         public BridgeServer(IAvatar avatar, string host = "127.0.0.1", int port = 5555, bool legacy = false,
                             int maxLineBytes = BridgeProtocol.DefaultMaxLineBytes, double applyDelayMs = 0)
@@ -103,6 +128,9 @@ namespace MatePerf.Bridge
             listener = new TcpListener(IPAddress.Parse(host), port);
         }
 
+        /// Requests received and not yet applied (main thread).
+        public int QueueDepth { get { return backlog.Count + queue.Count; } }
+
         /// CLOCK_MONOTONIC nanoseconds on Linux (Mono's Stopwatch), comparable with Python's
         /// time.perf_counter_ns() on the same host.
         public static long NowNs()
@@ -113,10 +141,28 @@ namespace MatePerf.Bridge
             return (long)(ticks * (1e9 / Stopwatch.Frequency));
         }
 
+        internal void SafeLog(string message)
+        {
+            try { Log(message); } catch (Exception) { }
+        }
+
+        internal void CountDroppedClient() { Interlocked.Increment(ref Counters.DroppedClients); }
+
+        internal void Forget(ClientConnection conn)
+        {
+            lock (connections) connections.Remove(conn);
+        }
+
+        /// Bind and listen; throws SocketException when the port is taken (nothing is left open).
         public void Start()
         {
-            // a restarted peer must rebind its port while old connections sit in TIME_WAIT
-            listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            if (Environment.OSVersion.Platform == PlatformID.Win32NT)
+                // Windows lets a second socket bind a port in use unless it is exclusive
+                listener.ExclusiveAddressUse = true;
+            else
+                // a restarted peer must rebind its port while old connections sit in TIME_WAIT;
+                // on Linux and macOS this never lets two listeners share the port
+                listener.Server.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
             listener.Start();
             Port = ((IPEndPoint)listener.LocalEndpoint).Port;
             new Thread(AcceptLoop) { IsBackground = true, Name = "bridge-accept" }.Start();
@@ -124,17 +170,40 @@ namespace MatePerf.Bridge
 
         void AcceptLoop()
         {
+            int pauseMs = FirstAcceptPauseMs;
+            bool failing = false;
             while (!stopping)
             {
                 Socket socket;
                 try { socket = listener.AcceptSocket(); }
-                catch (Exception) { if (stopping) return; continue; }
-                socket.NoDelay = true;
-                var conn = new ClientConnection(socket);
-                lock (connections) connections.Add(conn);
-                Interlocked.Increment(ref Counters.Connections);
-                conn.Send(BridgeProtocol.Encode(BridgeProtocol.Greeting(Legacy)));
-                new Thread(() => ReadLoop(conn)) { IsBackground = true, Name = "bridge-read" }.Start();
+                catch (Exception e)
+                {
+                    if (stopping) return;
+                    // a persistent error (no file descriptors left) must not spin: back off
+                    Interlocked.Increment(ref Counters.AcceptErrors);
+                    if (!failing) SafeLog("accept failed (" + e.Message + "); retrying with backoff up to 1 s");
+                    failing = true;
+                    Thread.Sleep(pauseMs);
+                    pauseMs = Math.Min(pauseMs * 2, LongestAcceptPauseMs);
+                    continue;
+                }
+                if (failing) SafeLog("accept works again");
+                failing = false;
+                pauseMs = FirstAcceptPauseMs;
+                try
+                {
+                    socket.NoDelay = true;
+                    var conn = new ClientConnection(this, socket, socket.RemoteEndPoint.ToString());
+                    lock (connections) connections.Add(conn);
+                    Interlocked.Increment(ref Counters.Connections);
+                    conn.Send(BridgeProtocol.Encode(BridgeProtocol.Greeting(Legacy)));
+                    new Thread(() => ReadLoop(conn)) { IsBackground = true, Name = "bridge-read" }.Start();
+                }
+                catch (Exception e)
+                {
+                    SafeLog("could not serve a new client: " + e.Message);
+                    try { socket.Close(); } catch (Exception) { }
+                }
             }
         }
 
@@ -145,10 +214,15 @@ namespace MatePerf.Bridge
             var ready = new List<byte[]>();
             try
             {
-                while (!stopping)
+                while (!stopping && conn.Open)
                 {
-                    int n = conn.Socket.Receive(chunk);
-                    if (n <= 0) break;
+                    // the socket is non-blocking (see ClientConnection): wait for data, EOF or a
+                    // shutdown by the writer, then take what is there
+                    if (!conn.Socket.Poll(1000000, SelectMode.SelectRead)) continue;
+                    SocketError error;
+                    int n = conn.Socket.Receive(chunk, 0, chunk.Length, SocketFlags.None, out error);
+                    if (error == SocketError.WouldBlock) continue;
+                    if (error != SocketError.Success || n <= 0) break;
                     long recvNs = NowNs();
                     ready.Clear();
                     lines.Feed(chunk, n, ready);
@@ -158,8 +232,8 @@ namespace MatePerf.Bridge
             catch (Exception e) when (e is SocketException || e is ObjectDisposedException || e is IOException) { }
             finally
             {
-                conn.Open = false;
-                try { conn.Socket.Close(); } catch (Exception) { }
+                conn.Close();
+                conn.Release();
             }
         }
 
@@ -174,7 +248,7 @@ namespace MatePerf.Bridge
             if (line == null)
             {
                 Interlocked.Increment(ref Counters.Received);
-                Reject(conn, "line exceeds " + MaxLineBytes + " bytes", null, null);
+                Reject(conn, "line exceeds " + BridgeProtocol.Number(MaxLineBytes) + " bytes", null, null);
                 return;
             }
             bool blank = true;
@@ -190,9 +264,10 @@ namespace MatePerf.Bridge
             }
             bool query = BridgeProtocol.IsQuery(request.Command);
             if (!query) Interlocked.Increment(ref Counters.Received);
+            string key = "null";
             if (request.Id != null)
             {
-                string key = request.Id.ToString(Newtonsoft.Json.Formatting.None);
+                key = request.Id.ToString(Newtonsoft.Json.Formatting.None);
                 if (!conn.SeenIds.Add(key))
                 {
                     if (query)  // answered, but queries are never counted
@@ -204,7 +279,7 @@ namespace MatePerf.Bridge
             }
             if (Legacy && LegacyEarlyAck.Contains(request.Command))
                 conn.Send(BridgeProtocol.Encode(BridgeProtocol.Response(request.Command, "success", "queued", null, true)));
-            queue.Enqueue(new QueuedRequest { Connection = conn, Request = request, RecvNs = recvNs });
+            queue.Enqueue(new QueuedRequest { Connection = conn, Request = request, IdJson = key, RecvNs = recvNs });
             WorkArrived.Set();
         }
 
@@ -243,52 +318,152 @@ namespace MatePerf.Bridge
             }
         }
 
-        byte[] Apply(QueuedRequest item)
+        static string Describe(Exception e) { return e.GetType().Name + ": " + e.Message; }
+
+        void ApplyBatch(JArray subs)
+        {
+            var revertible = avatar as IAvatarCheckpoint;
+            object checkpoint = revertible != null ? revertible.Checkpoint() : null;
+            for (int i = 0; i < subs.Count; i++)
+            {
+                var sub = (JObject)subs[i];
+                string command = (string)sub["command"];
+                try { ApplyOne(command, sub["data"] as JObject ?? new JObject()); }
+                catch (Exception e)
+                {
+                    string outcome;
+                    if (revertible != null)
+                    {
+                        try { revertible.Restore(checkpoint); outcome = "the batch was not applied"; }
+                        catch (Exception r) { outcome = "restoring the avatar failed too (" + Describe(r) + ")"; }
+                    }
+                    else
+                        outcome = i == 0 ? "the batch was not applied"
+                            : "commands 0.." + BridgeProtocol.Number(i - 1) + " stay applied (the avatar has no checkpoint)";
+                    throw new BatchFailedException("batch.commands[" + BridgeProtocol.Number(i) + "]: " + command
+                                                   + " failed: " + Describe(e) + "; " + outcome);
+                }
+            }
+        }
+
+        JObject BridgeState()
+        {
+            int open, seenIds = 0;
+            long unsent = 0;
+            lock (connections)
+            {
+                open = connections.Count;
+                foreach (var c in connections)
+                {
+                    seenIds = Math.Max(seenIds, c.SeenIds.Count);
+                    unsent += c.Writer.PendingBytes;
+                }
+            }
+            return new JObject
+            {
+                ["open_connections"] = open,
+                ["queue_depth"] = QueueDepth,
+                ["seen_ids"] = seenIds,
+                ["ack_buffer_bytes"] = unsent,
+                ["id_window"] = IdWindow,
+                ["max_ack_buffer_bytes"] = MaxAckBufferBytes,
+                ["max_commands_per_frame"] = MaxCommandsPerFrame,
+                ["max_tick_us"] = MaxTickMicros,
+            };
+        }
+
+        /// Apply one request (throws what the avatar throws); its success reply, or null when a
+        /// legacy peer already answered it from the socket thread.
+        byte[] Run(QueuedRequest item)
         {
             var request = item.Request;
-            JObject reply;
+            JObject reply = null;
+            int count = -1;
             if (request.Command == "stats")
             {
                 reply = BridgeProtocol.Response("stats", "success", "applied", request.Id, Legacy);
-                reply["data"] = new JObject { ["counters"] = Counters.ToJson(), ["state"] = avatar.Snapshot() };
+                reply["data"] = new JObject
+                {
+                    ["counters"] = Counters.ToJson(), ["state"] = avatar.Snapshot(), ["bridge"] = BridgeState(),
+                };
+            }
+            else if (request.Command == "frame_stats")
+            {
+                reply = BridgeProtocol.Response("frame_stats", "success", "applied", request.Id, Legacy);
+                reply["data"] = new JRaw(Frames.ToJson(Fps, FrameBusy));
+                var reset = request.Data["reset"];
+                if (reset == null || reset.Value<bool>()) Frames.Clear();
             }
             else if (request.Command == "batch")
             {
                 var subs = (JArray)request.Data["commands"];
-                foreach (JObject sub in subs)
-                    ApplyOne((string)sub["command"], sub["data"] as JObject ?? new JObject());
+                ApplyBatch(subs);
                 Interlocked.Increment(ref Counters.Applied);
                 Interlocked.Add(ref Counters.AppliedCommands, subs.Count);
-                reply = BridgeProtocol.Response("batch", "success", "applied", request.Id, Legacy);
-                if (!Legacy) reply["count"] = subs.Count;
+                frameCommands += subs.Count;
+                count = subs.Count;
             }
             else
             {
                 ApplyOne(request.Command, request.Data);
                 Interlocked.Increment(ref Counters.Applied);
                 Interlocked.Increment(ref Counters.AppliedCommands);
+                frameCommands++;
                 if (Legacy && LegacyEarlyAck.Contains(request.Command)) return null;
-                reply = BridgeProtocol.Response(request.Command, "success", "applied", request.Id, Legacy);
             }
-            if (!Legacy)
-            {
-                reply["frame"] = Frame;
-                reply["recv_ns"] = item.RecvNs;
-                reply["apply_ns"] = NowNs();
-            }
+            if (Legacy)
+                return BridgeProtocol.Encode(reply ?? BridgeProtocol.Response(request.Command, "success", "applied", null, true));
+            if (reply == null)
+                return BridgeProtocol.EncodeAck(ackText, request.Command, item.IdJson, count, Frame, item.RecvNs, NowNs());
+            reply["frame"] = Frame;
+            reply["recv_ns"] = item.RecvNs;
+            reply["apply_ns"] = NowNs();
             return BridgeProtocol.Encode(reply);
         }
 
-        /// One frame, on the main thread: drain the queue, apply, ack. Returns how many were applied.
+        /// One request in isolation: its ack, or its error response if applying it threw.
+        byte[] Apply(QueuedRequest item)
+        {
+            try { return Run(item); }
+            catch (Exception e)
+            {
+                var request = item.Request;
+                Interlocked.Increment(ref Counters.ApplyErrors);
+                if (!BridgeProtocol.IsQuery(request.Command)) Interlocked.Increment(ref Counters.Rejected);
+                string message = e is BatchFailedException ? e.Message : request.Command + " failed: " + Describe(e);
+                return BridgeProtocol.Encode(BridgeProtocol.Response(request.Command, "error", message, request.Id, Legacy));
+            }
+        }
+
+        static int Cost(Request request)
+        {
+            if (request.Command == "batch") return ((JArray)request.Data["commands"]).Count;
+            return BridgeProtocol.IsQuery(request.Command) ? 0 : 1;
+        }
+
+        /// One frame, on the main thread: apply what is queued, within the budget, and hand the
+        /// acks to the writers. Returns how many requests were applied (or got an apply error).
         public int Tick()
         {
+            long start = Stopwatch.GetTimestamp();
+            Frames.FrameStarted(start);
+            frameCommands = 0;
             Frame++;
-            Dictionary<ClientConnection, List<byte[]>> acks = null;
-            int n = 0;
             QueuedRequest item;
-            while (queue.TryDequeue(out item))
+            while (queue.TryDequeue(out item)) backlog.Enqueue(item);
+            long maxTickTicks = MaxTickMicros > 0 ? (long)(MaxTickMicros * Stopwatch.Frequency / 1e6) : 0;
+            Dictionary<ClientConnection, List<byte[]>> acks = null;
+            int n = 0, commands = 0;
+            while (backlog.Count > 0)
             {
+                item = backlog.Peek();
+                int cost = Cost(item.Request);
+                if (n > 0 && ((MaxCommandsPerFrame > 0 && commands + cost > MaxCommandsPerFrame)
+                              || (maxTickTicks > 0 && Stopwatch.GetTimestamp() - start >= maxTickTicks)))
+                    break;
+                backlog.Dequeue();
                 n++;
+                commands += cost;
                 byte[] ack = Apply(item);
                 if (ack == null) continue;
                 if (acks == null) acks = new Dictionary<ClientConnection, List<byte[]>>();
@@ -309,6 +484,15 @@ namespace MatePerf.Bridge
                     kv.Key.Send(joined);
                 }
             }
+            int left = backlog.Count;
+            if (left > 0)
+            {
+                // each request is counted once, the first frame that leaves it for later
+                Interlocked.Add(ref Counters.Deferred, left - Math.Max(0, deferredFront - n));
+                WorkArrived.Set();
+            }
+            deferredFront = left;
+            Frames.TickDone(Stopwatch.GetTimestamp() - start, frameCommands, left);
             return n;
         }
 
@@ -316,15 +500,9 @@ namespace MatePerf.Bridge
         {
             stopping = true;
             try { listener.Stop(); } catch (Exception) { }
-            lock (connections)
-            {
-                foreach (var c in connections)
-                {
-                    c.Open = false;
-                    try { c.Socket.Shutdown(SocketShutdown.Both); } catch (Exception) { }
-                    try { c.Socket.Close(); } catch (Exception) { }
-                }
-            }
+            List<ClientConnection> open;
+            lock (connections) open = new List<ClientConnection>(connections);
+            foreach (var c in open) c.Close();
         }
     }
 }

@@ -1,0 +1,46 @@
+// A minimal stub of the UnityEngine types unity/PythonBridge.cs uses, so the tests compile and run
+// it under Mono: a rename in the core then breaks the build here, not in the user's editor. Lives
+// under tests/, never under unity/, where it would clash with the real UnityEngine in a project.
+// Debug writes one JSON line per message on stdout, for the tests to read.
+using System;
+using Newtonsoft.Json.Linq;
+
+namespace UnityEngine
+{
+    public class Object { }
+
+    public class Component : Object { }
+
+    public class Behaviour : Component
+    {
+        public bool enabled { get; set; } = true;
+    }
+
+    public class MonoBehaviour : Behaviour { }
+
+    public class PropertyAttribute : Attribute { }
+
+    [AttributeUsage(AttributeTargets.Field)]
+    public sealed class SerializeField : Attribute { }
+
+    [AttributeUsage(AttributeTargets.Field, AllowMultiple = true)]
+    public sealed class TooltipAttribute : PropertyAttribute
+    {
+        public readonly string tooltip;
+        public TooltipAttribute(string tooltip) { this.tooltip = tooltip; }
+    }
+
+    public static class Debug
+    {
+        static void Write(string level, object message)
+        {
+            var line = new JObject { ["event"] = "log", ["level"] = level, ["message"] = message == null ? "Null" : message.ToString() };
+            Console.Out.WriteLine(line.ToString(Newtonsoft.Json.Formatting.None));
+            Console.Out.Flush();
+        }
+
+        public static void Log(object message) { Write("info", message); }
+        public static void LogWarning(object message) { Write("warning", message); }
+        public static void LogError(object message) { Write("error", message); }
+    }
+}
