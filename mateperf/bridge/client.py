@@ -143,6 +143,28 @@ def _as_wire(command: Command) -> dict:
     return {"command": name, "data": data or {}}
 
 
+class _Readable:
+    """Waits until a socket has data: poll() where the OS has it (cheapest per call), select()
+    on Windows, where the companion runs and select.poll does not exist."""
+
+    __slots__ = ("_sock", "_poll")
+
+    def __init__(self, sock: socket.socket | None):
+        self._sock = sock
+        self._poll = None
+        if sock is not None and hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
+
+    def wait(self, timeout_s: float) -> bool:
+        if self._sock is None:
+            return False
+        if self._poll is not None:
+            return bool(self._poll.poll(max(0, math.ceil(timeout_s * 1000))))
+        readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout_s))
+        return bool(readable)
+
+
 @dataclass
 class UnityBridge:
     host: str = DEFAULT_HOST
@@ -158,7 +180,7 @@ class UnityBridge:
 
     def __post_init__(self) -> None:
         self._sock: socket.socket | None = None
-        self._poller = select.poll()
+        self._poller = _Readable(None)
         self._lines = LineBuffer(self.max_line_bytes)
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -189,8 +211,7 @@ class UnityBridge:
             with self._read_lock:
                 self._greeted = False
                 self._lines = LineBuffer(self.max_line_bytes)
-                self._poller = select.poll()
-                self._poller.register(sock, select.POLLIN)
+                self._poller = _Readable(sock)
                 with self._state_lock:
                     self._sock = sock
                 deadline = time.monotonic() + self.connect_timeout_s
@@ -247,7 +268,7 @@ class UnityBridge:
     def _read_some(self, sock: socket.socket, timeout_s: float) -> None:
         """Read what arrives within ``timeout_s`` and dispatch it (caller holds the read lock)."""
         try:
-            if not self._poller.poll(max(0, math.ceil(timeout_s * 1000))):
+            if not self._poller.wait(timeout_s):
                 return
             chunk = sock.recv(1 << 16)
         except (OSError, ValueError) as exc:
