@@ -213,3 +213,20 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
 def replicate_keys(df: pd.DataFrame) -> list[str]:
     """The columns that name one independent replicate: a sweep's round, then the trial."""
     return [c for c in ("round", "trial") if c in df.columns]
+
+
+# -- phase 5, gpu -------------------------------------------------------------------------------
+# One row per trial: a fresh load (in its own process on a CUDA build) of one configuration,
+# the run's own n_gpu_layers (scenario `layers`) or a profile. VRAM is NVML's device-used memory
+# after the trial's work minus the reading before the trial started (this process holds no CUDA
+# context), so it includes the CUDA context. Predictions are not metrics: they do not repeat.
+GPU_METRICS = (
+    _m("load_s", "s", LOWER, TRIAL, SPEED, "model load"),
+    _m("ttft_ms", "ms", LOWER, TRIAL, SPEED, "time to first token"),
+    _m("e2e_ms", "ms", LOWER, TRIAL, SPEED, "whole reply"),
+    _m("pp_tps", "tokens/s", HIGHER, TRIAL, SPEED, "prompt tokens/s"),
+    _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation tokens/s"),
+    _m("vram_delta_mb", "MiB", LOWER, TRIAL, MEMORY, "VRAM in use after the work (NVML)"),
+    _m("vram_peak_delta_mb", "MiB", LOWER, TRIAL, MEMORY, "peak VRAM during the trial (NVML)"),
+)
+declare("gpu", GPU_METRICS, identity=("scenario", "profile"))

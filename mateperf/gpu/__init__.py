@@ -1,0 +1,13 @@
+"""GPU offload: how much VRAM a layer split needs, which profile fits, and loading that falls back.
+
+- `estimate`: VRAM predicted from the GGUF file alone (tensors, KV cache, compute buffers,
+  and a device overhead measured once per device).
+- `projection`: llama.cpp's own projection, from a no-allocation dry run in a child process.
+- `calibration`: the device overhead (CUDA context, cuBLAS, pools), measured and stored.
+- `profiles`: low_memory / balanced / performance / cpu_fallback, the selection, the fallback
+  chain that records every attempt.
+- `trial`: one measured load-and-generate of a configuration, optionally in a child process.
+- `tinygguf`: a small llama-architecture GGUF written with the `gguf` package.
+
+The NVML monitor is an instrument and lives in `mateperf.trackers.gpu`.
+"""

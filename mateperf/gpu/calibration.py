@@ -1,0 +1,136 @@
+"""The device overhead: VRAM a CUDA process uses beyond llama.cpp's buffers, measured and stored.
+
+The CUDA context, cuBLAS's handle and workspace and the CUDA backend's memory pools do not
+depend on the model much, and nothing in a GGUF file predicts them: on an H100 they are most of
+the ~1.2 GiB the default model uses at 0 offloaded layers. So they are measured once per device
+(and driver and llama-cpp-python version) with a tiny generated GGUF whose own buffers are a
+few MiB: NVML device-used memory after a load and a decode, in a fresh child process, minus
+the parent's reading before the child started, minus the tiny model's predicted buffers. Two
+placements (no layers; all layers with the KV cache on the device) give the two figures
+estimate.Overhead distinguishes. The result is stored in ~/.cache/mateperf/gpu/overhead.json
+(keyed by device) and recorded in every run that uses it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import math
+import re
+import tempfile
+from pathlib import Path
+
+from mateperf.gpu import estimate
+from mateperf.gpu.tinygguf import TinySpec, write_tiny_gguf
+from mateperf.gpu.trial import run_trial, work_spec
+
+CALIBRATION_SETTINGS = estimate.Settings(n_ctx=512, n_ubatch=512)
+
+
+def store_path() -> Path:
+    from mateperf.model import cache_dir
+
+    return cache_dir().parent / "gpu" / "overhead.json"
+
+
+def llama_cpp_version() -> str:
+    """llama_cpp's __version__ read from its source, without importing it (no CUDA init)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.origin:
+        return "not installed"
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', Path(spec.origin).read_text())
+    return match.group(1) if match else "unknown"
+
+
+def device_key(device: dict) -> str:
+    return (
+        f"{device.get('name')} {device.get('uuid')}; driver {device.get('driver_version')}; "
+        f"llama-cpp-python {llama_cpp_version()}"
+    )
+
+
+def load_stored(key: str) -> estimate.Overhead | None:
+    try:
+        entry = json.loads(store_path().read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+    if not entry:
+        return None
+    return estimate.Overhead(entry["none_mb"], entry["attention_mb"], entry["source"])
+
+
+def save(key: str, overhead: estimate.Overhead) -> None:
+    from mateperf.results import atomic_write_json
+
+    path = store_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[key] = {
+        "none_mb": overhead.none_mb,
+        "attention_mb": overhead.attention_mb,
+        "source": overhead.source,
+    }
+    atomic_write_json(path, data)
+
+
+def measure(monitor, timeout_s: float = 300.0) -> estimate.Overhead:
+    """Measure both figures on the monitor's device (needs a GPU and a CUDA build)."""
+    device = monitor.device()
+    with tempfile.TemporaryDirectory(prefix="mateperf-calibration-") as tmp:
+        path = write_tiny_gguf(Path(tmp) / "calibration.gguf", TinySpec())
+        layout = estimate.read_layout(path)
+        s = CALIBRATION_SETTINGS
+        figures = {}
+        for label, k in (("none", 0), ("attention", layout.all_layers)):
+            before = monitor.read()["vram_used_mb"]
+            config = {
+                "model_path": str(path),
+                "n_ctx": s.n_ctx,
+                "n_batch": s.n_ubatch,
+                "n_gpu_layers": -1 if k == layout.all_layers else k,
+                "n_threads": 1,
+            }
+            result = run_trial(config, work_spec(0, 256, 16), isolate=True, timeout_s=timeout_s)
+            if not result["ok"]:
+                raise RuntimeError(f"calibration load failed ({label}): {result['error']}")
+            buffers = estimate.predict(layout, k, s)["meta_buffers_mb"]
+            figures[label] = result["vram_after_mb"] - before - buffers
+            if not math.isfinite(figures[label]):
+                raise RuntimeError(f"calibration ({label}): NVML gave no reading")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    source = (
+        f"measured {when} on {device.get('name')} (driver {device.get('driver_version')}) with a "
+        "tiny generated GGUF: NVML device-used after load and decode in a fresh process, minus "
+        "the reading before it, minus the tiny model's predicted buffers"
+    )
+    return estimate.Overhead(figures["none"], figures["attention"], source)
+
+
+def overhead_for(monitor, gpu_offload: bool, remeasure: bool = False) -> estimate.Overhead:
+    """The stored figures for the monitor's device, measured first if there are none."""
+    if not monitor.available:
+        return estimate.Overhead(source=f"not measured: {monitor.status}")
+    if not gpu_offload:
+        return estimate.Overhead(
+            source="not measured: this llama-cpp-python build has no GPU offload (CPU only)"
+        )
+    key = device_key(monitor.device())
+    stored = None if remeasure else load_stored(key)
+    if stored is not None:
+        return stored
+    try:
+        overhead = measure(monitor)
+    except RuntimeError as exc:
+        return estimate.Overhead(source=f"not measured: {exc}")
+    save(key, overhead)
+    return overhead
+
+
+def stored_devices() -> list[str]:
+    try:
+        return sorted(json.loads(store_path().read_text()))
+    except (OSError, ValueError):
+        return []

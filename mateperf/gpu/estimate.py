@@ -1,0 +1,427 @@
+"""VRAM predicted from the GGUF file alone, for every n_gpu_layers from 0 to all.
+
+What llama.cpp puts on the GPU for `n_gpu_layers = k` (llama-model.cpp, load_tensors):
+- the output layer counts as layer n_layer and is offloaded FIRST: k = 1 puts only the output
+  matrix and its norm on the GPU, k = n_layer + 1 (or -1) everything;
+- repeating layers n_layer + 1 - k .. n_layer - 1 follow, from the last one down;
+- the input embedding (token_embd) always stays on the CPU. A model without `output.weight`
+  ties its output to token_embd, and llama.cpp then loads a SECOND copy of token_embd into the
+  output layer's buffer: for Gemma 3 270M that copy (170 MiB of Q8_0) is most of what k = 1
+  puts on the GPU, a cost calculators that count the file's bytes once miss.
+
+The KV cache: n_ctx (padded to 256) cells per layer of n_head_kv × (key_length × size(type_k) +
+value_length × size(type_v)) bytes, on the device for offloaded layers when offload_kqv is on.
+llama-cpp-python asks for the full-size sliding-window cache (swa_full), so sliding-window
+layers hold n_ctx cells as well.
+
+Compute buffers are reserved for the worst batch (n_ubatch tokens, every one an output), and
+the graph allocator reuses memory, so the buffer is the peak of live activations, not their
+sum. The candidates:
+- the output: logits n_vocab × n_ubatch × 4 bytes plus three hidden states. For a 262k-token
+  vocabulary at n_ubatch 512 that is 512 MiB, whatever the number of layers;
+- a layer: attention scores n_head × n_ctx × n_ubatch × 4 and the KQ mask (with flash
+  attention only the mask, in f16) plus Q, K, V and three hidden states, or the feed-forward's
+  gate and up (2 × n_ff × n_ubatch × 4);
+- with op_offload (llama.cpp's default) a CUDA build runs batched matrix products on the GPU
+  even for weights left in host memory, copying those weights into the device compute buffer
+  first: at k = 0 the output matrix is such a copy; with layers still on the CPU, the weights of
+  one scheduler split (two layers, taken here) are.
+
+What the file cannot tell: the CUDA context, cuBLAS workspace and the CUDA backend's pools.
+That device overhead is measured once per device (mateperf.gpu.calibration) and added; where it
+was never measured the total is NaN and only the buffers are predicted: nothing is guessed.
+It is measured at two placements, because cuBLAS (its handle and workspace) comes to life only
+when a product it serves runs on the device: with quantised weights that is attention over a
+KV cache on the GPU (layers offloaded with offload_kqv), while the weight products of a
+quantised model run in llama.cpp's own kernels. So `none_mb` applies while no layer's attention
+runs on the GPU (n_gpu_layers 0 and 1, or offload_kqv off) and `attention_mb` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mateperf.errors import ModelFileError
+
+MiB = float(1 << 20)
+F32 = 4
+CTX_PAD = 256
+SPLIT_LAYERS = 2  # layers of host weights copied for one scheduler split (op_offload)
+_INPUT_PREFIXES = ("token_embd", "pos_embd", "token_types", "token_embd_norm")
+_OUTPUT_PREFIXES = ("output.", "output_norm.", "cls.", "cls_out.")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the GGUF says about sizes: hyperparameters and tensor bytes by placement group."""
+
+    path: str
+    name: str
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: tuple[int, ...]
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ctx_train: int
+    layer_bytes: tuple[int, ...]
+    input_bytes: int
+    output_bytes: int  # tensors of the output layer that the file has (norm, output.weight)
+    output_matrix_bytes: int  # output.weight, or token_embd.weight when tied
+    tied_output: bool
+    other_bytes: int
+    tensor_bytes: int
+    types: dict = field(default_factory=dict, compare=False)  # tensor type name -> count
+
+    @property
+    def all_layers(self) -> int:
+        """The n_gpu_layers value that offloads everything (repeating layers + output)."""
+        return self.n_layer + 1
+
+    def resolve_layers(self, n_gpu_layers: int) -> int:
+        """-1 or anything above the model's layers means all of them."""
+        if n_gpu_layers < 0 or n_gpu_layers > self.all_layers:
+            return self.all_layers
+        return n_gpu_layers
+
+
+class _Reader:
+    """A GGUF header reader that keeps the scalars and integer arrays we ask for."""
+
+    SCALARS = {
+        0: "<B",
+        1: "<b",
+        2: "<H",
+        3: "<h",
+        4: "<I",
+        5: "<i",
+        6: "<f",
+        7: "<?",
+        10: "<Q",
+        11: "<q",
+        12: "<d",
+    }
+    STRING, ARRAY = 8, 9
+
+    def __init__(self, fh, path):
+        self.fh, self.path = fh, path
+
+    def take(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise ModelFileError(self.path, "is truncated inside its header")
+        return data
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        return self.take(self.unpack("<Q")).decode("utf-8", "replace")
+
+    def value(self, vtype: int, keep: bool):
+        if vtype in self.SCALARS:
+            return self.unpack(self.SCALARS[vtype])
+        if vtype == self.STRING:
+            text = self.string()
+            return text if keep else None
+        if vtype == self.ARRAY:
+            etype, count = self.unpack("<I"), self.unpack("<Q")
+            if etype in self.SCALARS:
+                fmt = self.SCALARS[etype]
+                size = struct.calcsize(fmt)
+                if keep:
+                    raw = self.take(size * count)
+                    return list(struct.unpack(f"<{count}{fmt[1]}", raw))
+                self.fh.seek(size * count, 1)
+                return None
+            for _ in range(count):
+                self.value(etype, keep=False)
+            return None
+        raise ModelFileError(self.path, f"has an unknown GGUF value type {vtype}")
+
+
+def _wanted(key: str) -> bool:
+    return key.startswith("general.") or not key.startswith("tokenizer.")
+
+
+def read_layout(path: str | Path) -> Layout:
+    """Hyperparameters and tensor bytes from the header (milliseconds; no tensor data read).
+
+    `gguf.GGUFReader` would do, but it maps every tokenizer string and takes ~20 s on the
+    default model; the `gguf` package's type table gives the bytes of every tensor.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    path = Path(path)
+    kv: dict = {}
+    tensors: list[tuple[str, list[int], int]] = []
+    with path.open("rb") as fh:
+        r = _Reader(fh, path)
+        if r.take(4) != b"GGUF":
+            raise ModelFileError(path, "is not a GGUF file")
+        r.take(4)
+        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+        for _ in range(n_kv):
+            key = r.string()
+            vtype = r.unpack("<I")
+            keep = _wanted(key)
+            value = r.value(vtype, keep)
+            if keep:
+                kv[key] = value
+        for _ in range(n_tensors):
+            name = r.string()
+            n_dims = r.unpack("<I")
+            shape = [r.unpack("<Q") for _ in range(n_dims)]
+            ggml_type = r.unpack("<I")
+            r.unpack("<Q")  # offset
+            tensors.append((name, shape, ggml_type))
+
+    arch = kv.get("general.architecture", "")
+
+    def hp(key: str, default=None):
+        return kv.get(f"{arch}.{key}", default)
+
+    n_layer = int(hp("block_count", 0))
+    if n_layer <= 0:
+        raise ModelFileError(path, f"has no {arch}.block_count: not a layered language model")
+    n_embd = int(hp("embedding_length", 0))
+    n_head = _largest(hp("attention.head_count", 1))
+    n_ff = _largest(hp("feed_forward_length", 4 * n_embd))
+    kv_heads = hp("attention.head_count_kv", n_head)
+    if isinstance(kv_heads, list):
+        n_head_kv = tuple(int(v) for v in kv_heads[:n_layer])
+    else:
+        n_head_kv = (int(kv_heads),) * n_layer
+    head_dim_k = int(hp("attention.key_length", n_embd // max(1, n_head)))
+    head_dim_v = int(hp("attention.value_length", head_dim_k))
+
+    layer_bytes = [0] * n_layer
+    input_bytes = output_bytes = other_bytes = 0
+    embd_bytes = out_matrix = 0
+    n_vocab = int(hp("vocab_size", 0))
+    types: dict[str, int] = {}
+    for name, shape, ggml_type in tensors:
+        try:
+            qtype = GGMLQuantizationType(ggml_type)
+            block, type_size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise ModelFileError(path, f"has a tensor of unknown ggml type {ggml_type}") from None
+        types[qtype.name] = types.get(qtype.name, 0) + 1
+        n_bytes = math.prod(shape) // block * type_size
+        if name.startswith("blk."):
+            index = int(name.split(".")[1])
+            if index < n_layer:
+                layer_bytes[index] += n_bytes
+            else:  # e.g. next-token-prediction layers llama.cpp does not load by default
+                other_bytes += n_bytes
+        elif name.startswith(_INPUT_PREFIXES):
+            input_bytes += n_bytes
+            if name == "token_embd.weight":
+                embd_bytes = n_bytes
+                n_vocab = n_vocab or int(shape[-1])
+        elif name.startswith(_OUTPUT_PREFIXES):
+            output_bytes += n_bytes
+            if name == "output.weight":
+                out_matrix = n_bytes
+                n_vocab = n_vocab or int(shape[-1])
+        else:
+            other_bytes += n_bytes
+    tied = out_matrix == 0
+    return Layout(
+        path=str(path),
+        name=str(kv.get("general.name", path.stem)),
+        architecture=arch,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim_k=head_dim_k,
+        head_dim_v=head_dim_v,
+        n_vocab=n_vocab,
+        n_ctx_train=int(hp("context_length", 0)),
+        layer_bytes=tuple(layer_bytes),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        output_matrix_bytes=embd_bytes if tied else out_matrix,
+        tied_output=tied,
+        other_bytes=other_bytes,
+        tensor_bytes=input_bytes + output_bytes + other_bytes + sum(layer_bytes),
+        types=types,
+    )
+
+
+def _largest(value) -> int:
+    """A per-layer array (some architectures vary heads or FFN width by layer) or a scalar."""
+    if isinstance(value, list):
+        return int(max(value)) if value else 0
+    return int(value)
+
+
+def cache_type_bytes(name: str) -> float:
+    """Bytes per element of a KV cache type (f16, f32, q8_0, q4_0, ...)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]
+    except KeyError:
+        raise ValueError(f"unknown KV cache type {name!r}") from None
+    return size / block
+
+
+def padded_ctx(n_ctx: int) -> int:
+    return -(-n_ctx // CTX_PAD) * CTX_PAD
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Device memory no buffer accounts for, in MiB, measured once per device."""
+
+    none_mb: float = float("nan")  # no attention on the device
+    attention_mb: float = float("nan")  # attention over a device KV cache (cuBLAS alive)
+    source: str = "never measured"
+
+    def for_layers(self, layout: Layout, k: int, settings: Settings) -> float:
+        attention_on_gpu = settings.offload_kqv and len(gpu_layer_indices(layout, k)) > 0
+        return self.attention_mb if attention_on_gpu else self.none_mb
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The load and context settings that change what is allocated."""
+
+    n_ctx: int = 2048
+    n_ubatch: int = 512
+    offload_kqv: bool = True
+    flash_attn: bool = False
+    op_offload: bool = True
+    type_k: str = "f16"
+    type_v: str = "f16"
+
+
+def gpu_layer_indices(layout: Layout, k: int) -> range:
+    """Repeating layers on the GPU for n_gpu_layers = k (k already resolved to 0..all)."""
+    start = max(0, layout.n_layer + 1 - k)
+    return range(start, layout.n_layer) if k > 1 else range(0)
+
+
+def kv_bytes_per_layer(layout: Layout, s: Settings) -> list[float]:
+    n_ctx = padded_ctx(s.n_ctx)
+    bk, bv = cache_type_bytes(s.type_k), cache_type_bytes(s.type_v)
+    return [
+        n_ctx * heads * (layout.head_dim_k * bk + layout.head_dim_v * bv)
+        for heads in layout.n_head_kv
+    ]
+
+
+def activation_peaks(layout: Layout, s: Settings) -> dict[str, float]:
+    """Peak live activations in bytes: at the output, and inside one layer.
+
+    Three hidden states are live at any point (the residual stream, the normed input, the
+    result being formed); the KQ mask (f32, or f16 with flash attention) lives through the
+    layers. Checked against llama.cpp's own reservation on this CPU build for the default model
+    and for generated models where the output or the attention dominates (tests).
+    """
+    ub = s.n_ubatch
+    n_kv = padded_ctx(s.n_ctx)
+    hidden = layout.n_embd * ub * F32
+    out_peak = layout.n_vocab * ub * F32 + 3 * hidden
+    q = layout.n_head * layout.head_dim_k * ub * F32
+    kv_cur = max(layout.n_head_kv) * (layout.head_dim_k + layout.head_dim_v) * ub * F32
+    if s.flash_attn:
+        attn_peak = n_kv * ub * 2 + q + kv_cur + 3 * hidden
+    else:
+        attn_peak = layout.n_head * n_kv * ub * F32 + n_kv * ub * F32 + q + kv_cur + 3 * hidden
+    ffn_peak = 2 * layout.n_ff * ub * F32 + 3 * hidden
+    return {"hidden": hidden, "output": out_peak, "layer": max(attn_peak, ffn_peak)}
+
+
+def predict(
+    layout: Layout,
+    n_gpu_layers: int,
+    settings: Settings | None = None,
+    overhead: Overhead | None = None,
+    gpu_build: bool = True,
+) -> dict:
+    """Predicted MiB on the device and on the host for one n_gpu_layers.
+
+    gpu_build=False predicts a CPU-only build (everything on the host), which is what this
+    module can be checked against on a machine without a GPU.
+    """
+    s = settings or Settings()
+    k = layout.resolve_layers(n_gpu_layers) if gpu_build else 0
+    gpu_layers = gpu_layer_indices(layout, k)
+    output_on_gpu = k >= 1
+    host_layers = [i for i in range(layout.n_layer) if i not in gpu_layers]
+    kv = kv_bytes_per_layer(layout, s)
+    peaks = activation_peaks(layout, s)
+    split_copy = SPLIT_LAYERS * max(layout.layer_bytes)
+
+    dev_weights = sum(layout.layer_bytes[i] for i in gpu_layers)
+    host_weights = layout.input_bytes + layout.other_bytes
+    host_weights += sum(layout.layer_bytes[i] for i in host_layers)
+    if output_on_gpu:
+        # a tied output is a second copy of token_embd, loaded into the output's buffer
+        dev_weights += layout.output_bytes + (
+            layout.output_matrix_bytes if layout.tied_output else 0
+        )
+    else:
+        host_weights += layout.output_bytes
+    dev_kv = sum(kv[i] for i in gpu_layers) if s.offload_kqv else 0.0
+    host_kv = sum(kv) - dev_kv
+
+    if not gpu_build:
+        dev_compute = 0.0
+        host_compute = max(peaks["output"], peaks["layer"])
+    elif k == 0:
+        dev_compute = (
+            max(peaks["output"] + layout.output_matrix_bytes, peaks["layer"] + split_copy)
+            if s.op_offload
+            else 0.0
+        )
+        host_compute = 2 * peaks["hidden"] if s.op_offload else max(peaks.values())
+    else:
+        copies = split_copy if (s.op_offload and host_layers) else 0
+        layer_on_device = bool(gpu_layers) or s.op_offload
+        dev_compute = max(peaks["output"], (peaks["layer"] + copies) if layer_on_device else 0)
+        if s.op_offload or not host_layers:
+            host_compute = 2 * peaks["hidden"]
+        else:
+            host_compute = peaks["layer"]
+
+    buffers = (dev_weights + dev_kv + dev_compute) / MiB
+    overhead_mb = (overhead or Overhead()).for_layers(layout, k, s) if gpu_build else 0.0
+    return {
+        "gpu_layers": k,
+        "offloads_all": k == layout.all_layers,
+        "repeating_layers_on_gpu": len(gpu_layers),
+        "output_on_gpu": output_on_gpu,
+        "meta_weights_mb": dev_weights / MiB,
+        "meta_kv_mb": dev_kv / MiB,
+        "meta_compute_mb": dev_compute / MiB,
+        "meta_buffers_mb": buffers,
+        "meta_overhead_mb": overhead_mb,
+        "meta_total_mb": buffers + overhead_mb,  # NaN while the overhead was never measured
+        "meta_host_weights_mb": host_weights / MiB,
+        "meta_host_kv_mb": host_kv / MiB,
+        "meta_host_compute_mb": host_compute / MiB,
+        "meta_host_mb": (host_weights + host_kv + host_compute) / MiB,
+    }
+
+
+def predict_table(
+    layout: Layout,
+    settings: Settings | None = None,
+    overhead: Overhead | None = None,
+) -> pd.DataFrame:
+    """One row per n_gpu_layers from 0 to all (n_layer + 1), for a CUDA build."""
+    rows = [predict(layout, k, settings, overhead) for k in range(layout.all_layers + 1)]
+    return pd.DataFrame(rows)

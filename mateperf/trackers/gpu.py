@@ -1,0 +1,422 @@
+"""NVIDIA GPU monitor: device facts, a background sampler and VRAM threshold alerts, from NVML.
+
+An instrument only: it knows nothing about models, layers or profiles. Wrap it around work::
+
+    monitor = GpuMonitor(interval_ms=100, budget_mb=6144)   # emulate a 6 GB card
+    with monitor:
+        monitor.mark("model loaded")
+        ...
+    monitor.samples(), monitor.alerts(), monitor.markers()
+
+No NVIDIA driver, no GPU, no nvidia-ml-py: `available` is False and `status` says why in one
+line ("no NVIDIA GPU: <reason>"); every reading is NaN, the sampler records nothing and
+nothing raises. The monitor never creates a CUDA context (NVML does not), so it can watch a
+process that has not touched the GPU yet and measure what a child process adds.
+
+Alerts: the device's used memory as a share of a basis, the card's total or `budget_mb` (a
+smaller card emulated on a larger one). Levels ok < warn (default 80%) < critical (90%); an
+event is recorded, and passed to every callback, each time the level changes, so a long stay
+above a threshold is one event, not one per sample. The level falls back only once use drops
+`hysteresis_pct` below the threshold, so noise at a boundary does not flap.
+
+Units: `_mb` columns are MiB (2**20 bytes), as nvidia-smi counts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+MB = float(1 << 20)
+NO_GPU_PREFIX = "no NVIDIA GPU"
+OK, WARN, CRITICAL = "ok", "warn", "critical"
+_LEVEL_RANK = {OK: 0, WARN: 1, CRITICAL: 2}
+
+SAMPLE_COLUMNS = [
+    "t_s",
+    "vram_used_mb",
+    "vram_free_mb",
+    "vram_total_mb",
+    "vram_process_mb",
+    "gpu_util_pct",
+    "mem_util_pct",
+    "temp_c",
+    "power_w",
+    "sm_clock_mhz",
+    "mem_clock_mhz",
+]
+ALERT_COLUMNS = [
+    "t_s",
+    "level",
+    "previous_level",
+    "vram_used_mb",
+    "basis_mb",
+    "basis",
+    "used_pct",
+    "threshold_pct",
+]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _nan() -> float:
+    return float("nan")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """VRAM alert levels in percent of the basis (the card's total, or a budget)."""
+
+    warn_pct: float = 80.0
+    critical_pct: float = 90.0
+    hysteresis_pct: float = 2.0
+
+    def __post_init__(self):
+        if not 0 < self.warn_pct <= self.critical_pct <= 100:
+            raise ValueError(
+                f"thresholds warn {self.warn_pct}% and critical {self.critical_pct}% must "
+                "satisfy 0 < warn <= critical <= 100"
+            )
+        if self.hysteresis_pct < 0:
+            raise ValueError(f"hysteresis_pct={self.hysteresis_pct} must not be negative")
+
+    def level(self, used_pct: float, current: str) -> str:
+        """The level for `used_pct`, falling only once below a threshold minus hysteresis."""
+        if used_pct != used_pct:  # NaN: no reading, keep what we had
+            return current
+        rising = (
+            CRITICAL if used_pct >= self.critical_pct else WARN if used_pct >= self.warn_pct else OK
+        )
+        if _LEVEL_RANK[rising] >= _LEVEL_RANK[current]:
+            return rising
+        h = self.hysteresis_pct
+        if current == CRITICAL and used_pct >= self.critical_pct - h:
+            return CRITICAL
+        if used_pct >= self.warn_pct - h:
+            return WARN
+        return OK
+
+
+class GpuMonitor:
+    """NVML readings of one device, sampled in a background thread, with VRAM alerts.
+
+    `nvml` is the NVML binding (default: `pynvml` from nvidia-ml-py); tests pass a stand-in
+    only to cause what cannot be caused on a machine without a GPU (a given free VRAM).
+    """
+
+    def __init__(
+        self,
+        interval_ms: float = 100.0,
+        device_index: int = 0,
+        thresholds: Thresholds | None = None,
+        budget_mb: float | None = None,
+        callbacks: list[Callable[[dict], None]] | None = None,
+        nvml=None,
+        block_samples: int = 65536,
+    ):
+        if not interval_ms > 0:
+            raise ValueError(f"interval_ms={interval_ms} must be positive")
+        if budget_mb is not None and not budget_mb > 0:
+            raise ValueError(f"budget_mb={budget_mb} must be positive (or None: the card)")
+        from mateperf.trackers.memory import _RowBlocks
+
+        self.interval_ms = float(interval_ms)
+        self.device_index = int(device_index)
+        self.thresholds = thresholds or Thresholds()
+        self.budget_mb = float(budget_mb) if budget_mb else None
+        self.callbacks = list(callbacks or [])
+        self._rows = _RowBlocks(len(SAMPLE_COLUMNS), block_samples)
+        self._alerts: list[dict] = []
+        self._markers: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0_ns = time.perf_counter_ns()
+        self._level = OK
+        self._pid = os.getpid()
+        self._nvml = None
+        self._handle = None
+        self.available = False
+        self.status = ""
+        self._open(nvml)
+
+    # -- NVML ----------------------------------------------------------------------------------
+    def _open(self, nvml) -> None:
+        if nvml is None:
+            try:
+                import pynvml as nvml
+            except ImportError as exc:
+                self.status = f"{NO_GPU_PREFIX}: nvidia-ml-py (pynvml) not importable: {exc}"
+                return
+        try:
+            nvml.nvmlInit()
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            self.status = f"{NO_GPU_PREFIX}: NVML unavailable: {_reason(exc)}"
+            return
+        try:
+            count = nvml.nvmlDeviceGetCount()
+            if count <= self.device_index:
+                self.status = (
+                    f"{NO_GPU_PREFIX}: NVML reports {count} device(s), "
+                    f"index {self.device_index} absent"
+                )
+                return
+            self._handle = nvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            name = _text(nvml.nvmlDeviceGetName(self._handle))
+        except Exception as exc:
+            self.status = f"{NO_GPU_PREFIX}: NVML error: {_reason(exc)}"
+            return
+        self._nvml = nvml
+        self.available = True
+        self.status = f"GPU {self.device_index}: {name}"
+
+    def _call(self, name: str, *args, default=None):
+        """One NVML query; `default` where the device or driver does not support it."""
+        try:
+            return getattr(self._nvml, name)(*args)
+        except Exception:
+            return default
+
+    def device(self) -> dict:
+        """Name, driver and CUDA versions, memory, utilisation, temperature, power, clocks.
+
+        One dict with the status; numbers are NaN where NVML has none (or there is no GPU).
+        """
+        info = {
+            "available": self.available,
+            "status": self.status,
+            "index": self.device_index,
+            "name": "",
+            "uuid": "",
+            "driver_version": "",
+            "cuda_driver_version": "",
+            "nvml_version": "",
+            **self.read(),
+        }
+        if not self.available:
+            return info
+        h = self._handle
+        info["name"] = _text(self._call("nvmlDeviceGetName", h, default=""))
+        info["uuid"] = _text(self._call("nvmlDeviceGetUUID", h, default=""))
+        info["driver_version"] = _text(self._call("nvmlSystemGetDriverVersion", default=""))
+        info["nvml_version"] = _text(self._call("nvmlSystemGetNVMLVersion", default=""))
+        cuda = self._call("nvmlSystemGetCudaDriverVersion_v2", default=None)
+        if cuda is None:
+            cuda = self._call("nvmlSystemGetCudaDriverVersion", default=None)
+        if isinstance(cuda, int) and cuda > 0:
+            info["cuda_driver_version"] = f"{cuda // 1000}.{cuda % 1000 // 10}"
+        return info
+
+    def read(self) -> dict:
+        """One reading (no timestamp): memory, this process's memory, utilisation, sensors."""
+        out = {name: _nan() for name in SAMPLE_COLUMNS[1:]}
+        if not self.available:
+            return out
+        nvml, h = self._nvml, self._handle
+        mem = self._call("nvmlDeviceGetMemoryInfo", h)
+        if mem is not None:
+            out["vram_used_mb"] = mem.used / MB
+            out["vram_free_mb"] = mem.free / MB
+            out["vram_total_mb"] = mem.total / MB
+        out["vram_process_mb"] = self._process_mb()
+        util = self._call("nvmlDeviceGetUtilizationRates", h)
+        if util is not None:
+            out["gpu_util_pct"] = float(util.gpu)
+            out["mem_util_pct"] = float(util.memory)
+        temp = self._call("nvmlDeviceGetTemperature", h, getattr(nvml, "NVML_TEMPERATURE_GPU", 0))
+        if temp is not None:
+            out["temp_c"] = float(temp)
+        power = self._call("nvmlDeviceGetPowerUsage", h)
+        if power is not None:
+            out["power_w"] = power / 1000.0
+        sm = self._call("nvmlDeviceGetClockInfo", h, getattr(nvml, "NVML_CLOCK_SM", 1))
+        if sm is not None:
+            out["sm_clock_mhz"] = float(sm)
+        memclk = self._call("nvmlDeviceGetClockInfo", h, getattr(nvml, "NVML_CLOCK_MEM", 2))
+        if memclk is not None:
+            out["mem_clock_mhz"] = float(memclk)
+        return out
+
+    def _process_mb(self) -> float:
+        # Not listed = no CUDA context = 0. Listed with usedGpuMemory None = hidden by the
+        # driver = unknown. Inside a container NVML reports host PIDs, so this reads 0 there:
+        # device-wide used memory is the figure to trust on a machine with nothing else on it.
+        procs = self._call("nvmlDeviceGetComputeRunningProcesses", self._handle)
+        if procs is None:
+            return _nan()
+        total = 0.0
+        for proc in procs:
+            if proc.pid == self._pid:
+                if proc.usedGpuMemory is None:
+                    return _nan()
+                total += proc.usedGpuMemory / MB
+        return total
+
+    # -- alerts --------------------------------------------------------------------------------
+    @property
+    def basis(self) -> str:
+        return "budget" if self.budget_mb else "card"
+
+    @property
+    def level(self) -> str:
+        return self._level
+
+    def _basis_mb(self, reading: dict) -> float:
+        return self.budget_mb if self.budget_mb else reading["vram_total_mb"]
+
+    def check(self, reading: dict, t_s: float | None = None) -> dict | None:
+        """Update the alert level from one reading; returns the event if the level changed."""
+        basis_mb = self._basis_mb(reading)
+        used = reading["vram_used_mb"]
+        pct = 100.0 * used / basis_mb if basis_mb and basis_mb > 0 else _nan()
+        new = self.thresholds.level(pct, self._level)
+        if new == self._level:
+            return None
+        event = {
+            "t_s": self.now_s() if t_s is None else t_s,
+            "level": new,
+            "previous_level": self._level,
+            "vram_used_mb": used,
+            "basis_mb": basis_mb,
+            "basis": self.basis,
+            "used_pct": pct,
+            "threshold_pct": {
+                CRITICAL: self.thresholds.critical_pct,
+                WARN: self.thresholds.warn_pct,
+                OK: self.thresholds.warn_pct - self.thresholds.hysteresis_pct,
+            }[new],
+        }
+        self._level = new
+        with self._lock:
+            self._alerts.append(event)
+        for callback in self.callbacks:
+            try:
+                callback(dict(event))
+            except Exception:  # a callback's bug must not stop the sampler
+                pass
+        return event
+
+    # -- sampling ------------------------------------------------------------------------------
+    def now_s(self) -> float:
+        return (time.perf_counter_ns() - self._t0_ns) / 1e9
+
+    def sample_now(self) -> dict:
+        """One reading with its time, recorded and checked against the thresholds."""
+        t_s = self.now_s()
+        reading = self.read()
+        if self.available:
+            with self._lock:
+                self._rows.append([t_s, *(reading[c] for c in SAMPLE_COLUMNS[1:])])
+            self.check(reading, t_s)
+        return {"t_s": t_s, **reading}
+
+    def mark(self, label: str, **extra) -> dict:
+        """A labelled reading (recorded as a sample too), e.g. around a model load."""
+        row = {"label": label, **self.sample_now(), **extra}
+        with self._lock:
+            self._markers.append(row)
+        return row
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> GpuMonitor:
+        if self.running or not self.available:
+            return self  # without a GPU there is nothing to sample: no thread at all
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="gpu-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> GpuMonitor:
+        thread = self._thread
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+            self._thread = None
+        return self
+
+    def close(self) -> None:
+        self.stop()
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+            self._nvml = None
+            self.available = False
+
+    def __enter__(self) -> GpuMonitor:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        interval_ns = int(self.interval_ms * 1e6)
+        next_ns = time.perf_counter_ns()
+        while not self._stop.is_set():
+            self.sample_now()
+            next_ns += interval_ns
+            now = time.perf_counter_ns()
+            if next_ns < now:  # after a stall skip the missed ticks rather than burst
+                next_ns = now + interval_ns - (now - next_ns) % interval_ns
+            self._stop.wait((next_ns - now) / 1e9)
+
+    # -- results -------------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def samples(self) -> pd.DataFrame:
+        """Every recorded reading, oldest first (empty without a GPU)."""
+        with self._lock:
+            data = self._rows.array()
+        df = pd.DataFrame(data, columns=SAMPLE_COLUMNS)
+        df["gpu_status"] = self.status
+        return df
+
+    def alerts(self) -> pd.DataFrame:
+        with self._lock:
+            rows = list(self._alerts)
+        df = pd.DataFrame(rows, columns=ALERT_COLUMNS)
+        df["gpu_status"] = self.status
+        return df
+
+    def markers(self) -> pd.DataFrame:
+        with self._lock:
+            rows = list(self._markers)
+        return pd.DataFrame(rows, columns=None if rows else ["label", *SAMPLE_COLUMNS])
+
+    def peak_used_mb(self, t_from: float, t_to: float) -> float:
+        """Highest device-used reading between two times on this monitor's clock."""
+        with self._lock:
+            data = self._rows.array()
+        if not len(data):
+            return _nan()
+        t, used = data[:, 0], data[:, 1]
+        sel = used[(t >= t_from) & (t <= t_to)]
+        return float(sel.max()) if len(sel) else _nan()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def nvml_status(device_index: int = 0) -> str:
+    """One line: the device's name, or "no NVIDIA GPU: <reason>"."""
+    monitor = GpuMonitor(device_index=device_index)
+    try:
+        return monitor.status
+    finally:
+        monitor.close()
