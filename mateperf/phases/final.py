@@ -105,8 +105,6 @@ def validate(params: dict) -> None:
             f"parameter peers={params.get('peers')!r}: choose from {', '.join(PEER_KINDS)}"
         )
     parse_arms(params.get("arms", ",".join(ARMS)))
-    if params.get("vram_budget_mb", 0) < 0:
-        raise ParameterError(f"parameter vram_budget_mb={params['vram_budget_mb']} is negative")
     if params.get("config"):
         recommend.load(params["config"])
 
@@ -132,22 +130,46 @@ def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
     return None, "no cpu run with a recommended.json under the results root"
 
 
-def auto_profile(path: Path, base: dict, budget_mb: float) -> tuple[dict, str, str]:
-    """The GPU profile selected for this machine: (load parameters, profile, why)."""
+def auto_profile(path: Path) -> tuple[dict, str, str]:
+    """The GPU profile for this machine: (load parameters, profile, why).
+
+    The gpu phase selects it (the fastest profile whose predicted VRAM fits the free VRAM with a
+    margin); this phase takes the newest gpu run's choice made on this host for this model.
+    Without GPU offload or a GPU there is nothing to select: cpu_fallback.
+    """
+    from mateperf import host, results
     from mateperf.trackers.gpu import GpuMonitor
 
+    if not llm_phase.gpu_offload_available():
+        return {"n_gpu_layers": 0}, "cpu_fallback", "this llama-cpp-python build has no GPU offload"
     monitor = GpuMonitor()
     try:
         available, status = monitor.available, monitor.status
     finally:
         monitor.close()
-    if not llm_phase.gpu_offload_available():
-        return {"n_gpu_layers": 0}, "cpu_fallback", "this llama-cpp-python build has no GPU offload"
     if not available:
         return {"n_gpu_layers": 0}, "cpu_fallback", status
-    from mateperf.phases import gpu as gpu_phase
-
-    return gpu_phase.auto_profile(path, base, budget_mb or None)
+    here = host.fingerprint()
+    for run in reversed(results.list_runs(None, "gpu")):
+        if run.info.get("status") != results.STATUS_OK or not run.frame_path().is_file():
+            continue
+        if host.same_host(run.info.get("fingerprint", {}), here):
+            continue
+        df = run.read_frame()
+        chosen = df[(df["scenario"] == "selection") & df["chosen"].fillna(False).astype(bool)]
+        if chosen.empty or str(chosen["model_file"].iloc[0]) != path.name:
+            continue
+        r = chosen.iloc[0]
+        params = {
+            "n_gpu_layers": int(r["cfg_n_gpu_layers"]),
+            "offload_kqv": bool(r["cfg_offload_kqv"]),
+            "flash_attn": bool(r["cfg_flash_attn"]),
+        }
+        return params, str(r["profile"]), f"selected by the gpu run {run.run_id} ({r['reason']})"
+    raise ParameterError(
+        "phase final: no gpu run of this model on this host to take the GPU profile from: "
+        "run `mateperf run gpu` first (it selects the profile for the free VRAM)"
+    )
 
 
 def arm_configs(p: dict, path: Path, usable: int) -> tuple[dict[str, TurnConfig], dict]:
@@ -174,12 +196,7 @@ def arm_configs(p: dict, path: Path, usable: int) -> tuple[dict[str, TurnConfig]
         tuned = replace(baseline, **recommend.as_params(rec))
     else:
         _progress(f"threads arm keeps the original threads: {rec_source}")
-    base = {
-        "n_ctx": p["n_ctx"],
-        "n_batch": baseline.n_batch,
-        "n_ubatch": baseline.n_ubatch,
-    }
-    params, profile, why = auto_profile(path, base, float(p["vram_budget_mb"]))
+    params, profile, why = auto_profile(path)
     profiled = replace(
         baseline,
         n_gpu_layers=int(params.get("n_gpu_layers", 0)),
@@ -356,7 +373,6 @@ def run(
     warmup_tokens: int = 2,
     beat_chunks: int = 8,
     n_ctx: int = 2048,
-    vram_budget_mb: float = 0.0,
     seed: int = 1234,
 ) -> pd.DataFrame:
     p = dict(locals())

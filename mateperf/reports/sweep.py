@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from pathlib import Path
 
@@ -190,4 +191,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         shown["trials"] = summary["n"]
         parts += [f"### {label}", "", table(shown), ""]
         parts += [_best_reading(ranked, swept, metric), ""]
+    # what only the phase knows how to show per point (the gpu phase: VRAM against predictions)
+    extra = getattr(importlib.import_module(f"mateperf.reports.{phase}"), "sweep_extra", None)
+    if extra is not None:
+        parts += [extra(df, info, plots_dir, md_dir).rstrip(), ""]
     return "\n".join(parts)
