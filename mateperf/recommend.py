@@ -177,7 +177,11 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
     keys = sorted(set.intersection(*[set(t) for t in indexed]))
     worst = {k: max(float(t[k]["gap_pct"]) for t in indexed) for k in keys}
     passing = [k for k in keys if all(bool(t[k]["passes"]) for t in indexed)]
-    chosen = passing[0] if passing else min(keys, key=worst.get)
+    if passing:
+        chosen = passing[0]
+    else:  # the smallest setting whose worst gap is within the tolerance of the least worst
+        least = min(worst.values())
+        chosen = next(k for k in keys if worst[k] <= least + 100 * tolerance)
     evidence = []
     for (background, busy), t, ti in zip(levels, tables, indexed, strict=False):
         row = ti[chosen]
@@ -203,11 +207,30 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
         ""
         if passing
         else (
-            f"no setting passes for {metric} at every {target} load: the one with the smallest "
-            "worst-case gap"
+            f"no setting passes for {metric} at every {target} load: the smallest whose "
+            f"worst-case gap ({worst[chosen]:.1f}%) is within the tolerance of the least"
         )
     )
     return (dict(zip(by, map(int, chosen), strict=True)), note), evidence
+
+
+def _frame_note(d: pd.DataFrame, target: str, n_threads: int) -> str:
+    """What the recommendation costs the avatar: its frame p99 against the fewest threads'."""
+    if "frame_p99_ms" not in d.columns:
+        return ""
+    rows = d[(d["background"] == target) & d["frame_p99_ms"].notna()]
+    fewest = int(rows["n_threads"].min()) if len(rows) else n_threads
+    if rows.empty or fewest == n_threads:
+        return ""
+    parts = []
+    for busy, sub in rows.groupby("frame_busy", sort=True):
+        at = sub.loc[sub["n_threads"] == n_threads, "frame_p99_ms"].median()
+        low = sub.loc[sub["n_threads"] == fewest, "frame_p99_ms"].median()
+        parts.append(f"{at:.1f} vs {low:.1f} ms at {busy:.0%}")
+    return (
+        f"the avatar's frame p99 with n_threads={n_threads} against n_threads={fewest}: "
+        + ", ".join(parts)
+    )
 
 
 def _num(value) -> float | None:
@@ -243,6 +266,9 @@ def recommend(
             "measured idle only: the companion's load may change the answer "
             "(run with backgrounds=idle,companion)"
         )
+    frames = _frame_note(d, target, int(chosen["n_threads"]))
+    if frames:
+        notes.append(frames)
     loads = sorted({float(f) for f in d.loc[d["background"] == target, "frame_busy"]})
     return {
         "format": FORMAT,

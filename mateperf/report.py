@@ -131,17 +131,33 @@ def _report_command(paths: list[Path] | None, root: Path) -> str:
 
 
 def select_runs(paths: list[Path] | None, root: Path | None = None) -> list[results.RunDir]:
-    """The named runs, or the latest finished run and the latest sweep of each phase.
+    """The named runs, or per phase its representative run and its latest sweep.
 
-    A phase may define `representative(info)` to keep its self-check runs (the memory
-    phase's injected leak) out of the default selection.
+    The representative is the newest finished run with the phase's default test (no variant
+    parameter changed: mateperf.reports.overview.VARIANT_PARAMS), else the newest at all; a
+    phase may also define `representative(info)` to keep its self-check runs (the memory
+    phase's injected leak) out.
     """
+    from mateperf.reports.overview import variant_label
+
     if paths:
         return [results.RunDir.open(p) for p in paths]
     found = []
     for phase in phases.available_phases():
-        accept = getattr(phases.module(phase), "representative", None)
-        found.append(results.latest_run(phase, root, accept=accept))
+        own = getattr(phases.module(phase), "representative", None)
+        defaults = phases.defaults(phase)
+
+        def accept(info, own=own, phase=phase, defaults=defaults) -> bool:
+            return own is None or own(info)
+
+        def default_test(info, accept=accept, phase=phase, defaults=defaults) -> bool:
+            label = variant_label(phase, info.get("params", {}), defaults)
+            return accept(info) and label == "default"
+
+        found.append(
+            results.latest_run(phase, root, accept=default_test)
+            or results.latest_run(phase, root, accept=accept)
+        )
         found.append(results.latest_run(phase, root, kinds=("sweep",)))
     return [r for r in found if r is not None]
 
