@@ -99,7 +99,7 @@ def validate_gguf(path: Path) -> dict:
     return meta
 
 
-_SCALAR_FORMATS = {
+GGUF_SCALAR_FORMATS = {
     0: "<B",
     1: "<b",
     2: "<H",
@@ -112,7 +112,7 @@ _SCALAR_FORMATS = {
     11: "<q",
     12: "<d",
 }
-_STRING, _ARRAY = 8, 9
+GGUF_STRING, GGUF_ARRAY = 8, 9
 _WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "general.alignment")
 
 
@@ -135,15 +135,15 @@ class _HeaderReader:
         return self.take(self.unpack("<Q"))
 
     def value(self, vtype: int, keep: bool):
-        if vtype in _SCALAR_FORMATS:
-            return self.unpack(_SCALAR_FORMATS[vtype])
-        if vtype == _STRING:
+        if vtype in GGUF_SCALAR_FORMATS:
+            return self.unpack(GGUF_SCALAR_FORMATS[vtype])
+        if vtype == GGUF_STRING:
             raw = self.string()
             return raw.decode("utf-8", "replace") if keep else None
-        if vtype == _ARRAY:
+        if vtype == GGUF_ARRAY:
             etype, count = self.unpack("<I"), self.unpack("<Q")
-            if etype in _SCALAR_FORMATS:  # skip fixed-size arrays in one seek
-                size = struct.calcsize(_SCALAR_FORMATS[etype]) * count
+            if etype in GGUF_SCALAR_FORMATS:  # skip fixed-size arrays in one seek
+                size = struct.calcsize(GGUF_SCALAR_FORMATS[etype]) * count
                 self.fh.seek(size, os.SEEK_CUR)
             else:
                 for _ in range(count):

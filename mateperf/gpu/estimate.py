@@ -47,6 +47,7 @@ from pathlib import Path
 import pandas as pd
 
 from mateperf.errors import ModelFileError
+from mateperf.model import GGUF_ARRAY, GGUF_SCALAR_FORMATS, GGUF_STRING
 
 MiB = float(1 << 20)
 F32 = 4
@@ -96,20 +97,8 @@ class Layout:
 class _Reader:
     """A GGUF header reader that keeps the scalars and integer arrays we ask for."""
 
-    SCALARS = {
-        0: "<B",
-        1: "<b",
-        2: "<H",
-        3: "<h",
-        4: "<I",
-        5: "<i",
-        6: "<f",
-        7: "<?",
-        10: "<Q",
-        11: "<q",
-        12: "<d",
-    }
-    STRING, ARRAY = 8, 9
+    SCALARS = GGUF_SCALAR_FORMATS
+    STRING, ARRAY = GGUF_STRING, GGUF_ARRAY
 
     def __init__(self, fh, path):
         self.fh, self.path = fh, path
