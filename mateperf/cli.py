@@ -149,10 +149,6 @@ def cmd_all(args) -> int:
     available = phases.available_phases()
     if not available:
         raise BadInput("no phase notebooks found under notebooks/")
-    if args.config is not None:  # refuse a file for another host before measuring anything
-        from mateperf import recommend
-
-        recommend.load(args.config)
     failed = []
     start = time.perf_counter()
     for i, phase in enumerate(available, 1):
@@ -162,6 +158,7 @@ def cmd_all(args) -> int:
         command = f"mateperf run {phase}" + (
             f" --model {shlex.quote(args.model)}" if "model" in overrides else ""
         )
+        # the first phase's call refuses a file for another host before anything is measured
         configured = with_config(phase, overrides, args.config, required=False)
         if configured != overrides:
             command += f" --config {shlex.quote(str(Path(args.config).resolve()))}"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mateperf.bridge.client import BridgeError, UnityBridge
+from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.process import start_peer
 from mateperf.phases.ipc import expression_sequence  # the ipc phase's emotion beat
 
@@ -75,8 +76,7 @@ class CompanionLoad:
         frame_busy: float = 0.5,
         command_hz: float = 10.0,
     ):
-        if not 0 <= frame_busy < 1:
-            raise ValueError(f"frame_busy must be in [0, 1), got {frame_busy}")
+        frame_busy = check_frame_busy(frame_busy)  # the peers' own rule
         if fps <= 0:
             raise ValueError(f"fps must be positive for a companion load, got {fps}")
         if command_hz < 0:

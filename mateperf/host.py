@@ -120,17 +120,26 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def cpu_budget(topo=None) -> dict:
+    """The CPU and the share of it this process may use: what a thread recommendation is valid
+    for. Cheap (no git, no NVML), so a recommendation can be checked wherever it is loaded."""
+    topo = topo or cpu_topology()
+    return {
+        "cpu_model": cpu_model(),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "affinity": topo.allowed,
+        "cgroup_cpu_quota": topo.cgroup_quota_cpus,
+        "usable_cpus": topo.usable,
+    }
+
+
 def fingerprint() -> dict:
     vm = psutil.virtual_memory()
     topo = cpu_topology()
     return {
         "hostname": platform.node(),
-        "cpu_model": cpu_model(),
         "cores_physical": psutil.cpu_count(logical=False),
-        "cores_logical": psutil.cpu_count(logical=True),
-        "affinity": topo.allowed,
-        "cgroup_cpu_quota": topo.cgroup_quota_cpus,
-        "usable_cpus": topo.usable,
+        **cpu_budget(topo),
         "cpu_topology": topo.as_dict(),
         "ram_total_mb": round(vm.total / 2**20, 1),
         "gpus": gpus(),

@@ -264,6 +264,12 @@ class LlamaConfig:
         return asdict(self)
 
     @classmethod
+    def check_params(cls, params: dict) -> LlamaConfig:
+        """The load settings among a phase's parameters, checked (ParameterError if impossible)."""
+        names = ("n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch", "n_gpu_layers")
+        return cls(model_path="-", **{k: params[k] for k in names if k in params})
+
+    @classmethod
     def from_recommended(cls, path, model_path, **overrides) -> LlamaConfig:
         """The settings of a recommended.json (from `mateperf run cpu`), checked against this
         host (mateperf.recommend.ConfigError names what does not fit); overrides win."""

@@ -313,9 +313,9 @@ def load(path: str | Path, fingerprint: dict | None = None) -> dict:
     if rec["n_ubatch"] > rec["n_batch"]:
         raise ConfigError(f"--config {path}: n_ubatch={rec['n_ubatch']} exceeds n_batch")
     if fingerprint is None:
-        from mateperf.host import fingerprint as current
+        from mateperf.host import cpu_budget
 
-        fingerprint = current()
+        fingerprint = cpu_budget()
     check_host(path, rec, fingerprint)
     return rec
 

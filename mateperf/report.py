@@ -110,10 +110,12 @@ def run_header(info: dict) -> str:
     return "\n".join(lines)
 
 
-def phase_section(phase: str, run: results.RunDir, plots_dir: Path, md_dir: Path) -> str:
+def phase_section(
+    phase: str, run: results.RunDir, plots_dir: Path, md_dir: Path, df: pd.DataFrame | None = None
+) -> str:
     kind = "sweep" if run.info.get("kind") == "sweep" else phase
     report = importlib.import_module(f"mateperf.reports.{kind}")
-    df = run.read_frame(phase)
+    df = run.read_frame(phase) if df is None else df
     return report.section(df, run.info, plots_dir, md_dir)
 
 
@@ -130,39 +132,41 @@ def _report_command(paths: list[Path] | None, root: Path) -> str:
     return "mateperf report " + " ".join(shown)
 
 
-def select_runs(paths: list[Path] | None, root: Path | None = None) -> list[results.RunDir]:
+def select_runs(
+    paths: list[Path] | None, root: Path | None = None, listed: list | None = None
+) -> list[results.RunDir]:
     """The named runs, or per phase its representative run and its latest sweep.
 
     The representative is the newest finished run with the phase's default test (no variant
     parameter changed: mateperf.reports.overview.VARIANT_PARAMS), else the newest at all; a
     phase may also define `representative(info)` to keep its self-check runs (the memory
-    phase's injected leak) out.
+    phase's injected leak) out. `listed`: the root's runs, when the caller listed them already.
     """
     from mateperf.reports.overview import variant_label
 
     if paths:
         return [results.RunDir.open(p) for p in paths]
+    listed = results.list_runs(root) if listed is None else listed
     found = []
     for phase in phases.available_phases():
-        own = getattr(phases.module(phase), "representative", None)
+        own = getattr(phases.module(phase), "representative", None) or (lambda info: True)
         defaults = phases.defaults(phase)
 
-        def accept(info, own=own, phase=phase, defaults=defaults) -> bool:
-            return own is None or own(info)
-
-        def default_test(info, accept=accept, phase=phase, defaults=defaults) -> bool:
+        def default_test(info, own=own, phase=phase, defaults=defaults) -> bool:
             label = variant_label(phase, info.get("params", {}), defaults)
-            return accept(info) and label == "default"
+            return own(info) and label == "default"
 
         found.append(
-            results.latest_run(phase, root, accept=default_test)
-            or results.latest_run(phase, root, accept=accept)
+            results.latest_run(phase, root, accept=default_test, runs=listed)
+            or results.latest_run(phase, root, accept=own, runs=listed)
         )
-        found.append(results.latest_run(phase, root, kinds=("sweep",)))
+        found.append(results.latest_run(phase, root, kinds=("sweep",), runs=listed))
     return [r for r in found if r is not None]
 
 
-def collect_variants(root: Path, representative: results.RunDir) -> list[results.RunDir]:
+def collect_variants(
+    listed: list[results.RunDir], representative: results.RunDir
+) -> list[results.RunDir]:
     """The newest finished run of each variant of the representative's phase, itself first.
 
     A variant is a run whose test-defining parameters differ (mateperf.reports.overview:
@@ -173,20 +177,20 @@ def collect_variants(root: Path, representative: results.RunDir) -> list[results
     phase = representative.phase
     defaults = phases.defaults(phase)
     newest: dict[str, results.RunDir] = {}
-    for run in results.list_runs(root, phase):
+    for run in listed:
         if (
-            run.info.get("status") in (results.STATUS_OK, results.STATUS_PARTIAL)
+            run.phase == phase
+            and run.info.get("status") in (results.STATUS_OK, results.STATUS_PARTIAL)
             and run.info.get("kind", "run") in ("run", "notebook")
             and run.frame_path().is_file()
         ):
             newest[variant_label(phase, run.info.get("params", {}), defaults)] = run
     mine = variant_label(phase, representative.info.get("params", {}), defaults)
     newest[mine] = representative
-    ordered = [representative] + [r for k, r in sorted(newest.items()) if k != mine]
-    return ordered
+    return [representative] + [r for k, r in sorted(newest.items()) if k != mine]
 
 
-def _variants_table(phase: str, runs: list[results.RunDir], host_names: dict) -> str:
+def _variants_table(phase: str, runs: list[results.RunDir], host_names: dict, frame) -> str:
     from mateperf.reports.overview import variant_label, variant_row
 
     defaults = phases.defaults(phase)
@@ -198,7 +202,7 @@ def _variants_table(phase: str, runs: list[results.RunDir], host_names: dict) ->
             "run": f"[`{run.run_id}`]({run.run_id}/{phase}.md)",
             "host": host_names.get(run.run_id, "?"),
         }
-        row.update(variant_row(phase, run.read_frame(phase), run.info))
+        row.update(variant_row(phase, frame(run), run.info))
         rows.append(row)
     return table(pd.DataFrame(rows).fillna("–"))
 
@@ -266,7 +270,8 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
     from mateperf.reports.overview import summary_rows
 
     root = Path(root) if root else results.default_root()
-    runs = select_runs(paths, root)
+    listed = results.list_runs(root)
+    runs = select_runs(paths, root, listed)
     if not runs:
         raise FileNotFoundError(f"no finished runs under {root}: run `mateperf run PHASE` first")
     # Generated output only: rebuilt from scratch so no plot of an earlier selection lingers.
@@ -279,7 +284,15 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         key=lambda r: (order.get(r.phase, 99), r.info.get("kind") == "sweep", r.run_id),
     )
     plain = [r for r in runs if r.info.get("kind") != "sweep"]
-    variants = {r.phase: (collect_variants(root, r) if not paths else [r]) for r in plain}
+    frames: dict[str, pd.DataFrame] = {}
+
+    def frame(run: results.RunDir) -> pd.DataFrame:
+        """A run's table, read once for its summary rows, variants row and section."""
+        if run.run_id not in frames:
+            frames[run.run_id] = run.read_frame(run.phase)
+        return frames[run.run_id]
+
+    variants = {r.phase: (collect_variants(listed, r) if not paths else [r]) for r in plain}
     every = runs + [v for vs in variants.values() for v in vs if v not in runs]
     host_names, members = _host_names(every)
     parts = [
@@ -305,7 +318,7 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         parts += ["", f"**{host}** ({len(ids)} run(s)):", "", "```", text, "```"]
     rows = []
     for r in plain:
-        rows += summary_rows(r.phase, r.read_frame(r.phase), r.info)
+        rows += summary_rows(r.phase, frame(r), r.info)
     parts += [
         "",
         "## Summary",
@@ -323,7 +336,7 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         parts += ["### Not measured", "", *missing, ""]
     for r in runs:
         # one folder per run: two runs of a phase must not overwrite each other's plots
-        heading, body = _demote(phase_section(r.phase, r, plots_root / r.run_id, root))
+        heading, body = _demote(phase_section(r.phase, r, plots_root / r.run_id, root, frame(r)))
         parts += ["", heading or f"## {r.phase}", ""]
         vs = variants.get(r.phase, [])
         if r.info.get("kind") != "sweep" and len(vs) > 1:
@@ -333,7 +346,7 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
                 "The newest run of each variant, side by side; the first is the one detailed "
                 "below.",
                 "",
-                _variants_table(r.phase, vs, host_names),
+                _variants_table(r.phase, vs, host_names, frame),
                 "",
             ]
         parts += [body, ""]

@@ -220,14 +220,18 @@ def latest_run(
     root: Path | None = None,
     kinds: tuple[str, ...] = ("run", "notebook"),
     accept=None,
+    runs: list[RunDir] | None = None,
 ) -> RunDir | None:
     """The newest finished run of a phase, of one of `kinds`, that has its parquet.
 
     `accept(info) -> bool` narrows further (e.g. leave out a phase's self-check runs).
+    `runs`: an already listed root (oldest first), so a caller asking many questions of one
+    root reads its run.json files once.
     """
+    listed = list_runs(root, phase) if runs is None else [r for r in runs if r.phase == phase]
     done = [
         r
-        for r in list_runs(root, phase)
+        for r in listed
         if r.info.get("status") in (STATUS_OK, STATUS_PARTIAL)
         and r.info.get("kind", "run") in kinds
         and r.frame_path().is_file()

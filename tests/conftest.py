@@ -51,6 +51,22 @@ def cli(results_root):
     return run
 
 
+def run_phase_once(
+    root: Path, phase: str, args: list[str]
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real `mateperf run PHASE args` into `root`; its run directory and the process."""
+    r = subprocess.run(
+        [sys.executable, "-m", "mateperf", "run", phase, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MATEPERF_RESULTS": str(root)},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir,) = [p.parent for p in root.glob("*/run.json")]
+    return run_dir, r
+
+
 MONO_MISSING = (
     "mono and mcs are required for the C# bridge tests: "
     "apt-get install mono-mcs libnewtonsoft-json-cil-dev (see scripts/test-apt-packages.txt)"

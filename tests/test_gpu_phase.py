@@ -6,9 +6,6 @@ measured; the GPU side is in test_gpu_device.py (marker `gpu`).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -18,6 +15,7 @@ from mateperf.gpu import trial
 from mateperf.phases import gpu
 from mateperf.reports import gpu as gpu_report
 from mateperf.trackers.gpu import GpuMonitor
+from tests.conftest import run_phase_once
 
 pytestmark = pytest.mark.slow
 
@@ -128,15 +126,7 @@ def test_trial_in_a_child_process_and_its_failure(default_model):
 @pytest.fixture(scope="module")
 def cli_gpu_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    r = subprocess.run(
-        [sys.executable, "-m", "mateperf", "run", "gpu", *small_gpu_args()],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "MATEPERF_RESULTS": str(root)},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run_dir,) = [p.parent for p in root.glob("*/run.json")]
+    run_dir, r = run_phase_once(root, "gpu", small_gpu_args())
     return root, run_dir, r
 
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -11,7 +9,7 @@ import pytest
 
 from mateperf import results
 from mateperf.phases import llm
-from tests.conftest import SMALL_LLM, small_llm_args
+from tests.conftest import SMALL_LLM, run_phase_once, small_llm_args
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +67,7 @@ def test_summaries(small_run):
 def cli_llm_run(tmp_path_factory):
     """One real `mateperf run llm` with small parameters, shared by the tests below."""
     root = tmp_path_factory.mktemp("results")
-    r = subprocess.run(
-        [sys.executable, "-m", "mateperf", "run", "llm", *small_llm_args()],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "MATEPERF_RESULTS": str(root)},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run_dir,) = [p.parent for p in root.glob("*/run.json")]
+    run_dir, r = run_phase_once(root, "llm", small_llm_args())
     return root, run_dir, r
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, metrics, model, recommend, stats
+from mateperf import companion, metrics, model, recommend, schedule, stats
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.companion_load import BACKGROUNDS, background
 from mateperf.errors import ParameterError
@@ -263,9 +263,7 @@ def run(
     path = model_mod.resolve_model(model or None)
     visit = settings(p, topo.usable)
     rng = np.random.default_rng(seed)
-    order = [(-1, visit[0])]  # the warm-up: first setting, left out
-    for k in range(trials):
-        order += [(k, visit[i]) for i in rng.permutation(len(visit))]
+    order = schedule.interleaved(visit, trials, rng)
     _progress(
         f"{len(visit)} settings × {trials} trials (+1 warm-up) on {topo.usable} usable CPUs, "
         f"seed {seed}"
@@ -287,12 +285,8 @@ def run(
             "condition": recommend.condition_label(s.background, s.frame_busy),
             "peer": p["peer"] if s.background == "companion" else "",
         }
-        try:
-            row = trial(s, p, str(path), rng, user)
-            base["error"] = ""
-        except Exception as exc:  # one failed trial is recorded; the run goes on
-            row = {}
-            base["error"] = f"{type(exc).__name__}: {exc}"
+        row, base["error"] = schedule.attempt(trial, s, p, str(path), rng, user)
+        if base["error"]:
             _progress(f"{i + 1}/{len(order)} {s.label}: FAILED {base['error']}")
         rows.append({**base, **row})
         if row:
@@ -302,8 +296,7 @@ def run(
                 f"tg {row['tg_tps']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms{frame}"
             )
     df = pd.DataFrame(rows)
-    if (df["error"] != "").all():
-        raise RuntimeError(f"every trial failed; the first: {df['error'].iloc[0]}")
+    schedule.require_some(df, "trial")
     df["model_file"] = path.name
     df["usable_cpus"] = topo.usable
     return df

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from mateperf import companion, metrics, model, recommend, stats
+from mateperf import companion, metrics, model, recommend, schedule, stats
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.companion_load import CompanionLoad
 from mateperf.errors import ParameterError
@@ -50,15 +50,6 @@ ARMS = (BASELINE, *SINGLE, OPTIMISED)
 ORIGINAL_THREADS = 6
 ORIGINAL_GPU_LAYERS = 35  # the companion's `balanced` GPU profile
 EMOTION_TAG = re.compile(r"\[(happy|sad|surprised|thinking|angry|relaxed)\]", re.I)
-# What the original study claimed for each optimisation (DESIGN.md, "Facts from the original
-# study"), shown beside the measured ratio.
-ORIGINAL_CLAIMS = {
-    "warmup": "first generation 2.11 → 1.75 s (−17%), 19.5 → 22.3 tok/s",
-    "batching": "100 commands 1568 → 156 ms (+907% throughput)",
-    "threads": "cores − 2 instead of 6: +5–15% expected (not measured)",
-    "profile": "no speed gain, but no crashes",
-    "optimised": "+30–40% overall (a sum of single-run percentages)",
-}
 
 
 @dataclass(frozen=True)
@@ -386,9 +377,7 @@ def run(
     peer_list = [s.strip() for s in peers.split(",") if s.strip()]
     visits = [(a, peer) for peer in peer_list for a in chosen]
     rng = np.random.default_rng(seed)
-    order = [(-1, visits[0])]
-    for k in range(trials):
-        order += [(k, visits[i]) for i in rng.permutation(len(visits))]
+    order = schedule.interleaved(visits, trials, rng)
     _progress(
         f"{len(chosen)} arms × {len(peer_list)} peer(s) × {trials} trials (+1 warm-up); "
         f"threads: {facts['recommendation']}; profile: {facts['profile']}"
@@ -408,12 +397,8 @@ def run(
                 "visit": i,
                 **{f"cfg_{key}": value for key, value in cfg.__dict__.items()},
             }
-            try:
-                row = turn(cfg, p, path, peer, user, vram)
-                base["error"] = ""
-            except Exception as exc:  # one failed turn is recorded; the run goes on
-                row = {}
-                base["error"] = f"{type(exc).__name__}: {exc}"
+            row, base["error"] = schedule.attempt(turn, cfg, p, path, peer, user, vram)
+            if base["error"]:
                 _progress(f"{i + 1}/{len(order)} {arm} ({peer}): FAILED {base['error']}")
             rows.append({**base, **row})
             if row:
@@ -425,8 +410,7 @@ def run(
     finally:
         vram.close()
     df = pd.DataFrame(rows)
-    if (df["error"] != "").all():
-        raise RuntimeError(f"every turn failed; the first: {df['error'].iloc[0]}")
+    schedule.require_some(df, "turn")
     df["model_file"] = path.name
     df["usable_cpus"] = topo.usable
     df["threads_source"] = facts["recommendation"]

@@ -74,14 +74,7 @@ def validate(params: dict) -> None:
             f"parameters warn_pct={warn} and critical_pct={critical} must satisfy "
             "0 < warn_pct <= critical_pct <= 100"
         )
-    model.LlamaConfig(
-        model_path="-",
-        n_ctx=params.get("n_ctx", 2048),
-        n_batch=params.get("n_batch", 512),
-        n_ubatch=params.get("n_ubatch", 0),
-        n_threads=params.get("n_threads", 0),
-        n_gpu_layers=params.get("n_gpu_layers", 0),
-    )
+    model.LlamaConfig.check_params(params)
 
 
 def _progress(message: str) -> None:

@@ -56,15 +56,7 @@ def validate(params: dict) -> None:
     for name in ("pp_tokens", "tg_tokens", "warmup_tokens", "membw_mb"):
         if name in params and params[name] < 0:
             raise ParameterError(f"parameter {name}={params[name]} must not be negative")
-    model.LlamaConfig(
-        model_path="-",
-        n_ctx=params.get("n_ctx", 2048),
-        n_batch=params.get("n_batch", 512),
-        n_ubatch=params.get("n_ubatch", 0),
-        n_threads=params.get("n_threads", 0),
-        n_threads_batch=params.get("n_threads_batch", 0),
-        n_gpu_layers=params.get("n_gpu_layers", 0),
-    )
+    model.LlamaConfig.check_params(params)
 
 
 def gpu_offload_available() -> bool:

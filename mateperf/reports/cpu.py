@@ -69,16 +69,16 @@ def _detection(topo: CpuTopology | None) -> list[str]:
 def _medians(d: pd.DataFrame) -> pd.DataFrame:
     """One row per condition and setting: median [95% CI] of every metric measured."""
     by = ["condition", *recommend.SETTINGS]
+    summary = cpu.summarize(d)
     rows = []
-    for key, sub in d.groupby(by, sort=True):
+    for key, sub in summary.groupby(by, sort=True):
         row = dict(zip(by, key, strict=True))
-        row["n"] = len(sub)
+        row["n"] = int(sub["n"].max())
+        stat = sub.set_index("metric")
         for name, label, digits in COLUMNS:
-            values = sub[name].dropna() if name in sub.columns else pd.Series(dtype=float)
-            if values.empty:
-                continue
-            s = stats.summarize(values)
-            row[label] = fmt_ci(s["median"], s["ci_low"], s["ci_high"], digits)
+            if name in stat.index:
+                r = stat.loc[name]
+                row[label] = fmt_ci(r["median"], r["ci_low"], r["ci_high"], digits)
         rows.append(row)
     out = pd.DataFrame(rows).rename(
         columns={"n_threads": "t", "n_threads_batch": "tb", "n_batch": "b", "n_ubatch": "ub"}

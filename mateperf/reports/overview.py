@@ -29,6 +29,7 @@ CLAIMS = {
     "batching": "100 commands 1568 → 156 ms (+907% throughput)",
     "threads": "“cores − 2” instead of 6: +5–15% expected (not measured)",
     "gpu": "profiles with CPU fallback: “no speed gain, but no crashes”",
+    "overall": "+30–40% overall (a sum of single-run percentages)",
 }
 # The parameters that make a run of a phase a different test (a variant), not a resize.
 VARIANT_PARAMS = {
@@ -41,7 +42,7 @@ VARIANT_PARAMS = {
 }
 
 
-def _row(phase, optimisation, metric, baseline, optimised, ratio, verdict, claim) -> dict:
+def summary_row(phase, optimisation, metric, baseline, optimised, ratio, verdict, claim) -> dict:
     return {
         "phase": phase,
         "optimisation": optimisation,
@@ -56,7 +57,7 @@ def _row(phase, optimisation, metric, baseline, optimised, ratio, verdict, claim
 
 def _ab_row(phase, optimisation, metric: metrics.Metric, a, b, claim, digits=1) -> dict:
     r = stats.compare(a, b, higher_is_better=metric.higher_is_better, words=metric.words)
-    return _row(
+    return summary_row(
         phase,
         optimisation,
         metric.title,
@@ -77,7 +78,7 @@ def _memory_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     v = memory.verdict_table(df).iloc[0]
     slope = fmt_ci(v["slope_kb_per_msg"], v["ci_low_kb_per_msg"], v["ci_high_kb_per_msg"])
     return [
-        _row(
+        summary_row(
             "memory",
             "— (leak check of a default chat)",
             "live-heap growth (KiB/message)",
@@ -121,7 +122,7 @@ def _ipc_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     h = ipc.headline(df)
     if not math.isnan(h.get("bridge_p50_us", math.nan)):
         rows.append(
-            _row(
+            summary_row(
                 "ipc",
                 f"— (round trip, {h.get('peer', '?')} peer, unpaced)",
                 "send to applied p50 (ms)",
@@ -187,7 +188,7 @@ def _gpu_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     measured = getattr(gpu, "gpu_measured", None)
     if measured is not None and not measured(df):
         return [
-            _row(
+            summary_row(
                 "gpu",
                 "GPU profiles with fallback",
                 "–",
@@ -226,7 +227,7 @@ def summary_rows(phase: str, df: pd.DataFrame, info: dict) -> list[dict]:
     try:
         return fn(df, info)
     except (KeyError, IndexError, ValueError) as exc:  # a run stored before a column existed
-        return [_row(phase, "—", "—", "–", "–", "–", f"not summarised: {exc}", "")]
+        return [summary_row(phase, "—", "—", "–", "–", "–", f"not summarised: {exc}", "")]
 
 
 # --- variants -----------------------------------------------------------------------------------
