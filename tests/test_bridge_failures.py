@@ -223,7 +223,10 @@ def test_100000_ids_on_one_connection_keep_memory_bounded(kind):
     assert duplicate["status"] == "error" and "duplicate id" in duplicate["message"]
     growth_mb = (rss_after_100k - rss_after_25k) / 2**20
     print(f"{kind}: RSS growth over the last 75,000 ids {growth_mb:.1f} MiB")
-    assert growth_mb < 12, growth_mb
+    # Remembering every id grew RSS by 20.1 MiB (Python) and 44.9 MiB (C#) over these 75,000
+    # ids on the old peers. Bounded, Python grows ~1 MiB; Mono's heap grows in chunks (-6 to
+    # +14 MiB seen), so each peer's bound sits halfway below its unbounded growth.
+    assert growth_mb < {"python": 12, "csharp": 24}[kind], growth_mb
     assert counters["applied"] == 100_000 and counters["dropped_clients"] == 0
 
 
