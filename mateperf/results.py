@@ -35,7 +35,7 @@ def default_root() -> Path:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -77,7 +77,7 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
 
 
 def new_run_id(phase: str, kind: str = "run") -> str:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     suffix = "" if kind == "run" else f"-{kind}"
     return f"{stamp}-{phase}{suffix}-{secrets.token_hex(2)}"
 

@@ -100,7 +100,7 @@ def measure(monitor, timeout_s: float = 300.0) -> estimate.Overhead:
             figures[label] = result["vram_after_mb"] - before - buffers
             if not math.isfinite(figures[label]):
                 raise RuntimeError(f"calibration ({label}): NVML gave no reading")
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     source = (
         f"measured {when} on {device.get('name')} (driver {device.get('driver_version')}) with a "
         "tiny generated GGUF: NVML device-used after load and decode in a fresh process, minus "
