@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 SAME = ("no detectable difference",)
-UNTESTED_PREFIX = "not tested"
+# "not tested (one replicate)" and "too few trials to test: ..." (mateperf.stats)
+UNTESTED_PREFIX = ("not tested", "too few trials to test")
 
 
 def run_phase(mateperf: list[str], root: Path, phase: str, params: list[str]) -> Path:
@@ -32,7 +33,7 @@ def run_phase(mateperf: list[str], root: Path, phase: str, params: list[str]) ->
     for p in params:
         args += ["-p", p]
     start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    proc = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         sys.exit(f"aa_compare: {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     (new,) = set(root.glob("*/run.json")) - before
@@ -70,12 +71,12 @@ def main() -> int:
         a = run_phase(mateperf, root, args.phase, args.param)
         b = run_phase(mateperf, root, args.phase, args.param)
         proc = subprocess.run(
-            [*mateperf, "compare", str(a), str(b)], capture_output=True, text=True
+            [*mateperf, "compare", str(a), str(b)], capture_output=True, encoding="utf-8", errors="replace"
         )
         if proc.returncode != 0:
             sys.exit(f"aa_compare: compare failed:\n{proc.stderr[-2000:]}")
         out = root / f"aa_{pair}.md"
-        out.write_text(proc.stdout)
+        out.write_text(proc.stdout, encoding="utf-8")
         vs = verdicts(proc.stdout)
         untested = [v for v in vs if v.startswith(UNTESTED_PREFIX)]
         tested = [v for v in vs if not v.startswith(UNTESTED_PREFIX)]
@@ -91,10 +92,11 @@ def main() -> int:
         total_different += len(different)
         total_tested += len(tested)
         total_untested += len(untested)
+    untested_note = f"; {total_untested} not tested (one replicate, or too few trials)"
     print(
         f"A/A {args.phase}: {total_different} of {total_tested} called different "
         f"({_share(total_different, total_tested)}) over {args.pairs} pair(s)"
-        + (f"; {total_untested} not tested (one replicate per run)" if total_untested else "")
+        + (untested_note if total_untested else "")
     )
     return 0
 

@@ -8,7 +8,9 @@ with A, B, the ratio of medians with its CI and a rank-test verdict.
 The unit of replication is the trial. A request-level metric is reduced to one statistic per
 trial (median, p95, p99) and those are compared across trials; a trial-level metric has one
 value per trial; a run-level metric has one value per run, so two single runs get no test
-("not tested") and replicated runs (a sweep's rounds) do. Warm-up rows never count.
+("not tested") and replicated runs (a sweep's rounds) do. Warm-up rows never count. Counts at
+which the rank test cannot reach the 5% level whatever the data (2+2, 3+3) are not tested either,
+and the verdict says what a test needs (stats.too_few_verdict).
 """
 
 from __future__ import annotations
@@ -170,10 +172,27 @@ def called_different(table: pd.DataFrame) -> tuple[int, int, int]:
     """(metrics called different, metrics tested, metrics that could not be tested)."""
     if table.empty:
         return 0, 0, 0
-    untested = int((table["verdict"] == stats.NOT_TESTED).sum())
+    tested_rows = table["verdict"].map(stats.is_tested)
+    untested = int((~tested_rows).sum())
     tested = len(table) - untested
-    different = int((~table["verdict"].isin([stats.NO_DIFFERENCE, stats.NOT_TESTED])).sum())
+    different = int((tested_rows & (table["verdict"] != stats.NO_DIFFERENCE)).sum())
     return different, tested, untested
+
+
+def _untested_note(table: pd.DataFrame) -> str:
+    """Why the untested rows were not tested, and what would test them."""
+    one = int((table["verdict"] == stats.NOT_TESTED).sum())
+    few = int(table["verdict"].astype(str).str.startswith(stats.TOO_FEW).sum())
+    parts = []
+    if one:
+        parts.append(f"{one} not tested: one replicate per run (replicate with a sweep).")
+    if few:
+        k = stats.rank_test_min_n()
+        parts.append(
+            f"{few} not tested: too few trials for a rank test to reach the 5% level "
+            f"(it needs {k}+{k}; run more trials or rounds)."
+        )
+    return " ".join(parts)
 
 
 def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
@@ -198,5 +217,5 @@ def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
         "(Mann–Whitney across trials and a ratio CI excluding 1); n counts trials."
     )
     if untested:
-        footer += f" {untested} not tested: one replicate per run (replicate with a sweep)."
+        footer += " " + _untested_note(table)
     return f"A = `{run_a}`, B = `{run_b}`\n\n" + shown[cols].to_markdown(index=False) + footer

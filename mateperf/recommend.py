@@ -4,6 +4,8 @@ The rule, per metric and load condition: among the measured settings, take the s
 threads, then smallest batches: what leaves most of the machine to the avatar) whose median is
 within `tolerance` (3%) of the best median and that the shared rank test does not call
 significantly worse than the best. The best is itself a candidate, so there is always an answer.
+Where the trials are too few for the rank test to call anything (stats.can_test), the rule rests
+on the gap alone, and recommended.json says so in its notes.
 
 Each metric is decided by the settings that act on it: generation by n_threads, prompt
 processing by n_threads_batch, n_batch and n_ubatch (llama.cpp uses n_threads_batch for batches
@@ -266,6 +268,11 @@ def recommend(
             "measured idle only: the companion's load may change the answer "
             "(run with backgrounds=idle,companion)"
         )
+    untested = sorted(
+        {e["verdict_vs_best"] for e in evidence if not stats.is_tested(e["verdict_vs_best"])}
+    )
+    if untested:
+        notes.append("not significance-tested, decided on the gap alone: " + "; ".join(untested))
     frames = _frame_note(d, target, int(chosen["n_threads"]))
     if frames:
         notes.append(frames)
@@ -299,7 +306,7 @@ def load(path: str | Path, fingerprint: dict | None = None) -> dict:
     """Read a recommended.json and check it fits this host; ConfigError names what does not."""
     path = Path(path).expanduser()
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
     except (OSError, ValueError) as exc:

@@ -12,6 +12,16 @@
   (mateperf.compare.trial_values), because requests of one trial share its conditions and
   pooling them makes p-values far too small (an A/A pair of ipc runs pooled per request was
   called different on 30% of its metrics).
+- Too few replicates to test: the exact Mann–Whitney test on n_a + n_b values can do no better
+  than complete separation, p = 2 / C(n_a + n_b, n_a) (ties only make it larger): 1/3 at 2+2,
+  1/10 at 3+3, 2/70 at 4+4. Where that minimum is not below alpha no data could be called
+  different, so the verdict says so and names the replicates a test needs, instead of reading
+  "no detectable difference", which would claim a test was made.
+- Ties: with no ties the p-value is scipy's (exact for small arms, the normal approximation
+  otherwise); with ties (constant VRAM readings, integer counts) it is the exact permutation
+  p of the rank sum over mid-ranks where the arms are small enough to count every split, since
+  the normal approximation with its tie correction calls 3+3 constant, different values
+  different (p = 0.047) although only 1 split in 10 is as extreme.
 - Trends (memory per message): ordinary least squares with a t-based 95% CI of the slope.
 """
 
@@ -37,6 +47,11 @@ SLOWER = "slower"
 NO_DIFFERENCE = "no detectable difference"
 # Fewer than two independent replicates in an arm: no test is possible, and none is pretended.
 NOT_TESTED = "not tested (one replicate)"
+# The rank test cannot reach alpha at these counts whatever the data (`too_few_verdict` words it:
+# "too few trials to test: 2+2, a rank test needs 4+4").
+TOO_FEW = "too few trials to test"
+# Arms up to this many values together get the exact permutation p when they have ties.
+EXACT_TIES_MAX_N = 60
 
 
 def _clean(samples: Iterable[float]) -> np.ndarray:
@@ -149,6 +164,84 @@ def ratio_ci(
     return _percentile_interval(ratios, confidence)
 
 
+def min_rank_test_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p the exact Mann–Whitney test can give on n_a + n_b values.
+
+    Complete separation is the most extreme of the C(n_a + n_b, n_a) equally likely splits of
+    the ranks, on either side: p = 2 / C(n_a + n_b, n_a), at most 1. Ties only make it larger.
+    """
+    if n_a < 1 or n_b < 1:
+        return 1.0
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+
+
+def rank_test_min_n(alpha: float = ALPHA) -> int:
+    """The fewest replicates per arm (equal arms) with which the rank test can reach p < alpha:
+    4 at alpha 0.05 (2/70 = 0.029; 3+3 gives at best 2/20 = 0.1)."""
+    n = 1
+    while min_rank_test_p(n, n) >= alpha:
+        n += 1
+    return n
+
+
+def can_test(n_a: int, n_b: int, alpha: float = ALPHA) -> bool:
+    """Whether some data on n_a + n_b replicates could be called different at alpha."""
+    return n_a >= 2 and n_b >= 2 and min_rank_test_p(n_a, n_b) < alpha
+
+
+def too_few_verdict(n_a: int, n_b: int, alpha: float = ALPHA) -> str:
+    """The verdict where `can_test` is false: the counts and what a test needs."""
+    k = rank_test_min_n(alpha)
+    return f"{TOO_FEW}: {n_a}+{n_b}, a rank test needs {k}+{k}"
+
+
+def is_tested(verdict: str) -> bool:
+    """Whether a verdict rests on a test (not one replicate, not too few to test)."""
+    return verdict != NOT_TESTED and not str(verdict).startswith(TOO_FEW)
+
+
+def rank_test_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided Mann–Whitney p of a against b (NaN below one value a side).
+
+    No ties: scipy's (exact for small arms, else the normal approximation). Ties: the exact
+    permutation p over mid-ranks where n_a + n_b <= EXACT_TIES_MAX_N, else scipy's normal
+    approximation with its tie correction. Every value equal: 1 (nothing tells them apart).
+    """
+    a, b = _clean(a), _clean(b)
+    if a.size < 1 or b.size < 1:
+        return math.nan
+    pooled = np.concatenate([a, b])
+    if np.ptp(pooled) == 0:
+        return 1.0
+    has_ties = np.unique(pooled).size < pooled.size
+    if has_ties and pooled.size <= EXACT_TIES_MAX_N:
+        return _exact_permutation_p(a.size, pooled)
+    return float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def _exact_permutation_p(n_a: int, pooled: np.ndarray) -> float:
+    """P(|W - E W| >= |w - E W|) for the rank sum W of n_a values drawn from `pooled`'s
+    mid-ranks without replacement, every split equally likely; w is the first n_a values'.
+
+    Counted exactly: twice a mid-rank is an integer, and the number of splits with each sum
+    comes from the usual subset-sum recursion, in floats (relative error about 1e-16).
+    """
+    n = pooled.size
+    twice = np.rint(2 * sps.rankdata(pooled)).astype(int)
+    top = int(twice.sum())
+    counts = np.zeros((n_a + 1, top + 1))
+    counts[0, 0] = 1.0
+    for i, r in enumerate(twice):
+        for j in range(min(i + 1, n_a), 0, -1):
+            counts[j, r:] += counts[j - 1, : top + 1 - r]
+    splits = counts[n_a]
+    mean2 = n_a * (n + 1)  # twice the expected rank sum
+    observed = abs(int(twice[:n_a].sum()) - mean2)
+    sums = np.arange(top + 1)
+    extreme = splits[np.abs(sums - mean2) >= observed].sum()
+    return float(min(1.0, extreme / splits.sum()))
+
+
 def compare(
     a: Sequence[float],
     b: Sequence[float],
@@ -156,20 +249,27 @@ def compare(
     alpha: float = ALPHA,
     words: tuple[str, str] = (FASTER, SLOWER),
 ) -> ABResult:
-    """Is B better, worse, or not detectably different from A? `words` = (better, worse)."""
+    """Is B better, worse, or not detectably different from A? `words` = (better, worse).
+
+    Fewer than two values in an arm: NOT_TESTED. Counts at which the rank test cannot reach
+    alpha whatever the data: `too_few_verdict` (the p-value is still given).
+    """
     a, b = _clean(a), _clean(b)
     med_a = float(np.median(a)) if a.size else math.nan
     med_b = float(np.median(b)) if b.size else math.nan
     ratio = med_b / med_a if a.size and b.size and med_a != 0 else math.nan
     ci_low, ci_high = ratio_ci(a, b)
-    if a.size >= 2 and b.size >= 2 and not (np.ptp(np.concatenate([a, b])) == 0):
-        p_value = float(sps.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    if a.size < 2 or b.size < 2:
+        p_value, verdict = math.nan, NOT_TESTED
     else:
-        p_value = math.nan
-    verdict = NO_DIFFERENCE if a.size >= 2 and b.size >= 2 else NOT_TESTED
-    if p_value < alpha and not (ci_low <= 1.0 <= ci_high):
-        b_larger = ratio > 1.0
-        verdict = words[0] if b_larger == higher_is_better else words[1]
+        p_value = rank_test_p(a, b)
+        if not can_test(a.size, b.size, alpha):
+            verdict = too_few_verdict(a.size, b.size, alpha)
+        else:
+            verdict = NO_DIFFERENCE
+            if p_value < alpha and not (ci_low <= 1.0 <= ci_high):
+                b_larger = ratio > 1.0
+                verdict = words[0] if b_larger == higher_is_better else words[1]
     return ABResult(
         med_a, med_b, ratio, ci_low, ci_high, p_value, verdict, int(a.size), int(b.size)
     )

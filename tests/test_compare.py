@@ -130,3 +130,20 @@ def test_trial_statistics_are_per_trial_percentiles(stat, q):
     expected = [np.percentile(g["rtt_us"], q) for _, g in df.groupby("trial")]
     values = compare.trial_values(df, metrics.get("ipc", "rtt_us"), stat)
     assert np.allclose(values, expected)
+
+
+def test_three_trials_a_side_are_too_few_to_test():
+    a = pd.DataFrame({"scenario": "first_reply", "arm": "cold", "trial": range(3)})
+    b = a.copy()
+    a["ttft_ms"], b["ttft_ms"] = [50.0, 51.0, 52.0], [80.0, 81.0, 82.0]
+    table = compare.compare_frames("llm", a, b, set())
+    row = table[table["metric"] == "ttft_ms"].iloc[0]
+    assert row["verdict"] == "too few trials to test: 3+3, a rank test needs 4+4"
+    assert compare.called_different(table) == (0, 0, 1)
+    text = compare.format_comparison(table, "a", "b")
+    assert "1 not tested: too few trials" in text and "needs 4+4" in text
+    # a fourth trial a side, still completely separated: tested and called
+    a4 = pd.concat([a, a.iloc[[0]].assign(trial=3, ttft_ms=53.0)], ignore_index=True)
+    b4 = pd.concat([b, b.iloc[[0]].assign(trial=3, ttft_ms=83.0)], ignore_index=True)
+    row4 = compare.compare_frames("llm", a4, b4, set()).iloc[0]
+    assert row4["verdict"] == "slower"

@@ -1,9 +1,11 @@
 """The statistics module against scipy and hand-computed values."""
 
+import itertools
 import math
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats as sps
 
 from mateperf import stats
@@ -60,11 +62,84 @@ def test_compare_same_distribution_is_no_difference():
     assert stats.compare(a, b).verdict == stats.NO_DIFFERENCE
 
 
-def test_compare_too_few_samples_is_no_difference():
-    r = stats.compare([1.0, 2.0], [10.0, 11.0])
-    # two against two can never reach p < 0.05 with a rank test (min p = 1/3)
-    assert math.isclose(r.p_value, 1 / 3)
-    assert r.verdict == stats.NO_DIFFERENCE
+@pytest.mark.parametrize("n", [2, 3])
+def test_compare_at_2_and_3_trials_says_it_cannot_test(n):
+    # complete separation, a fivefold difference: still no rank test can call it at n+n
+    r = stats.compare(np.arange(n) + 1.0, np.arange(n) + 10.0)
+    assert r.verdict == f"too few trials to test: {n}+{n}, a rank test needs 4+4"
+    assert not stats.is_tested(r.verdict)
+    # the p-value is still given: the smallest possible, 2 of C(2n, n) splits
+    assert math.isclose(r.p_value, 2 / math.comb(2 * n, n))
+    assert math.isclose(r.p_value, sps.mannwhitneyu(range(n), range(10, 10 + n)).pvalue)
+
+
+def test_compare_at_4_trials_with_complete_separation_can_call_it():
+    r = stats.compare([1.0, 2.0, 3.0, 4.0], [10.0, 11.0, 12.0, 13.0])
+    assert math.isclose(r.p_value, 2 / 70)
+    assert r.verdict == stats.SLOWER and stats.is_tested(r.verdict)
+    # overlapping arms at 4+4 are tested and not called
+    overlap = stats.compare([1.0, 2.0, 3.0, 4.0], [2.5, 3.5, 4.5, 5.5])
+    assert overlap.verdict == stats.NO_DIFFERENCE
+
+
+def test_minimum_p_is_that_of_the_exact_distribution():
+    for n_a, n_b in [(2, 2), (2, 5), (3, 3), (3, 4), (4, 4), (2, 8), (5, 5)]:
+        splits = list(itertools.combinations(range(n_a + n_b), n_a))
+        sums = [sum(c) for c in splits]
+        mean = sum(sums) / len(sums)
+        most = max(abs(v - mean) for v in sums)
+        exact = sum(abs(v - mean) >= most for v in sums) / len(splits)
+        assert math.isclose(stats.min_rank_test_p(n_a, n_b), exact), (n_a, n_b)
+        assert stats.can_test(n_a, n_b) == (exact < 0.05)
+    assert stats.rank_test_min_n() == 4
+    assert stats.rank_test_min_n(0.01) == 5  # 2/252 = 0.0079; 4+4 gives 0.029
+    assert stats.too_few_verdict(3, 4) == "too few trials to test: 3+4, a rank test needs 4+4"
+
+
+def test_constant_arms_that_differ_are_not_no_difference():
+    # VRAM read as the same whole MiB in every trial: 0.98 [0.98, 0.98]
+    words = ("less memory", "more memory")
+    three = stats.compare([1500.0] * 3, [1470.0] * 3, words=words)
+    assert (three.ratio, three.ci_low, three.ci_high) == (0.98, 0.98, 0.98)
+    assert three.verdict.startswith(stats.TOO_FEW)
+    # the normal approximation with its tie correction would have called it (p = 0.047)
+    assert sps.mannwhitneyu([1500.0] * 3, [1470.0] * 3).pvalue < 0.05
+    assert math.isclose(three.p_value, 0.1)
+    four = stats.compare([1500.0] * 4, [1470.0] * 4, words=words)
+    assert four.verdict == "less memory" and math.isclose(four.p_value, 2 / 70)
+    same = stats.compare([1500.0] * 5, [1500.0] * 5, words=words)
+    assert same.verdict == stats.NO_DIFFERENCE and same.p_value == 1.0
+
+
+def test_tied_p_is_the_exact_permutation_p():
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        n_a, n_b = (int(v) for v in rng.integers(2, 6, 2))
+        a, b = rng.integers(0, 4, n_a).astype(float), rng.integers(0, 4, n_b).astype(float)
+        pooled = np.concatenate([a, b])
+        if np.ptp(pooled) == 0:
+            continue
+        ranks = sps.rankdata(pooled)
+        mean = n_a * (n_a + n_b + 1) / 2
+        observed = abs(ranks[:n_a].sum() - mean)
+        splits = list(itertools.combinations(range(n_a + n_b), n_a))
+        extreme = sum(abs(ranks[list(c)].sum() - mean) >= observed - 1e-9 for c in splits)
+        assert math.isclose(stats.rank_test_p(a, b), extreme / len(splits))
+
+
+def test_untied_p_is_scipys_as_before():
+    # A/A behaviour rests on these p-values: without ties they are scipy's, unchanged
+    rng = np.random.default_rng(12)
+    for n in (5, 9, 25):
+        a, b = rng.normal(50, 5, n), rng.normal(50, 5, n)
+        expected = sps.mannwhitneyu(a, b, alternative="two-sided").pvalue
+        assert stats.compare(a, b).p_value == expected
+
+
+def test_one_replicate_is_not_tested():
+    r = stats.compare([1.0], [10.0, 11.0])
+    assert r.verdict == stats.NOT_TESTED and math.isnan(r.p_value)
+    assert not stats.is_tested(r.verdict)
 
 
 def test_slope_matches_hand_computed_values():

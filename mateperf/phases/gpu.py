@@ -78,7 +78,8 @@ def validate(params: dict) -> None:
 
 
 def _progress(message: str) -> None:
-    print(f"[gpu] {message}", file=sys.stderr, flush=True)
+    # stdout: JupyterLab shows stderr on red, as if the cell had failed
+    print(f"[gpu] {message}", file=sys.stdout, flush=True)
 
 
 def _alert_progress(event: dict) -> None:
@@ -248,7 +249,7 @@ def run(
     margin_mb: int = 512,
     warn_pct: float = 80.0,
     critical_pct: float = 90.0,
-    trials: int = 3,
+    trials: int = 4,
     max_tokens: int = 16,
     pp_tokens: int = 128,
     tg_tokens: int = 32,

@@ -102,7 +102,7 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
     """Name the best point, the points not distinguishable from it, and the tests made."""
     best = table_[table_["verdict"] == "best"].iloc[0]
     others = table_[table_["verdict"] != "best"]
-    tested = others[others["verdict"] != stats.NOT_TESTED]
+    tested = others[others["verdict"].map(stats.is_tested)]
     ties = tested[tested["verdict"] == stats.NO_DIFFERENCE]
     text = f"Best median: {_where(best, swept)} ({fmt(best['median'])})."
     if len(ties):
@@ -113,7 +113,11 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
         )
     text += f" Comparisons made: {len(tested)} (each other point against the best)."
     if len(tested) < len(others):
-        text += " Points with a single trial are not tested; sweep with more trials or rounds."
+        k = stats.rank_test_min_n()
+        text += (
+            " Points with too few trials are not tested (a rank test needs "
+            f"{k}+{k}); sweep with more trials or rounds."
+        )
     return text
 
 
