@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from mateperf.bridge.process import UNITY_DIR
+from mateperf.bridge.process import PYTHON_BRIDGE_CS, csharp_core_sources
 
 
 @pytest.mark.mono
@@ -25,13 +25,15 @@ def test_core_and_host_compile_and_print_usage_errors(built_csharp):
 
 
 def test_core_has_no_unityengine_dependency():
-    for source in (UNITY_DIR / "Core").glob("*.cs"):
-        assert not re.search(r"using\s+UnityEngine", source.read_text()), source
+    sources = csharp_core_sources()
+    assert sources
+    for source in sources:
+        assert not re.search(r"using\s+UnityEngine", source.read_text(encoding="utf-8")), source
 
 
 def test_python_bridge_is_a_thin_monobehaviour_over_the_core():
     # compiled and run against a UnityEngine stub in tests/test_unity_python_bridge.py
-    text = (UNITY_DIR / "PythonBridge.cs").read_text()
+    text = PYTHON_BRIDGE_CS.read_text(encoding="utf-8")
     assert re.search(r"class PythonBridge\s*:\s*MonoBehaviour", text)
     assert "server.Tick()" in text and "new BridgeServer(" in text
     assert '"127.0.0.1"' in text

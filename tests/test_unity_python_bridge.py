@@ -1,7 +1,7 @@
-"""unity/PythonBridge.cs compiled against a stub of the UnityEngine types it uses and run under
-Mono, as Unity would run it (Awake, Update once per frame, OnDestroy): a rename in the core
-breaks this build, not the user's editor, and a taken port disables the component with one
-clear error instead of an exception on the main thread.
+"""unity/Runtime/PythonBridge/PythonBridge.cs compiled against a stub of the UnityEngine types
+it uses and run under Mono, as Unity would run it (Awake, Update once per frame, OnDestroy): a
+rename in the core breaks this build, not the user's editor, and a taken port disables the
+component with one clear error instead of an exception on the main thread.
 """
 
 import json
@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from mateperf.bridge.client import UnityBridge
-from mateperf.bridge.process import UNITY_DIR, find_newtonsoft, start_program
+from mateperf.bridge.process import (
+    PYTHON_BRIDGE_CS,
+    UNITY_DIR,
+    csharp_core_sources,
+    find_newtonsoft,
+    start_program,
+)
 
 STUB_DIR = Path(__file__).parent / "unity_stub"
 
@@ -27,11 +33,7 @@ def harness(tmp_path_factory) -> Path:
         pytest.fail("mono and mcs are required: apt-get install mono-mcs")
     out = tmp_path_factory.mktemp("unity-harness")
     newtonsoft = find_newtonsoft()
-    sources = [
-        *sorted((UNITY_DIR / "Core").glob("*.cs")),
-        UNITY_DIR / "PythonBridge.cs",
-        *sorted(STUB_DIR.glob("*.cs")),
-    ]
+    sources = [*csharp_core_sources(), PYTHON_BRIDGE_CS, *sorted(STUB_DIR.glob("*.cs"))]
     exe = out / "PythonBridgeHarness.exe"
     cmd = ["mcs", "-nologo", "-warnaserror+", f"-r:{newtonsoft}", f"-out:{exe}", *map(str, sources)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -43,7 +45,7 @@ def harness(tmp_path_factory) -> Path:
 def test_the_stub_stays_out_of_the_unity_folder():
     # copied into a Unity project, a second UnityEngine would clash with the real one
     for source in UNITY_DIR.rglob("*.cs"):
-        assert "namespace UnityEngine" not in source.read_text(), source
+        assert "namespace UnityEngine" not in source.read_text(encoding="utf-8"), source
 
 
 def test_python_bridge_serves_through_update(harness):

@@ -4,7 +4,7 @@
 frame to the start of the next, µs), the main-thread time spent in Tick (µs, without the
 frame's busy-spin), the commands Tick applied and the requests it left queued. A frame is
 recorded when the next one starts, so the log only ever holds completed frames. The C# core
-keeps the same log (unity/Core/FrameLog.cs); both answer the `frame_stats` query from it.
+keeps the same log (unity/Runtime/Core/FrameLog.cs); both answer the `frame_stats` query from it.
 
 `busy_spin_ns` is real CPU work on the calling thread, not a sleep: what Unity's main thread
 spends on rendering, animation and scripts in every frame (`--frame-busy` of the peers).

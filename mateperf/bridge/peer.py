@@ -1,7 +1,7 @@
 """FramePacedPeer: a reference Unity side that applies commands once per frame.
 
 Unity can touch the avatar only from its main thread, once per frame. The peer models that,
-under the same rules as the C# core (unity/Core/BridgeServer.cs):
+under the same rules as the C# core (unity/Runtime/Core/BridgeServer.cs):
 
 - one reader thread per connection reads, validates and queues; bad input is answered from it
   and never reaches the main loop;
@@ -16,8 +16,20 @@ under the same rules as the C# core (unity/Core/BridgeServer.cs):
 - a tick applies at most ``max_commands_per_frame`` commands and/or ``max_tick_us`` of work
   (0: no limit; a batch is never split, and a tick always applies at least one request) and
   leaves the rest, in order, for the next frame (counter ``deferred``, ``queue_depth``);
+- the incoming side is bounded per connection: a request that would take a connection past
+  ``max_queued_requests`` requests or ``max_queued_bytes`` bytes of request lines waiting for
+  the main thread is refused at once from the reader thread, with an error response
+  ``queue full: ...`` carrying its id (counters ``queue_full`` and ``rejected``; the first
+  refusal of a connection is logged), so a client that sends faster than the frame budget is
+  told so and the peer's memory stays bounded (a request into an empty queue is always taken);
+- connections are served in turn: each frame applies one request of each connection with work
+  before a second of any, so a flooding client delays its own requests, not another client's;
 - state is bounded: duplicate ids are detected over the last ``id_window`` ids of a
   connection, closed connections are pruned, a failing accept backs off.
+
+Paced frames (``fps`` > 0) are timed by ``FramePacer`` (mateperf/bridge/pacing.py): sleep to a
+measured tail before the deadline, yield through the tail, so the rate holds where the OS timer
+is coarse (Windows with Python 3.10). The measured sleep overshoot and the tail are in ``stats``.
 
 ``frame_busy`` (``--frame-busy``, a share of the frame period in [0, 1)) stands in for Unity's own
 work on its main thread: after each paced frame's tick the main thread busy-spins that share of
@@ -52,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mateperf.bridge.frames import FrameLog, busy_spin_ns, check_frame_busy
+from mateperf.bridge.pacing import FramePacer
 from mateperf.bridge.protocol import (
     DEFAULT_HOST,
     MAX_LINE_BYTES,
@@ -82,6 +95,11 @@ LEGACY_EARLY_ACK = frozenset(
 # about 0.8 MB, and a buffer holding one is always accepted whatever the bound (see AckWriter).
 DEFAULT_MAX_ACK_BUFFER_BYTES = 1 << 20
 DEFAULT_ID_WINDOW = 4096
+# the incoming bound per connection (the C# core's defaults too): 4096 requests is about 40
+# frames of a 100-command budget and far above any pipelining window the client uses; the byte
+# bound keeps large lines (up to MAX_LINE_BYTES each) from multiplying it
+DEFAULT_MAX_QUEUED_REQUESTS = 4096
+DEFAULT_MAX_QUEUED_BYTES = 4 << 20
 ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest pause after a failed accept
 # a send that never blocks, per call, on a blocking socket (Linux, macOS); elsewhere every
 # response goes through the writer thread
@@ -98,7 +116,8 @@ class PeerCounters:
     """received = applied + rejected (+ still queued); a batch counts once, its commands apart.
 
     An apply error is a rejection too (the client gets an error response), and is also counted
-    in ``apply_errors``; queries are never counted, except their apply errors.
+    in ``apply_errors``; so is a request refused because its connection's queue was full
+    (``queue_full``). Queries are never counted, except their apply errors.
     """
 
     received: int = 0
@@ -110,6 +129,7 @@ class PeerCounters:
     apply_errors: int = 0
     deferred: int = 0
     accept_errors: int = 0
+    queue_full: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **deltas: int) -> None:
@@ -254,6 +274,17 @@ class _Connection:
         self.name = name
         self._peer = peer
         self.seen_ids = RecentIds(peer.id_window)
+        # requests and bytes queued for the main thread: each total has one writer (the reader
+        # thread puts in, the main thread takes out), so neither needs a lock; a stale read
+        # only refuses a little early
+        self.queued_in = self.queued_in_bytes = 0
+        self.queued_out = self.queued_out_bytes = 0
+        self.queue_full_logged = False
+        # the main thread's own: requests drained from the peer's queue and not yet applied,
+        # and how many of the leading ones were already counted as deferred
+        self.backlog: collections.deque[tuple[Request, int, int]] = collections.deque()
+        self.deferred_front = 0
+        self.tick_applied = 0
         self._users = 2  # the reader and the writer: the last one out closes the socket
         self._users_lock = threading.Lock()
         self.writer = AckWriter(sock, peer.max_ack_buffer_bytes, name, self.release)
@@ -261,6 +292,11 @@ class _Connection:
     @property
     def open(self) -> bool:
         return not self.writer.closed
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """Requests and bytes of request lines waiting for the main thread."""
+        return self.queued_in - self.queued_out, self.queued_in_bytes - self.queued_out_bytes
 
     def send(self, payload: bytes) -> None:
         if not self.writer.offer(payload):
@@ -295,6 +331,9 @@ class FramePacedPeer:
         max_commands_per_frame: int = 0,
         max_tick_us: float = 0.0,
         missing_blendshapes: frozenset[str] = frozenset(),
+        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        spin_tail_us: float | None = None,
     ):
         if fps < 0:
             raise ValueError(f"fps must be >= 0, got {fps}")
@@ -304,6 +343,10 @@ class FramePacedPeer:
             raise ValueError("max_ack_buffer_bytes and id_window must be >= 1")
         if max_commands_per_frame < 0 or max_tick_us < 0:
             raise ValueError("max_commands_per_frame and max_tick_us must be >= 0 (0: no limit)")
+        if max_queued_requests < 1 or max_queued_bytes < 1:
+            raise ValueError("max_queued_requests and max_queued_bytes must be >= 1")
+        if spin_tail_us is not None and not spin_tail_us >= 0:
+            raise ValueError(f"spin_tail_us must be >= 0, got {spin_tail_us}")
         self.fps = fps
         self.frame_busy = check_frame_busy(frame_busy)
         self.frames = FrameLog()
@@ -315,14 +358,17 @@ class FramePacedPeer:
         self.id_window = id_window
         self.max_commands_per_frame = max_commands_per_frame
         self.max_tick_ns = int(max_tick_us * 1e3)
+        self.max_queued_requests = max_queued_requests
+        self.max_queued_bytes = max_queued_bytes
+        self.spin_tail_us = spin_tail_us
+        self.pacer: FramePacer | None = None  # made when paced frames start (it measures)
         self.avatar = AvatarState(missing_blendshapes=frozenset(missing_blendshapes))
         self.counters = PeerCounters()
         self.frame = 0
         # one queue item per received chunk: a burst of lines wakes the main loop once
-        self._queue: queue.SimpleQueue[list[tuple[_Connection, Request, int]]] = queue.SimpleQueue()
-        # the main thread's own: requests drained from the queue, not yet applied (budget)
-        self._backlog: collections.deque[tuple[_Connection, Request, int]] = collections.deque()
-        self._deferred_front = 0  # leading backlog items already counted as deferred
+        self._queue: queue.SimpleQueue[list[_Queued]] = queue.SimpleQueue()
+        # the main thread's own: connections with a backlog, in the order they are served
+        self._active: collections.deque[_Connection] = collections.deque()
         self._stop = threading.Event()
         self._listener = _listen(host, port)
         self._listener.settimeout(0.2)
@@ -380,7 +426,7 @@ class FramePacedPeer:
                 if not chunk:
                     break
                 recv_ns = time.perf_counter_ns()
-                ready: list[tuple[_Connection, Request, int]] = []
+                ready: list[_Queued] = []
                 for line in lines.feed(chunk):
                     self._handle_line(conn, line, recv_ns, ready)
                 if ready:
@@ -408,6 +454,13 @@ class FramePacedPeer:
             return
         if request.command not in QUERY_COMMANDS:
             self.counters.count_received()
+        size = len(line) + 1  # as on the wire, with its newline
+        queued, queued_bytes = conn.queued
+        if queued and (
+            queued >= self.max_queued_requests or queued_bytes + size > self.max_queued_bytes
+        ):
+            self._refuse_queue_full(conn, request, queued, queued_bytes)
+            return
         if request.id is not None and not conn.seen_ids.add(request.id):
             message = f"duplicate id {request.id!r}"
             if request.command in QUERY_COMMANDS:  # answered, but queries are never counted
@@ -417,7 +470,30 @@ class FramePacedPeer:
             return
         if self.legacy and request.command in LEGACY_EARLY_ACK:
             conn.send(encode(response(request.command, "success", "queued", legacy=True)))
-        ready.append((conn, request, recv_ns))
+        conn.queued_in += 1
+        conn.queued_in_bytes += size
+        ready.append((conn, request, recv_ns, size))
+
+    def _refuse_queue_full(
+        self, conn: _Connection, request: Request, queued: int, queued_bytes: int
+    ) -> None:
+        bound = f"{self.max_queued_requests} requests or {self.max_queued_bytes} bytes"
+        message = (
+            f"queue full: {queued} requests ({queued_bytes} bytes) from this connection wait for "
+            f"the main thread, at the bound of {bound}; wait for acks before sending more"
+        )
+        if request.command in QUERY_COMMANDS:  # answered, but queries are never counted
+            conn.send(encode(response(request.command, "error", message, request.id)))
+        else:
+            self.counters.add(queue_full=1)
+            self._reject(conn, message, request.id, request.command)
+        if not conn.queue_full_logged:
+            conn.queue_full_logged = True
+            log(
+                f"client {conn.name} sends faster than the frame budget: {queued} requests "
+                f"({queued_bytes} bytes) queued, at the bound of {bound}; its requests get "
+                '"queue full" errors until the main thread catches up (counter queue_full)'
+            )
 
     # -- main thread -----------------------------------------------------------------------------
 
@@ -429,15 +505,24 @@ class FramePacedPeer:
     def _bridge_state(self) -> dict:
         with self._connections_lock:
             connections = list(self._connections)
+        queued = [c.queued for c in connections]
+        pacer = self.pacer
         return {
             "open_connections": len(connections),
-            "queue_depth": len(self._backlog),
+            "queue_depth": sum(len(c.backlog) for c in self._active),
             "seen_ids": max((len(c.seen_ids) for c in connections), default=0),
             "ack_buffer_bytes": sum(c.writer.pending_bytes for c in connections),
             "id_window": self.id_window,
             "max_ack_buffer_bytes": self.max_ack_buffer_bytes,
             "max_commands_per_frame": self.max_commands_per_frame,
             "max_tick_us": self.max_tick_ns / 1e3,
+            "queued_requests": sum(q[0] for q in queued),
+            "queued_bytes": sum(q[1] for q in queued),
+            "max_queued_requests": self.max_queued_requests,
+            "max_queued_bytes": self.max_queued_bytes,
+            # paced frames: how late a 1 ms sleep ends here (median) and the yielding tail
+            "timer_overshoot_us": pacer.overshoot_median_ns / 1e3 if pacer else None,
+            "spin_tail_us": pacer.spin_tail_ns / 1e3 if pacer else None,
         }
 
     def _run(self, request: Request) -> dict[str, Any]:
@@ -508,44 +593,64 @@ class FramePacedPeer:
             return True
         return bool(self.max_tick_ns) and time.perf_counter_ns() - start_ns >= self.max_tick_ns
 
-    def tick(self, first: list[tuple[_Connection, Request, int]] | None = None) -> int:
-        """One frame: apply what is queued, within the budget, and ack it; return how many
-        requests were applied (or answered with an apply error)."""
+    def _take(self, items: list[_Queued]) -> None:
+        active = self._active
+        for conn, request, recv_ns, size in items:
+            if not conn.backlog:
+                active.append(conn)
+            conn.backlog.append((request, recv_ns, size))
+
+    def tick(self, first: list[_Queued] | None = None) -> int:
+        """One frame: apply what is queued, within the budget, one request of each connection
+        in turn, and ack it; return how many requests were applied (or answered with an apply
+        error)."""
         start_ns = time.perf_counter_ns()
         self.frames.frame_started(start_ns)
         self._frame_commands = 0
         self.frame += 1
-        backlog = self._backlog
         if first is not None:
-            backlog.extend(first)
+            self._take(first)
         while True:
             try:
-                backlog.extend(self._queue.get_nowait())
+                self._take(self._queue.get_nowait())
             except queue.Empty:
                 break
+        active = self._active
         acks: dict[_Connection, list[bytes]] = {}
         n = commands = 0
         budget = self.max_commands_per_frame or self.max_tick_ns
-        while backlog:
-            conn, request, recv_ns = backlog[0]
+        while active:
+            conn = active[0]
+            request, recv_ns, size = conn.backlog[0]
             if budget:
                 cost = _cost(request)
                 if n and self._over_budget(start_ns, commands, cost):
                     break
                 commands += cost
-            backlog.popleft()
+            conn.backlog.popleft()
+            active.popleft()
+            if conn.backlog:
+                conn.tick_applied += 1
+                active.append(conn)
+            else:
+                conn.tick_applied = conn.deferred_front = 0
+            conn.queued_out += 1
+            conn.queued_out_bytes += size
             n += 1
             line = self._apply(request, recv_ns)
             if line is not None:
                 acks.setdefault(conn, []).append(line)
         for conn, lines in acks.items():
             conn.send(lines[0] if len(lines) == 1 else b"".join(lines))
-        left = len(backlog)
-        if left:
+        left = deferred = 0
+        for conn in active:
             # each request is counted once, the first frame that leaves it for later
-            still_counted = max(0, self._deferred_front - n)
-            self.counters.add(deferred=left - still_counted)
-        self._deferred_front = left
+            waiting = len(conn.backlog)
+            deferred += waiting - max(0, conn.deferred_front - conn.tick_applied)
+            conn.deferred_front, conn.tick_applied = waiting, 0
+            left += waiting
+        if deferred:
+            self.counters.add(deferred=deferred)
         self.frames.tick_done(time.perf_counter_ns() - start_ns, self._frame_commands, left)
         return n
 
@@ -555,7 +660,7 @@ class FramePacedPeer:
         self._threads.append(accept)
         if self.fps == 0:
             while not self._stop.is_set():
-                if self._backlog:  # left over by the budget: the next frame comes at once
+                if self._active:  # left over by the budget: the next frame comes at once
                     self.tick()
                     continue
                 try:
@@ -564,13 +669,15 @@ class FramePacedPeer:
                     continue
                 self.tick(first=item)
             return
+        tail_ns = None if self.spin_tail_us is None else int(self.spin_tail_us * 1e3)
+        self.pacer = pacer = FramePacer(tail_ns)
         period_ns = int(1e9 / self.fps)
         busy_ns = int(self.frame_busy * period_ns)
         next_frame = time.perf_counter_ns()
         while not self._stop.is_set():
             now = time.perf_counter_ns()
             if now < next_frame:
-                time.sleep((next_frame - now) / 1e9)
+                pacer.wait_until(next_frame)
             next_frame += period_ns
             if next_frame < now:  # fell behind: skip frames like a game loop, not a burst
                 next_frame = now + period_ns
@@ -588,6 +695,11 @@ class FramePacedPeer:
             connections = list(self._connections)
         for conn in connections:
             conn.close()
+
+
+# a request on its way to the main thread: its connection, the request, when its chunk was
+# received (perf_counter_ns) and its size on the wire
+_Queued = tuple[_Connection, Request, int, int]
 
 
 class _BatchFailed(Exception):
@@ -650,6 +762,25 @@ def main(argv: list[str] | None = None) -> int:
         "--max-tick-us", type=float, default=0.0, help="frame budget in µs (0: no limit)"
     )
     parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_REQUESTS,
+        help="requests a connection may have waiting for the main thread; more get 'queue full'",
+    )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_BYTES,
+        help="bytes of request lines a connection may have waiting for the main thread",
+    )
+    parser.add_argument(
+        "--spin-tail-us",
+        type=float,
+        default=None,
+        help="paced frames: yield this long before each frame instead of sleeping "
+        "(default: measured from the sleep overshoot at start)",
+    )
+    parser.add_argument(
         "--missing-blendshape",
         action="append",
         default=[],
@@ -678,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
             max_commands_per_frame=args.max_commands_per_frame,
             max_tick_us=args.max_tick_us,
             missing_blendshapes=frozenset(args.missing_blendshape),
+            max_queued_requests=args.max_queued_requests,
+            max_queued_bytes=args.max_queued_bytes,
+            spin_tail_us=args.spin_tail_us,
         )
     except ValueError as exc:
         print(f"mateperf-python peer: {exc}", file=sys.stderr)

@@ -22,7 +22,13 @@ from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.protocol import DEFAULT_HOST, MAX_LINE_BYTES
 
 PEER_KINDS = ("python", "csharp")
+# unity/ is a Unity package: the core (no UnityEngine) and PythonBridge.cs under Runtime/, and
+# the headless host under Headless~/ (a folder Unity ignores), with its .NET SDK projects
 UNITY_DIR = Path(__file__).resolve().parents[2] / "unity"
+CORE_DIR = UNITY_DIR / "Runtime" / "Core"
+PYTHON_BRIDGE_CS = UNITY_DIR / "Runtime" / "PythonBridge" / "PythonBridge.cs"
+HEADLESS_DIR = UNITY_DIR / "Headless~"
+HOST_DIR = HEADLESS_DIR / "MatePeer"
 NEWTONSOFT_CANDIDATES = (
     "/usr/lib/cli/Newtonsoft.Json-5.0/Newtonsoft.Json.dll",
     "/usr/lib/mono/gac/Newtonsoft.Json/6.0.0.0__b9a188c8922137c6/Newtonsoft.Json.dll",
@@ -123,26 +129,69 @@ def find_newtonsoft() -> Path:
     )
 
 
+def csharp_core_sources() -> list[Path]:
+    """The core's .cs files: what the Unity assembly (MatePerf.Bridge.asmdef), the .NET SDK
+    project (Headless~/MatePerf.Bridge) and the Mono build compile alike."""
+    return sorted(CORE_DIR.glob("*.cs"))
+
+
+def csharp_host_sources() -> list[Path]:
+    return sorted(HOST_DIR.glob("*.cs"))
+
+
 def build_csharp_peer(out_dir: Path | None = None) -> Path:
-    """Compile the C# core and headless host with mcs; return the .exe (rebuilt when stale)."""
+    """Compile the C# core and headless host with mcs; return the .exe (rebuilt when stale).
+
+    Two assemblies, as in Unity (MatePerf.Bridge.asmdef) and the .NET SDK projects: the core as
+    MatePerf.Bridge.dll, the host as MatePeer.exe over its public API. The default output,
+    unity/Headless~/build/, is a folder Unity does not import (a Newtonsoft .dll there would
+    clash with Unity's own package)."""
     mcs = shutil.which("mcs")
     if mcs is None or shutil.which("mono") is None:
-        raise FileNotFoundError("mono and mcs are required: apt-get install mono-mcs")
-    out_dir = Path(out_dir or UNITY_DIR / "build")
+        raise FileNotFoundError(
+            "mono and mcs are required: apt-get install mono-mcs libnewtonsoft-json-cil-dev; "
+            "or, with the .NET SDK, dotnet build -c Release unity/Headless~/MatePeer and set "
+            "MATEPERF_CSHARP_PEER to "
+            "unity/Headless~/build/bin/MatePeer/Release/net8.0/MatePeer.dll (unity/README.md)"
+        )
+    out_dir = Path(out_dir or HEADLESS_DIR / "build")
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = sorted((UNITY_DIR / "Core").glob("*.cs")) + sorted((UNITY_DIR / "Host").glob("*.cs"))
-    exe = out_dir / "MatePeer.exe"
-    if exe.exists() and exe.stat().st_mtime >= max(s.stat().st_mtime for s in sources):
+    core, host = csharp_core_sources(), csharp_host_sources()
+    exe, lib = out_dir / "MatePeer.exe", out_dir / "MatePerf.Bridge.dll"
+    newest = max(s.stat().st_mtime for s in core + host)
+    if exe.exists() and lib.exists() and min(exe.stat().st_mtime, lib.stat().st_mtime) >= newest:
         return exe
     newtonsoft = find_newtonsoft()
-    tmp = out_dir / f"MatePeer.{os.getpid()}.exe"
-    cmd = [mcs, "-optimize+", "-nologo", f"-r:{newtonsoft}", f"-out:{tmp}", *map(str, sources)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PeerStartError("mcs failed to compile the C# peer", result.stdout + result.stderr)
-    shutil.copy2(newtonsoft, out_dir / "Newtonsoft.Json.dll")
-    os.replace(tmp, exe)
+    # built beside, under the final names (an assembly's name is its file name), then moved in
+    tmp = out_dir / f".build-{os.getpid()}"
+    tmp.mkdir(exist_ok=True)
+    base = [mcs, "-optimize+", "-nologo", f"-r:{newtonsoft}"]
+    steps = (
+        [*base, "-target:library", f"-out:{tmp / lib.name}", *map(str, core)],
+        [*base, f"-r:{tmp / lib.name}", f"-out:{tmp / exe.name}", *map(str, host)],
+    )
+    try:
+        for cmd in steps:
+            result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
+            if result.returncode != 0:
+                output = result.stdout + result.stderr
+                raise PeerStartError("mcs failed to compile the C# peer", output)
+        shutil.copy2(newtonsoft, out_dir / "Newtonsoft.Json.dll")
+        os.replace(tmp / lib.name, lib)
+        os.replace(tmp / exe.name, exe)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return exe
+
+
+def csharp_peer_command(program: Path) -> list[str]:
+    """How to start a built headless peer: a .NET SDK build's MatePeer.dll through ``dotnet``;
+    a .exe directly on Windows; Mono's build through ``mono`` elsewhere."""
+    if program.suffix.lower() == ".dll":
+        return ["dotnet", str(program)]
+    if os.name == "nt":
+        return [str(program)]
+    return ["mono", "--gc=sgen", str(program)]
 
 
 _session_exe: dict[str, Path] = {}
@@ -164,7 +213,8 @@ def _spawn(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         bufsize=1,
         env=None if env is None else {**os.environ, **env},
     )
@@ -204,6 +254,9 @@ def start_peer(
     max_commands_per_frame: int = 0,
     max_tick_us: float = 0.0,
     missing_blendshapes: tuple[str, ...] = (),
+    max_queued_requests: int | None = None,
+    max_queued_bytes: int | None = None,
+    spin_tail_us: float | None = None,
     env: dict | None = None,
 ) -> PeerProcess:
     """Start a peer in its own process and wait until it listens.
@@ -216,13 +269,23 @@ def start_peer(
     dropped as not reading (None: the peer's default, 1 MiB). ``id_window``: request ids kept
     per connection for duplicate detection (None: 4096). ``max_commands_per_frame`` and
     ``max_tick_us``: the frame budget (0: no limit). ``missing_blendshapes``: names the avatar
-    raises on in set_expression (a real fault for the isolation tests). ``env``: variables
-    added to the peer's environment (a locale, say).
+    raises on in set_expression (a real fault for the isolation tests).
+    ``max_queued_requests`` and ``max_queued_bytes``: the incoming bound per connection (None:
+    the peer's defaults, 4096 requests and 4 MiB); beyond it a request gets "queue full".
+    ``spin_tail_us``: paced frames yield this long before each deadline instead of sleeping
+    (None: measured by the peer at start). ``env``: variables added to the peer's environment
+    (a locale, say).
     """
     if apply_delay_ms < 0:
         raise ValueError(f"apply_delay_ms must be >= 0, got {apply_delay_ms}")
     frame_busy = check_frame_busy(frame_busy)
-    for name, value in (("max_ack_buffer_bytes", max_ack_buffer_bytes), ("id_window", id_window)):
+    bounds = (
+        ("max_ack_buffer_bytes", max_ack_buffer_bytes),
+        ("id_window", id_window),
+        ("max_queued_requests", max_queued_requests),
+        ("max_queued_bytes", max_queued_bytes),
+    )
+    for name, value in bounds:
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if max_commands_per_frame < 0 or max_tick_us < 0:
@@ -243,12 +306,20 @@ def start_peer(
         args += ["--max-tick-us", repr(float(max_tick_us))]
     for name in missing_blendshapes:
         args += ["--missing-blendshape", name]
+    if max_queued_requests is not None:
+        args += ["--max-queued-requests", str(int(max_queued_requests))]
+    if max_queued_bytes is not None:
+        args += ["--max-queued-bytes", str(int(max_queued_bytes))]
+    if spin_tail_us is not None:
+        if spin_tail_us < 0:
+            raise ValueError(f"spin_tail_us must be >= 0, got {spin_tail_us}")
+        args += ["--spin-tail-us", repr(float(spin_tail_us))]
     if kind == "python":
         cmd = [sys.executable, "-m", "mateperf.bridge.peer", *args]
     elif kind == "csharp":
         # MATEPERF_CSHARP_PEER: an already built MatePeer.exe (the tests build their own)
         exe = os.environ.get("MATEPERF_CSHARP_PEER") or build_csharp_peer()
-        cmd = ["mono", "--gc=sgen", str(exe), *args]
+        cmd = [*csharp_peer_command(Path(exe)), *args]
     else:
         raise ValueError(f"peer must be one of {PEER_KINDS}, got {kind!r}")
     return _spawn(cmd, kind, host, startup_timeout_s, env)

@@ -1,5 +1,5 @@
-// Runs unity/PythonBridge.cs as Unity would, against the UnityEngine stub: sets its serialized
-// fields, calls Awake, then Update once per frame (60 fps) until stdin closes, then OnDestroy.
+// Runs unity/Runtime/PythonBridge/PythonBridge.cs as Unity would, against the UnityEngine stub:
+// sets its serialized fields, calls Awake, then Update once per frame (60 fps) until stdin closes, then OnDestroy.
 // Prints {"event":"awake","enabled":bool}, {"event":"listening","port":N} when it serves, and
 // {"event":"stopped","counters":{...}} at the end. Usage: mono PythonBridgeHarness.exe PORT [FIELD=VALUE ...]
 using System;

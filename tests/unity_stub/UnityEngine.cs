@@ -1,5 +1,5 @@
-// A minimal stub of the UnityEngine types unity/PythonBridge.cs uses, so the tests compile and run
-// it under Mono: a rename in the core then breaks the build here, not in the user's editor. Lives
+// A minimal stub of the UnityEngine types unity/Runtime/PythonBridge/PythonBridge.cs uses, so the
+// tests compile and run it under Mono: a rename in the core then breaks the build here, not in the user's editor. Lives
 // under tests/, never under unity/, where it would clash with the real UnityEngine in a project.
 // Debug writes one JSON line per message on stdout, for the tests to read.
 using System;
@@ -28,6 +28,24 @@ namespace UnityEngine
     {
         public readonly string tooltip;
         public TooltipAttribute(string tooltip) { this.tooltip = tooltip; }
+    }
+
+    // what the package sample's BlendShapeAvatar uses (Unity's own names and signatures)
+    public sealed class Mesh : Object
+    {
+        public readonly System.Collections.Generic.List<string> blendShapeNames = new System.Collections.Generic.List<string>();
+        public int blendShapeCount { get { return blendShapeNames.Count; } }
+        public int GetBlendShapeIndex(string blendShapeName) { return blendShapeNames.IndexOf(blendShapeName); }
+    }
+
+    public class Renderer : Component { }
+
+    public class SkinnedMeshRenderer : Renderer
+    {
+        public Mesh sharedMesh { get; set; }
+        public readonly System.Collections.Generic.Dictionary<int, float> weights = new System.Collections.Generic.Dictionary<int, float>();
+        public void SetBlendShapeWeight(int index, float value) { weights[index] = value; }
+        public float GetBlendShapeWeight(int index) { float w; return weights.TryGetValue(index, out w) ? w : 0f; }
     }
 
     public static class Debug

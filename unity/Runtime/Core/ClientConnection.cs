@@ -205,6 +205,31 @@ namespace MatePerf.Bridge
         readonly BridgeServer server;
         int users = 2;  // the reader and the writer: the last one out closes the socket
 
+        // Requests and bytes queued for Tick: each total has one writer (the socket thread puts
+        // in, the main thread takes out), so neither needs a lock; a stale read only refuses a
+        // little early.
+        long queuedIn, queuedInBytes, queuedOut, queuedOutBytes;
+        internal bool QueueFullLogged;  // the socket thread only
+        // the main thread only: requests drained for Tick and not yet applied, and how many of
+        // the leading ones were already counted as deferred
+        internal readonly Queue<QueuedRequest> Backlog = new Queue<QueuedRequest>();
+        internal int DeferredFront, TickApplied;
+
+        public long QueuedRequests { get { return Interlocked.Read(ref queuedIn) - Interlocked.Read(ref queuedOut); } }
+        public long QueuedBytes { get { return Interlocked.Read(ref queuedInBytes) - Interlocked.Read(ref queuedOutBytes); } }
+
+        internal void CountQueued(int bytes)
+        {
+            Interlocked.Increment(ref queuedIn);
+            Interlocked.Add(ref queuedInBytes, bytes);
+        }
+
+        internal void CountTaken(int bytes)
+        {
+            Interlocked.Increment(ref queuedOut);
+            Interlocked.Add(ref queuedOutBytes, bytes);
+        }
+
         public ClientConnection(BridgeServer server, Socket socket, string name)
         {
             this.server = server;

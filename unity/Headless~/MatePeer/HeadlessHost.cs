@@ -6,6 +6,11 @@
 // bounds and frame budget of BridgeServer; --missing-blendshape NAME: the avatar throws on it.
 // --frame-busy SHARE: after each paced frame's Tick the main thread busy-spins SHARE (in [0, 1))
 // of the frame period, a stand-in for Unity's own per-frame work on its main thread.
+// --max-queued-requests N, --max-queued-bytes N: the incoming bound per connection.
+// --spin-tail-us US: paced frames yield through the last US µs before each frame instead of
+// sleeping (default: measured at start from how late Thread.Sleep(1) ends, see FramePacer).
+// Built by mateperf/bridge/process.py with Mono's mcs, or with the .NET SDK:
+// dotnet run --project "unity/Headless~/MatePeer" -- --port 5555 --fps 60
 using System;
 using System.Diagnostics;
 using System.Globalization;
@@ -21,7 +26,7 @@ public static class HeadlessHost
     {
         "--host", "--port", "--fps", "--max-line-bytes", "--apply-delay-ms", "--frame-busy",
         "--max-ack-buffer-bytes", "--id-window", "--max-commands-per-frame", "--max-tick-us",
-        "--missing-blendshape",
+        "--missing-blendshape", "--max-queued-requests", "--max-queued-bytes", "--spin-tail-us",
     };
 
     public static int Main(string[] args)
@@ -31,6 +36,9 @@ public static class HeadlessHost
         double fps = 60, applyDelayMs = 0, frameBusy = 0, maxTickUs = 0;
         long maxAckBufferBytes = BridgeServer.DefaultMaxAckBufferBytes;
         int idWindow = BridgeServer.DefaultIdWindow, maxCommandsPerFrame = 0;
+        int maxQueuedRequests = BridgeServer.DefaultMaxQueuedRequests;
+        long maxQueuedBytes = BridgeServer.DefaultMaxQueuedBytes;
+        double spinTailUs = -1;  // measured
         var missingBlendshapes = new System.Collections.Generic.List<string>();
         bool legacy = false;
         for (int i = 0; i < args.Length; i++)
@@ -61,6 +69,13 @@ public static class HeadlessHost
                     break;
                 case "--max-tick-us": ok = double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out maxTickUs) && maxTickUs >= 0; break;
                 case "--missing-blendshape": missingBlendshapes.Add(value); break;
+                case "--max-queued-requests":
+                    ok = int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out maxQueuedRequests) && maxQueuedRequests >= 1;
+                    break;
+                case "--max-queued-bytes":
+                    ok = long.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out maxQueuedBytes) && maxQueuedBytes >= 1;
+                    break;
+                case "--spin-tail-us": ok = double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out spinTailUs) && spinTailUs >= 0; break;
                 default: Console.Error.WriteLine("unknown argument " + name); return 2;
             }
             if (!ok) { Console.Error.WriteLine(name + ": not a valid value: '" + value + "'"); return 2; }
@@ -82,6 +97,8 @@ public static class HeadlessHost
             IdWindow = idWindow,
             MaxCommandsPerFrame = maxCommandsPerFrame,
             MaxTickMicros = maxTickUs,
+            MaxQueuedRequests = maxQueuedRequests,
+            MaxQueuedBytes = maxQueuedBytes,
             Log = message => Console.Error.WriteLine("mateperf-csharp peer: " + message),
         };
         try { server.Start(); }
@@ -110,16 +127,16 @@ public static class HeadlessHost
         }
         else
         {
+            var pacer = FramePacer.Measure(spinTailUs >= 0 ? spinTailUs : (double?)null);
+            server.TimerOvershootMicros = pacer.OvershootMedianMicros;
+            server.SpinTailMicros = pacer.SpinTailMicros;
             long periodTicks = (long)(Stopwatch.Frequency / fps);
             long busyTicks = (long)(periodTicks * frameBusy);
             long next = Stopwatch.GetTimestamp();
             while (!stop.IsSet)
             {
                 long now = Stopwatch.GetTimestamp();
-                long waitMs = (next - now) * 1000 / Stopwatch.Frequency;
-                if (waitMs > 1) Thread.Sleep((int)(waitMs - 1));
-                // the last millisecond by yielding: Thread.Sleep only has millisecond resolution
-                while (Stopwatch.GetTimestamp() < next) Thread.Yield();
+                pacer.WaitUntil(next);
                 next += periodTicks;
                 if (next < now) next = now + periodTicks;  // fell behind: skip, do not burst
                 server.Tick();
@@ -137,5 +154,56 @@ public static class HeadlessHost
     {
         long end = Stopwatch.GetTimestamp() + ticks;
         while (Stopwatch.GetTimestamp() < end) { }
+    }
+}
+
+/// Waits until a Stopwatch deadline: Thread.Sleep to a tail before it, then Thread.Yield. Sleep
+/// ends on the OS timer's next tick at the earliest: tens of µs late on Linux, up to the 15.6 ms
+/// system tick on Windows unless something raised the timer resolution. The tail is measured
+/// once (1.25x the 90th percentile of how late 15 sleeps of 1 ms end; at most 1 ms where the
+/// median is under 1 ms), as the Python peer's FramePacer (mateperf/bridge/pacing.py) does.
+sealed class FramePacer
+{
+    const int Probes = 15;
+    const double TailMargin = 1.25, FineTimerMicros = 1000, MaxTailMicros = 50000;
+    readonly long tailTicks;
+    public readonly double? OvershootMedianMicros;
+    public readonly double SpinTailMicros;
+
+    public FramePacer(double spinTailMicros, double? overshootMedianMicros = null)
+    {
+        SpinTailMicros = spinTailMicros;
+        OvershootMedianMicros = overshootMedianMicros;
+        tailTicks = (long)(spinTailMicros * Stopwatch.Frequency / 1e6);
+    }
+
+    /// Measure how late Thread.Sleep(1) ends here; the tail is chosen from it unless given.
+    public static FramePacer Measure(double? spinTailMicros)
+    {
+        var overshoots = new double[Probes];
+        for (int i = 0; i < Probes; i++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            Thread.Sleep(1);
+            double us = (Stopwatch.GetTimestamp() - start) * 1e6 / Stopwatch.Frequency - 1000;
+            overshoots[i] = Math.Max(0, us);
+        }
+        Array.Sort(overshoots);
+        double median = NearestRank(overshoots, 0.5), p90 = NearestRank(overshoots, 0.9);
+        double tail = Math.Min(median < FineTimerMicros ? FineTimerMicros : MaxTailMicros, TailMargin * p90);
+        return new FramePacer(spinTailMicros ?? tail, median);
+    }
+
+    static double NearestRank(double[] sorted, double quantile)
+    {
+        return sorted[Math.Max(0, (int)Math.Ceiling(quantile * sorted.Length) - 1)];
+    }
+
+    public void WaitUntil(long deadline)
+    {
+        long left = deadline - Stopwatch.GetTimestamp() - tailTicks;
+        long sleepMs = left * 1000 / Stopwatch.Frequency;  // whole ms: Thread.Sleep's unit
+        if (sleepMs > 0) Thread.Sleep((int)sleepMs);
+        while (Stopwatch.GetTimestamp() < deadline) Thread.Yield();
     }
 }

@@ -1,4 +1,5 @@
-// Unity entry point: a thin MonoBehaviour over BridgeServer (Core/, no UnityEngine there).
+// Unity entry point: a thin MonoBehaviour over BridgeServer (Runtime/Core/, assembly
+// MatePerf.Bridge, no UnityEngine there); this file is assembly MatePerf.Bridge.Unity.
 // Socket threads queue; Update() runs BridgeServer.Tick() once per frame on the main thread,
 // the only thread allowed to touch the VRM avatar. Tick never waits on the network, never lets an
 // avatar exception out, and applies at most the frame budget below. The tests compile this file

@@ -13,6 +13,13 @@
 // - exceed its budget: at most MaxCommandsPerFrame commands and/or MaxTickMicros of work per
 //   frame (0: no limit; a batch is never split, and a frame always applies at least one
 //   request); the rest waits, in order, for the next frame (Counters.Deferred, QueueDepth).
+// The incoming side is bounded per connection: a request that would take a connection past
+// MaxQueuedRequests requests or MaxQueuedBytes bytes of request lines waiting for Tick is refused
+// at once from the socket thread with a "queue full: ..." error carrying its id
+// (Counters.QueueFull and Rejected; the first refusal of a connection is logged), so a client
+// sending faster than the frame budget is told so and memory stays bounded (a request into an
+// empty queue is always taken). Tick serves connections in turn, one request of each connection
+// with work before a second of any: a flooding client delays its own requests, not another's.
 // State is bounded: duplicate ids are detected over the last IdWindow ids of a connection,
 // closed connections are pruned, a failing accept backs off.
 // ApplyDelayMs stands in for a slow avatar: the main thread spends that long on every command it
@@ -32,7 +39,7 @@ namespace MatePerf.Bridge
     public sealed class BridgeCounters
     {
         public long Received, Applied, AppliedCommands, Rejected, Connections;
-        public long DroppedClients, ApplyErrors, Deferred, AcceptErrors;
+        public long DroppedClients, ApplyErrors, Deferred, AcceptErrors, QueueFull;
 
         public JObject ToJson()
         {
@@ -47,6 +54,7 @@ namespace MatePerf.Bridge
                 ["apply_errors"] = Interlocked.Read(ref ApplyErrors),
                 ["deferred"] = Interlocked.Read(ref Deferred),
                 ["accept_errors"] = Interlocked.Read(ref AcceptErrors),
+                ["queue_full"] = Interlocked.Read(ref QueueFull),
             };
         }
     }
@@ -57,6 +65,7 @@ namespace MatePerf.Bridge
         public Request Request;
         public string IdJson;  // the request id as JSON, written into its ack ("null": none)
         public long RecvNs;
+        public int Bytes;  // the request line on the wire, with its newline
     }
 
     sealed class BatchFailedException : Exception
@@ -68,6 +77,9 @@ namespace MatePerf.Bridge
     {
         public const long DefaultMaxAckBufferBytes = 1 << 20;
         public const int DefaultIdWindow = 4096;
+        // the incoming bound per connection, as in mateperf/bridge/peer.py
+        public const int DefaultMaxQueuedRequests = 4096;
+        public const long DefaultMaxQueuedBytes = 4 << 20;
         const int FirstAcceptPauseMs = 10, LongestAcceptPauseMs = 1000;
 
         // What the original bridge acked from its socket thread before the main thread ran it.
@@ -88,6 +100,14 @@ namespace MatePerf.Bridge
         public long MaxAckBufferBytes = DefaultMaxAckBufferBytes;
         /// Request ids kept per connection for duplicate detection.
         public int IdWindow = DefaultIdWindow;
+        /// Requests, and bytes of request lines, a connection may have waiting for Tick; a request
+        /// past either gets a "queue full" error instead of a place in the queue.
+        public int MaxQueuedRequests = DefaultMaxQueuedRequests;
+        public long MaxQueuedBytes = DefaultMaxQueuedBytes;
+        /// Set by a host that paces its own frames (HeadlessHost): how late a 1 ms sleep ends
+        /// (median, µs) and the tail it yields through before each frame. Null in Unity, whose
+        /// player loop paces the frames.
+        public double? TimerOvershootMicros, SpinTailMicros;
         /// The frame budget: commands (a batch counts its commands) and µs of Tick; 0: no limit.
         public int MaxCommandsPerFrame;
         public double MaxTickMicros;
@@ -109,11 +129,12 @@ namespace MatePerf.Bridge
         readonly IAvatar avatar;
         readonly TcpListener listener;
         readonly ConcurrentQueue<QueuedRequest> queue = new ConcurrentQueue<QueuedRequest>();
-        readonly Queue<QueuedRequest> backlog = new Queue<QueuedRequest>();  // main thread only
+        // main thread only: connections with a backlog, in the order Tick serves them
+        readonly Queue<ClientConnection> active = new Queue<ClientConnection>();
+        int backlogCount;  // main thread only: requests in the connections' backlogs
         readonly HashSet<ClientConnection> connections = new HashSet<ClientConnection>();
         volatile bool stopping;
         int frameCommands;  // commands applied in the current frame (a batch's each)
-        int deferredFront;  // leading backlog requests already counted as deferred
         readonly System.Text.StringBuilder ackText = new System.Text.StringBuilder(256);  // main thread only
 
         public BridgeServer(IAvatar avatar, string host = "127.0.0.1", int port = 5555, bool legacy = false,
@@ -129,7 +150,7 @@ namespace MatePerf.Bridge
         }
 
         /// Requests received and not yet applied (main thread).
-        public int QueueDepth { get { return backlog.Count + queue.Count; } }
+        public int QueueDepth { get { return backlogCount + queue.Count; } }
 
         /// CLOCK_MONOTONIC nanoseconds on Linux (Mono's Stopwatch), comparable with Python's
         /// time.perf_counter_ns() on the same host.
@@ -264,6 +285,13 @@ namespace MatePerf.Bridge
             }
             bool query = BridgeProtocol.IsQuery(request.Command);
             if (!query) Interlocked.Increment(ref Counters.Received);
+            int size = line.Length + 1;  // as on the wire, with its newline
+            long queued = conn.QueuedRequests, queuedBytes = conn.QueuedBytes;
+            if (queued > 0 && (queued >= MaxQueuedRequests || queuedBytes + size > MaxQueuedBytes))
+            {
+                RefuseQueueFull(conn, request, query, queued, queuedBytes);
+                return;
+            }
             string key = "null";
             if (request.Id != null)
             {
@@ -279,8 +307,32 @@ namespace MatePerf.Bridge
             }
             if (Legacy && LegacyEarlyAck.Contains(request.Command))
                 conn.Send(BridgeProtocol.Encode(BridgeProtocol.Response(request.Command, "success", "queued", null, true)));
-            queue.Enqueue(new QueuedRequest { Connection = conn, Request = request, IdJson = key, RecvNs = recvNs });
+            conn.CountQueued(size);
+            queue.Enqueue(new QueuedRequest { Connection = conn, Request = request, IdJson = key, RecvNs = recvNs, Bytes = size });
             WorkArrived.Set();
+        }
+
+        void RefuseQueueFull(ClientConnection conn, Request request, bool query, long queued, long queuedBytes)
+        {
+            string bound = BridgeProtocol.Number(MaxQueuedRequests) + " requests or "
+                + MaxQueuedBytes.ToString(System.Globalization.CultureInfo.InvariantCulture) + " bytes";
+            string waiting = queued.ToString(System.Globalization.CultureInfo.InvariantCulture) + " requests ("
+                + queuedBytes.ToString(System.Globalization.CultureInfo.InvariantCulture) + " bytes)";
+            string message = "queue full: " + waiting + " from this connection wait for the main thread, at the bound of "
+                + bound + "; wait for acks before sending more";
+            if (query)  // answered, but queries are never counted
+                conn.Send(BridgeProtocol.Encode(BridgeProtocol.Response(request.Command, "error", message, request.Id, Legacy)));
+            else
+            {
+                Interlocked.Increment(ref Counters.QueueFull);
+                Reject(conn, message, request.Id, request.Command);
+            }
+            if (!conn.QueueFullLogged)
+            {
+                conn.QueueFullLogged = true;
+                SafeLog("client " + conn.Name + " sends faster than the frame budget: " + waiting + " queued, at the bound of "
+                        + bound + "; its requests get \"queue full\" errors until the main thread catches up (counter queue_full)");
+            }
         }
 
         void ApplyOne(string command, JObject data)
@@ -349,7 +401,7 @@ namespace MatePerf.Bridge
         JObject BridgeState()
         {
             int open, seenIds = 0;
-            long unsent = 0;
+            long unsent = 0, queuedRequests = 0, queuedBytes = 0;
             lock (connections)
             {
                 open = connections.Count;
@@ -357,6 +409,8 @@ namespace MatePerf.Bridge
                 {
                     seenIds = Math.Max(seenIds, c.SeenIds.Count);
                     unsent += c.Writer.PendingBytes;
+                    queuedRequests += c.QueuedRequests;
+                    queuedBytes += c.QueuedBytes;
                 }
             }
             return new JObject
@@ -369,6 +423,12 @@ namespace MatePerf.Bridge
                 ["max_ack_buffer_bytes"] = MaxAckBufferBytes,
                 ["max_commands_per_frame"] = MaxCommandsPerFrame,
                 ["max_tick_us"] = MaxTickMicros,
+                ["queued_requests"] = queuedRequests,
+                ["queued_bytes"] = queuedBytes,
+                ["max_queued_requests"] = MaxQueuedRequests,
+                ["max_queued_bytes"] = MaxQueuedBytes,
+                ["timer_overshoot_us"] = TimerOvershootMicros,
+                ["spin_tail_us"] = SpinTailMicros,
             };
         }
 
@@ -441,8 +501,9 @@ namespace MatePerf.Bridge
             return BridgeProtocol.IsQuery(request.Command) ? 0 : 1;
         }
 
-        /// One frame, on the main thread: apply what is queued, within the budget, and hand the
-        /// acks to the writers. Returns how many requests were applied (or got an apply error).
+        /// One frame, on the main thread: apply what is queued, within the budget, one request of
+        /// each connection in turn, and hand the acks to the writers. Returns how many requests
+        /// were applied (or got an apply error).
         public int Tick()
         {
             long start = Stopwatch.GetTimestamp();
@@ -450,25 +511,42 @@ namespace MatePerf.Bridge
             frameCommands = 0;
             Frame++;
             QueuedRequest item;
-            while (queue.TryDequeue(out item)) backlog.Enqueue(item);
+            while (queue.TryDequeue(out item))
+            {
+                var owner = item.Connection;
+                if (owner.Backlog.Count == 0) active.Enqueue(owner);
+                owner.Backlog.Enqueue(item);
+                backlogCount++;
+            }
             long maxTickTicks = MaxTickMicros > 0 ? (long)(MaxTickMicros * Stopwatch.Frequency / 1e6) : 0;
             Dictionary<ClientConnection, List<byte[]>> acks = null;
             int n = 0, commands = 0;
-            while (backlog.Count > 0)
+            while (active.Count > 0)
             {
-                item = backlog.Peek();
+                var conn = active.Peek();
+                item = conn.Backlog.Peek();
                 int cost = Cost(item.Request);
                 if (n > 0 && ((MaxCommandsPerFrame > 0 && commands + cost > MaxCommandsPerFrame)
                               || (maxTickTicks > 0 && Stopwatch.GetTimestamp() - start >= maxTickTicks)))
                     break;
-                backlog.Dequeue();
+                conn.Backlog.Dequeue();
+                active.Dequeue();
+                backlogCount--;
+                if (conn.Backlog.Count > 0)
+                {
+                    conn.TickApplied++;
+                    active.Enqueue(conn);
+                }
+                else
+                    conn.TickApplied = conn.DeferredFront = 0;
+                conn.CountTaken(item.Bytes);
                 n++;
                 commands += cost;
                 byte[] ack = Apply(item);
                 if (ack == null) continue;
                 if (acks == null) acks = new Dictionary<ClientConnection, List<byte[]>>();
                 List<byte[]> list;
-                if (!acks.TryGetValue(item.Connection, out list)) acks[item.Connection] = list = new List<byte[]>();
+                if (!acks.TryGetValue(conn, out list)) acks[conn] = list = new List<byte[]>();
                 list.Add(ack);
             }
             if (acks != null)
@@ -484,15 +562,21 @@ namespace MatePerf.Bridge
                     kv.Key.Send(joined);
                 }
             }
-            int left = backlog.Count;
-            if (left > 0)
+            long deferred = 0;
+            foreach (var conn in active)
             {
                 // each request is counted once, the first frame that leaves it for later
-                Interlocked.Add(ref Counters.Deferred, left - Math.Max(0, deferredFront - n));
+                int waiting = conn.Backlog.Count;
+                deferred += waiting - Math.Max(0, conn.DeferredFront - conn.TickApplied);
+                conn.DeferredFront = waiting;
+                conn.TickApplied = 0;
+            }
+            if (backlogCount > 0)
+            {
+                Interlocked.Add(ref Counters.Deferred, deferred);
                 WorkArrived.Set();
             }
-            deferredFront = left;
-            Frames.TickDone(Stopwatch.GetTimestamp() - start, frameCommands, left);
+            Frames.TickDone(Stopwatch.GetTimestamp() - start, frameCommands, backlogCount);
             return n;
         }
 
