@@ -97,13 +97,14 @@ def flood(port: int, requests: int, outcome: FloodOutcome, done: threading.Event
     sock.close()
 
 
-def probe(port: int, interval_s: float, stop: threading.Event, rtts_ms: list, failures: list):
-    """One request at a time on its own connection, for as long as the flood lasts."""
+def probe(port: int, interval_s: float, stop: threading.Event, rtts: list, failures: list):
+    """One request at a time on its own connection, for as long as the flood lasts; each
+    round trip as (sent_ns, rtt_ms)."""
     with UnityBridge(port=port, request_timeout_s=120.0) as bridge:
         while not stop.is_set():
             try:
                 ack = bridge.request("set_expression", {"name": "calm", "value": 0.5})
-                rtts_ms.append(ack.rtt_ns / 1e6)
+                rtts.append((ack.sent_ns, ack.rtt_ns / 1e6))
             except BridgeError as exc:
                 failures.append(str(exc))
             stop.wait(interval_s)
@@ -130,26 +131,28 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
         rss_before = process.memory_info().rss / 2**20
         stop, done = threading.Event(), threading.Event()
         rss: list[float] = []
-        rtts_ms: list[float] = []
+        rtts: list[tuple[int, float]] = []
         failures: list[str] = []
         outcome = FloodOutcome()
         threads = [
             threading.Thread(target=sample_rss, args=(peer.proc.pid, stop, rss)),
             threading.Thread(
                 target=probe,
-                args=(peer.port, args.probe_interval_ms / 1e3, stop, rtts_ms, failures),
+                args=(peer.port, args.probe_interval_ms / 1e3, stop, rtts, failures),
             ),
         ]
         for t in threads:
             t.start()
         time.sleep(0.3)  # a few undisturbed round trips first
         flooder = threading.Thread(target=flood, args=(peer.port, args.requests, outcome, done))
+        flood_start_ns = time.perf_counter_ns()
         flooder.start()
         while outcome.send_s == 0 and flooder.is_alive():
             time.sleep(0.05)
         rss_after_send = process.memory_info().rss / 2**20
         done.wait(args.settle_s)
         settled = done.is_set()
+        flood_end_ns = time.perf_counter_ns()
         stop.set()
         for t in threads:
             t.join(timeout=150)
@@ -158,7 +161,9 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
         rss_end = process.memory_info().rss / 2**20
         counters = peer.stop()
         logged = [line.strip() for line in peer.output if "queue full" in line]
-    latency = stats.summarize(rtts_ms)
+    # the round trips begun while the flood was being sent or answered
+    during = [rtt for sent, rtt in rtts if flood_start_ns <= sent <= flood_end_ns]
+    latency = stats.summarize(during)
     return {
         "peer": kind,
         "fps": args.fps,
@@ -178,7 +183,8 @@ def run_one(kind: str, args: argparse.Namespace) -> dict:
         "rss_after_send_mb": round(rss_after_send, 1),
         "rss_peak_mb": round(max(rss, default=rss_before), 1),
         "rss_end_mb": round(rss_end, 1),
-        "probe_n": latency["n"],
+        "flood_s": round((flood_end_ns - flood_start_ns) / 1e9, 1),
+        "probe_n_during_flood": latency["n"],
         "probe_failures": len(failures),
         "probe_rtt_p50_ms": round(latency["median"], 2),
         "probe_rtt_p99_ms": round(latency["p99"], 2),

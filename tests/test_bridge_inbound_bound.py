@@ -166,7 +166,7 @@ def test_a_flood_10x_the_budget_is_told_memory_stays_bounded_and_others_are_serv
     assert len(full) > requests // 2
     assert counters["queue_full"] == len(full) and counters["dropped_clients"] == 0
     assert counters["received"] == counters["applied"] + counters["rejected"]
-    assert [line for line in peer.output if "sends faster" in line].__len__() == 1
+    assert len([line for line in peer.output if "sends faster" in line]) == 1
     # Unbounded, these 100,000 requests grew the Python peer by ~60 MiB and the C# core by
     # ~250 MiB (issue 16 measured 183 and 747 MiB for 300,000). Bounded, a connection holds at
     # most 4096 parsed requests (a few MiB in either peer) plus what the allocator keeps from the
