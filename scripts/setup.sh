@@ -9,6 +9,8 @@
 #   CMAKE_ARGS="..."        replaces the computed flags entirely (your own build)
 #   MATEPERF_CUDA=1         adds -DGGML_CUDA=on to the computed flags (NVIDIA build)
 #   MATEPERF_VENV=path      where the environment goes (default .venv)
+#   MATEPERF_PYTHON=python3.10   the interpreter the environment is made from (default python3);
+#                           the llama-cpp-python wheel is py3-none, so every Python shares it
 #
 # The built wheel is kept in ~/.cache/mateperf/wheels/<hash of the flags>/ so a second clone
 # (or CI on the same machine) reuses it instead of compiling for five minutes again; different
@@ -29,43 +31,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if [ -z "${CMAKE_ARGS:-}" ]; then
-  flags="$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)"
-  has() { [[ " $flags " == *" $1 "* ]]; }
-  args="-DGGML_NATIVE=OFF"
-  for isa in avx avx2 fma f16c bmi2; do
-    has "$isa" && args+=" -DGGML_${isa^^}=ON"
-  done
-  if has avx512f; then
-    args+=" -DGGML_AVX512=ON"
-    has avx512vbmi && args+=" -DGGML_AVX512_VBMI=ON"
-    has avx512_vnni && args+=" -DGGML_AVX512_VNNI=ON"
-    has avx512_bf16 && args+=" -DGGML_AVX512_BF16=ON"
-  fi
-  # AMX stays off on purpose: see the comment at the top.
-  args+=" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-  if [ "${MATEPERF_CUDA:-0}" = "1" ]; then
-    args+=" -DGGML_CUDA=on"
-  fi
-  export CMAKE_ARGS="$args"
-fi
+# The CPU-safe flags (or your CMAKE_ARGS) and the wheel cache, shared with
+# benchmarks/llama_cpp_compat.sh.
+# shellcheck source=llama_cmake_args.sh
+source scripts/llama_cmake_args.sh
 echo "setup: CMAKE_ARGS=$CMAKE_ARGS"
 
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || "${MATEPERF_PYTHON:-python3}" -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip wheel
 
-key="$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-16)"
-wheel_dir="${XDG_CACHE_HOME:-$HOME/.cache}/mateperf/wheels/$key"
-if ! ls "$wheel_dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION from source (about 5 minutes on 2 cores)"
-  mkdir -p "$wheel_dir.tmp"
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$PY" -m pip wheel -q --no-deps --no-binary llama-cpp-python \
-    --no-cache-dir -w "$wheel_dir.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION"
-  printf '%s\n' "$CMAKE_ARGS" > "$wheel_dir.tmp/CMAKE_ARGS"
-  rm -rf "$wheel_dir" && mv "$wheel_dir.tmp" "$wheel_dir"
-fi
-"$PY" -m pip install -q --force-reinstall --no-deps "$wheel_dir"/llama_cpp_python-*.whl
+wheel="$(llama_wheel "$PY" "$LLAMA_CPP_VERSION")"
+wheel_dir="$(dirname "$wheel")"
+"$PY" -m pip install -q --force-reinstall --no-deps "$wheel"
 # The host fingerprint reports these flags beside llama.cpp's own system info.
 cp "$wheel_dir/CMAKE_ARGS" "$VENV/mateperf-llama-cmake-args.txt"
 
