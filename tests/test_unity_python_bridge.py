@@ -61,6 +61,8 @@ def test_python_bridge_serves_through_update(harness):
     assert [a.id for a in acks] == list(range(1, 11))
     assert state["state"]["expressions"] == {"joy": 0.9}
     assert state["bridge"]["max_tick_us"] == 2000.0  # the component's default frame budget
+    assert state["bridge"]["max_queued_requests"] == 4096  # and the core's inbound bound
+    assert state["bridge"]["spin_tail_us"] is None  # Unity paces its own frames
     assert frames["frames"] > 0 and sum(frames["commands"]) == 10
     assert counters["applied"] == 10 and counters["rejected"] == 0
     logs = [json.loads(line) for line in proc.output if '"event":"log"' in line]

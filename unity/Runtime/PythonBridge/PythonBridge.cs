@@ -19,6 +19,8 @@ public sealed class PythonBridge : MonoBehaviour
     [SerializeField] int maxCommandsPerFrame = 0;
     [Tooltip("Frame budget: microseconds of bridge work per frame at most; 0 = no limit")]
     [SerializeField] float maxTickMicroseconds = 2000f;
+    [Tooltip("Requests one client may have waiting for the frames; past it a request gets a 'queue full' error")]
+    [SerializeField] int maxQueuedRequestsPerClient = BridgeServer.DefaultMaxQueuedRequests;
 
     BridgeServer server;
 
@@ -36,6 +38,7 @@ public sealed class PythonBridge : MonoBehaviour
             {
                 MaxCommandsPerFrame = maxCommandsPerFrame,
                 MaxTickMicros = maxTickMicroseconds,
+                MaxQueuedRequests = maxQueuedRequestsPerClient,
                 Log = message => Debug.LogWarning("PythonBridge: " + message),
             };
             server.Start();
