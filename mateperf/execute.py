@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mateperf import phases, results
+from mateperf.model import LLAMA_LOG_NAME
 
 log = logging.getLogger("mateperf")
 
@@ -125,6 +126,8 @@ def execute_phase(
             "evalue": str(exc)[:500],
         }
     seconds = time.perf_counter() - start
+    if show_progress and loud:
+        _echo_llama_log(run.path / LLAMA_LOG_NAME)
     if error is None and not run.frame_path(phase).is_file():
         error = {
             "cell": None,
@@ -145,33 +148,37 @@ def measurement_lock(root: Path):
 
     Two phases measuring at once on a small machine ruin each other's timings (llama.cpp's
     worker threads spin while they wait), so a second `mateperf run` waits here and says so.
+    `filelock` takes an OS lock (flock on POSIX, msvcrt.locking on Windows) that the OS drops
+    when the holder dies, so a killed run never leaves the root locked. Who holds it is written
+    beside the lock, since a locked file cannot be read on Windows.
     """
+    from filelock import FileLock, Timeout
+
     root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(root / ".measure.lock"))
+    holder_path = root / ".measure.lock.holder"
     try:
-        import fcntl
-    except ImportError:  # Windows: no flock; say so once and measure without the lock
-        print("mateperf: measurement lock unavailable on this OS", file=sys.stderr)
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = holder_path.read_text(encoding="utf-8").strip() or "another process"
+        except OSError:
+            holder = "another process"
+        log.warning("waiting for another mateperf measurement (%s) to finish", holder)
+        print(f"mateperf: waiting for another measurement ({holder}) to finish", file=sys.stderr)
+        lock.acquire()
+    try:
+        results.atomic_write_text(holder_path, f"pid {os.getpid()}")
         yield
-        return
-    with open(root / ".measure.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            log.warning("waiting for another mateperf measurement (%s) to finish", holder)
-            print(
-                f"mateperf: waiting for another measurement ({holder}) to finish", file=sys.stderr
-            )
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        lock.release()
+
+
+def _echo_llama_log(path: Path) -> None:
+    """`mateperf -v`: llama.cpp's own lines, kept out of the executed notebook, on the console."""
+    if path.is_file():
+        print(f"llama.cpp log ({path}):", file=sys.stderr)
+        print(path.read_text(encoding="utf-8", errors="replace"), end="", file=sys.stderr)
 
 
 class _ProgressOnly(logging.Filter):

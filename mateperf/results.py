@@ -68,7 +68,9 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as fh:
+        # Opened for writing: Windows' FlushFileBuffers (behind os.fsync) refuses a read-only
+        # handle with EBADF, which failed every run there.
+        with open(tmp, "r+b") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -154,7 +156,7 @@ class RunDir:
         info_path = path / RUN_JSON
         if not info_path.is_file():
             raise FileNotFoundError(f"{path} is not a run directory (no {RUN_JSON})")
-        return cls(path, json.loads(info_path.read_text()))
+        return cls(path, json.loads(info_path.read_text(encoding="utf-8")))
 
     def save_info(self) -> None:
         atomic_write_json(self.path / RUN_JSON, self.info)

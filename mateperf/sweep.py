@@ -191,7 +191,7 @@ class Sweep:
         return self.run.path / MANIFEST
 
     def manifest(self) -> dict:
-        return json.loads(self.manifest_path.read_text())
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def save_manifest(self, manifest: dict) -> None:
         results.atomic_write_json(self.manifest_path, manifest)
@@ -311,7 +311,7 @@ class Sweep:
         info = {}
         if (d / results.RUN_JSON).is_file():
             try:
-                info = json.loads((d / results.RUN_JSON).read_text())
+                info = json.loads((d / results.RUN_JSON).read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 info = {}
         status = info.get("status")

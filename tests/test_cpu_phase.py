@@ -112,10 +112,10 @@ def test_run_sweep_recommend_and_config_round_trip(tmp_path):
     # the order is shuffled within rounds: not every round visits settings in the same order
     assert df["visit"].is_unique
 
-    rec = json.loads((run_dir / "recommended.json").read_text())
+    rec = json.loads((run_dir / "recommended.json").read_text(encoding="utf-8"))
     assert rec["for"] == "companion" and 1 <= rec["n_threads"] <= usable
     assert {e["metric"] for e in rec["evidence"]} == {"tg_tps", "pp_tps"}
-    md = (run_dir / "cpu.md").read_text()
+    md = (run_dir / "cpu.md").read_text(encoding="utf-8")
     for needle in ("Detected CPU budget", "Recommendation", "Against the usual rules", "flips"):
         assert needle in md
     assert (run_dir / "plots" / "cpu_threads.png").is_file()

@@ -132,7 +132,7 @@ def cli_gpu_run(tmp_path_factory):
 
 def test_cli_run_writes_a_complete_run_directory(cli_gpu_run):
     _, run_dir, r = cli_gpu_run
-    info = json.loads((run_dir / "run.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_OK
     df = pd.read_parquet(run_dir / "gpu.parquet")
     assert {
@@ -145,7 +145,7 @@ def test_cli_run_writes_a_complete_run_directory(cli_gpu_run):
     } <= set(df.columns)
     assert set(df["scenario"]) >= {"prediction", "selection", "attempt", "layers"}
     assert (run_dir / "05_gpu_profiles.ipynb").is_file()
-    md = (run_dir / "gpu.md").read_text()
+    md = (run_dir / "gpu.md").read_text(encoding="utf-8")
     assert "Phase 5" in md and "plots/gpu_vram_by_layers.png" in md
     assert "[gpu] selected profile:" in r.stderr
 
@@ -153,10 +153,10 @@ def test_cli_run_writes_a_complete_run_directory(cli_gpu_run):
 def test_report_is_regenerated_identically(cli_gpu_run, cli):
     root, run_dir, _ = cli_gpu_run
     assert cli("--results", str(root), "report", str(run_dir)).rc == 0
-    first = (root / "FINAL_RESULTS.md").read_text()
+    first = (root / "FINAL_RESULTS.md").read_text(encoding="utf-8")
     png = (root / "plots" / run_dir.name / "gpu_vram_by_layers.png").read_bytes()
     assert cli("--results", str(root), "report", str(run_dir)).rc == 0
-    assert (root / "FINAL_RESULTS.md").read_text() == first
+    assert (root / "FINAL_RESULTS.md").read_text(encoding="utf-8") == first
     assert (root / "plots" / run_dir.name / "gpu_vram_by_layers.png").read_bytes() == png
 
 
@@ -170,7 +170,7 @@ def test_sweep_over_gpu_layers(cli, results_root):
     layers = df[(df["scenario"] == "layers") & ~df["is_warmup"].astype(bool)]
     assert sorted(layers["n_gpu_layers"].unique()) == [-1, 0]
     assert (layers["tg_tps"] > 0).all()
-    md = (sweep / "gpu.md").read_text()
+    md = (sweep / "gpu.md").read_text(encoding="utf-8")
     assert "generation tokens/s" in md
 
 
@@ -179,7 +179,7 @@ def test_a_configuration_that_never_runs_fails_the_run_on_record(cli, results_ro
     r = cli("run", "gpu", *small_gpu_args(n_ctx=64, trials=1))
     assert r.rc == 1
     (run_dir,) = [p.parent for p in results_root.glob("*/run.json")]
-    info = json.loads((run_dir / "run.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_FAILED
     assert "every trial of n_gpu_layers=-1 failed" in info["error"]["evalue"]
     df = pd.read_parquet(run_dir / "gpu.parquet")  # saved before the check failed the run

@@ -49,11 +49,11 @@ def test_every_arm_against_the_baseline(cli, results_root):
         assert (rows["ci_low"] <= rows["ratio"]).all() and (rows["ratio"] <= rows["ci_high"]).all()
     assert len(final.add_up(ab)) == len(final.ADD_UP_METRICS)
 
-    md = (run_dir / "final.md").read_text()
+    md = (run_dir / "final.md").read_text(encoding="utf-8")
     for needle in ("Against the baseline", "Do they add up", "no GPU was measured"):
         assert needle in md or (needle == "no GPU was measured" and df["gpu_offload"].all())
     assert (run_dir / "plots" / "final_vs_baseline.png").is_file()
-    info = json.loads((run_dir / "run.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == "ok"
 
 

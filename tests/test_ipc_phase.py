@@ -254,7 +254,7 @@ def test_an_injected_apply_delay_shows_in_the_phase_as_a_known_answer():
 
 
 def test_notebook_is_committed_without_outputs():
-    nb = json.loads(phases.require_notebook("ipc").read_text())
+    nb = json.loads(phases.require_notebook("ipc").read_text(encoding="utf-8"))
     assert phases.require_notebook("ipc").name == "03_ipc_batching.ipynb"
     for cell in nb["cells"]:
         if cell["cell_type"] == "code":
@@ -272,7 +272,7 @@ def test_cli_runs_the_phase_through_papermill(cli, results_root):
     df = pd.read_parquet(run_dir / "ipc.parquet")
     assert set(df["scenario"]) == {"simple_commands", "batching"}
     assert {"run_id", "phase", "peer", "fps"} <= set(df.columns)
-    assert (run_dir / "ipc.md").read_text().count("## Phase 3 — IPC") == 1
+    assert (run_dir / "ipc.md").read_text(encoding="utf-8").count("## Phase 3 — IPC") == 1
 
 
 def test_cli_refuses_a_bad_peer(cli):

@@ -73,7 +73,7 @@ def cli_llm_run(tmp_path_factory):
 
 def test_cli_run_writes_a_complete_run_directory(cli_llm_run):
     results_root, run_dir, r = cli_llm_run
-    info = json.loads((run_dir / "run.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_OK
     assert info["params"]["trials"] == 1 and info["params"]["max_tokens"] == 8
     assert info["command"].startswith("mateperf run llm")
@@ -83,7 +83,7 @@ def test_cli_run_writes_a_complete_run_directory(cli_llm_run):
     )
     assert (df["max_tokens"] == 8).all() and (df["run_id"] == info["run_id"]).all()
     assert (run_dir / "02_llm_cache.ipynb").is_file()
-    md = (run_dir / "llm.md").read_text()
+    md = (run_dir / "llm.md").read_text(encoding="utf-8")
     assert "Cold vs warm" in md and "plots/llm_ttft_cold_vs_warm.png" in md
     assert (run_dir / "plots" / "llm_throughput.png").stat().st_size > 1000
     assert "[llm] first reply" in r.stderr  # progress reached the terminal
@@ -96,10 +96,10 @@ def test_report_is_regenerated_identically(cli_llm_run, cli, monkeypatch):
     r = cli("--results", str(results_root), "report")
     assert r.rc == 0, r.stderr
     final = results_root / "FINAL_RESULTS.md"
-    first_text = final.read_text()
+    first_text = final.read_text(encoding="utf-8")
     first_png = (results_root / "plots" / run_dir.name / "llm_ttft_cold_vs_warm.png").read_bytes()
     assert cli("--results", str(results_root), "report").rc == 0
-    assert final.read_text() == first_text
+    assert final.read_text(encoding="utf-8") == first_text
     assert (
         results_root / "plots" / run_dir.name / "llm_ttft_cold_vs_warm.png"
     ).read_bytes() == first_png
@@ -107,10 +107,10 @@ def test_report_is_regenerated_identically(cli_llm_run, cli, monkeypatch):
     assert "mateperf run llm" in first_text  # the command that reproduces the run
     # named runs: the same selection, and the command that regenerates it is recorded
     assert cli("--results", str(results_root), "report", str(run_dir)).rc == 0
-    named = final.read_text()
+    named = final.read_text(encoding="utf-8")
     assert f"mateperf report {results_root.name}/{run_dir.name}" in named
     assert cli("--results", str(results_root), "report", str(run_dir)).rc == 0
-    assert final.read_text() == named
+    assert final.read_text(encoding="utf-8") == named
 
 
 def test_explore_notebook_executes_over_a_real_run(cli_llm_run, tmp_path):
@@ -127,7 +127,7 @@ def test_explore_notebook_executes_over_a_real_run(cli_llm_run, tmp_path):
         kernel_name="python3",
         progress_bar=False,
     )
-    text = out.read_text()
+    text = out.read_text(encoding="utf-8")
     assert "rows from 1 run(s)" in text and "image/png" in text
 
 
@@ -168,7 +168,7 @@ def test_failed_measurement_is_recorded(cli, results_root):
     r = cli("run", "llm", *small_llm_args(n_ctx=64))
     assert r.rc == 1
     (run_dir,) = [p.parent for p in results_root.glob("*/run.json")]
-    info = json.loads((run_dir / "run.json").read_text())
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_FAILED
     assert info["error"]["ename"] == "ValueError"
     assert "context window" in info["error"]["evalue"]

@@ -109,13 +109,13 @@ def test_config_round_trip_and_host_checks(tmp_path):
     )
     assert config.n_ctx == 512
 
-    other = json.loads(path.read_text())
+    other = json.loads(path.read_text(encoding="utf-8"))
     other["host"]["cpu_model"] = "AMD Ryzen 7 7840HS"
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(recommend.ConfigError, match="cpu_model is 'AMD Ryzen 7 7840HS' there"):
         recommend.load(tmp_path / "other.json", fp)
 
-    too_many = json.loads(path.read_text())
+    too_many = json.loads(path.read_text(encoding="utf-8"))
     too_many["n_threads"] = usable + 1
     (tmp_path / "many.json").write_text(json.dumps(too_many))
     with pytest.raises(recommend.ConfigError, match="more than the"):

@@ -53,7 +53,7 @@ def test_runs_never_share_a_directory(tmp_path):
     runs = [results.RunDir.create("llm", {"trials": 1}, root=tmp_path) for _ in range(30)]
     assert len({r.path for r in runs}) == 30
     for r in runs:
-        info = json.loads((r.path / "run.json").read_text())
+        info = json.loads((r.path / "run.json").read_text(encoding="utf-8"))
         assert info["status"] == results.STATUS_RUNNING
         assert info["params"] == {"trials": 1}
         assert info["fingerprint"]["cores_logical"] >= 1

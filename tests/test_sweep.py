@@ -57,7 +57,7 @@ def sweep_dirs(root):
 
 
 def manifest_of(sweep_dir):
-    return json.loads((sweep_dir / "manifest.json").read_text())
+    return json.loads((sweep_dir / "manifest.json").read_text(encoding="utf-8"))
 
 
 def link_default_model(directory: Path, default_model: Path, name="relative.gguf") -> Path:
@@ -212,7 +212,7 @@ def test_2x2_sweep_combines_every_point(sweep_2x2):
         d = sweep_dir / "points" / unit["name"]
         assert (d / "02_llm_cache.ipynb").is_file() and (d / "llm.parquet").is_file()
     assert (sweep_dir / "plots" / "sweep_llm_0_tg_tps.png").is_file()
-    md = (sweep_dir / "llm.md").read_text()
+    md = (sweep_dir / "llm.md").read_text(encoding="utf-8")
     assert "n_threads" in md and "generation tokens/s" in md
     assert "4/4 point-rounds ok" in r.stdout and "ran 4 point-round(s)" in r.stdout
     assert "outside it" in r.stdout
@@ -234,9 +234,9 @@ def test_compare_two_real_runs(sweep_2x2):
 def test_report_includes_the_sweep_and_is_deterministic(sweep_2x2):
     root, sweep_dir, _ = sweep_2x2
     assert mateperf(root, "report", str(sweep_dir)).returncode == 0
-    first = (root / "FINAL_RESULTS.md").read_text()
+    first = (root / "FINAL_RESULTS.md").read_text(encoding="utf-8")
     assert mateperf(root, "report", str(sweep_dir)).returncode == 0
-    assert (root / "FINAL_RESULTS.md").read_text() == first
+    assert (root / "FINAL_RESULTS.md").read_text(encoding="utf-8") == first
     assert "Sweep of phase llm" in first
 
 
@@ -257,7 +257,7 @@ def test_failed_point_is_recorded_and_retried_on_resume(tmp_path, default_model)
     assert failed["error"]["cell"] is not None
     df = pd.read_parquet(sweep_dir / "llm.parquet")
     assert set(df["n_ctx"]) == {512}
-    assert json.loads((sweep_dir / "run.json").read_text())["status"] == "partial"
+    assert json.loads((sweep_dir / "run.json").read_text(encoding="utf-8"))["status"] == "partial"
 
     # A second invocation retries the failed point-round (it fails again: n_ctx is still 64)
     # and keeps the first attempt and its directory.
@@ -315,7 +315,7 @@ def test_killed_sweep_resumes_without_repeats_or_losses(tmp_path):
     proc.wait()
     (sweep_dir,) = sweep_dirs(root)
     assert len(before) == 1, before
-    kept = {u["name"]: (sweep_dir / "points" / u["name"] / "run.json").read_text() for u in before}
+    kept = {u["name"]: (sweep_dir / "points" / u["name"] / "run.json").read_text(encoding="utf-8") for u in before}
 
     # From the directory that makes `results/<sweep_id>` the sweep, no results root given.
     rel = f"results/{sweep_dir.name}"
@@ -326,7 +326,7 @@ def test_killed_sweep_resumes_without_repeats_or_losses(tmp_path):
     assert "4/4 point-rounds ok" in r.stdout
 
     manifest = manifest_of(sweep_dir)
-    info = json.loads((sweep_dir / "run.json").read_text())
+    info = json.loads((sweep_dir / "run.json").read_text(encoding="utf-8"))
     assert manifest["rounds"] == info["rounds"] == 2
     assert manifest["order_seed"] == info["order_seed"]
     units = manifest["point_rounds"]
@@ -339,7 +339,7 @@ def test_killed_sweep_resumes_without_repeats_or_losses(tmp_path):
     for name, run_json in kept.items():  # finished before the kill: untouched
         (u,) = [u for u in units if u["name"] == name]
         assert len(u["attempts"]) == 1
-        assert (sweep_dir / "points" / name / "run.json").read_text() == run_json
+        assert (sweep_dir / "points" / name / "run.json").read_text(encoding="utf-8") == run_json
     retried = [u for u in units if len(u["attempts"]) > 1]
     assert len(retried) == ran - 2  # the point-round caught at the kill, unless adopted
     for u in retried:
@@ -371,7 +371,7 @@ def test_run_with_a_relative_model_from_another_directory(tmp_path, default_mode
     )
     assert r.returncode == 0, r.stderr[-3000:]
     (run_json,) = (elsewhere / "results").glob("*/run.json")
-    info = json.loads(run_json.read_text())
+    info = json.loads(run_json.read_text(encoding="utf-8"))
     assert info["status"] == "ok"
     stored = Path(os.path.realpath(elsewhere)) / "relative.gguf"
     assert info["params"]["model"] == str(stored)  # stored absolute

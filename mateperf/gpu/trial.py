@@ -138,12 +138,12 @@ def run_trial(
 
     with tempfile.TemporaryDirectory(prefix="mateperf-trial-") as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps({"config": config, "work": work}))
+        spec.write_text(json.dumps({"config": config, "work": work}), encoding="utf-8")
         env = {"CUDA_VISIBLE_DEVICES": ""} if hide_gpu else None
         args = [str(spec), str(result)]
         child = run_module("mateperf.gpu.trial", args, Path(tmp), timeout_s, env)
         if result.is_file():
-            return json.loads(result.read_text())
+            return json.loads(result.read_text(encoding="utf-8"))
     out = empty_result()
     out["stage"] = "child"
     out["error"] = f"trial process {child.describe() or 'wrote no result'}"
@@ -151,10 +151,10 @@ def run_trial(
 
 
 def _child(spec_path: str, result_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     result = measure(spec["config"], spec["work"])
     tmp = Path(result_path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(json.dumps(result), encoding="utf-8")
     tmp.replace(result_path)
     return 0
 

@@ -61,7 +61,7 @@ def parameters(phase: str) -> dict:
 
 
 def parameters_source(phase: str) -> str:
-    nb = json.loads(require_notebook(phase).read_text())
+    nb = json.loads(require_notebook(phase).read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
             return "".join(cell["source"])
@@ -90,7 +90,7 @@ def title(phase: str) -> str:
     path = notebook_path(phase)
     if path is None:
         return "not built yet"
-    for cell in json.loads(path.read_text())["cells"]:
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
         if cell["cell_type"] == "markdown":
             for line in "".join(cell["source"]).splitlines():
                 if line.startswith("#"):

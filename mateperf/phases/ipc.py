@@ -50,7 +50,6 @@ a known answer, since one command awaited alone, unpaced, must take that much lo
 from __future__ import annotations
 
 import math
-import os
 import socket
 import sys
 import time
@@ -67,6 +66,7 @@ from mateperf.bridge.floor import FloorClient
 from mateperf.bridge.process import PEER_KINDS, PeerProcess, start_floor, start_peer
 from mateperf.bridge.protocol import encode_request
 from mateperf.errors import ParameterError
+from mateperf.trackers import cpu as cpu_tracker
 
 PHASE = "ipc"
 ROUND_SPLIT = ("trials",)  # what a sweep's rounds divide among them (mateperf.sweep)
@@ -194,16 +194,24 @@ def validate(params: dict) -> None:
     if not delay_ok:
         raise ParameterError(f"parameter apply_delay_ms={delay!r}: must be a number >= 0 (ms)")
     pin = int(params.get("pin_cpu", -1))
-    if pin != -1 and pin not in os.sched_getaffinity(0):
-        allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-        raise ParameterError(f"parameter pin_cpu={pin}: expected -1 or one of CPUs {allowed}")
+    if pin != -1:
+        mask, source = cpu_tracker.affinity()
+        if mask is None or not cpu_tracker.can_set_affinity():
+            raise ParameterError(
+                f"parameter pin_cpu={pin}: pinning to a CPU is {cpu_tracker.UNAVAILABLE} "
+                f"({source}); use -1"
+            )
+        if pin not in mask:
+            allowed = ",".join(map(str, mask))
+            raise ParameterError(f"parameter pin_cpu={pin}: expected -1 or one of CPUs {allowed}")
     parse_sizes(params.get("sizes", DEFAULTS["sizes"]))
     parse_loads(params.get("frame_cost_loads", DEFAULTS["frame_cost_loads"]))
     parse_scenarios(params.get("scenarios", DEFAULTS["scenarios"]))
 
 
 def _progress(message: str) -> None:
-    print(f"[ipc] {message}", file=sys.stderr, flush=True)
+    # stdout: JupyterLab shows stderr on red, as if the cell had failed
+    print(f"[ipc] {message}", file=sys.stdout, flush=True)
 
 
 def _fps_mode(fps: float) -> str:
@@ -644,9 +652,9 @@ def run(**params) -> pd.DataFrame:
     frames = []
     with ExitStack() as stack:
         if p["pin_cpu"] >= 0:
-            before = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {p["pin_cpu"]})
-            stack.callback(os.sched_setaffinity, 0, before)
+            before, _ = cpu_tracker.affinity()
+            cpu_tracker.set_affinity({p["pin_cpu"]})
+            stack.callback(cpu_tracker.set_affinity, before)
             _progress(f"client, peers and floor pinned to CPU {p['pin_cpu']}")
         delay = f", {p['apply_delay_ms']:g} ms per applied command" if p["apply_delay_ms"] else ""
         for trial in range(p["trials"]):

@@ -180,7 +180,8 @@ def validate(params: dict) -> None:
 
 
 def _progress(text: str) -> None:
-    print(f"[memory] {text}", file=sys.stderr, flush=True)
+    # stdout: JupyterLab shows stderr on red, as if the cell had failed
+    print(f"[memory] {text}", file=sys.stdout, flush=True)
 
 
 def _reply_budget(i: int, max_tokens: int) -> int:
@@ -224,7 +225,7 @@ def run(
 
     model_path = model_mod.resolve_model(model or None)
     sampler = MemorySampler(interval_ms=sample_interval_ms, uss_interval_ms=uss_interval_ms)
-    say(f"{sampler.gpu_status}; {sampler.heap_status}")
+    say(f"{sampler.gpu_status}; {sampler.heap_status}; {sampler.rss_status}")
     retained: list[bytes] = []  # the injected leak, alive until the end of memory_cleanup
     leak_bytes = int(leak_kb_per_message) * 1024
     with sampler:

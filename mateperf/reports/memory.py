@@ -18,6 +18,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from mateperf.phases import memory  # noqa: E402
 from mateperf.report import fmt, save_figure, table  # noqa: E402
+from mateperf.trackers.memory import RSS_FROM_STATM  # noqa: E402
 
 METRIC_LABELS = {
     "heap_live_mb": "live heap",
@@ -44,6 +45,15 @@ SCENARIO_COLORS = {
     "chat_session": "#d4e8f7",
     "memory_cleanup": "#d9f0d3",
 }
+
+
+def _rss_source(run) -> str:
+    """The anonymous-memory source where it is not Linux's /proc (runs before it was stored
+    came from /proc): on Windows it is private bytes, which the reader must know."""
+    status = str(run.get("rss_status", "") or "")
+    if not status or status == RSS_FROM_STATM:
+        return ""
+    return f"{status}. "
 
 
 def _uss_schedule(interval_ms: float) -> str:
@@ -425,6 +435,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"RSS sampled every {fmt(float(run.get('sample_interval_ms', np.nan)), 0)} ms, "
         f"{_uss_schedule(float(run.get('uss_interval_ms', 0) or 0))}. "
         f"GPU: {gpu_status or 'unknown'}. {verdict['heap_status']}. "
+        f"{_rss_source(run)}"
         "MiB = 2^20 bytes, KiB = 2^10 bytes.",
         "",
         "### Checkpoints",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,92 @@ def affinity() -> tuple[list[int] | None, str]:
     return None, f"affinity mask {UNAVAILABLE}"
 
 
+class AffinityUnavailable(RuntimeError):
+    """This OS (or psutil build) cannot set a process's CPU affinity (macOS)."""
+
+
+def set_affinity(cpus: list[int] | set[int]) -> None:
+    """Restrict this process to `cpus`: sched_setaffinity on Linux, psutil on Windows."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
+        return
+    try:
+        import psutil
+
+        psutil.Process().cpu_affinity(sorted(cpus))
+    except (AttributeError, NotImplementedError) as exc:
+        raise AffinityUnavailable(f"setting the CPU affinity is {UNAVAILABLE}") from exc
+
+
+def can_set_affinity() -> bool:
+    if hasattr(os, "sched_setaffinity"):
+        return True
+    try:
+        import psutil
+
+        return hasattr(psutil.Process, "cpu_affinity")
+    except ImportError:
+        return False
+
+
+# GetLogicalProcessorInformationEx(RelationProcessorCore): one record per physical core with
+# its logical CPUs (group masks) and, from Windows 10, its EfficiencyClass: a higher class is a
+# faster, less efficient core (the performance cores of a hybrid Intel CPU).
+RELATION_PROCESSOR_CORE = 0
+_CORE_GROUPCOUNT_AT = 30  # 8 bytes of header, then Flags, EfficiencyClass, Reserved[20]
+_CORE_MASKS_AT = 32  # GROUP_AFFINITY[] (aligned on the pointer size)
+
+
+def parse_processor_cores(buf: bytes, pointer_size: int = 8) -> list[tuple[int, list[int]]]:
+    """(efficiency class, logical CPUs) per physical core from the buffer Windows fills.
+
+    Logical CPUs are numbered group * 64 + bit, as Windows counts them on machines with one
+    processor group (up to 64 logical CPUs, which covers every laptop the companion targets).
+    """
+    group_affinity_size = pointer_size + 8  # KAFFINITY Mask, WORD Group, WORD Reserved[3]
+    mask_format = "<Q" if pointer_size == 8 else "<I"
+    cores: list[tuple[int, list[int]]] = []
+    offset = 0
+    while offset + 8 <= len(buf):
+        relationship, size = struct.unpack_from("<II", buf, offset)
+        if size <= 0:
+            break
+        if relationship == RELATION_PROCESSOR_CORE:
+            efficiency = buf[offset + 9]
+            (group_count,) = struct.unpack_from("<H", buf, offset + _CORE_GROUPCOUNT_AT)
+            cpus: list[int] = []
+            for g in range(group_count):
+                at = offset + _CORE_MASKS_AT + g * group_affinity_size
+                (mask,) = struct.unpack_from(mask_format, buf, at)
+                (group,) = struct.unpack_from("<H", buf, at + pointer_size)
+                cpus += [group * 64 + bit for bit in range(pointer_size * 8) if mask >> bit & 1]
+            cores.append((efficiency, sorted(cpus)))
+        offset += size
+    return cores
+
+
+def windows_cores() -> tuple[list[tuple[int, list[int]]] | None, str]:
+    """Physical cores and their efficiency classes from Windows (None elsewhere)."""
+    source = "GetLogicalProcessorInformationEx"
+    if os.name != "nt":
+        return None, f"{source} {UNAVAILABLE}"
+    import ctypes
+
+    try:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        call = kernel32.GetLogicalProcessorInformationEx
+    except (AttributeError, OSError):
+        return None, f"{source} {UNAVAILABLE}"
+    call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    call.restype = ctypes.c_int
+    length = ctypes.c_uint32(0)
+    call(RELATION_PROCESSOR_CORE, None, ctypes.byref(length))  # asks for the size
+    buf = ctypes.create_string_buffer(length.value)
+    if not length.value or not call(RELATION_PROCESSOR_CORE, buf, ctypes.byref(length)):
+        return None, f"{source} failed (error {ctypes.get_last_error()})"
+    return parse_processor_cores(buf.raw[: length.value], ctypes.sizeof(ctypes.c_void_p)), source
+
+
 def _own_cgroups(proc_cgroup: str) -> tuple[str | None, dict[str, str]]:
     """This process's cgroup v2 path and v1 paths by controller, from /proc/self/cgroup."""
     v2, v1 = None, {}
@@ -83,7 +170,7 @@ def _read_v2(directory: Path) -> float | None | str:
     path = directory / "cpu.max"
     if not path.is_file():
         return "absent"
-    quota, period = path.read_text().split()[:2]
+    quota, period = path.read_text(encoding="utf-8").split()[:2]
     return None if quota == "max" else int(quota) / int(period)
 
 
@@ -91,8 +178,8 @@ def _read_v1(directory: Path) -> float | None | str:
     quota_path, period_path = directory / "cpu.cfs_quota_us", directory / "cpu.cfs_period_us"
     if not quota_path.is_file():
         return "absent"
-    quota = int(quota_path.read_text())
-    return None if quota < 0 else quota / int(period_path.read_text())
+    quota = int(quota_path.read_text(encoding="utf-8"))
+    return None if quota < 0 else quota / int(period_path.read_text(encoding="utf-8"))
 
 
 def cgroup_quota(
@@ -108,7 +195,7 @@ def cgroup_quota(
         return None, f"cgroup quota {UNAVAILABLE}"
     if proc_cgroup is None:
         try:
-            proc_cgroup = Path("/proc/self/cgroup").read_text()
+            proc_cgroup = Path("/proc/self/cgroup").read_text(encoding="utf-8")
         except OSError:
             proc_cgroup = ""
     v2, v1 = _own_cgroups(proc_cgroup)
@@ -142,7 +229,7 @@ def cgroup_quota(
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text().strip()
+        return path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
 
@@ -182,6 +269,18 @@ def load_average() -> tuple[list[float] | None, str]:
         return None, f"load average {UNAVAILABLE}"
 
 
+def core_kinds(cores: list[tuple[int, list[int]]]) -> dict[str, list[int]]:
+    """Performance and efficiency CPUs from per-core efficiency classes; {} if all alike."""
+    classes = {efficiency for efficiency, _ in cores}
+    if len(classes) < 2:
+        return {}
+    top = max(classes)
+    return {
+        "performance": sorted(c for e, cpus in cores if e == top for c in cpus),
+        "efficiency": sorted(c for e, cpus in cores if e != top for c in cpus),
+    }
+
+
 @dataclass(frozen=True)
 class CpuTopology:
     """The detected CPU budget of this process. `notes` says where each figure came from."""
@@ -217,6 +316,8 @@ class CpuTopology:
         if self.smt_groups:
             cores = {tuple(g) for g in self.smt_groups if allowed & set(g)}
             n = len(cores) or len(allowed)
+        elif self.physical:  # no per-core list: at most the machine's physical cores
+            n = min(len(allowed), self.physical)
         else:
             n = len(allowed)
         return max(1, min(n, self.usable))
@@ -238,6 +339,11 @@ def detect(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: str | None = None) -> C
     quota, notes["cgroup"] = cgroup_quota(cgroup_root, proc_cgroup)
     groups, notes["smt"] = smt_groups()
     kinds, notes["hybrid"] = hybrid_cores()
+    if groups is None:  # no /sys: Windows lists its cores, with their efficiency classes
+        cores, source = windows_cores()
+        if cores:
+            groups, notes["smt"] = sorted(cpus for _, cpus in cores), source
+            kinds, notes["hybrid"] = core_kinds(cores), source
     load, notes["load_avg"] = load_average()
     physical = len(groups) if groups else None
     if physical is None:

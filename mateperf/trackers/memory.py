@@ -10,7 +10,9 @@ An instrument only: it knows nothing about scenarios. Wrap it around any work::
 Why these sources:
 - RSS (and its file-backed / anonymous split) comes from /proc/self/statm, one small read, so it
   can be taken every ~20 ms without disturbing the work. `shared` in statm is RssFile + RssShmem:
-  the resident pages of mapped files, which for llama.cpp is mostly the mmap'd model.
+  the resident pages of mapped files, which for llama.cpp is mostly the mmap'd model. Without
+  /proc (Windows), psutil's private bytes stand in for the anonymous figure; `rss_status` says
+  which source a run used.
 - USS (private pages) needs the page-level walk of /proc/self/smaps_rollup, which costs far more
   in a process with a large mapping, so it is taken at every marker and, if asked, every
   `uss_interval_ms`. File pages mapped only by this process count as private, so USS includes
@@ -58,28 +60,60 @@ SAMPLE_COLUMNS = [
 ]
 
 
+PROC_SELF = "/proc/self"  # a module attribute so a test can take /proc away
+RSS_FROM_STATM = "anonymous RSS from /proc/self/statm"
+RSS_FROM_SHARED = "anonymous RSS from psutil (rss - shared)"
+# Windows has no resident split of file-backed and private pages that is cheap to read; its
+# private bytes (commit charge) is what Windows' own tools watch for leaks. It counts private
+# memory whether or not it is resident, so it can sit above RSS.
+RSS_FROM_PRIVATE = "anonymous memory from psutil private bytes (Windows commit, not resident)"
+RSS_ANON_UNAVAILABLE = "anonymous RSS unavailable on this OS (no /proc, psutil has no shared)"
+
+
+def rss_status() -> str:
+    """Where read_rss takes the anonymous figure from on this OS (or that it cannot)."""
+    if os.path.exists(PROC_SELF + "/statm"):
+        return RSS_FROM_STATM
+    import psutil
+
+    info = psutil.Process().memory_info()
+    if hasattr(info, "shared"):
+        return RSS_FROM_SHARED
+    if hasattr(info, "private"):
+        return RSS_FROM_PRIVATE
+    return RSS_ANON_UNAVAILABLE
+
+
 def read_rss() -> tuple[float, float, float]:
-    """(rss_mb, rss_anon_mb, rss_file_mb) of this process; cheap enough for every sample."""
+    """(rss_mb, rss_anon_mb, rss_file_mb) of this process; cheap enough for every sample.
+
+    See rss_status for the source of the split on this OS; NaN where it has none.
+    """
     try:
-        with open("/proc/self/statm", "rb") as fh:
+        with open(PROC_SELF + "/statm", "rb") as fh:
             fields = fh.read().split()
         resident, shared = int(fields[1]), int(fields[2])
         rss = resident * PAGE_SIZE / MB
         file_backed = shared * PAGE_SIZE / MB
         return rss, rss - file_backed, file_backed
-    except OSError:  # not Linux: psutil's rss/shared where it has them
+    except OSError:  # not Linux: psutil's split where the OS has one
         import psutil
 
         info = psutil.Process().memory_info()
-        shared = getattr(info, "shared", float("nan"))
-        return info.rss / MB, (info.rss - shared) / MB, shared / MB
+        rss = info.rss / MB
+        if hasattr(info, "shared"):
+            return rss, (info.rss - info.shared) / MB, info.shared / MB
+        if hasattr(info, "private"):
+            private = info.private / MB
+            return rss, private, max(rss - private, 0.0)
+        return rss, float("nan"), float("nan")
 
 
 def read_smaps_rollup() -> dict[str, float]:
     """The kB fields of /proc/self/smaps_rollup in MB (empty dict where the file is absent)."""
     out: dict[str, float] = {}
     try:
-        with open("/proc/self/smaps_rollup", "rb") as fh:
+        with open(PROC_SELF + "/smaps_rollup", "rb") as fh:
             for line in fh.read().decode("ascii", "replace").splitlines()[1:]:
                 name, _, rest = line.partition(":")
                 parts = rest.split()
@@ -113,7 +147,7 @@ def mapped_file_rss_mb(path: str | os.PathLike) -> float:
     total_kb = 0
     current = None
     try:
-        with open("/proc/self/smaps", "rb") as fh:
+        with open(PROC_SELF + "/smaps", "rb") as fh:
             for raw in fh:
                 line = raw.decode("utf-8", "replace")
                 head = line.split(None, 5)
@@ -421,6 +455,7 @@ class MemorySampler:
         self._t0_ns: int | None = None
         self._starts = 0
         self.gc = GcRecorder(self._now_s) if gc_events else None
+        self._rss_status = rss_status()
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -469,6 +504,10 @@ class MemorySampler:
     @property
     def heap_status(self) -> str:
         return HEAP_STATUS
+
+    @property
+    def rss_status(self) -> str:
+        return self._rss_status
 
     # -- reading -----------------------------------------------------------------------------
     def _now_s(self) -> float:
@@ -599,6 +638,7 @@ class MemorySampler:
             parts.append(events)
         df = pd.concat(parts, ignore_index=True, sort=False)
         df["heap_status"] = self.heap_status
+        df["rss_status"] = self.rss_status
         return df.sort_values("t_s", kind="stable").reset_index(drop=True)
 
 
