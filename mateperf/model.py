@@ -8,6 +8,7 @@ ranges from a vague error to reading past the end of a mapping.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import struct
@@ -280,28 +281,79 @@ class LlamaConfig:
 
 
 _LOG_CALLBACK = None  # kept referenced: llama.cpp holds only the C pointer
-GGML_LOG_LEVEL_ERROR = 3
+# ggml's log levels (ggml.h): a CONT line continues the previous line at its level.
+GGML_LOG_LEVEL_DEBUG = 1
+GGML_LOG_LEVEL_ERROR = 4
+GGML_LOG_LEVEL_CONT = 5
+LLAMA_LOG_NAME = "llama.log"
+
+
+class _LlamaLog:
+    """Where llama.cpp's own lines go: the run directory's llama.log, errors also to stderr."""
+
+    path: Path | None = None
+    file = None  # buffered: llama.cpp logs hundreds of lines inside the timed model load
+    level = 0
+
+    def write(self, level: int, text: str) -> None:
+        self.level = self.level if level == GGML_LOG_LEVEL_CONT else level
+        if self.level == GGML_LOG_LEVEL_DEBUG:
+            return
+        if self.path is not None:
+            if self.file is None:
+                self.file = open(self.path, "a", encoding="utf-8")
+                atexit.register(self.flush)
+            self.file.write(text)
+        if self.level >= GGML_LOG_LEVEL_ERROR or (self.path is None and _verbose()):
+            import sys
+
+            print(text, end="", file=sys.stderr, flush=True)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def redirect(self, path: Path | None) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.path, self.file = path, None
+
+
+_LLAMA_LOG = _LlamaLog()
+
+
+def _verbose() -> bool:
+    return os.environ.get("MATEPERF_VERBOSE", "") not in ("", "0")
+
+
+def log_llama_to(path: Path | None) -> None:
+    """Append llama.cpp's log lines to `path` (a run directory's llama.log) from now on."""
+    _LLAMA_LOG.redirect(Path(path) if path else None)
+
+
+def flush_llama_log() -> None:
+    _LLAMA_LOG.flush()
 
 
 def quiet_llama_logs() -> None:
-    """llama.cpp's own log lines (buffer sizes, "using full-size SWA cache") are not for the
-    console: only its errors reach stderr, unless `mateperf -v` (MATEPERF_VERBOSE) asks."""
+    """llama.cpp's own log lines (buffer sizes, "using full-size SWA cache") are neither for the
+    console nor for the executed notebook (where they would read as failures): they go to the
+    file set by `log_llama_to`, which `mateperf -v` prints; only errors reach stderr. Without a
+    file, `mateperf -v` (MATEPERF_VERBOSE) prints them all to stderr."""
     global _LOG_CALLBACK
     import ctypes
-    import sys
 
     import llama_cpp
 
-    if _LOG_CALLBACK is not None or os.environ.get("MATEPERF_VERBOSE", "") not in ("", "0"):
+    if _LOG_CALLBACK is not None:
         return
 
     @llama_cpp.llama_log_callback
-    def errors_only(level, text, user_data):
-        if level == GGML_LOG_LEVEL_ERROR:
-            print(text.decode("utf-8", "replace"), end="", file=sys.stderr, flush=True)
+    def to_run_log(level, text, user_data):
+        _LLAMA_LOG.write(int(level), text.decode("utf-8", "replace"))
 
-    _LOG_CALLBACK = errors_only
-    llama_cpp.llama_log_set(errors_only, ctypes.c_void_p(0))
+    _LOG_CALLBACK = to_run_log
+    llama_cpp.llama_log_set(to_run_log, ctypes.c_void_p(0))
 
 
 def load(config: LlamaConfig):
@@ -325,6 +377,7 @@ def load(config: LlamaConfig):
         verbose=False,
     )
     load_s = (time.perf_counter_ns() - start) / 1e9
+    flush_llama_log()
     from mateperf.companion import chat_format_for
 
     fmt = chat_format_for(llm)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mateperf import phases
+from mateperf import model, phases
 from mateperf.results import STATUS_OK, RunDir, tidy
 
 
@@ -35,6 +35,7 @@ class PhaseRun:
         # Time from opening the run to saving it: the measured work, as opposed to kernel
         # start-up and imports, so a sweep can report its own overhead.
         self.run.update(measure_s=round((time.perf_counter_ns() - self.opened_ns) / 1e9, 3))
+        model.flush_llama_log()
         table = tidy(df, self.run.run_id, self.phase, self.params)
         self.run.write_frame(table, self.phase)
         self.run.write_text(f"{self.phase}.md", self.markdown(table))
@@ -65,6 +66,10 @@ def open_phase(phase: str, run_dir: str, namespace: dict) -> PhaseRun:
     params = {name: namespace[name] for name in phases.defaults(phase)}
     phases.validate(phase, params)
     if run_dir:
-        return PhaseRun(phase, RunDir.open(Path(run_dir)), params, interactive=False)
-    run = RunDir.create(phase, params, kind="notebook", command=f"notebook {phase}")
-    return PhaseRun(phase, run, params, interactive=True)
+        opened = PhaseRun(phase, RunDir.open(Path(run_dir)), params, interactive=False)
+    else:
+        run = RunDir.create(phase, params, kind="notebook", command=f"notebook {phase}")
+        opened = PhaseRun(phase, run, params, interactive=True)
+    # llama.cpp's own lines belong to the run, not to the notebook's outputs
+    model.log_llama_to(opened.path / model.LLAMA_LOG_NAME)
+    return opened

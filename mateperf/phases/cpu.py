@@ -188,7 +188,8 @@ def validate(params: dict) -> None:
 
 
 def _progress(message: str) -> None:
-    print(f"[cpu] {message}", file=sys.stderr, flush=True)
+    # stdout: JupyterLab shows stderr on red, as if the cell had failed
+    print(f"[cpu] {message}", file=sys.stdout, flush=True)
 
 
 def trial(setting: Setting, p: dict, model_path: str, rng: np.random.Generator, user: str) -> dict:

@@ -101,7 +101,8 @@ def validate(params: dict) -> None:
 
 
 def _progress(message: str) -> None:
-    print(f"[final] {message}", file=sys.stderr, flush=True)
+    # stdout: JupyterLab shows stderr on red, as if the cell had failed
+    print(f"[final] {message}", file=sys.stdout, flush=True)
 
 
 # --- the arms' settings -----------------------------------------------------------------------

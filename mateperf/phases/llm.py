@@ -66,7 +66,8 @@ def gpu_offload_available() -> bool:
 
 
 def _progress(message: str) -> None:
-    print(f"[llm] {message}", file=sys.stderr, flush=True)
+    # stdout: JupyterLab shows stderr on red, as if the cell had failed
+    print(f"[llm] {message}", file=sys.stdout, flush=True)
 
 
 def _perf(llm) -> dict:
