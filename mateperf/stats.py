@@ -268,7 +268,9 @@ def compare(
         else:
             verdict = NO_DIFFERENCE
             if p_value < alpha and not (ci_low <= 1.0 <= ci_high):
-                b_larger = ratio > 1.0
+                # the medians, not the ratio: a zero median in A (VRAM of a hidden GPU) leaves
+                # the ratio undefined but the direction plain
+                b_larger = med_b > med_a
                 verdict = words[0] if b_larger == higher_is_better else words[1]
     return ABResult(
         med_a, med_b, ratio, ci_low, ci_high, p_value, verdict, int(a.size), int(b.size)

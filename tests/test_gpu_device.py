@@ -66,6 +66,7 @@ def test_device_overhead_is_measured_and_stored(monitor, tmp_path, monkeypatch):
     overhead = calibration.overhead_for(monitor, gpu_offload=True)
     assert "measured" in overhead.source and not overhead.source.startswith("not")
     assert 50 < overhead.none_mb < 4096 and 50 < overhead.attention_mb < 4096
+    assert 50 < overhead.none_fa_mb < 4096 and 50 < overhead.attention_fa_mb < 4096
     stored = calibration.load_stored(calibration.device_key(monitor.device()))
     assert stored == overhead
 
@@ -79,7 +80,11 @@ def test_alerts_fire_under_a_budget(monitor, default_model):
     with m:
         result = trial.run_trial(config, trial.work_spec(0, 64, 8), isolate=True)
     assert result["ok"], result
-    assert [e["level"] for e in events][:2] in (["warn", "critical"], ["critical"])
+    levels = [e["level"] for e in events]
+    # the load crosses 90%: warn then critical, or critical straight away (a 10 ms sampler can
+    # miss warn); what follows (ok once the child has exited) is the alert working too
+    assert "critical" in levels, levels
+    assert levels[: levels.index("critical") + 1] in (["warn", "critical"], ["critical"]), levels
     assert (m.alerts()["basis"] == "budget").all()
     m.close()
 
@@ -123,20 +128,36 @@ def test_gpu_is_faster_with_layers_offloaded(gpu_runs):
     assert tg[-1] > tg[0]
 
 
-def test_forced_fallback_is_recorded(monitor, default_model):
-    """performance forced onto an emulated 300 MiB card: every GPU step uses more than that
-    for real (the CUDA context alone does), so the chain walks down to the CPU, on record."""
+def test_forced_fallback_skips_by_prediction(monitor, default_model):
+    """performance forced onto an emulated 1000 MiB card: every GPU step is predicted above it
+    with the margin (the device overhead alone is ~700 MiB), so none is loaded; each is
+    recorded with its prediction, and the chain ends on the CPU, loaded."""
     df = gpu.run(
         model=str(default_model),
         profile="performance",
-        vram_budget_mb=300,
+        vram_budget_mb=1000,
         **{**SMALL, "trials": 1},
     )
     attempts = df[df["scenario"] == gpu.SCENARIO_ATTEMPT].sort_values("attempt")
-    assert len(attempts) >= 3
-    assert "MiB available" in attempts["attempt_reason"].iloc[0]
-    assert attempts["attempt_vram_mb"].iloc[0] > 300
+    gpu_steps = attempts[attempts["profile"] != "cpu_fallback"]
+    assert len(gpu_steps) >= 3 and gpu_steps["attempt_skipped"].all()
+    assert gpu_steps["attempt_reason"].str.contains("margin > 1000 MiB available").all()
+    assert (gpu_steps["attempt_need_mb"] > 1000 - 512).all()
+    assert gpu_steps["attempt_vram_mb"].isna().all()  # nothing was loaded
     assert attempts["profile"].iloc[-1] == "cpu_fallback" and attempts["attempt_ok"].iloc[-1]
     assert df["final_profile"].iloc[0] == "cpu_fallback"
-    alerts = df[df["scenario"] == gpu.SCENARIO_ALERT]
-    assert (alerts["level"] == "critical").any()
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_profiles_within_64_mib_with_flash_attention(monitor, default_model, flash_attn):
+    """Every profile measured against the prediction that uses the overhead of its own flash
+    attention setting: within 64 MiB (the H200 run had flash attention 83-94 MiB high)."""
+    df = gpu.run(
+        model=str(default_model),
+        flash_attn=flash_attn,
+        **{**SMALL, "compare_profiles": True},
+    )
+    vs = gpu.measured_vs_predicted(df)
+    assert len(vs) >= 2
+    for _, row in vs.iterrows():
+        assert abs(row["meta_error_mb"]) <= 64, row.to_dict()

@@ -87,6 +87,50 @@ def test_without_a_gpu_the_selection_ends_at_cpu_fallback(small_run):
     assert "vram_delta_mb" not in [m for _, _, m in gpu.sweep_metrics(small_run)]
 
 
+def test_kv_types_and_the_target_card_are_in_every_run(small_run):
+    kv = small_run[small_run["scenario"] == gpu.SCENARIO_KV_CHECK]
+    assert len(kv) == 6 and (kv["proj_status"] == "ok").all()
+    # the KV cache of each type pair as llama.cpp projects it (whole MiB, truncated)
+    gap = kv["kv_meta_kv_mb"] - kv["kv_proj_kv_mb"]
+    assert ((gap >= 0) & (gap < 1.01)).all(), kv[["kv_type_k", "kv_meta_kv_mb", "kv_proj_kv_mb"]]
+    grid, companion = gpu.fit_frames(small_run)
+    assert set(grid["n_ctx"]) == set(gpu.FIT_N_CTX) and len(companion) == 3
+    if not gpu_present():  # no budget and no GPU: the companion's 6 GB card, H200 overhead
+        assert small_run["target_budget_mb"].iloc[0] == 6144
+        assert "reference figures" in small_run["target_overhead_source"].iloc[0]
+
+
+def test_forced_onto_1000_mib_the_chain_skips_by_prediction(default_model):
+    """performance forced onto an emulated 1000 MiB card on this machine: no GPU profile step
+    is loaded (even its buffers alone, ~690-790 MiB, leave no room for the 512 MiB margin); the
+    CPU step is, and runs."""
+    if gpu_present():
+        pytest.skip("test_gpu_device.py checks this with the device overhead on a GPU")
+    df = gpu.run(
+        model=str(default_model),
+        profile="performance",
+        vram_budget_mb=1000,
+        **{**SMALL_GPU, "trials": 1},
+    )
+    attempts = df[df["scenario"] == gpu.SCENARIO_ATTEMPT].sort_values("attempt")
+    steps = attempts[attempts["profile"] == "performance"]
+    # n_ctx 512 cannot be halved (the chain's floor): all layers, then 9, 4, 2, 1
+    assert list(steps["attempt_step"]) == ["as selected"] + ["fewer layers"] * 4
+    assert steps["attempt_skipped"].astype(bool).all()
+    assert (
+        steps["attempt_reason"]
+        .str.match(
+            r"skipped: buffers alone \(overhead never measured\) \d+ \+ 512 margin > 1000 MiB"
+        )
+        .all()
+    )
+    assert steps["attempt_tg_tps"].isna().all()  # nothing loaded
+    cpu = attempts.iloc[-1]
+    assert cpu["profile"] == "cpu_fallback" and bool(cpu["attempt_ok"])
+    assert cpu["attempt_predicted_mb"] == 0.0 and cpu["attempt_tg_tps"] > 0
+    assert df["final_profile"].iloc[0] == "cpu_fallback"
+
+
 def test_report_says_plainly_that_no_gpu_was_measured(small_run, tmp_path):
     if gpu_present():
         pytest.skip("this machine has a GPU and a CUDA build")

@@ -113,8 +113,10 @@ def test_walk_records_every_attempt_and_its_reason():
 
     params = profiles.resolve(profiles.PROFILES[PERFORMANCE], ALL, BASE)
     chain = profiles.fallback_chain(PERFORMANCE, params, ALL)
-    attempts = profiles.walk(chain, attempt, lambda p: (vram(p), math.nan))
+    # no limit to skip against: every step is loaded until one works
+    attempts = profiles.walk(chain, attempt, lambda p: profiles.StepPrediction(vram(p)))
     assert [a.ok for a in attempts] == [False, False, False, True]
+    assert not any(a.skipped for a in attempts)
     assert attempts[0].reason.startswith("ValueError: Failed to create llama_context")
     assert (
         attempts[-1].params["n_gpu_layers"] == 4 and attempts[-1].reason == "loaded and generated"
@@ -131,6 +133,82 @@ def test_walk_leaves_a_step_that_exceeds_the_budget():
 
     params = profiles.resolve(profiles.PROFILES[BALANCED], ALL, BASE)
     chain = profiles.fallback_chain(BALANCED, params, ALL)
-    attempts = profiles.walk(chain, attempt, lambda p: (math.nan, math.nan), limit_mb=1000)
+    unknown = profiles.StepPrediction(math.nan)
+    attempts = profiles.walk(chain, attempt, lambda p: unknown, limit_mb=1000)
     assert attempts[0].reason == "measured 1200 MiB of VRAM > 1000 MiB available"
     assert attempts[-1].ok and attempts[-1].params["n_gpu_layers"] == 1
+
+
+def test_walk_skips_what_is_predicted_not_to_fit_and_loads_only_the_rest():
+    """An emulated 1000 MiB card, margin 100: the steps predicted above 900 MiB are skipped
+    unloaded, with the figures; the first predicted to fit is the first loaded."""
+    loaded = []
+
+    def vram(params):
+        k = ALL if params["n_gpu_layers"] < 0 else params["n_gpu_layers"]
+        return 500 + 40 * k + params["n_ctx"] / 16 if k else 0.0
+
+    def attempt(params):
+        loaded.append(params["n_gpu_layers"])
+        return {"ok": True, "vram_delta_mb": vram(params) + 5}
+
+    params = profiles.resolve(profiles.PROFILES[PERFORMANCE], ALL, BASE)
+    chain = profiles.fallback_chain(PERFORMANCE, params, ALL)
+    predict = lambda p: profiles.StepPrediction(vram(p), vram(p) - 10)  # noqa: E731
+    attempts = profiles.walk(chain, attempt, predict, limit_mb=1000, margin_mb=100)
+    # -1 at 2048: 1388; -1 at 1024: 1324; 9 layers: 924 > 900; 4 layers: 724 fits
+    assert [a.skipped for a in attempts] == [True, True, True, False]
+    assert loaded == [4]
+    assert attempts[0].reason == (
+        "skipped: predicted 1388 + 100 margin > 1000 MiB available (not loaded)"
+    )
+    assert attempts[-1].ok and "predicted 724 + 100 margin ≤ 1000 MiB" in attempts[-1].reason
+    row = attempts[0].row()
+    assert row["attempt_skipped"] and row["attempt_need_mb"] == 1388
+    assert math.isnan(row["attempt_vram_mb"])  # nothing was measured for a skipped step
+
+
+def test_a_step_predicted_to_fit_that_fails_still_falls_through():
+    """The prediction says every step fits; the first two loads fail (the fault a small card
+    causes, given here): the chain goes on, and the third step's load is the outcome."""
+    calls = []
+
+    def attempt(params):
+        calls.append(params["n_gpu_layers"])
+        if len(calls) <= 2:
+            return {"ok": False, "error": "RuntimeError: CUDA error: out of memory"}
+        return {"ok": True, "vram_delta_mb": 300.0}
+
+    params = profiles.resolve(profiles.PROFILES[PERFORMANCE], ALL, BASE)
+    chain = profiles.fallback_chain(PERFORMANCE, params, ALL)
+    attempts = profiles.walk(
+        chain, attempt, lambda p: profiles.StepPrediction(200.0), limit_mb=1000, margin_mb=100
+    )
+    assert [a.ok for a in attempts] == [False, False, True]
+    assert not any(a.skipped for a in attempts)
+    assert attempts[0].reason == "RuntimeError: CUDA error: out of memory"
+
+
+def test_without_the_overhead_the_buffers_alone_decide_a_skip():
+    p = profiles.StepPrediction(math.nan, math.nan, 690.0)
+    assert p.need() == (690.0, "buffers alone (overhead never measured)")
+    chain = [("as selected", PERFORMANCE, {"n_gpu_layers": -1}), ("cpu", CPU_FALLBACK, {})]
+    attempts = profiles.walk(
+        chain,
+        lambda params: {"ok": True},
+        lambda params: p if params else profiles.StepPrediction(0.0, 0.0, 0.0),
+        limit_mb=1000,
+        margin_mb=512,
+    )
+    assert attempts[0].skipped and "buffers alone (overhead never measured) 690" in (
+        attempts[0].reason
+    )
+    assert attempts[1].ok  # the last step (the CPU) is always loaded
+
+
+def test_companion_profiles_are_its_config():
+    assert profiles.COMPANION_PROFILES == {
+        PERFORMANCE: (-1, 4096, 512),
+        BALANCED: (35, 2048, 256),
+        CPU_FALLBACK: (0, 2048, 128),
+    }

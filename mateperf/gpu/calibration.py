@@ -6,13 +6,16 @@ the ~1.2 GiB the default model uses at 0 offloaded layers. So they are measured 
 (and driver and llama-cpp-python version) with a tiny generated GGUF whose own buffers are a
 few MiB: NVML device-used memory after a load and a decode, in a fresh child process, minus
 the parent's reading before the child started, minus the tiny model's predicted buffers. Two
-placements (no layers; all layers with the KV cache on the device) give the two figures
-estimate.Overhead distinguishes. The result is stored in ~/.cache/mateperf/gpu/overhead.json
-(keyed by device) and recorded in every run that uses it.
+placements (no layers; all layers with the KV cache on the device), each with flash attention
+off and on, give the four figures estimate.Overhead distinguishes (on an H200 flash attention
+needed 83-96 MiB less at every placement, while the buffers did not move). The result is stored
+in ~/.cache/mateperf/gpu/overhead.json (keyed by device) and recorded in every run that uses
+it; an entry stored before the flash-attention figures existed is measured again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.util
 import json
@@ -39,7 +42,7 @@ def llama_cpp_version() -> str:
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.origin:
         return "not installed"
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', Path(spec.origin).read_text())
+    match = re.search(r'__version__\s*=\s*"([^"]+)"', Path(spec.origin).read_text(encoding="utf-8"))
     return match.group(1) if match else "unknown"
 
 
@@ -52,12 +55,18 @@ def device_key(device: dict) -> str:
 
 def load_stored(key: str) -> estimate.Overhead | None:
     try:
-        entry = json.loads(store_path().read_text()).get(key)
+        entry = json.loads(store_path().read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError):
         return None
-    if not entry:
+    if not entry or "attention_fa_mb" not in entry:  # older entries lack flash attention
         return None
-    return estimate.Overhead(entry["none_mb"], entry["attention_mb"], entry["source"])
+    return estimate.Overhead(
+        entry["none_mb"],
+        entry["attention_mb"],
+        entry["source"],
+        entry["none_fa_mb"],
+        entry["attention_fa_mb"],
+    )
 
 
 def save(key: str, overhead: estimate.Overhead) -> None:
@@ -65,26 +74,33 @@ def save(key: str, overhead: estimate.Overhead) -> None:
 
     path = store_path()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         data = {}
     data[key] = {
         "none_mb": overhead.none_mb,
         "attention_mb": overhead.attention_mb,
+        "none_fa_mb": overhead.none_fa_mb,
+        "attention_fa_mb": overhead.attention_fa_mb,
         "source": overhead.source,
     }
     atomic_write_json(path, data)
 
 
 def measure(monitor, timeout_s: float = 300.0) -> estimate.Overhead:
-    """Measure both figures on the monitor's device (needs a GPU and a CUDA build)."""
+    """Measure the four figures on the monitor's device (needs a GPU and a CUDA build)."""
     device = monitor.device()
     with tempfile.TemporaryDirectory(prefix="mateperf-calibration-") as tmp:
         path = write_tiny_gguf(Path(tmp) / "calibration.gguf", TinySpec())
         layout = estimate.read_layout(path)
-        s = CALIBRATION_SETTINGS
         figures = {}
-        for label, k in (("none", 0), ("attention", layout.all_layers)):
+        for label, k, fa in (
+            ("none", 0, False),
+            ("attention", layout.all_layers, False),
+            ("none_fa", 0, True),
+            ("attention_fa", layout.all_layers, True),
+        ):
+            s = dataclasses.replace(CALIBRATION_SETTINGS, flash_attn=fa)
             before = monitor.read()["vram_used_mb"]
             config = {
                 "model_path": str(path),
@@ -92,6 +108,7 @@ def measure(monitor, timeout_s: float = 300.0) -> estimate.Overhead:
                 "n_batch": s.n_ubatch,
                 "n_gpu_layers": -1 if k == layout.all_layers else k,
                 "n_threads": 1,
+                "flash_attn": fa,
             }
             result = run_trial(config, work_spec(0, 256, 16), isolate=True, timeout_s=timeout_s)
             if not result["ok"]:
@@ -106,7 +123,9 @@ def measure(monitor, timeout_s: float = 300.0) -> estimate.Overhead:
         "tiny generated GGUF: NVML device-used after load and decode in a fresh process, minus "
         "the reading before it, minus the tiny model's predicted buffers"
     )
-    return estimate.Overhead(figures["none"], figures["attention"], source)
+    return estimate.Overhead(
+        figures["none"], figures["attention"], source, figures["none_fa"], figures["attention_fa"]
+    )
 
 
 def overhead_for(monitor, gpu_offload: bool, remeasure: bool = False) -> estimate.Overhead:
@@ -131,6 +150,6 @@ def overhead_for(monitor, gpu_offload: bool, remeasure: bool = False) -> estimat
 
 def stored_devices() -> list[str]:
     try:
-        return sorted(json.loads(store_path().read_text()))
+        return sorted(json.loads(store_path().read_text(encoding="utf-8")))
     except (OSError, ValueError):
         return []

@@ -35,6 +35,15 @@ when a product it serves runs on the device: with quantised weights that is atte
 KV cache on the GPU (layers offloaded with offload_kqv), while the weight products of a
 quantised model run in llama.cpp's own kernels. So `none_mb` applies while no layer's attention
 runs on the GPU (n_gpu_layers 0 and 1, or offload_kqv off) and `attention_mb` otherwise.
+And it is measured with flash attention off and on: on an H200 every configuration with flash
+attention used 83–96 MiB less, at every placement, while llama.cpp's own projection of its
+buffers moved by at most a few MiB (its compute buffer for these models is the output's logits,
+which flash attention does not touch): the difference is device overhead, not a buffer, so each
+prediction takes the figure measured with its own flash-attention setting.
+
+KV cache types (type_k, type_v: f16, q8_0, q4_0, ...) change only the KV cache's bytes per
+element (a q8_0 block is 34 bytes per 32 values, q4_0 18): checked on this CPU build against
+llama.cpp's projection for every pair it accepts (a quantised V cache needs flash attention).
 """
 
 from __future__ import annotations
@@ -270,17 +279,65 @@ def padded_ctx(n_ctx: int) -> int:
     return -(-n_ctx // CTX_PAD) * CTX_PAD
 
 
+# KV cache types llama.cpp's CPU and CUDA backends both serve, smallest last.
+KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+
+
+def kv_type_allowed(type_k: str, type_v: str, flash_attn: bool) -> bool:
+    """llama.cpp refuses a quantised V cache without flash attention (the V matrix is read
+    transposed there, which quantised blocks cannot be)."""
+    return flash_attn or type_v in ("f16", "f32", "bf16")
+
+
+def kv_variants() -> list[tuple[str, str, bool]]:
+    """(type_k, type_v, flash_attn) worth predicting: each K type with an f16 V cache and flash
+    attention off, and each type for both with flash attention on."""
+    off = [(t, "f16", False) for t in KV_CACHE_TYPES]
+    on = [(t, t, True) for t in KV_CACHE_TYPES]
+    return off + on
+
+
 @dataclass(frozen=True)
 class Overhead:
-    """Device memory no buffer accounts for, in MiB, measured once per device."""
+    """Device memory no buffer accounts for, in MiB, measured once per device: with no
+    attention on the device and with attention on it, flash attention off and on."""
 
-    none_mb: float = float("nan")  # no attention on the device
+    none_mb: float = float("nan")  # no attention on the device, flash attention off
     attention_mb: float = float("nan")  # attention over a device KV cache (cuBLAS alive)
     source: str = "never measured"
+    none_fa_mb: float = float("nan")  # the same two with flash attention on
+    attention_fa_mb: float = float("nan")
 
     def for_layers(self, layout: Layout, k: int, settings: Settings) -> float:
         attention_on_gpu = settings.offload_kqv and len(gpu_layer_indices(layout, k)) > 0
+        if settings.flash_attn:
+            return self.attention_fa_mb if attention_on_gpu else self.none_fa_mb
         return self.attention_mb if attention_on_gpu else self.none_mb
+
+    @property
+    def flash_attn_saving_mb(self) -> float:
+        """How much less flash attention needs, with attention on the device."""
+        return self.attention_mb - self.attention_fa_mb
+
+
+# Measured on the lent NVIDIA H200 (driver 580.159.04, CUDA 13.0, sm90 build of 0.3.36), for
+# planning a card that is not here (the companion's 6 GB laptop GPU): NVML device-used less the
+# metadata buffers, in a fresh process per point (issue 17). Flash attention off: the real
+# default model at n_ctx 2048 measured 1399 MiB at 0 layers and 1417-1499 at 4..all, 713 MiB
+# above its buffers at every count. Flash attention on: performance and balanced measured 1442
+# and 1412 MiB against 820 and 790 of buffers (622), low_memory (KV cache in RAM) 1094 against
+# 476 (618). Another card's CUDA context and cuBLAS workspace differ: `mateperf run gpu` on it
+# stores its own figures, which every prediction on that device uses instead.
+REFERENCE_OVERHEAD = Overhead(
+    none_mb=713.0,
+    attention_mb=713.0,
+    none_fa_mb=618.0,
+    attention_fa_mb=622.0,
+    source=(
+        "reference figures measured on an NVIDIA H200 (driver 580.159.04), not on this "
+        "device: calibrate the target card with `mateperf run gpu` there"
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -316,8 +373,13 @@ def activation_peaks(layout: Layout, s: Settings) -> dict[str, float]:
 
     Three hidden states are live at any point (the residual stream, the normed input, the
     result being formed); the KQ mask (f32, or f16 with flash attention) lives through the
-    layers. Checked against llama.cpp's own reservation on this CPU build for the default model
-    and for generated models where the output or the attention dominates (tests).
+    layers. Attention without flash attention holds the scores (n_head × n_kv × n_ubatch × 4)
+    and, with an f16 K cache, one more Q-sized buffer; with flash attention only the mask. The
+    feed-forward holds gate, up and their product (3 × n_ff × n_ubatch × 4) with four hidden
+    states, and without flash attention the batch's K and V as well. Checked against llama.cpp's
+    own reservation on this CPU build: the default model (its output dominates), generated
+    models where attention or the output does, and a 7B's shapes where the feed-forward does
+    with flash attention on or at a short context (tests).
     """
     ub = s.n_ubatch
     n_kv = padded_ctx(s.n_ctx)
@@ -325,11 +387,15 @@ def activation_peaks(layout: Layout, s: Settings) -> dict[str, float]:
     out_peak = layout.n_vocab * ub * F32 + 3 * hidden
     q = layout.n_head * layout.head_dim_k * ub * F32
     kv_cur = max(layout.n_head_kv) * (layout.head_dim_k + layout.head_dim_v) * ub * F32
+    mask = n_kv * ub * (2 if s.flash_attn else F32)
+    ffn_peak = 3 * layout.n_ff * ub * F32 + 4 * hidden + mask
     if s.flash_attn:
-        attn_peak = n_kv * ub * 2 + q + kv_cur + 3 * hidden
+        attn_peak = mask + q + kv_cur + 3 * hidden
     else:
-        attn_peak = layout.n_head * n_kv * ub * F32 + n_kv * ub * F32 + q + kv_cur + 3 * hidden
-    ffn_peak = 2 * layout.n_ff * ub * F32 + 3 * hidden
+        f16_k = s.type_k.lower() in ("f16", "bf16")
+        scores = layout.n_head * n_kv * ub * F32
+        attn_peak = scores + mask + q * (2 if f16_k else 1) + kv_cur + 3 * hidden
+        ffn_peak += kv_cur
     return {"hidden": hidden, "output": out_peak, "layer": max(attn_peak, ffn_peak)}
 
 
@@ -413,4 +479,81 @@ def predict_table(
 ) -> pd.DataFrame:
     """One row per n_gpu_layers from 0 to all (n_layer + 1), for a CUDA build."""
     rows = [predict(layout, k, settings, overhead) for k in range(layout.all_layers + 1)]
+    return pd.DataFrame(rows)
+
+
+def fit_grid(
+    layout: Layout,
+    budget_mb: float,
+    margin_mb: float,
+    overhead: Overhead,
+    n_ctxs: list[int],
+    kv: list[tuple[str, str, bool]],
+    n_ubatch: int = 512,
+) -> pd.DataFrame:
+    """Every n_ctx × KV cache type × n_gpu_layers: predicted device MiB and whether it fits
+    `budget_mb` with `margin_mb` to spare. Where the overhead was never measured the total is
+    NaN and `fits` is None (buffers alone are still given)."""
+    rows = []
+    for type_k, type_v, flash_attn in kv:
+        if not kv_type_allowed(type_k, type_v, flash_attn):
+            continue
+        for n_ctx in n_ctxs:
+            s = Settings(
+                n_ctx=n_ctx,
+                n_ubatch=min(n_ubatch, n_ctx),
+                flash_attn=flash_attn,
+                type_k=type_k,
+                type_v=type_v,
+            )
+            for k in range(layout.all_layers + 1):
+                p = predict(layout, k, s, overhead)
+                total = p["meta_total_mb"]
+                rows.append(
+                    {
+                        "n_ctx": n_ctx,
+                        "type_k": type_k,
+                        "type_v": type_v,
+                        "flash_attn": flash_attn,
+                        "gpu_layers": k,
+                        "meta_kv_mb": p["meta_kv_mb"],
+                        "meta_buffers_mb": p["meta_buffers_mb"],
+                        "meta_overhead_mb": p["meta_overhead_mb"],
+                        "meta_total_mb": total,
+                        "budget_mb": budget_mb,
+                        "margin_mb": margin_mb,
+                        "fits": None if math.isnan(total) else bool(total + margin_mb <= budget_mb),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def largest_fit(grid: pd.DataFrame) -> pd.DataFrame:
+    """Per n_ctx and KV cache type: the most layers that fit (-1 where not even 0 does) and
+    its predicted MiB, beside what all layers would need."""
+    rows = []
+    for (type_k, type_v, fa, n_ctx), g in grid.groupby(
+        ["type_k", "type_v", "flash_attn", "n_ctx"], sort=False
+    ):
+        g = g.sort_values("gpu_layers")
+        fitting = g[g["fits"].fillna(False).astype(bool)]
+        best = fitting.iloc[-1] if len(fitting) else None
+        full = g.iloc[-1]
+        rows.append(
+            {
+                "n_ctx": int(n_ctx),
+                "type_k": type_k,
+                "type_v": type_v,
+                "flash_attn": bool(fa),
+                "max_gpu_layers": int(best["gpu_layers"]) if best is not None else -1,
+                "all_layers": int(full["gpu_layers"]),
+                "max_fit_mb": float(best["meta_total_mb"]) if best is not None else math.nan,
+                "all_layers_mb": float(full["meta_total_mb"]),
+                "all_layers_buffers_mb": float(full["meta_buffers_mb"]),
+                "kv_all_layers_mb": float(full["meta_kv_mb"]),
+                "budget_mb": float(full["budget_mb"]),
+                "margin_mb": float(full["margin_mb"]),
+                "known": full["fits"] is not None,
+            }
+        )
     return pd.DataFrame(rows)

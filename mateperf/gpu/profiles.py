@@ -10,9 +10,18 @@ order holds.
 available: the free VRAM NVML reports, or less when `vram_budget_mb` emulates a smaller card
 (6144 for the RTX 4050 of the original study). The prediction is the larger of the two
 (metadata estimate, llama.cpp's projection plus the measured device overhead) where both are
-known. `walk` then loads along a fallback chain (the selection; the context halved; fewer
-layers, halving; the CPU) and records every attempt with its prediction and the reason it was
-left, so a failed load on a small card is a recorded step, not a crash.
+known. `walk` then goes down a fallback chain, fastest first (the selection; the context
+halved; fewer layers, halving; the CPU), and predicts before it loads: a step whose prediction
+plus the margin exceeds what is available is skipped, with the figures in its reason, and only a
+step predicted to fit is loaded. On a 6 GB card a load that does not fit is an out-of-memory
+abort, or worse, so the prediction is the first line of defence and the load the second: a
+step predicted to fit that still fails, or measures more than is available, falls through to
+the next. Where the device overhead was never measured, the buffers alone are a lower bound:
+a step is skipped only if even they do not fit.
+
+`COMPANION_PROFILES` are Desktop-Mate's own GPU_PROFILES (src/ai/config.py) as absolute
+settings, for the target-card table: on a CUDA build its cpu_fallback (n_gpu_layers 0, GPU
+visible) still holds the CUDA context and op_offload's compute buffer on the device.
 """
 
 from __future__ import annotations
@@ -63,6 +72,16 @@ PROFILES: dict[str, Profile] = {
     CPU_FALLBACK: Profile(CPU_FALLBACK, 0.0, False, False, hide_gpu=True, note="no GPU at all"),
 }
 ORDER = (PERFORMANCE, BALANCED, LOW_MEMORY, CPU_FALLBACK)  # fastest first, as assumed
+
+# Desktop-Mate's GPU_PROFILES: (n_gpu_layers, n_ctx, n_batch); llama-cpp-python 0.3.16 there
+# leaves flash attention off and the KV cache with the offloaded layers.
+COMPANION_PROFILES: dict[str, tuple[int, int, int]] = {
+    PERFORMANCE: (-1, 4096, 512),
+    BALANCED: (35, 2048, 256),
+    CPU_FALLBACK: (0, 2048, 128),
+}
+# The companion's card: an RTX 4050 laptop GPU, 6 GB.
+COMPANION_CARD_MB = 6144
 
 
 def resolve(profile: Profile, all_layers: int, base: dict) -> dict:
@@ -202,6 +221,9 @@ class Attempt:
     ok: bool = False
     reason: str = ""
     result: dict | None = None
+    skipped: bool = False  # not loaded: predicted not to fit
+    need_mb: float = math.nan  # what the skip decision used
+    need_basis: str = ""
 
     def row(self) -> dict:
         r = self.result or {}
@@ -210,30 +232,67 @@ class Attempt:
             "attempt_step": self.step,
             "profile": self.profile,
             "attempt_ok": self.ok,
+            "attempt_skipped": self.skipped,
             "attempt_reason": self.reason,
             "attempt_predicted_mb": self.predicted_mb,
             "attempt_projected_mb": self.projected_mb,
+            "attempt_need_mb": self.need_mb,
+            "attempt_need_basis": self.need_basis,
             "attempt_vram_mb": r.get("vram_delta_mb", math.nan),
             "attempt_load_s": r.get("load_s", math.nan),
             "attempt_tg_tps": r.get("tg_tps", math.nan),
         }
 
 
+@dataclass(frozen=True)
+class StepPrediction:
+    """A chain step's predictions in MiB: totals (overhead included; NaN where it was never
+    measured) and the device buffers alone (a lower bound that needs no overhead)."""
+
+    meta_mb: float
+    proj_mb: float = math.nan
+    buffers_mb: float = math.nan
+
+    def need(self) -> tuple[float, str]:
+        """(MiB, what it is): the larger known total, else the buffers alone."""
+        known = [v for v in (self.meta_mb, self.proj_mb) if not math.isnan(v)]
+        if known:
+            return max(known), "predicted"
+        if not math.isnan(self.buffers_mb):
+            return self.buffers_mb, "buffers alone (overhead never measured)"
+        return math.nan, "no prediction"
+
+
 def walk(
     chain: list[tuple[str, str, dict]],
     attempt: Callable[[dict], dict],
-    predict: Callable[[dict], tuple[float, float]],
+    predict: Callable[[dict], StepPrediction],
     limit_mb: float = math.nan,
+    margin_mb: float = 0.0,
 ) -> list[Attempt]:
-    """Try each step until one loads, runs, and (if a limit is given) stays within it.
+    """Go down the chain until a step loads, runs, and (if a limit is given) stays within it.
 
-    attempt(params) -> result dict (ok, error, vram_delta_mb, ...); predict(params) ->
-    (metadata MiB, projection MiB). Every step tried is returned, the last one the outcome.
+    Each step is predicted first: with a limit, a step whose need plus `margin_mb` exceeds it
+    is skipped unloaded (its reason gives the figures). A step predicted to fit, or that cannot
+    be predicted, is loaded: attempt(params) -> result dict (ok, error, vram_delta_mb, ...);
+    a failure or a measurement over the limit falls through. The last step (the CPU) is always
+    loaded. Every step is returned, the last one the outcome.
     """
     attempts = []
     for i, (step, profile, params) in enumerate(chain):
-        predicted, projected = predict(params)
-        a = Attempt(i, step, profile, params, predicted, projected)
+        p = predict(params)
+        need, basis = p.need()
+        a = Attempt(i, step, profile, params, p.meta_mb, p.proj_mb, need_mb=need, need_basis=basis)
+        last = i == len(chain) - 1
+        over = not math.isnan(limit_mb) and not math.isnan(need) and need + margin_mb > limit_mb
+        if over and not last:
+            a.skipped = True
+            a.reason = (
+                f"skipped: {basis} {need:.0f} + {margin_mb:.0f} margin > {limit_mb:.0f} MiB "
+                "available (not loaded)"
+            )
+            attempts.append(a)
+            continue
         a.result = attempt(params)
         used = a.result.get("vram_delta_mb", math.nan)
         if not a.result.get("ok"):
@@ -244,6 +303,8 @@ def walk(
             a.ok = True
             note = a.result.get("note")
             a.reason = "loaded and generated" + (f" ({note})" if note else "")
+            if not math.isnan(need) and not math.isnan(limit_mb):
+                a.reason += f"; {basis} {need:.0f} + {margin_mb:.0f} margin ≤ {limit_mb:.0f} MiB"
         attempts.append(a)
         if a.ok:
             break

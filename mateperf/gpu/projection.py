@@ -36,6 +36,8 @@ MARK = "@@mateperf-dryrun"
 UNAVAILABLE = "projection unavailable with this build"
 OK = "ok"
 _LINE = re.compile(r"^(\S+) (\d+) (\d+) (\d+)\s*$")
+# enum ggml_type (ggml.h) of the KV cache types a context accepts
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
 def candidate_libraries() -> list[Path]:
@@ -61,8 +63,14 @@ def dry_run_config(
     n_ubatch: int,
     offload_kqv: bool = True,
     flash_attn: bool = False,
+    type_k: str = "f16",
+    type_v: str = "f16",
 ) -> dict:
-    """The settings mateperf.model.load passes to llama-cpp-python, as a dry run takes them."""
+    """The settings mateperf.model.load passes to llama-cpp-python, as a dry run takes them;
+    type_k / type_v: the KV cache types (f16, q8_0, q4_0, ...)."""
+    for name in (type_k, type_v):
+        if name not in GGML_TYPES:
+            raise ValueError(f"unknown KV cache type {name!r} ({', '.join(GGML_TYPES)})")
     return {
         "n_gpu_layers": int(n_gpu_layers),
         "n_ctx": int(n_ctx),
@@ -70,6 +78,8 @@ def dry_run_config(
         "n_ubatch": int(n_ubatch or n_batch),
         "offload_kqv": bool(offload_kqv),
         "flash_attn": bool(flash_attn),
+        "type_k": type_k,
+        "type_v": type_v,
     }
 
 
@@ -283,6 +293,8 @@ def _child(spec_path: str) -> int:
         cp.n_ubatch = min(cfg["n_batch"], cfg["n_ubatch"])
         cp.n_threads = cp.n_threads_batch = 1
         cp.offload_kqv = cfg["offload_kqv"]
+        cp.type_k = GGML_TYPES[cfg.get("type_k", "f16")]
+        cp.type_v = GGML_TYPES[cfg.get("type_v", "f16")]
         cp.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if cfg["flash_attn"]

@@ -7,10 +7,17 @@ Scenarios (one tidy frame; `scenario` says what a row is):
   (mateperf.gpu.projection), both labelled, never mixed.
 - `cpu_check`: the metadata method's prediction for a CPU-only build against llama.cpp's host
   projection on this build: the one check of the method a machine without a GPU can make.
+- `kv_check`: the same comparison (on a CUDA build: the device at all layers) for every KV
+  cache type pair and flash attention setting (estimate.kv_variants).
+- `fit` / `target`: the target card (`vram_budget_mb`, else the free VRAM, else the companion's
+  6 GB): every n_ctx × KV cache type × n_gpu_layers predicted, and the companion's own profiles
+  (COMPANION_PROFILES) with what each costs; the overhead is this device's where measured, else
+  the H200 reference, labelled.
 - `selection`: each profile with its prediction, what is available (free VRAM, or an emulated
   `vram_budget_mb`), whether it fits with `margin_mb`, and which one was chosen.
 - `attempt`: the fallback chain walked from the chosen profile, every step with its
-  prediction and the reason it was left (or that it loaded).
+  prediction and the reason it was skipped unloaded (predicted not to fit), left (failed, or
+  measured over the limit), or that it loaded.
 - `layers`: measured trials of the run's own n_gpu_layers (what a sweep varies): load,
   time to first token of a companion reply, pp and tg tokens/s, and NVML's device VRAM
   before/after/peak. `profile`: the same for every profile that fits, when a GPU is present.
@@ -24,6 +31,7 @@ On a CUDA build each trial runs in a fresh child process (mateperf.gpu.trial exp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 
@@ -33,10 +41,16 @@ import pandas as pd
 from mateperf import metrics, model, stats
 from mateperf.errors import ParameterError
 from mateperf.gpu import calibration, estimate, profiles, projection, trial
+from mateperf.phases.declaration import Phase
 from mateperf.trackers.gpu import GpuMonitor, Thresholds
+
+REFERENCE = estimate.REFERENCE_OVERHEAD
 
 SCENARIO_PREDICTION = "prediction"
 SCENARIO_CPU_CHECK = "cpu_check"
+SCENARIO_KV_CHECK = "kv_check"
+SCENARIO_FIT = "fit"
+SCENARIO_TARGET = "target"
 SCENARIO_SELECTION = "selection"
 SCENARIO_ATTEMPT = "attempt"
 SCENARIO_LAYERS = "layers"
@@ -106,7 +120,152 @@ def _dry_config(params: dict, n_gpu_layers: int | None = None) -> dict:
         params.get("n_ubatch") or params["n_batch"],
         params["offload_kqv"],
         params["flash_attn"],
+        params.get("type_k", "f16"),
+        params.get("type_v", "f16"),
     )
+
+
+# The configuration columns that make a measurement and a prediction the same configuration.
+CONFIG_COLUMNS = (
+    "gpu_layers",
+    "cfg_n_ctx",
+    "cfg_n_ubatch",
+    "cfg_offload_kqv",
+    "cfg_flash_attn",
+    "cfg_type_k",
+    "cfg_type_v",
+    "cfg_hide_gpu",
+)
+# Context sizes of the target-card table (up to the model's training context).
+FIT_N_CTX = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+# KV cache variants of the target-card table: f16 without and with flash attention, then the
+# quantised caches (both K and V), which need it.
+FIT_KV = (
+    ("f16", "f16", False),
+    ("f16", "f16", True),
+    ("q8_0", "q8_0", True),
+    ("q4_0", "q4_0", True),
+)
+
+
+# The target-card rows' columns under names no parameter has (`n_ctx` is one: the tidy frame
+# carries every parameter as a column, which a row's own n_ctx would shadow).
+FIT_COLUMNS = {
+    "n_ctx": "fit_n_ctx",
+    "type_k": "fit_type_k",
+    "type_v": "fit_type_v",
+    "flash_attn": "fit_flash_attn",
+    "fits": "fits_card",
+}
+
+
+def _fit_row(row: dict) -> dict:
+    """A target-card row as stored: renamed, the card's size and margin left to the run facts."""
+    return {FIT_COLUMNS.get(k, k): v for k, v in row.items() if k not in ("budget_mb", "margin_mb")}
+
+
+def fit_frames(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(grid, companion profiles) of a stored run, under target_card's column names."""
+    back = {v: k for k, v in FIT_COLUMNS.items()}
+    out = []
+    for scenario in (SCENARIO_FIT, SCENARIO_TARGET):
+        rows = df[df["scenario"] == scenario] if "scenario" in df else df.iloc[:0]
+        # the parameters of the same names (n_ctx, flash_attn) and the selection's `fits` go
+        rows = rows.drop(columns=[c for c in back.values() if c in rows.columns])
+        rows = rows.rename(columns=back)
+        if len(rows):
+            rows = rows.assign(
+                budget_mb=rows["target_budget_mb"],
+                margin_mb=rows["target_margin_mb"],
+                fits=rows["fits"].map(lambda v: None if pd.isna(v) else bool(v)),
+            )
+        out.append(rows.reset_index(drop=True))
+    return out[0], out[1]
+
+
+def kv_check_rows(path, layout: estimate.Layout, base: dict, offload: bool) -> list[dict]:
+    """Per KV cache type pair and flash attention setting, the metadata method against
+    llama.cpp's projection of the same configuration at all layers: on a CPU-only build both
+    put everything on the host, on a CUDA build on the device."""
+    variants = estimate.kv_variants()
+    configs = [
+        _dry_config({**base, "type_k": k, "type_v": v, "flash_attn": fa}, -1)
+        for k, v, fa in variants
+    ]
+    results, _ = projection.project(path, configs)
+    rows = []
+    for (type_k, type_v, fa), proj in zip(variants, results, strict=True):
+        s = dataclasses.replace(_settings(base), flash_attn=fa, type_k=type_k, type_v=type_v)
+        if offload:
+            meta = estimate.predict(layout, -1, s)
+            m = (meta["meta_weights_mb"], meta["meta_kv_mb"], meta["meta_compute_mb"])
+            pr = ("proj_device_model_mb", "proj_device_context_mb", "proj_device_compute_mb")
+        else:
+            meta = estimate.predict(layout, 0, s, gpu_build=False)
+            m = (
+                meta["meta_host_weights_mb"],
+                meta["meta_host_kv_mb"],
+                meta["meta_host_compute_mb"],
+            )
+            pr = ("proj_host_model_mb", "proj_host_context_mb", "proj_host_compute_mb")
+        rows.append(
+            {
+                "scenario": SCENARIO_KV_CHECK,
+                "kv_type_k": type_k,
+                "kv_type_v": type_v,
+                "kv_flash_attn": fa,
+                "kv_where": "device, all layers" if offload else "host (CPU-only build)",
+                "kv_meta_weights_mb": m[0],
+                "kv_meta_kv_mb": m[1],
+                "kv_meta_compute_mb": m[2],
+                "kv_proj_weights_mb": proj[pr[0]],
+                "kv_proj_kv_mb": proj[pr[1]],
+                "kv_proj_compute_mb": proj[pr[2]],
+                "proj_status": proj["status"],
+            }
+        )
+    return rows
+
+
+def target_card(
+    layout: estimate.Layout,
+    budget_mb: float,
+    margin_mb: float,
+    overhead: estimate.Overhead,
+    n_ubatch: int = 512,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(grid, companion) for a card of `budget_mb`: every n_ctx (up to the model's training
+    context) × KV cache variant × n_gpu_layers, and the companion's own profiles, predicted.
+    A profile's n_gpu_layers above the model's layers means all of them, as in llama.cpp."""
+    limit = layout.n_ctx_train or max(FIT_N_CTX)
+    n_ctxs = [c for c in FIT_N_CTX if c <= limit] or [min(FIT_N_CTX)]
+    grid = estimate.fit_grid(layout, budget_mb, margin_mb, overhead, n_ctxs, list(FIT_KV), n_ubatch)
+    rows = []
+    for name, (ngl, n_ctx, n_batch) in profiles.COMPANION_PROFILES.items():
+        k = layout.resolve_layers(ngl)
+        s = estimate.Settings(n_ctx=n_ctx, n_ubatch=n_batch)
+        meta = estimate.predict(layout, k, s, overhead)
+        total = meta["meta_total_mb"]
+        rows.append(
+            {
+                "profile": name,
+                "cfg_n_gpu_layers": ngl,
+                "gpu_layers": k,
+                "cfg_n_ctx": n_ctx,
+                "cfg_n_batch": n_batch,
+                "meta_weights_mb": meta["meta_weights_mb"],
+                "meta_kv_mb": meta["meta_kv_mb"],
+                "meta_compute_mb": meta["meta_compute_mb"],
+                "meta_buffers_mb": meta["meta_buffers_mb"],
+                "meta_overhead_mb": meta["meta_overhead_mb"],
+                "meta_total_mb": total,
+                "meta_host_mb": meta["meta_host_mb"],
+                "budget_mb": budget_mb,
+                "margin_mb": margin_mb,
+                "fits": None if math.isnan(total) else bool(total + margin_mb <= budget_mb),
+            }
+        )
+    return grid, pd.DataFrame(rows)
 
 
 def _proj_columns(result: dict) -> dict:
@@ -210,6 +369,8 @@ def _cfg_columns(params: dict, layout: estimate.Layout) -> dict:
         "cfg_n_ubatch": params.get("n_ubatch") or params["n_batch"],
         "cfg_offload_kqv": params["offload_kqv"],
         "cfg_flash_attn": params["flash_attn"],
+        "cfg_type_k": params.get("type_k", "f16"),
+        "cfg_type_v": params.get("type_v", "f16"),
         "cfg_hide_gpu": bool(params.get("hide_gpu", False)),
     }
 
@@ -337,6 +498,11 @@ def _run(p: dict, path, layout: estimate.Layout, base: dict, monitor: GpuMonitor
                 **meta,
                 **_proj_columns(proj),
                 "proj_total_mb": proj["proj_device_mb"] + o if offload else math.nan,
+                **{
+                    c: v
+                    for c, v in _cfg_columns(base, layout).items()
+                    if c not in ("gpu_layers", "cfg_n_gpu_layers")
+                },
             }
         )
     cpu_meta = estimate.predict(layout, 0, settings, gpu_build=False)
@@ -347,12 +513,27 @@ def _run(p: dict, path, layout: estimate.Layout, base: dict, monitor: GpuMonitor
             **_proj_columns(proj_rows[0]),
         }
     )
+    rows += kv_check_rows(path, layout, base, offload)
+    budget = p["vram_budget_mb"] or monitor.read()["vram_free_mb"]
+    card = "budget" if p["vram_budget_mb"] else "free VRAM"
+    if math.isnan(budget):
+        budget, card = profiles.COMPANION_CARD_MB, "the companion's 6 GB card (no budget, no GPU)"
+    plan_overhead = overhead if not math.isnan(overhead.attention_mb) else REFERENCE
+    grid, companion = target_card(layout, budget, p["margin_mb"], plan_overhead, settings.n_ubatch)
+    rows += [{"scenario": SCENARIO_FIT, **_fit_row(r)} for r in grid.to_dict("records")]
+    rows += [{"scenario": SCENARIO_TARGET, **_fit_row(r)} for r in companion.to_dict("records")]
 
     def meta_total(params: dict) -> float:
-        if params.get("hide_gpu"):
-            return 0.0
+        return meta_prediction(params)["meta_total_mb"]
+
+    def meta_prediction(params: dict) -> dict:
+        """The metadata prediction of `params`; the GPU hidden (cpu_fallback) needs nothing."""
         k = layout.resolve_layers(params["n_gpu_layers"])
-        return estimate.predict(layout, k, _settings(params), overhead)["meta_total_mb"]
+        meta = estimate.predict(layout, k, _settings(params), overhead)
+        if params.get("hide_gpu"):
+            device = [c for c in meta if c.startswith("meta_") and not c.startswith("meta_host")]
+            meta.update(dict.fromkeys(device, 0.0))
+        return meta
 
     def projected_total(params: dict, proj: dict) -> float:
         if params.get("hide_gpu"):
@@ -391,14 +572,18 @@ def _run(p: dict, path, layout: estimate.Layout, base: dict, monitor: GpuMonitor
     seed = p["seed"]
     projected_by_profile = {c.profile: c.projected_mb for c in candidates}
 
-    def predict_step(params: dict) -> tuple[float, float]:
+    def predict_step(params: dict) -> profiles.StepPrediction:
         """Both predictions for a step of the chain (a dry run of its own where needed)."""
         if params.get("hide_gpu"):
-            return 0.0, 0.0
+            return profiles.StepPrediction(0.0, 0.0, 0.0)
+        meta = meta_prediction(params)
         if not offload or pfacts["status"] != projection.OK:
-            return meta_total(params), math.nan
+            return profiles.StepPrediction(meta["meta_total_mb"], math.nan, meta["meta_buffers_mb"])
         (proj,), _ = projection.project(path, [_dry_config(params)])
-        return meta_total(params), projected_total(params, proj)
+        buffers = max(meta["meta_buffers_mb"], proj["proj_device_mb"])
+        return profiles.StepPrediction(
+            meta["meta_total_mb"], projected_total(params, proj), buffers
+        )
 
     def attempt(params: dict) -> dict:
         work = trial.work_spec(0, 0, 8, seed=seed)
@@ -408,8 +593,12 @@ def _run(p: dict, path, layout: estimate.Layout, base: dict, monitor: GpuMonitor
         return result
 
     chain = profiles.fallback_chain(selection.chosen, resolved[selection.chosen], layout.all_layers)
-    limit = selection.available_mb if p["vram_budget_mb"] else math.nan
-    attempts = profiles.walk(chain, attempt, predict_step, limit)
+    # what a step may use: the selection's (free VRAM, capped by a budget); with no GPU to read,
+    # an emulated card's budget still stands, so the chain is walked as it would be on that card
+    limit = selection.available_mb
+    if math.isnan(limit) and p["vram_budget_mb"]:
+        limit = float(p["vram_budget_mb"])
+    attempts = profiles.walk(chain, attempt, predict_step, limit, p["margin_mb"])
     for a in attempts:
         rows.append({"scenario": SCENARIO_ATTEMPT, **a.row(), **_cfg_columns(a.params, layout)})
         _progress(f"attempt {a.index} {a.step} ({a.profile}): {a.reason}")
@@ -428,7 +617,7 @@ def _run(p: dict, path, layout: estimate.Layout, base: dict, monitor: GpuMonitor
             work = trial.work_spec(p["max_tokens"], p["pp_tokens"], p["tg_tokens"], r, seed)
             result = _measure(monitor, params, _config(path, params, seed), work, isolate)
             k = layout.resolve_layers(params["n_gpu_layers"])
-            meta = estimate.predict(layout, k, _settings(params), overhead)
+            meta = meta_prediction(params)
             proj_total = (
                 proj_rows[k]["proj_device_mb"] + meta["meta_overhead_mb"]
                 if scenario == SCENARIO_LAYERS and offload
@@ -469,7 +658,13 @@ def _run(p: dict, path, layout: estimate.Layout, base: dict, monitor: GpuMonitor
         "projection_s": pfacts["seconds"],
         "overhead_none_mb": overhead.none_mb,
         "overhead_attention_mb": overhead.attention_mb,
+        "overhead_none_fa_mb": overhead.none_fa_mb,
+        "overhead_attention_fa_mb": overhead.attention_fa_mb,
         "overhead_source": overhead.source,
+        "target_budget_mb": float(budget),
+        "target_margin_mb": float(p["margin_mb"]),
+        "target_card": card,
+        "target_overhead_source": plan_overhead.source,
         "selected_profile": selection.chosen,
         "selection_forced": selection.forced,
         "selection_basis": selection.basis,
@@ -515,23 +710,36 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return stats.summary_table(d, ["scenario", "profile", "gpu_layers"], present)
 
 
+def _config_keys(d: pd.DataFrame) -> list[str]:
+    """The configuration columns a frame has (older runs lack the KV cache types)."""
+    return [c for c in CONFIG_COLUMNS if c in d.columns]
+
+
 def measured_vs_predicted(df: pd.DataFrame) -> pd.DataFrame:
     """Median measured VRAM per configuration against both predictions, with the error and
-    whether it is within target (10% of the measurement or 64 MiB, whichever is larger)."""
+    whether it is within target (10% of the measurement or 64 MiB, whichever is larger).
+
+    A row is one configuration (layers, context, batch, KV placement and types, flash
+    attention, GPU hidden or not), so a profile is never set against another's prediction.
+    With the GPU hidden (cpu_fallback) the prediction is 0 on the device, whatever an older
+    run stored."""
     d = measured(df)
     if d.empty or not gpu_measured(df):
         return pd.DataFrame()
+    keys = ["scenario", "profile", *_config_keys(d)]
     rows = []
-    for (scenario, name, k), g in d.groupby(["scenario", "profile", "gpu_layers"], sort=True):
+    for key, g in d.groupby(keys, sort=True, dropna=False):
         vram = g["vram_delta_mb"].dropna()
         if vram.empty:
             continue
+        config = dict(zip(keys, key, strict=True))
+        hidden = bool(config.get("cfg_hide_gpu", False))
         m = float(np.median(vram))
         tolerance = max(TARGET_SHARE * m, TARGET_MB)
-        row = {"scenario": scenario, "profile": name, "gpu_layers": int(k), "n": len(vram)}
+        row = {**config, "gpu_layers": int(config["gpu_layers"]), "n": len(vram)}
         row["measured_mb"] = m
         for label, col in (("meta", "pred_meta_total_mb"), ("proj", "pred_proj_total_mb")):
-            pred = float(g[col].iloc[0]) if col in g else math.nan
+            pred = 0.0 if hidden else (float(g[col].iloc[0]) if col in g else math.nan)
             row[f"{label}_mb"] = pred
             row[f"{label}_error_mb"] = pred - m
             row[f"{label}_within_target"] = (
@@ -540,6 +748,51 @@ def measured_vs_predicted(df: pd.DataFrame) -> pd.DataFrame:
         row["tolerance_mb"] = tolerance
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def base_config(df: pd.DataFrame) -> dict:
+    """The run's own configuration, the one every prediction row is for: from the prediction
+    rows' configuration columns, or (older runs) from the run's parameters."""
+    pred = df[df["scenario"] == SCENARIO_PREDICTION]
+    first = pred.iloc[0] if len(pred) else df.iloc[0]
+    n_batch = int(first["n_batch"]) if "n_batch" in first else 512
+    n_ubatch = int(first["n_ubatch"]) if "n_ubatch" in first and first["n_ubatch"] else n_batch
+
+    def pick(column: str, param: str, default):
+        if column in first and not pd.isna(first[column]):
+            return first[column]
+        return first[param] if param in first and not pd.isna(first[param]) else default
+
+    return {
+        "cfg_n_ctx": int(pick("cfg_n_ctx", "n_ctx", 2048)),
+        "cfg_n_ubatch": int(pick("cfg_n_ubatch", "n_ubatch", n_ubatch) or n_ubatch),
+        "cfg_offload_kqv": bool(pick("cfg_offload_kqv", "offload_kqv", True)),
+        "cfg_flash_attn": bool(pick("cfg_flash_attn", "flash_attn", False)),
+        "cfg_type_k": str(pick("cfg_type_k", "type_k", "f16")),
+        "cfg_type_v": str(pick("cfg_type_v", "type_v", "f16")),
+        "cfg_hide_gpu": False,
+    }
+
+
+def measured_at_base(df: pd.DataFrame) -> dict[int, float]:
+    """Median measured VRAM per n_gpu_layers, of trials with exactly the configuration the
+    prediction rows are for (a profile's other context, KV placement or flash attention is
+    left out): what the per-layer table and plot put beside the predictions."""
+    d = measured(df)
+    if d.empty or "vram_delta_mb" not in d or not d["vram_delta_mb"].notna().any():
+        return {}
+    base = base_config(df)
+    keep = pd.Series(True, index=d.index)
+    for column, value in base.items():
+        if column in d.columns:
+            keep &= d[column].fillna(value if column.startswith("cfg_type") else False) == value
+        elif column.startswith("cfg_type") and value != "f16":
+            keep &= False  # an older run measured f16 only
+    d = d[keep]
+    if d.empty:
+        return {}
+    medians = d.groupby("gpu_layers")["vram_delta_mb"].median().dropna()
+    return {int(k): float(v) for k, v in medians.items()}
 
 
 def profile_comparison(df: pd.DataFrame) -> pd.DataFrame:
@@ -605,3 +858,18 @@ def sweep_metrics(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
     if "vram_delta_mb" in layers and layers["vram_delta_mb"].notna().any():
         specs.append(("VRAM in use, NVML (MiB)", layers, "vram_delta_mb"))
     return [s for s in specs if s[2] in s[1] and s[1][s[2]].notna().any()]
+
+
+DECLARATION = Phase(
+    name="gpu",
+    number=5,
+    notebook=None,
+    run=run,
+    summarize=summarize,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=None,
+    sweep_metrics=sweep_metrics,
+    representative=None,
+    report="mateperf.reports.gpu",
+)

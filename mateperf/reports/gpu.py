@@ -9,8 +9,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from mateperf import metrics, stats
+from mateperf.gpu import estimate, profiles
 from mateperf.phases import gpu
-from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.overview import CLAIMS, summary_row
 
 METRIC_LABELS = {
     "load_s": "model load (s)",
@@ -53,10 +57,19 @@ def _layers_label(k: int, all_layers: int) -> str:
 
 
 def _measured_by_layers(df: pd.DataFrame) -> dict[int, float]:
-    d = gpu.measured(df)
-    if d.empty or not d["vram_delta_mb"].notna().any():
-        return {}
-    return {int(k): float(v) for k, v in d.groupby("gpu_layers")["vram_delta_mb"].median().items()}
+    """Measurements of exactly the prediction rows' configuration, per layer count."""
+    return gpu.measured_at_base(df)
+
+
+def _config_text(row) -> str:
+    """n_ctx, where the KV cache is and its types, flash attention: what makes a configuration."""
+    if bool(row.get("cfg_hide_gpu", False)):
+        return f"n_ctx {int(row['cfg_n_ctx'])}, GPU hidden"
+    kv = "KV on GPU" if bool(row.get("cfg_offload_kqv", True)) else "KV in RAM"
+    types = f"{row.get('cfg_type_k', 'f16')}/{row.get('cfg_type_v', 'f16')}"
+    types = "f16" if types == "f16/f16" or types == "nan/nan" else types
+    fa = "FA on" if bool(row.get("cfg_flash_attn", False)) else "FA off"
+    return f"n_ctx {int(row['cfg_n_ctx'])}, {kv} {types}, {fa}"
 
 
 def _prediction_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -143,13 +156,89 @@ def _attempts_table(df: pd.DataFrame) -> pd.DataFrame:
                 "predicted MiB (metadata / llama.cpp)": (
                     f"{_mb(r['attempt_predicted_mb'])} / {_mb(r['attempt_projected_mb'])}"
                 ),
+                "buffers MiB": _mb(r.get("attempt_need_mb"))
+                if str(r.get("attempt_need_basis", "")).startswith("buffers")
+                else "",
                 "measured MiB": _mb(r.get("attempt_vram_mb")),
                 "tg tokens/s": fmt(_num(r.get("attempt_tg_tps"))),
-                "outcome": ("ok: " if bool(r["attempt_ok"]) else "left: ")
-                + str(r["attempt_reason"]),
+                "outcome": _attempt_outcome(r),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _attempt_outcome(r) -> str:
+    if _maybe_bool(r.get("attempt_skipped")):  # older runs have no such column
+        return str(r["attempt_reason"])
+    return ("ok: " if bool(r["attempt_ok"]) else "left: ") + str(r["attempt_reason"])
+
+
+def _kv_check_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Metadata against llama.cpp per KV cache type pair and flash attention (MiB)."""
+    c = df[df["scenario"] == gpu.SCENARIO_KV_CHECK] if "scenario" in df else df.iloc[:0]
+    rows = []
+    for _, r in c.iterrows():
+        rows.append(
+            {
+                "type_k / type_v": f"{r['kv_type_k']} / {r['kv_type_v']}",
+                "flash attn": "on" if bool(r["kv_flash_attn"]) else "off",
+                "KV cache: metadata / llama.cpp": f"{r['kv_meta_kv_mb']:.1f} / "
+                + _mb(r["kv_proj_kv_mb"]),
+                "compute: metadata / llama.cpp": f"{r['kv_meta_compute_mb']:.1f} / "
+                + _mb(r["kv_proj_compute_mb"]),
+                "weights: metadata / llama.cpp": f"{r['kv_meta_weights_mb']:.1f} / "
+                + _mb(r["kv_proj_weights_mb"]),
+                "llama.cpp": "ok" if r["proj_status"] == "ok" else str(r["proj_status"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _target_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(largest fit per n_ctx and KV type, the companion's profiles) from the stored rows."""
+    grid, comp = gpu.fit_frames(df)
+    if grid.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    best = estimate.largest_fit(grid)
+    all_layers = int(_first(df, "all_layers", 0))
+    wide = {}
+    for _, r in best.iterrows():
+        kv = f"{r['type_k']}" + (" FA" if r["flash_attn"] else "")
+        k = int(r["max_gpu_layers"])
+        if not r["known"]:
+            cell = f"? ({_mb(r['all_layers_buffers_mb'])} MiB buffers at all)"
+        elif k < 0:
+            cell = f"none ({_mb(r['all_layers_mb'])} MiB at all)"
+        else:
+            cell = f"{_layers_label(k, all_layers)}: {_mb(r['max_fit_mb'])} MiB"
+        wide.setdefault(int(r["n_ctx"]), {"n_ctx": int(r["n_ctx"])})[f"KV {kv}"] = cell
+    fit = pd.DataFrame(list(wide.values()))
+    rows = []
+    for _, r in comp.iterrows():
+        fits = _maybe_bool(r["fits"])
+        rows.append(
+            {
+                "companion profile": r["profile"],
+                "n_gpu_layers": f"{int(r['cfg_n_gpu_layers'])} → "
+                + _layers_label(int(r["gpu_layers"]), all_layers),
+                "n_ctx / n_batch": f"{int(r['cfg_n_ctx'])} / {int(r['cfg_n_batch'])}",
+                "weights / KV / compute MiB": (
+                    f"{r['meta_weights_mb']:.0f} / {r['meta_kv_mb']:.0f} / "
+                    f"{r['meta_compute_mb']:.0f}"
+                ),
+                "+ overhead = device MiB": f"{_mb(r['meta_overhead_mb'])} → "
+                + _mb(r["meta_total_mb"]),
+                "host MiB": _mb(r["meta_host_mb"]),
+                "fits": "?" if fits is None else ("yes" if fits else "NO"),
+            }
+        )
+    return fit, pd.DataFrame(rows)
+
+
+def _maybe_bool(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
 
 
 def _summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -190,10 +279,12 @@ def _vs_table(df: pd.DataFrame) -> pd.DataFrame:
             "–" if v is None or (isinstance(v, float) and math.isnan(v)) else ("yes" if v else "NO")
         )
 
+    configs = [_config_text(r) if "cfg_n_ctx" in vs else "" for _, r in vs.iterrows()]
     return pd.DataFrame(
         {
             "what": [p or "n_gpu_layers of the run" for p in vs["profile"]],
             "n_gpu_layers": [_layers_label(int(k), all_layers) for k in vs["gpu_layers"]],
+            "configuration": configs,
             "measured MiB (median)": [_mb(v) for v in vs["measured_mb"]],
             "metadata MiB (error)": [
                 f"{_mb(p)} ({_signed(e)})"
@@ -366,10 +457,16 @@ def _status_lines(df: pd.DataFrame) -> list[str]:
             f"{_first(df, 'trial_isolation')}.",
             "",
         ]
+    fa = ""
+    if "overhead_attention_fa_mb" in df:
+        fa = (
+            f" (flash attention on: {_mb(_first(df, 'overhead_none_fa_mb'))} and "
+            f"{_mb(_first(df, 'overhead_attention_fa_mb'))} MiB)"
+        )
     lines += [
         f"Device overhead (CUDA context, cuBLAS, pools): "
         f"{_mb(_first(df, 'overhead_none_mb'))} MiB without and "
-        f"{_mb(_first(df, 'overhead_attention_mb'))} MiB with attention on the device; "
+        f"{_mb(_first(df, 'overhead_attention_mb'))} MiB with attention on the device{fa}; "
         f"{_first(df, 'overhead_source')}.",
         "",
     ]
@@ -395,10 +492,14 @@ def _reading(df: pd.DataFrame) -> list[str]:
     chosen = _first(df, "selected_profile")
     final = _first(df, "final_profile")
     forced = bool(_first(df, "selection_forced", False))
-    n_attempts = int((df["scenario"] == gpu.SCENARIO_ATTEMPT).sum())
+    attempts = df[df["scenario"] == gpu.SCENARIO_ATTEMPT]
+    n_attempts = len(attempts)
+    skipped = attempts.get("attempt_skipped", pd.Series(dtype=object)).map(_maybe_bool)
+    n_skipped = int(skipped.fillna(False).astype(bool).sum())
     lines.append(
         f"- Profile {'forced' if forced else 'selected'}: {chosen}; after {n_attempts} "
-        f"attempt{'s' if n_attempts != 1 else ''} the companion would run {final}"
+        f"step{'s' if n_attempts != 1 else ''} ({n_skipped} skipped by prediction, "
+        f"{n_attempts - n_skipped} loaded) the companion would run {final}"
         + ("" if bool(_first(df, "final_ok", False)) else " (the last attempt failed too)")
         + "."
     )
@@ -406,6 +507,129 @@ def _reading(df: pd.DataFrame) -> list[str]:
     if n_alerts:
         lines.append(f"- {n_alerts} VRAM alert event{'s' if n_alerts != 1 else ''} (table above).")
     return lines
+
+
+def _kv_lines(df: pd.DataFrame) -> list[str]:
+    kv = _kv_check_table(df)
+    if kv.empty:
+        return []
+    where = _first(df[df["scenario"] == gpu.SCENARIO_KV_CHECK], "kv_where")
+    return [
+        "### KV cache types and flash attention",
+        "",
+        f"The metadata method against llama.cpp's projection of the same configuration ({where}"
+        "), per KV cache type pair and flash attention setting, MiB (llama.cpp prints whole "
+        "MiB, truncated). llama.cpp refuses a quantised V cache without flash attention.",
+        "",
+        table(kv),
+        "",
+    ]
+
+
+def _target_lines(df: pd.DataFrame) -> list[str]:
+    fit, comp = _target_tables(df)
+    if fit.empty:
+        return []
+    return [
+        "### The target card",
+        "",
+        f"Card: {_mb(_first(df, 'target_budget_mb'))} MiB ({_first(df, 'target_card')}), "
+        f"margin {_mb(_first(df, 'target_margin_mb'))} MiB. Per n_ctx and KV cache type (both "
+        "K and V; FA: flash attention on), the most n_gpu_layers predicted to fit and the MiB "
+        "it needs; n_ubatch as the run's. Device overhead: "
+        f"{_first(df, 'target_overhead_source')}.",
+        "",
+        table(fit),
+        "",
+        "The companion's own profiles (Desktop-Mate's GPU_PROFILES; flash attention off, f16 "
+        "KV cache; n_gpu_layers above the model's layers means all). On a CUDA build its "
+        "cpu_fallback (n_gpu_layers 0, GPU visible) still holds the CUDA context and "
+        "op_offload's compute buffer on the card:",
+        "",
+        table(comp),
+        "",
+    ]
+
+
+def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
+    """FINAL_RESULTS.md's summary rows for a gpu run: where a GPU was measured, the selected
+    profile against cpu_fallback (the original claim: "no speed gain, but no crashes"), the
+    VRAM prediction against NVML, and where the fallback chain ended; else one row saying so."""
+    if not gpu.gpu_measured(df):
+        return [
+            summary_row(
+                "gpu",
+                "GPU profiles with fallback",
+                "–",
+                "–",
+                "–",
+                "–",
+                "not measured: no NVIDIA GPU on this host",
+                CLAIMS["gpu"],
+            )
+        ]
+    rows = []
+    d = gpu.measured(df)
+    chosen = str(_first(df, "selected_profile"))
+    prof = d[d["scenario"] == gpu.SCENARIO_PROFILE]
+    base = prof[prof["profile"] == profiles.CPU_FALLBACK]
+    best = prof[prof["profile"] == chosen]
+    if chosen != profiles.CPU_FALLBACK and len(base) and len(best):
+        for name in ("tg_tps", "vram_delta_mb"):
+            m = metrics.get("gpu", name)
+            r = stats.compare(
+                base[name], best[name], higher_is_better=m.higher_is_better, words=m.words
+            )
+            digits = 0 if name.endswith("_mb") else 1
+            rows.append(
+                summary_row(
+                    "gpu",
+                    f"profile {chosen} instead of cpu_fallback",
+                    m.title,
+                    fmt(r.median_a, digits),
+                    fmt(r.median_b, digits),
+                    fmt_ci(r.ratio, r.ci_low, r.ci_high, 2),
+                    r.verdict,
+                    CLAIMS["gpu"],
+                )
+            )
+    vs = gpu.measured_vs_predicted(df)
+    if not vs.empty:
+        gpu_rows = vs[~vs.get("cfg_hide_gpu", pd.Series(False, index=vs.index)).astype(bool)]
+        known = [v for v in gpu_rows["meta_within_target"] if v is not None]
+        worst = gpu_rows["meta_error_mb"].abs().max() if len(gpu_rows) else math.nan
+        rows.append(
+            summary_row(
+                "gpu",
+                "VRAM predicted from the GGUF before loading",
+                "metadata prediction − NVML (MiB)",
+                "–",
+                f"worst error ±{fmt(worst, 0)}",
+                "–",
+                f"within 10% or 64 MiB at {sum(known)} of {len(known)} configurations",
+                "—",
+            )
+        )
+    attempts = df[df["scenario"] == gpu.SCENARIO_ATTEMPT]
+    if len(attempts):
+        skipped = attempts.get("attempt_skipped", pd.Series(False, index=attempts.index))
+        n_skipped = int(skipped.map(_maybe_bool).fillna(False).astype(bool).sum())
+        final = str(_first(df, "final_profile"))
+        ok = bool(_first(df, "final_ok", False))
+        rows.append(
+            summary_row(
+                "gpu",
+                "fallback chain, predict first",
+                "steps",
+                "–",
+                f"{len(attempts)} step{'s' if len(attempts) != 1 else ''}, "
+                f"{n_skipped} skipped by prediction",
+                "–",
+                f"ended at {final}" + (" (loaded)" if ok else " (the last step failed)"),
+                CLAIMS["gpu"],
+            )
+        )
+    return rows
 
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
@@ -439,6 +663,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         _plot_predictions(df, plots_dir, md_dir),
         "",
+        *_kv_lines(df),
+        *_target_lines(df),
         "### Profile selection",
         "",
         f"Available: {_mb(_first(df, 'vram_available_mb'))} MiB "
@@ -449,13 +675,12 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         "### Loading with fallback",
         "",
-        "The chain from the chosen profile: as selected, context halved, fewer layers "
-        "(halving), the CPU; each step loads and generates a few tokens"
-        + (
-            ", and is left if it fails or uses more VRAM than available."
-            if budget
-            else ", and is left if it fails."
-        ),
+        "The chain from the chosen profile, fastest first: as selected, context halved, fewer "
+        "layers (halving), the CPU. Each step is predicted first and skipped, unloaded, if its "
+        "prediction plus the margin exceeds what is available (the buffers alone where the "
+        "device overhead was never measured); a step predicted to fit loads and generates a few "
+        "tokens, and is left if it fails"
+        + (" or uses more VRAM than available." if budget else "."),
         "",
         table(_attempts_table(df)),
         "",
@@ -528,3 +753,11 @@ def sweep_extra(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> 
             "",
         ]
     )
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=None,
+    sweep_extra=sweep_extra,
+)
