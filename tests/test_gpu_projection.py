@@ -40,7 +40,7 @@ def test_missing_symbol_means_unavailable_with_this_build(default_model, monkeyp
     results, facts = projection.project(
         default_model, [projection.dry_run_config(0, 512, 512, 512)]
     )
-    assert facts["status"].startswith(f"{projection.UNAVAILABLE}: ")
+    assert facts["status"].startswith(f"{projection.UNAVAILABLE} (llama-cpp-python ")
     assert "common_fit_print" in facts["status"]
     assert results[0]["status"] == facts["status"]
     assert results[0]["proj_host_mb"] != results[0]["proj_host_mb"]  # NaN, not a number

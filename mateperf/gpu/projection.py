@@ -13,8 +13,12 @@ redirected to files (subprocess does the dup2), writes a marker before and after
 (after fflush, so C and Python output keep their order), and the parent parses the file. A
 child that dies takes only the configuration it was running: the rest run in a new child.
 
-Without the library, or without the symbol, every configuration gets the one status
-"projection unavailable with this build: <reason>".
+Without the library, its symbol or the bindings a dry run needs (`no_alloc`, `load_mode`:
+mateperf.llama_features, feature `dry_run_projection`), every configuration gets the one status
+"unavailable with this build (llama-cpp-python X.Y.Z): llama.cpp's dry-run VRAM projection ...".
+The library and the symbol have platform names (llama_features.common_library_names,
+fit_print_symbols): Linux libllama-common.so, macOS libllama-common.dylib, Windows
+llama-common.dll, whose export carries MSVC's decorated name of the C++ function.
 
 The module imports only the standard library at the top: the child must start fast.
 """
@@ -29,11 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
-SYMBOL = "_Z16common_fit_printPKcP18llama_model_paramsP20llama_context_params"
-LIBRARY = "libllama-common.so"
-LIBRARY_ENV = "MATEPERF_LLAMA_COMMON"  # a libllama-common.so from the same llama.cpp version
+from mateperf import llama_features
+
+SYMBOL = llama_features.FIT_PRINT_ITANIUM
+# this platform's name of llama.cpp's common library (Linux: libllama-common.so)
+LIBRARY = (llama_features.common_library_names() or ("libllama-common.so",))[0]
+LIBRARY_ENV = llama_features.COMMON_LIBRARY_ENV  # a llama-common library of the same llama.cpp
 MARK = "@@mateperf-dryrun"
-UNAVAILABLE = "projection unavailable with this build"
+UNAVAILABLE = llama_features.UNAVAILABLE
+FEATURE = "dry_run_projection"
 OK = "ok"
 _LINE = re.compile(r"^(\S+) (\d+) (\d+) (\d+)\s*$")
 # enum ggml_type (ggml.h) of the KV cache types a context accepts
@@ -41,19 +49,9 @@ GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q
 
 
 def candidate_libraries() -> list[Path]:
-    """Where libllama-common.so may be: $MATEPERF_LLAMA_COMMON, beside llama_cpp's libraries,
-    or in site-packages/lib (where the 0.3.36 wheel installs it). No import of llama_cpp."""
-    import importlib.util
-
-    out = []
-    env = os.environ.get(LIBRARY_ENV)
-    if env:
-        out.append(Path(env))
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is not None and spec.origin:
-        package = Path(spec.origin).parent
-        out += [package / "lib" / LIBRARY, package.parent / "lib" / LIBRARY]
-    return out
+    """Where llama.cpp's common library may be, by this platform's name (see
+    llama_features.common_library_candidates). No import of llama_cpp."""
+    return llama_features.common_library_candidates()
 
 
 def dry_run_config(
@@ -179,7 +177,10 @@ def _run_child(model_path: Path, configs: list[dict], start: int, timeout_s: flo
 
     with tempfile.TemporaryDirectory(prefix="mateperf-dryrun-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"model": str(model_path), "configs": configs, "start": start}))
+        spec.write_text(
+            json.dumps({"model": str(model_path), "configs": configs, "start": start}),
+            encoding="utf-8",
+        )
         child = run_module("mateperf.gpu.projection", [str(spec)], Path(tmp), timeout_s)
     begun: set[int] = set()
     done = _parse(child.stdout, facts, begun)
@@ -200,8 +201,8 @@ def _parse(text: str, facts: dict, begun: set[int]) -> dict[int, dict]:
                 facts["library"] = rest
             elif tag == "offload":
                 facts["gpu_offload"] = rest.strip() == "1"
-            elif tag == "unavailable":
-                facts["status"] = f"{UNAVAILABLE}: {rest}"
+            elif tag == "unavailable":  # the child sends the whole line
+                facts["status"] = rest
             elif tag == "begin":
                 current, devices = int(rest), {}
                 begun.add(current)
@@ -247,26 +248,47 @@ def _say(text: str) -> None:
     os.write(1, f"{MARK} {text}\n".encode())
 
 
+def _load_fit_print(ctypes):
+    """(library path, common_fit_print, "") or (path, None, why not), by this platform's names
+    of the library and of the exported symbol (MSVC decorates C++ names: fit_print_symbols)."""
+    lib_path = llama_features.common_library()
+    if lib_path is None:
+        return None, None, "no llama-common library"
+    if os.name == "nt":  # its dependencies (llama.dll, ggml.dll) sit beside llama_cpp's
+        for folder in {lib_path.parent, *(p.parent for p in candidate_libraries())}:
+            if folder.is_dir():
+                os.add_dll_directory(str(folder))
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+    except OSError as exc:
+        return lib_path, None, f"{lib_path} cannot be loaded: {exc}"
+    symbols = llama_features.fit_print_symbols()
+    for symbol in symbols:
+        try:
+            return lib_path, getattr(lib, symbol), ""
+        except AttributeError:
+            continue
+    return lib_path, None, f"{lib_path} exports no common_fit_print (tried {', '.join(symbols)})"
+
+
 def _child(spec_path: str) -> int:
     import ctypes
 
-    spec = json.loads(Path(spec_path).read_text())
+    spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     import llama_cpp
 
     _say(f"offload {int(bool(llama_cpp.llama_supports_gpu_offload()))}")
-    lib_path = next((p for p in candidate_libraries() if p.is_file()), None)
-    if lib_path is None:
-        tried = ", ".join(str(p) for p in candidate_libraries()) or "nowhere"
-        _say(f"unavailable {LIBRARY} not found (looked in {tried})")
+    status = llama_features.feature_status(FEATURE, llama_cpp)
+    if status != llama_features.AVAILABLE:
+        if llama_features.common_library() is None:
+            status += (
+                f" (looked in {', '.join(str(p) for p in candidate_libraries()) or 'nowhere'})"
+            )
+        _say(f"unavailable {status}")
         return 0
-    try:
-        lib = ctypes.CDLL(str(lib_path))
-        fit_print = getattr(lib, SYMBOL)
-    except OSError as exc:
-        _say(f"unavailable {exc}")
-        return 0
-    except AttributeError:
-        _say(f"unavailable {lib_path} has no symbol {SYMBOL} (common_fit_print)")
+    lib_path, fit_print, why = _load_fit_print(ctypes)
+    if fit_print is None:
+        _say(f"unavailable {llama_features.unavailable_line(FEATURE, why)}")
         return 0
     _say(f"library {lib_path}")
     fit_print.argtypes = [
@@ -275,7 +297,8 @@ def _child(spec_path: str) -> int:
         ctypes.POINTER(llama_cpp.llama_context_params),
     ]
     fit_print.restype = None
-    libc = ctypes.CDLL(None)
+    # C stdio of the library's runtime, flushed so its printf lines and our markers keep order
+    libc = ctypes.CDLL("ucrtbase") if os.name == "nt" else ctypes.CDLL(None)
     path = spec["model"].encode()
     for i, cfg in enumerate(spec["configs"]):
         if i < spec["start"]:
