@@ -66,9 +66,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def jupyterlab(tmp_path):
-    """A JupyterLab server on a free loopback port; yields its base URL with the token."""
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """A JupyterLab server on a free loopback port; yields its base URL and token."""
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     port, token = free_port(), secrets.token_hex(16)
     home = tmp_path / "jupyter"
     settings = home / "settings"
@@ -125,9 +126,10 @@ def jupyterlab(tmp_path):
             server.wait()
 
 
-@pytest.fixture()
-def chromium_page(tmp_path):
+@pytest.fixture(scope="module")
+def chromium_page(tmp_path_factory):
     """A page in headless Chromium with a fresh profile; skips where Chromium cannot start."""
+    tmp_path = tmp_path_factory.mktemp("chromium")
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -188,6 +190,54 @@ ERRORS = f"""() => {{
 }}"""
 
 
+def open_unmodified(page, path: str, committed: bytes) -> None:
+    """Open a notebook in the running JupyterLab, wait for its kernel, and check that opening
+    did not modify it.
+
+    JupyterLab writes the kernel's kernelspec and language_info into the notebook's metadata
+    when the kernel connects; a committed notebook whose metadata differs is marked modified
+    at once, and autosave would rewrite it.
+    """
+    page.evaluate(
+        "async p => { await window.jupyterapp.commands.execute('docmanager:open', {path: p}); }",
+        path,
+    )
+    page.wait_for_function(
+        f"p => {PANEL} && {PANEL}.context && {PANEL}.context.path === p", arg=path
+    )
+    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell")
+    page.wait_for_function(KERNEL_READY, timeout=START_S * 1000, polling=500)
+    page.wait_for_timeout(500)  # the metadata update follows the kernel's info reply
+    opened = page.evaluate(f"{PANEL}.model.toJSON().metadata")
+    on_disk = json.loads(committed)["metadata"]
+    if opened["language_info"]["version"] == on_disk["language_info"]["version"]:
+        assert page.evaluate(f"{PANEL}.model.dirty") is False, f"opening modified {path}"
+        assert page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count() == 0
+    else:  # a kernel on another Python than the committed notebooks': only its version differs
+        on_disk["language_info"]["version"] = opened["language_info"]["version"]
+        assert opened == on_disk
+
+
+def open_lab(page, base: str, token: str) -> None:
+    page.goto(f"{base}/lab?token={token}&reset")
+    page.wait_for_function("() => window.jupyterapp", timeout=START_S * 1000)
+    page.evaluate("async () => { await window.jupyterapp.restored; }")
+    page.wait_for_selector("#jp-main-dock-panel", timeout=START_S * 1000)
+
+
+def test_opening_the_phase_notebooks_leaves_them_unmodified(jupyterlab, chromium_page):
+    base, token = jupyterlab
+    page = chromium_page
+    open_lab(page, base, token)
+    for path in sorted((REPO_ROOT / "notebooks").glob("0[1-9]_*.ipynb")):
+        committed = path.read_bytes()
+        open_unmodified(page, path.relative_to(REPO_ROOT).as_posix(), committed)
+        # close it and shut its kernel down, unsaved: the next notebook starts its own
+        page.evaluate(f"{PANEL}.sessionContext.shutdown()")
+        page.evaluate(f"{PANEL}.dispose()")
+        assert path.read_bytes() == committed
+
+
 def test_explore_notebook_runs_in_jupyterlab(jupyterlab, chromium_page, tmp_path):
     base, token = jupyterlab
     page = chromium_page
@@ -195,20 +245,8 @@ def test_explore_notebook_runs_in_jupyterlab(jupyterlab, chromium_page, tmp_path
     committed = notebook.read_bytes()
     started = time.perf_counter()
 
-    page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}&reset")
-    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=START_S * 1000)
-    page.wait_for_function(KERNEL_READY, timeout=START_S * 1000, polling=500)
-    # JupyterLab writes the kernel's kernelspec and language_info into the notebook's metadata
-    # when the kernel connects; a committed notebook that differs is marked modified at once
-    page.wait_for_timeout(1500)
-    opened = page.evaluate(f"{PANEL}.model.toJSON().metadata")
-    on_disk = json.loads(committed)["metadata"]
-    if opened["language_info"]["version"] == on_disk["language_info"]["version"]:
-        assert page.evaluate(f"{PANEL}.model.dirty") is False, "opening the notebook modified it"
-        assert page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count() == 0
-    else:  # a kernel on another Python than the committed notebooks': only its version differs
-        on_disk["language_info"]["version"] = opened["language_info"]["version"]
-        assert opened == on_disk
+    open_lab(page, base, token)
+    open_unmodified(page, NOTEBOOK, committed)
 
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_function(ALL_RAN, timeout=RUN_S * 1000, polling=500)
