@@ -13,31 +13,24 @@ import shlex
 import sys
 from pathlib import Path
 
-from mateperf import phases, results
-from mateperf.errors import BadInput, ParameterError
-from mateperf.execute import absolute_environment
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-CONFIG_HELP = (
-    "a recommended.json from `mateperf run cpu`: its n_threads, n_threads_batch, n_batch and "
-    "n_ubatch become the defaults (-p still wins); refused on a host it was not measured on"
+from mateperf import phases, results, sweep_cli
+from mateperf.command import (
+    CONFIG_HELP,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    check_llama,
+    command_line,
+    parse_assignments,
+    with_config,
 )
+from mateperf.errors import BadInput, ParameterError
+from mateperf.execute import absolute_environment, execute_phase
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as for every other bad input
         raise BadInput(message)
-
-
-def parse_assignments(items: list[str] | None, flag: str = "-p") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ParameterError(f"{flag} {item!r}: expected key=value")
-        out[name] = value
-    return out
 
 
 def _with_model(phase: str, overrides: dict, model: str | None) -> dict:
@@ -46,31 +39,6 @@ def _with_model(phase: str, overrides: dict, model: str | None) -> dict:
             raise ParameterError(f"phase {phase} takes no model")
         overrides = {**overrides, "model": model}
     return overrides
-
-
-def with_config(phase: str, overrides: dict, config: str | None, required: bool = True) -> dict:
-    """The settings of a recommended.json (host-checked) under the user's explicit -p values.
-
-    A phase without any of the settings refuses the file when `required` (a single run asked
-    for it), and simply runs without it otherwise (`mateperf all`).
-    """
-    if config is None:
-        return overrides
-    from mateperf import recommend
-
-    rec = recommend.load(config)
-    schema = phases.defaults(phase)
-    if "config" in schema:  # the phase reads the file itself (final: the tuned arms)
-        return {"config": os.path.abspath(config), **overrides}
-    taken = {k: str(v) for k, v in recommend.as_params(rec).items() if k in schema}
-    if not taken:
-        if required:
-            raise ParameterError(
-                f"--config {config}: phase {phase} takes none of its settings "
-                f"({', '.join(recommend.SETTINGS)})"
-            )
-        return overrides
-    return {**taken, **overrides}
 
 
 def _print_outcome(outcome) -> None:
@@ -93,9 +61,8 @@ def cmd_info(args) -> int:
 
 
 def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
-    from mateperf.execute import execute_phase
-
     phases.check_phase(phase)
+    check_llama(phase)
     params = phases.resolve_params(phase, overrides)
     run = results.RunDir.create(phase, params, root=root, command=command)
     print(f"mateperf: running phase {phase} -> {run.path}", file=sys.stderr)
@@ -136,7 +103,7 @@ def cmd_run(args) -> int:
         return EXIT_OK
     overrides = _with_model(args.phase, parse_assignments(args.param), args.model)
     overrides = with_config(args.phase, overrides, args.config)
-    outcome = run_phase(args.phase, overrides, args.results, _command())
+    outcome = run_phase(args.phase, overrides, args.results, command_line())
     _print_outcome(outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
@@ -179,7 +146,7 @@ def cmd_all(args) -> int:
         print(f"mateperf: phases not built yet: {', '.join(not_built)}", file=sys.stderr)
     out = write_final(None, args.results)
     print()
-    print(summary_section(out.read_text()))
+    print(summary_section(out.read_text(encoding="utf-8")))
     print()
     print(f"report: {out} ({(time.perf_counter() - start) / 60:.1f} min in all)")
     if failed:
@@ -200,10 +167,6 @@ def cmd_report(args) -> int:
         raise BadInput(str(exc)) from None
     print(out)
     return EXIT_OK
-
-
-def _command() -> str:
-    return "mateperf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,13 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="*", metavar="RUN_DIR")
     p.set_defaults(func=cmd_report)
 
-    from mateperf import sweep_cli
-
     sweep_cli.add_commands(sub)
     return parser
 
 
+def _console_never_fails_on_unicode() -> None:
+    """Output redirected to a file or pipe on Windows uses the ANSI code page (cp1252, cp932),
+    which cannot encode "−", "µ" or "→": replace such characters instead of raising."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            if (stream.encoding or "").lower().replace("-", "") != "utf8":
+                stream.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _console_never_fails_on_unicode()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -7,13 +7,21 @@ import time
 from pathlib import Path
 
 from mateperf import sweep as sweep_mod
+from mateperf.command import (
+    CONFIG_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    check_llama,
+    command_line,
+    parse_assignments,
+    with_config,
+)
 from mateperf.errors import BadInput
 
 
 def cmd_sweep(args) -> int:
-    from mateperf.cli import EXIT_FAILED, EXIT_OK, _command, parse_assignments, with_config
-
     start = time.perf_counter()
+    check_llama(args.phase)
     if args.resume:
         if args.grid or args.param or args.model is not None or args.config is not None:
             raise BadInput(
@@ -38,7 +46,7 @@ def cmd_sweep(args) -> int:
         }
         grid, fixed, schema = sweep_mod.plan(args.phase, grid_raw, fixed_raw)
         sw = sweep_mod.Sweep.create(
-            args.phase, grid, fixed, schema, _command(), rounds=args.rounds, seed=args.seed
+            args.phase, grid, fixed, schema, command_line(), rounds=args.rounds, seed=args.seed
         )
         m = sw.manifest()
         print(
@@ -69,7 +77,6 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from mateperf.cli import EXIT_OK
     from mateperf.compare import compare_runs, format_comparison
 
     table, warnings = compare_runs(Path(args.run_a), Path(args.run_b))
@@ -85,8 +92,6 @@ def add_commands(sub) -> None:
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", default=[])
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model")
-    from mateperf.cli import CONFIG_HELP
-
     p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     p.add_argument(
         "--rounds",

@@ -1,0 +1,70 @@
+"""What every `mateperf` command shares: exit codes, `-p` and `--config`, the command line.
+
+Below both command modules (mateperf.cli and mateperf.sweep_cli), so neither imports the other
+for them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from mateperf import phases
+from mateperf.errors import ParameterError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+CONFIG_HELP = (
+    "a recommended.json from `mateperf run cpu`: its n_threads, n_threads_batch, n_batch and "
+    "n_ubatch become the defaults (-p still wins); refused on a host it was not measured on"
+)
+
+
+def command_line() -> str:
+    """The command as typed, for the run's record and its reproduce line."""
+    return "mateperf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def parse_assignments(items: list[str] | None, flag: str = "-p") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ParameterError(f"{flag} {item!r}: expected key=value")
+        out[name] = value
+    return out
+
+
+def with_config(phase: str, overrides: dict, config: str | None, required: bool = True) -> dict:
+    """The settings of a recommended.json (host-checked) under the user's explicit -p values.
+
+    A phase without any of the settings refuses the file when `required` (a single run asked
+    for it), and simply runs without it otherwise (`mateperf all`).
+    """
+    if config is None:
+        return overrides
+    from mateperf import recommend  # the CLI starts without pandas until a file is read
+
+    rec = recommend.load(config)
+    schema = phases.defaults(phase)
+    if "config" in schema:  # the phase reads the file itself (final: the tuned arms)
+        return {"config": os.path.abspath(config), **overrides}
+    taken = {k: str(v) for k, v in recommend.as_params(rec).items() if k in schema}
+    if not taken:
+        if required:
+            raise ParameterError(
+                f"--config {config}: phase {phase} takes none of its settings "
+                f"({', '.join(recommend.SETTINGS)})"
+            )
+        return overrides
+    return {**taken, **overrides}
+
+
+def check_llama(phase: str) -> None:
+    """A phase that loads the model refuses a llama-cpp-python it cannot run with (older than
+    llama_features.MINIMUM_VERSION, or lacking a required binding): one line, exit code 2."""
+    if "model" in phases.parameters(phase):
+        from mateperf import llama_features
+
+        llama_features.check_supported()
