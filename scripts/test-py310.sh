@@ -6,8 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 py310=""
+# A pyenv shim answers to python3.10 even where it cannot run it: ask each candidate to run.
 for candidate in python3.10 "$HOME"/.pyenv/versions/3.10*/bin/python3.10; do
-  if command -v "$candidate" >/dev/null 2>&1; then py310="$(command -v "$candidate")"; break; fi
+  if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' >/dev/null 2>&1; then
+    py310="$(command -v "$candidate")"
+    break
+  fi
 done
 if [ -z "$py310" ]; then
   echo "test-py310: no Python 3.10 interpreter on this machine; the 3.10 run is skipped"

@@ -142,8 +142,10 @@ def test_a_flood_10x_the_budget_is_told_memory_stays_bounded_and_others_are_serv
         prober = threading.Thread(target=probe)
         prober.start()
         flood = Flood(peer.port)
+        start_s = time.monotonic()
         flood.send(requests)
         settled = flood.wait(120)
+        flood_s = time.monotonic() - start_s
         stop.set()
         prober.join(timeout=120)
         flood.close()
@@ -160,10 +162,13 @@ def test_a_flood_10x_the_budget_is_told_memory_stays_bounded_and_others_are_serv
         f"peer RSS +{growth_mb:.1f} MiB at peak; other client {len(rtts_ms)} round trips, "
         f"median {median_ms:.1f} ms, max {rtts_ms[-1]:.1f} ms"
     )
-    # the flooding client is told: every request has one outcome, most are "queue full"
+    # the flooding client is told: every request has one outcome, and no more are applied than
+    # the frame budget allows over the flood's time plus one full queue (how many are refused
+    # depends on how fast this host lets the client send)
     assert settled and not flood.eof
     assert len(flood.replies) == requests and success + len(full) == requests
-    assert len(full) > requests // 2
+    assert len(full) > 0
+    assert success <= 100 * 60 * flood_s * 1.05 + 4096, (success, flood_s)
     assert counters["queue_full"] == len(full) and counters["dropped_clients"] == 0
     assert counters["received"] == counters["applied"] + counters["rejected"]
     assert len([line for line in peer.output if "sends faster" in line]) == 1

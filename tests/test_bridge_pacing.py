@@ -74,7 +74,10 @@ def test_frames_hold_60_fps_under_a_real_coarse_timer(peer_cmd):
     # the peer saw the coarse timer for real and chose a tail to cover it
     assert state["timer_overshoot_us"] > 5000
     assert state["spin_tail_us"] >= state["timer_overshoot_us"]
-    assert abs(median_us - PERIOD_US) < 500, intervals
+    # Sleeping alone on this timer gives frames of one or two 15.6 ms ticks (median far from
+    # 16.7 ms); a preempted main thread on a loaded 2-vCPU host moves the median by up to
+    # ~0.6 ms (seen), hence 1 ms.
+    assert abs(median_us - PERIOD_US) < 1000, intervals
     # a share of frames is late where the 2-vCPU host preempts the yielding main thread
     assert late < 0.25, intervals
 
