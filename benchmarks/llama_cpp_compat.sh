@@ -41,21 +41,23 @@ start=$SECONDS
 wheel="$(llama_wheel "$PY" "$VERSION")" || { say "build of $VERSION failed"; exit 1; }
 note "wheel $(basename "$wheel"): $((SECONDS - start)) s (0-5 s means it came from the cache)"
 "$PY" -m pip install -q --force-reinstall --no-deps "$wheel"
+"$PY" -m pip install -q "$wheel"  # its own dependencies (typing-extensions, numpy, jinja2, ...)
 cp "$(dirname "$wheel")/CMAKE_ARGS" "$VENV/mateperf-llama-cmake-args.txt"
 
 # The companion's environment has its llama-cpp-python before mateperf arrives: a plain
 # `pip install -e .` must keep it (pyproject asks for >=MINIMUM, so pip has nothing to do).
 fingerprint() {
   "$PY" - <<'EOF'
-import hashlib, importlib.metadata as m, pathlib, llama_cpp
-lib = next(pathlib.Path(llama_cpp.__file__).parent.joinpath("lib").glob("libllama.*"))
+import hashlib, importlib.metadata as m, importlib.util, pathlib
+package = pathlib.Path(importlib.util.find_spec("llama_cpp").origin).parent
+lib = next(package.joinpath("lib").glob("libllama.*"))
 print(m.version("llama_cpp_python"), hashlib.sha256(lib.read_bytes()).hexdigest()[:16])
 EOF
 }
 before="$(fingerprint)"
 start=$SECONDS
 "$PY" -m pip install -e . 2>&1 | grep -v "^WARNING: Location\|^  WARNING: Location" \
-  | grep -E "llama|Successfully installed|ERROR" || true
+  | grep -E "^Requirement already satisfied: llama-cpp-python|llama.cpp.python-|^ERROR" || true
 after="$(fingerprint)"
 if [ "$before" = "$after" ]; then
   note "pip install -e . kept llama-cpp-python ($after: version, libllama sha256) in $((SECONDS - start)) s"

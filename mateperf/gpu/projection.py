@@ -281,9 +281,8 @@ def _child(spec_path: str) -> int:
     status = llama_features.feature_status(FEATURE, llama_cpp)
     if status != llama_features.AVAILABLE:
         if llama_features.common_library() is None:
-            status += (
-                f" (looked in {', '.join(str(p) for p in candidate_libraries()) or 'nowhere'})"
-            )
+            folders = dict.fromkeys(str(p.parent) for p in candidate_libraries())
+            status += f" (looked in {', '.join(folders) or 'nowhere'})"
         _say(f"unavailable {status}")
         return 0
     lib_path, fit_print, why = _load_fit_print(ctypes)
