@@ -66,8 +66,7 @@ def compare_metric(
 
 def run_level_table(phase: str, df: pd.DataFrame) -> pd.DataFrame:
     """The phase's run-level metrics, one row per replicate (empty if it declares none)."""
-    module = phases.module(phase)
-    derive = getattr(module, "trial_table", None)
+    derive = phases.declared(phase).trial_table
     if derive is None or not any(m.level == metrics.RUN for m in metrics.for_phase(phase)):
         return pd.DataFrame()
     return derive(df)
@@ -196,7 +195,7 @@ def _untested_note(table: pd.DataFrame) -> str:
 
 
 def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
-    from mateperf.report import fmt, fmt_ci, fmt_p
+    from mateperf.reports.format import fmt, fmt_ci, fmt_p
 
     if table.empty:
         return f"A = {run_a}, B = {run_b}: nothing to compare"

@@ -14,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mateperf import phases, results
+from mateperf import phases, progress, results
 from mateperf.model import LLAMA_LOG_NAME
 
 log = logging.getLogger("mateperf")
@@ -29,10 +28,12 @@ log = logging.getLogger("mateperf")
 PATH_ENV = ("MATEPERF_RESULTS", "MATEPERF_MODEL")
 # `mateperf -v` sets it: papermill's per-cell log, the kernel's own warnings, library logs.
 VERBOSE_ENV = "MATEPERF_VERBOSE"
-# The kernel's start-up warnings (e.g. "running over TCP without encryption") are not ours.
-QUIET_KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log is not ours: start-up warnings ("running over TCP without
+# encryption"), and ipykernel 7.3 (the newest on Python 3.10) logs "KeyboardInterrupt caught in
+# kernel" at ERROR when papermill shuts it down. A failing cell is reported by papermill.
+QUIET_KERNEL_ARGS = ["--IPKernelApp.log_level=CRITICAL"]
 # What the console shows by default: the phases' own progress lines, "[phase] ...".
-PROGRESS_LINE = re.compile(r"^\[[a-z]+\] ")
+PROGRESS_LINE = progress.LINE
 
 
 def verbose() -> bool:

@@ -7,7 +7,6 @@ stores its results exactly like a headless run does.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +43,11 @@ class PhaseRun:
         return table
 
     def markdown(self, table: pd.DataFrame) -> str:
-        report = importlib.import_module(f"mateperf.reports.{self.phase}")
-        section = report.section(table, self.run.info, self.run.plots_dir, self.run.path)
         from mateperf.report import run_header
+        from mateperf.reports import declaration
 
+        report = declaration.declared(self.phase)
+        section = report.section(table, self.run.info, self.run.plots_dir, self.run.path)
         return run_header(self.run.info) + "\n" + section
 
     def show(self) -> None:
@@ -55,7 +55,7 @@ class PhaseRun:
         from IPython.display import Image, Markdown, display
 
         md_path = self.path / f"{self.phase}.md"
-        text = md_path.read_text() if md_path.exists() else "(nothing saved yet)"
+        text = md_path.read_text(encoding="utf-8") if md_path.exists() else "(nothing saved yet)"
         display(Markdown("\n".join(ln for ln in text.splitlines() if not ln.startswith("!["))))
         for png in sorted(self.run.plots_dir.glob(f"{self.phase}_*.png")):
             display(Image(filename=str(png)))

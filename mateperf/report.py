@@ -2,67 +2,26 @@
 
 Reads only run directories, never measures, so the final report can be regenerated at any
 time and twice in a row gives the same bytes (no timestamps of its own, fixed plot metadata).
-Each phase formats its own section in mateperf/reports/<phase>.py; this module holds what the
-sections share and assembles the final document.
+Each phase formats its own section in mateperf/reports/<phase>.py (declared as its `REPORT`),
+with the shared formatting of mateperf/reports/format.py; this module assembles the documents.
 """
 
 from __future__ import annotations
 
-import importlib
-import math
-import os
 import re
 import shlex
 import shutil
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from mateperf import phases, results  # noqa: E402
-from mateperf.host import format_fingerprint  # noqa: E402
+from mateperf import phases, results
+from mateperf.host import format_fingerprint
+from mateperf.reports import declaration, sweep
+from mateperf.reports.format import table
+from mateperf.reports.overview import summary_rows, variant_label, variant_row
 
 FINAL_NAME = "FINAL_RESULTS.md"
-# Fixed PNG metadata so a regenerated plot is byte-identical.
-PNG_METADATA = {"Software": None}
-
-
-def fmt(value, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float) and abs(value) >= 1e4:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def fmt_ci(median: float, low: float, high: float, digits: int = 1) -> str:
-    """`12.3 [11.9, 12.8]`: a median with its 95% CI."""
-    return f"{fmt(median, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
-
-
-def fmt_p(p: float) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "–"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def save_figure(fig, plots_dir: Path, name: str, md_dir: Path, alt: str) -> str:
-    """Write the figure as PNG (atomically) and return its markdown image link."""
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    path = plots_dir / f"{name}.png"
-    tmp = plots_dir / f".{name}.png.tmp"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=PNG_METADATA, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return f"![{alt}]({os.path.relpath(path, md_dir)})"
-
-
-def table(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False) if len(df) else "_(no rows)_"
 
 
 def reproduce_command(info: dict) -> str:
@@ -113,10 +72,11 @@ def run_header(info: dict) -> str:
 def phase_section(
     phase: str, run: results.RunDir, plots_dir: Path, md_dir: Path, df: pd.DataFrame | None = None
 ) -> str:
-    kind = "sweep" if run.info.get("kind") == "sweep" else phase
-    report = importlib.import_module(f"mateperf.reports.{kind}")
+    section = (
+        sweep.section if run.info.get("kind") == "sweep" else declaration.declared(phase).section
+    )
     df = run.read_frame(phase) if df is None else df
-    return report.section(df, run.info, plots_dir, md_dir)
+    return section(df, run.info, plots_dir, md_dir)
 
 
 def _report_command(paths: list[Path] | None, root: Path) -> str:
@@ -139,17 +99,15 @@ def select_runs(
 
     The representative is the newest finished run with the phase's default test (no variant
     parameter changed: mateperf.reports.overview.VARIANT_PARAMS), else the newest at all; a
-    phase may also define `representative(info)` to keep its self-check runs (the memory
+    phase may also declare `representative(info)` to keep its self-check runs (the memory
     phase's injected leak) out. `listed`: the root's runs, when the caller listed them already.
     """
-    from mateperf.reports.overview import variant_label
-
     if paths:
         return [results.RunDir.open(p) for p in paths]
     listed = results.list_runs(root) if listed is None else listed
     found = []
     for phase in phases.available_phases():
-        own = getattr(phases.module(phase), "representative", None) or (lambda info: True)
+        own = phases.declared(phase).representative or (lambda info: True)
         defaults = phases.defaults(phase)
 
         def default_test(info, own=own, phase=phase, defaults=defaults) -> bool:
@@ -172,8 +130,6 @@ def collect_variants(
     A variant is a run whose test-defining parameters differ (mateperf.reports.overview:
     VARIANT_PARAMS), e.g. the IPC phase against the C# peer, or the memory self-check.
     """
-    from mateperf.reports.overview import variant_label
-
     phase = representative.phase
     defaults = phases.defaults(phase)
     newest: dict[str, results.RunDir] = {}
@@ -191,8 +147,6 @@ def collect_variants(
 
 
 def _variants_table(phase: str, runs: list[results.RunDir], host_names: dict, frame) -> str:
-    from mateperf.reports.overview import variant_label, variant_row
-
     defaults = phases.defaults(phase)
     rows = []
     for run in runs:
@@ -267,8 +221,6 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
     one section per phase: its variants side by side, the representative run's tables and
     plots, a link to each run's own report. Byte-identical when regenerated.
     """
-    from mateperf.reports.overview import summary_rows
-
     root = Path(root) if root else results.default_root()
     listed = results.list_runs(root)
     runs = select_runs(paths, root, listed)

@@ -3,6 +3,10 @@
 A phase's notebook is `notebooks/NN_<name>.ipynb`; its cell tagged `parameters` is the schema
 (names, and types from the default values) that `mateperf run` and `sweep` validate against,
 so the notebook and the CLI can never disagree about what a phase accepts.
+
+What each phase provides (run, summarize, its hooks, its report) is its declaration, a
+`Phase` that the module `mateperf.phases.<name>` holds as `DECLARATION`; a phase declared
+elsewhere joins through `register`. Callers read `declared(phase)`, never the module.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import json
 import os
 import tokenize
 from pathlib import Path
-from types import ModuleType
 
 from mateperf.errors import ParameterError, PhaseError
 from mateperf.host import REPO_ROOT
+from mateperf.phases.declaration import Phase
 
 PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6}
 PHASES = tuple(PHASE_NUMBERS)
+# Phases declared outside this package (`register`), by name.
+_REGISTERED: dict[str, Phase] = {}
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RUN_DIR_PARAM = "run_dir"
 # Parameters that name a file. A kernel runs with the run directory as its working directory,
@@ -34,8 +40,28 @@ def check_phase(phase: str) -> str:
     return phase
 
 
+def register(declaration: Phase) -> None:
+    """Add a phase declared outside mateperf.phases; it is then a phase like the six."""
+    global PHASES
+    if declaration.name in PHASE_NUMBERS and declaration.name not in _REGISTERED:
+        raise PhaseError(f"phase {declaration.name!r} is declared already")
+    _REGISTERED[declaration.name] = declaration
+    PHASE_NUMBERS[declaration.name] = declaration.number
+    PHASES = tuple(sorted(PHASE_NUMBERS, key=PHASE_NUMBERS.__getitem__))
+
+
+def declared(phase: str) -> Phase:
+    """The phase's declaration (importing its module: only when it is about to be used)."""
+    if check_phase(phase) in _REGISTERED:
+        return _REGISTERED[phase]
+    return importlib.import_module(f"mateperf.phases.{phase}").DECLARATION
+
+
 def notebook_path(phase: str) -> Path | None:
     check_phase(phase)
+    if phase in _REGISTERED and _REGISTERED[phase].notebook is not None:
+        path = _REGISTERED[phase].notebook
+        return path if path.is_file() else None
     found = sorted(NOTEBOOK_DIR.glob(f"{PHASE_NUMBERS[phase]:02d}_*.ipynb"))
     return found[0] if found else None
 
@@ -49,10 +75,6 @@ def require_notebook(phase: str) -> Path:
 
 def available_phases() -> list[str]:
     return [p for p in PHASES if notebook_path(p) is not None]
-
-
-def module(phase: str) -> ModuleType:
-    return importlib.import_module(f"mateperf.phases.{check_phase(phase)}")
 
 
 def parameters(phase: str) -> dict:
@@ -115,10 +137,10 @@ def _literal_assignments(source: str) -> dict:
 def round_split(phase: str) -> tuple[str, ...]:
     """The phase's repetition parameters that a sweep divides among its rounds, primary first.
 
-    Declared as `ROUND_SPLIT` in the phase module; empty for a phase whose every run is one
+    Declared as the phase's `round_split`; empty for a phase whose every run is one
     replicate (memory), where each round runs the whole point again.
     """
-    return tuple(getattr(module(phase), "ROUND_SPLIT", ()))
+    return declared(phase).round_split
 
 
 def absolute_paths(params: dict) -> dict:
@@ -184,7 +206,7 @@ def resolve_params(phase: str, overrides: dict) -> dict:
 
 def validate(phase: str, params: dict) -> None:
     """The phase's own checks of impossible values, and the model file for phases with one."""
-    check = getattr(module(phase), "validate", None)
+    check = declared(phase).validate
     if check is not None:
         check(params)
     if "model" in params:

@@ -19,18 +19,18 @@ process and page cache, kept in the table marked `is_warmup`.
 from __future__ import annotations
 
 import itertools
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, metrics, model, recommend, schedule, stats
+from mateperf import companion, metrics, model, progress, recommend, schedule, stats
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.companion_load import BACKGROUNDS, background
 from mateperf.errors import ParameterError
 from mateperf.phases import llm as llm_phase
+from mateperf.phases.declaration import Phase
 from mateperf.trackers import cpu as cpu_detect
 
 ROUND_SPLIT = ("trials",)
@@ -187,9 +187,7 @@ def validate(params: dict) -> None:
 # --- one trial --------------------------------------------------------------------------------
 
 
-def _progress(message: str) -> None:
-    # stdout: JupyterLab shows stderr on red, as if the cell had failed
-    print(f"[cpu] {message}", file=sys.stdout, flush=True)
+_progress = progress.reporter("cpu")
 
 
 def trial(setting: Setting, p: dict, model_path: str, rng: np.random.Generator, user: str) -> dict:
@@ -363,3 +361,18 @@ def write_recommendation(run, df: pd.DataFrame):
     for note in rec["notes"]:
         _progress(f"note: {note}")
     return path
+
+
+DECLARATION = Phase(
+    name="cpu",
+    number=4,
+    notebook=None,
+    run=run,
+    summarize=summarize,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=trial_table,
+    sweep_metrics=sweep_metrics,
+    representative=None,
+    report="mateperf.reports.cpu",
+)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,11 +33,12 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from mateperf import companion, metrics, model, recommend, schedule, stats
+from mateperf import companion, metrics, model, progress, recommend, schedule, stats
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.companion_load import CompanionLoad
 from mateperf.errors import ParameterError
 from mateperf.phases import llm as llm_phase
+from mateperf.phases.declaration import Phase
 from mateperf.phases.ipc import expression_sequence
 from mateperf.trackers import cpu as cpu_detect
 
@@ -100,9 +100,7 @@ def validate(params: dict) -> None:
         recommend.load(params["config"])
 
 
-def _progress(message: str) -> None:
-    # stdout: JupyterLab shows stderr on red, as if the cell had failed
-    print(f"[final] {message}", file=sys.stdout, flush=True)
+_progress = progress.reporter("final")
 
 
 # --- the arms' settings -----------------------------------------------------------------------
@@ -497,3 +495,18 @@ def add_up(ab: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+DECLARATION = Phase(
+    name="final",
+    number=6,
+    notebook=None,
+    run=run,
+    summarize=against_baseline,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=trial_table,
+    sweep_metrics=None,
+    representative=None,
+    report="mateperf.reports.final",
+)

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, model, stats
+from mateperf import metrics, model, progress, stats
 from mateperf.errors import ParameterError
 from mateperf.gpu import calibration, estimate, profiles, projection, trial
+from mateperf.phases.declaration import Phase
 from mateperf.trackers.gpu import GpuMonitor, Thresholds
 
 REFERENCE = estimate.REFERENCE_OVERHEAD
@@ -90,9 +90,7 @@ def validate(params: dict) -> None:
     model.LlamaConfig.check_params(params)
 
 
-def _progress(message: str) -> None:
-    # stdout: JupyterLab shows stderr on red, as if the cell had failed
-    print(f"[gpu] {message}", file=sys.stdout, flush=True)
+_progress = progress.reporter("gpu")
 
 
 def _alert_progress(event: dict) -> None:
@@ -857,3 +855,18 @@ def sweep_metrics(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
     if "vram_delta_mb" in layers and layers["vram_delta_mb"].notna().any():
         specs.append(("VRAM in use, NVML (MiB)", layers, "vram_delta_mb"))
     return [s for s in specs if s[2] in s[1] and s[1][s[2]].notna().any()]
+
+
+DECLARATION = Phase(
+    name="gpu",
+    number=5,
+    notebook=None,
+    run=run,
+    summarize=summarize,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=None,
+    sweep_metrics=sweep_metrics,
+    representative=None,
+    report="mateperf.reports.gpu",
+)

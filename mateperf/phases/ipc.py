@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -60,12 +59,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, stats
+from mateperf import metrics, progress, stats
 from mateperf.bridge.client import Ack, BridgeError, UnityBridge
 from mateperf.bridge.floor import FloorClient
 from mateperf.bridge.process import PEER_KINDS, PeerProcess, start_floor, start_peer
 from mateperf.bridge.protocol import encode_request
 from mateperf.errors import ParameterError
+from mateperf.phases.declaration import Phase
 from mateperf.trackers import cpu as cpu_tracker
 
 PHASE = "ipc"
@@ -209,9 +209,7 @@ def validate(params: dict) -> None:
     parse_scenarios(params.get("scenarios", DEFAULTS["scenarios"]))
 
 
-def _progress(message: str) -> None:
-    # stdout: JupyterLab shows stderr on red, as if the cell had failed
-    print(f"[ipc] {message}", file=sys.stdout, flush=True)
+_progress = progress.reporter("ipc")
 
 
 def _fps_mode(fps: float) -> str:
@@ -572,6 +570,14 @@ def _scenario_frame_cost(lab: _Lab, p: dict) -> Iterator[Arm]:
             commands_per_frame=NON_READING_COMMANDS_PER_FRAME,
             record=FRAME_ROW,
         )
+        # The silent client's last requests may still wait in the peer's queue (applied in
+        # later frames, served in turn with the others): let the peer's books settle first.
+        settle_by = time.monotonic() + lab.timeout_s
+        while time.monotonic() < settle_by:
+            books = bridge.stats()["counters"]
+            if books["received"] == books["applied"] + books["rejected"]:
+                break
+            time.sleep(period_s)
         client = bridge.counters.as_dict()
         bridge.close()
         counters = proc.stop()
@@ -865,3 +871,18 @@ def headline(df: pd.DataFrame) -> dict:
         out[f"original_{mode}_total_ms"] = _median(per_trial(sequence, "total_ms"))
         out[f"original_{mode}_applied_ms"] = _median(per_trial(sequence, "applied_ms"))
     return out
+
+
+DECLARATION = Phase(
+    name="ipc",
+    number=3,
+    notebook=None,
+    run=run,
+    summarize=summarize,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=None,
+    sweep_metrics=None,
+    representative=None,
+    report="mateperf.reports.ipc",
+)

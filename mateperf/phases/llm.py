@@ -18,15 +18,15 @@ Scenarios (one tidy row per trial or repetition):
 from __future__ import annotations
 
 import ctypes
-import sys
 import threading
 import time
 
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, metrics, model, stats
+from mateperf import companion, metrics, model, progress, stats
 from mateperf.errors import ParameterError
+from mateperf.phases.declaration import Phase
 
 SCENARIO_FIRST_REPLY = "first_reply"
 SCENARIO_PP = "pp"
@@ -65,9 +65,7 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def _progress(message: str) -> None:
-    # stdout: JupyterLab shows stderr on red, as if the cell had failed
-    print(f"[llm] {message}", file=sys.stdout, flush=True)
+_progress = progress.reporter("llm")
 
 
 def _perf(llm) -> dict:
@@ -477,3 +475,18 @@ def sweep_metrics(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
         ("time to first token, cold (ms)", first[first["arm"] == COLD], "ttft_ms"),
         ("time to first token, warm (ms)", first[first["arm"] == WARM], "ttft_ms"),
     ]
+
+
+DECLARATION = Phase(
+    name="llm",
+    number=2,
+    notebook=None,
+    run=run,
+    summarize=summarize,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=None,
+    sweep_metrics=sweep_metrics,
+    representative=None,
+    report="mateperf.reports.llm",
+)

@@ -39,15 +39,15 @@ per message: a real leak of known size.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, stats
+from mateperf import companion, progress, stats
 from mateperf.errors import ParameterError
 from mateperf.metrics import WARMUP_FLAG
+from mateperf.phases.declaration import Phase
 from mateperf.trackers.memory import (
     HEAP_READ,
     HEAP_UNAVAILABLE,
@@ -179,9 +179,7 @@ def validate(params: dict) -> None:
             raise ParameterError(message)
 
 
-def _progress(text: str) -> None:
-    # stdout: JupyterLab shows stderr on red, as if the cell had failed
-    print(f"[memory] {text}", file=sys.stdout, flush=True)
+_progress = progress.reporter("memory")
 
 
 def _reply_budget(i: int, max_tokens: int) -> int:
@@ -890,3 +888,18 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
 def representative(info: dict) -> bool:
     """Runs that describe the companion itself: not the detector's injected-leak self-check."""
     return not info.get("params", {}).get("leak_kb_per_message")
+
+
+DECLARATION = Phase(
+    name="memory",
+    number=1,
+    notebook=None,
+    run=run,
+    summarize=summarize,
+    validate=validate,
+    round_split=ROUND_SPLIT,
+    trial_table=trial_table,
+    sweep_metrics=None,
+    representative=representative,
+    report="mateperf.reports.memory",
+)

@@ -8,9 +8,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import recommend, stats
+from mateperf import metrics, recommend, stats
 from mateperf.phases import cpu
-from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.overview import CLAIMS, ab_row
 from mateperf.trackers.cpu import CpuTopology, heuristics
 
 COLUMNS = (
@@ -340,3 +342,52 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             "",
         ]
     return "\n".join(parts)
+
+
+def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
+    """FINAL_RESULTS.md's summary rows: the recommended n_threads against the original 6."""
+    d = cpu.kept(df)
+    rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
+    usable = int(d["usable_cpus"].iloc[0]) if "usable_cpus" in d else 1
+    original = min(6, usable)
+    m = metrics.get("cpu", "tg_tps")
+    rows = []
+    for cond, sub in d[d["background"] == rec["for"]].groupby("condition", sort=True):
+        a = sub.loc[sub["n_threads"] == original, "tg_tps"]
+        b = sub.loc[sub["n_threads"] == rec["n_threads"], "tg_tps"]
+        if a.empty or b.empty:
+            continue
+        rows.append(
+            ab_row(
+                "cpu",
+                f"recommended n_threads={rec['n_threads']} instead of 6 (runs as {original}), "
+                f"{cond}",
+                m,
+                a,
+                b,
+                CLAIMS["threads"],
+            )
+        )
+    return rows
+
+
+def variant_row(df: pd.DataFrame, info: dict) -> dict:
+    """This run's columns in the table of the phase's variants."""
+    rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
+    return {
+        "recommended": ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS),
+        "for": f"{rec['for']} {', '.join(f'{f:.0%}' for f in rec['frame_busy'])}",
+        "tg gap to best": ", ".join(
+            f"{e['condition']}: {fmt(e['gap_pct'])}%"
+            for e in rec["evidence"]
+            if e["metric"] == "tg_tps"
+        ),
+    }
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=variant_row,
+    sweep_extra=None,
+)

@@ -10,7 +10,9 @@ import pandas as pd
 
 from mateperf import metrics, stats
 from mateperf.phases import final
-from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.overview import CLAIMS, summary_row
 
 ARM_WORDS = {
     final.BASELINE: "original settings",
@@ -208,8 +210,6 @@ CLAIM_OF_ARM = {
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """Rows of the final report's summary table: each optimisation against the baseline."""
-    from mateperf.reports.overview import CLAIMS, summary_row
-
     ab = final.against_baseline(df)
     rows = []
     for arm, metric in HEADLINE_METRICS.items():
@@ -228,3 +228,23 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
                 )
             )
     return rows
+
+
+def variant_row(df: pd.DataFrame, info: dict) -> dict:
+    """This run's columns in the table of the phase's variants."""
+    ab = final.against_baseline(df)
+    out = {}
+    for metric in ("e2e_ms", "ttft_ms", "beat_ms"):
+        r = ab[(ab["arm"] == final.OPTIMISED) & (ab["metric"] == metric)]
+        if len(r):
+            r = r.iloc[0]
+            out[f"optimised/baseline {metric}"] = fmt_ci(r["ratio"], r["ci_low"], r["ci_high"], 2)
+    return out
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=variant_row,
+    sweep_extra=None,
+)

@@ -12,7 +12,9 @@ import pandas as pd
 from mateperf import metrics, stats
 from mateperf.gpu import estimate, profiles
 from mateperf.phases import gpu
-from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.overview import CLAIMS, summary_row
 
 METRIC_LABELS = {
     "load_s": "model load (s)",
@@ -553,8 +555,6 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary rows for a gpu run: where a GPU was measured, the selected
     profile against cpu_fallback (the original claim: "no speed gain, but no crashes"), the
     VRAM prediction against NVML, and where the fallback chain ended; else one row saying so."""
-    from mateperf.reports.overview import CLAIMS, summary_row
-
     if not gpu.gpu_measured(df):
         return [
             summary_row(
@@ -753,3 +753,11 @@ def sweep_extra(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> 
             "",
         ]
     )
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=None,
+    sweep_extra=sweep_extra,
+)

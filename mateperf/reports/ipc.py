@@ -13,8 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mateperf import metrics  # noqa: E402
 from mateperf.phases import ipc  # noqa: E402
-from mateperf.report import fmt, fmt_ci, save_figure, table  # noqa: E402
+from mateperf.reports.declaration import PhaseReport  # noqa: E402
+from mateperf.reports.format import fmt, fmt_ci, save_figure, table  # noqa: E402
+from mateperf.reports.overview import CLAIMS, ab_row, summary_row  # noqa: E402
 
 # the issue's targets, stated once
 TARGET_P50_OVER_FLOOR = 4.0
@@ -402,12 +405,12 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         t = _latency_table(summary, scenario, metric, digits)
         if len(t):
             out += [f"### {title}", "", table(t), ""]
-    for scenario, metrics, title in (
+    for scenario, names, title in (
         ("throughput", ["throughput_cmd_per_s", "total_ms"], "Pipelined throughput"),
         ("batching", ["total_ms"], "Batching"),
         ("original_method", ["total_ms", "applied_ms"], "The original method, reproduced"),
     ):
-        t = _per_trial_table(summary, scenario, metrics)
+        t = _per_trial_table(summary, scenario, names)
         if len(t):
             out += [f"### {title}", "", table(t), ""]
     cost = ipc.frame_cost_table(df, summary)
@@ -432,3 +435,64 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     if plots:
         out += ["### Plots", "", *[f"{p}\n" for p in plots]]
     return "\n".join(out).rstrip() + "\n"
+
+
+def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
+    """FINAL_RESULTS.md's summary rows: the round trip, and batches against one by one."""
+    requests, trials = ipc.split_records(df)
+    rows = []
+    h = ipc.headline(df)
+    if not math.isnan(h.get("bridge_p50_us", math.nan)):
+        rows.append(
+            summary_row(
+                "ipc",
+                f"— (round trip, {h.get('peer', '?')} peer, unpaced)",
+                "send to applied p50 (ms)",
+                "–",
+                fmt(h["bridge_p50_us"] / 1e3, 3),
+                "–",
+                "–",
+                CLAIMS["ipc_latency"],
+            )
+        )
+    batching = trials[trials["scenario"] == "batching"] if "scenario" in trials else trials
+    for fps in sorted(set(batching.get("fps", pd.Series(dtype=float)))):
+        one = batching[(batching["fps"] == fps) & (batching["mode"] == "one_by_one")]
+        batched = batching[(batching["fps"] == fps) & (batching["mode"] == "batched")]
+        if one.empty or batched.empty:
+            continue
+        m = metrics.get("ipc", "total_ms")
+        where = "unpaced" if fps == 0 else f"{fps:g} fps"
+        rows.append(
+            ab_row(
+                "ipc",
+                f"batches instead of one by one ({where})",
+                m,
+                ipc.per_trial(one, "total_ms"),
+                ipc.per_trial(batched, "total_ms"),
+                CLAIMS["batching"],
+            )
+        )
+    return rows
+
+
+def variant_row(df: pd.DataFrame, info: dict) -> dict:
+    """This run's columns in the table of the phase's variants."""
+    h = ipc.headline(df)
+    out = {
+        "bridge p50 µs": fmt(h.get("bridge_p50_us", np.nan)),
+        "raw socket p50 µs": fmt(h.get("floor_p50_us", np.nan)),
+        "bridge/raw": fmt(h.get("bridge_over_floor_p50", np.nan), 2),
+        "one-by-one/batched, 60 fps": fmt(h.get("60fps_one_by_one_over_batched_total", np.nan)),
+    }
+    if "frame_cost_100_p99_us" in h:
+        out["Tick p99 at 100 cmds µs"] = fmt(h["frame_cost_100_p99_us"])
+    return out
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=variant_row,
+    sweep_extra=None,
+)

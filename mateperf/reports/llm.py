@@ -8,8 +8,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from mateperf import metrics
 from mateperf.phases import llm
-from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.overview import CLAIMS, ab_row
 
 METRIC_LABELS = {
     "ttft_ms": "time to first token (ms)",
@@ -226,3 +229,48 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
+    """FINAL_RESULTS.md's summary rows: the warm-up after load against none (TTFT, tg, load)."""
+    d = llm.kept(df)
+    first = d[d["scenario"] == llm.SCENARIO_FIRST_REPLY]
+    cold, warm = first[first["arm"] == llm.COLD], first[first["arm"] == llm.WARM]
+    rows = []
+    for name, claim in (("ttft_ms", "warmup_ttft"), ("tg_tps", "warmup_tg"), ("load_s", None)):
+        m = metrics.get("llm", name)
+        rows.append(
+            ab_row(
+                "llm",
+                "warm-up after load",
+                m,
+                cold[name],
+                warm[name],
+                CLAIMS["warmup_load" if name == "load_s" else claim],
+                2 if name == "load_s" else 1,
+            )
+        )
+    return rows
+
+
+def variant_row(df: pd.DataFrame, info: dict) -> dict:
+    """This run's columns in the table of the phase's variants."""
+    s = llm.summarize(df).set_index(["scenario", "arm", "metric"])["median"]
+
+    def get(*key):
+        return fmt(float(s.get(key, np.nan)))
+
+    return {
+        "TTFT cold ms": get(llm.SCENARIO_FIRST_REPLY, llm.COLD, "ttft_ms"),
+        "TTFT warm ms": get(llm.SCENARIO_FIRST_REPLY, llm.WARM, "ttft_ms"),
+        "pp tok/s": get(llm.SCENARIO_PP, "", "pp_tps"),
+        "tg tok/s": get(llm.SCENARIO_TG, "", "tg_tps"),
+    }
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=variant_row,
+    sweep_extra=None,
+)

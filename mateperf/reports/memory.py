@@ -17,7 +17,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from mateperf.phases import memory  # noqa: E402
-from mateperf.report import fmt, save_figure, table  # noqa: E402
+from mateperf.reports.declaration import PhaseReport  # noqa: E402
+from mateperf.reports.format import fmt, fmt_ci, save_figure, table  # noqa: E402
+from mateperf.reports.overview import CLAIMS, summary_row  # noqa: E402
 from mateperf.trackers.memory import RSS_FROM_STATM  # noqa: E402
 
 METRIC_LABELS = {
@@ -466,3 +468,42 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
+    """FINAL_RESULTS.md's summary row: the leak check of a default chat."""
+    v = memory.verdict_table(df).iloc[0]
+    slope = fmt_ci(v["slope_kb_per_msg"], v["ci_low_kb_per_msg"], v["ci_high_kb_per_msg"])
+    return [
+        summary_row(
+            "memory",
+            "— (leak check of a default chat)",
+            "live-heap growth (KiB/message)",
+            "–",
+            slope,
+            "–",
+            f"{v['verdict']} (threshold {fmt(v['threshold_kb_per_msg'])} KiB/message)",
+            CLAIMS["memory"],
+        )
+    ]
+
+
+def variant_row(df: pd.DataFrame, info: dict) -> dict:
+    """This run's columns in the table of the phase's variants."""
+    v = memory.verdict_table(df).iloc[0]
+    return {
+        "verdict": v["verdict"],
+        "live-heap growth KiB/msg [95% CI]": fmt_ci(
+            v["slope_kb_per_msg"], v["ci_low_kb_per_msg"], v["ci_high_kb_per_msg"]
+        ),
+        "peak RSS MiB": fmt(v["rss_peak_mb"]),
+        "collections": v["collections"],
+    }
+
+
+REPORT = PhaseReport(
+    section=section,
+    summary_rows=summary_rows,
+    variant_row=variant_row,
+    sweep_extra=None,
+)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from mateperf import compare, metrics, phases, stats
-from mateperf.report import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports import declaration
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
 
 
 def _points(rows: pd.DataFrame, swept: list[str]):
@@ -102,7 +102,8 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
     """Name the best point, the points not distinguishable from it, and the tests made."""
     best = table_[table_["verdict"] == "best"].iloc[0]
     others = table_[table_["verdict"] != "best"]
-    tested = others[others["verdict"].map(stats.is_tested)]
+    # astype: with one point there are no others, and an empty object mask selects columns
+    tested = others[others["verdict"].map(stats.is_tested).astype(bool)]
     ties = tested[tested["verdict"] == stats.NO_DIFFERENCE]
     text = f"Best median: {_where(best, swept)} ({fmt(best['median'])})."
     if len(ties):
@@ -128,7 +129,7 @@ def run_level_specs(phase: str, df: pd.DataFrame, swept: list[str]) -> list:
     checkpoints) from each point-round's whole frame, and the rounds are the replicates.
     """
     declared = [m for m in metrics.for_phase(phase) if m.level == metrics.RUN]
-    derive = getattr(phases.module(phase), "trial_table", None)
+    derive = phases.declared(phase).trial_table
     if not declared or derive is None or "point" not in df.columns or not swept:
         return []
     parts = []
@@ -145,8 +146,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     phase = info["phase"]
     grid = info.get("grid", {})
     swept = [p for p in grid if p in df.columns]
-    module = phases.module(phase)
-    specs = module.sweep_metrics(df) if hasattr(module, "sweep_metrics") else []
+    own = phases.declared(phase).sweep_metrics
+    specs = own(df) if own is not None else []
     specs += run_level_specs(phase, df, swept)
     parts = [
         f"## Sweep of phase {phase}: {' × '.join(f'{k} ∈ {v}' for k, v in grid.items())}",
@@ -196,7 +197,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         parts += [f"### {label}", "", table(shown), ""]
         parts += [_best_reading(ranked, swept, metric), ""]
     # what only the phase knows how to show per point (the gpu phase: VRAM against predictions)
-    extra = getattr(importlib.import_module(f"mateperf.reports.{phase}"), "sweep_extra", None)
+    extra = declaration.declared(phase).sweep_extra
     if extra is not None:
         parts += [extra(df, info, plots_dir, md_dir).rstrip(), ""]
     return "\n".join(parts)

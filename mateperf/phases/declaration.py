@@ -1,0 +1,61 @@
+"""What a phase is, declared once: the one thing callers read instead of probing a module.
+
+Each phase module ends with `DECLARATION = Phase(...)`. Every optional hook is named there,
+`None` where the phase has none, so a caller asks `declared(phase).trial_table is None`
+instead of `getattr(module, "trial_table", None)`, and a phase that forgets a hook fails at
+import, not by silently dropping a row of the summary.
+
+How its stored runs are formatted is declared beside the formatting, in the module that
+`report` names (a `mateperf.reports.declaration.PhaseReport` called `REPORT`): the reports sit
+above the phases, so the phase names its report module and never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI reads declarations before anything needs pandas
+    from pandas import DataFrame as Frame
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of the study: how it runs, how its frame is read, and where it is formatted.
+
+    - `notebook`: the notebook `mateperf run` executes; `None` means `notebooks/NN_*.ipynb`
+      with NN the phase's number (found without importing the phase's module).
+    - `run(**params)`: measures and returns the tidy frame.
+    - `summarize(frame)`: the phase's summary table (per scenario, arm and metric: median, CI
+      and the rest; the final phase's is each arm against the baseline).
+    - `validate(params)`: refuses impossible values before anything runs.
+    - `round_split`: the repetition parameters a sweep divides among its rounds, primary
+      first; empty where every run is one replicate (memory) and each round runs it whole.
+    - `trial_table(frame)`: the run-level metrics, one row per replicate (for phases whose
+      metrics of level `run` are derived from the whole frame).
+    - `sweep_metrics(frame)`: (label, rows, metric) the sweep report plots and ranks.
+    - `representative(run_info)`: whether a run may stand for the phase in FINAL_RESULTS
+      (the memory phase keeps its self-check runs out); `None` accepts every run.
+    - `report`: the module that declares `REPORT`, how this phase's runs are formatted.
+    """
+
+    name: str
+    number: int
+    notebook: Path | None
+    run: Callable[..., Frame]
+    summarize: Callable[[Frame], Frame]
+    validate: Callable[[dict], None] | None
+    round_split: tuple[str, ...]
+    trial_table: Callable[[Frame], Frame] | None
+    sweep_metrics: Callable[[Frame], list[tuple[str, Frame, str]]] | None
+    representative: Callable[[dict], bool] | None
+    report: str
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"phase name {self.name!r} must be an identifier")
+        if self.number < 1:
+            raise ValueError(f"phase {self.name}: number {self.number} must be at least 1")
+        object.__setattr__(self, "round_split", tuple(self.round_split))

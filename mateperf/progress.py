@@ -1,0 +1,24 @@
+"""A phase's progress lines: `[phase] message`, one line each, on stdout.
+
+stdout, not stderr: JupyterLab shows a cell's stderr on red, as if the cell had failed. The
+same lines are what `mateperf run` shows by default: papermill relays the kernel's output and
+mateperf.execute keeps only the lines that match `LINE`, so writer and filter share it here.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from functools import partial
+
+LINE = re.compile(r"^\[[a-z]+\] ")
+
+
+def say(phase: str, message: str) -> None:
+    print(f"[{phase}] {message}", file=sys.stdout, flush=True)
+
+
+def reporter(phase: str) -> Callable[[str], None]:
+    """`say` for one phase: what its module calls `_progress`."""
+    return partial(say, phase)

@@ -1,0 +1,53 @@
+"""Formatting every report shares: numbers, CIs, p-values, markdown tables, saved figures.
+
+The lowest layer of the reports: every phase's report module, the overview and the final
+assembler (mateperf.report) import it, and it imports none of them. Deterministic output only:
+a regenerated report and its plots are byte-identical (fixed PNG metadata, no timestamps).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt  # the Agg backend: set by mateperf.reports
+import pandas as pd
+
+# Fixed PNG metadata so a regenerated plot is byte-identical.
+PNG_METADATA = {"Software": None}
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def fmt_ci(median: float, low: float, high: float, digits: int = 1) -> str:
+    """`12.3 [11.9, 12.8]`: a median with its 95% CI."""
+    return f"{fmt(median, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def save_figure(fig, plots_dir: Path, name: str, md_dir: Path, alt: str) -> str:
+    """Write the figure as PNG (atomically) and return its markdown image link."""
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    path = plots_dir / f"{name}.png"
+    tmp = plots_dir / f".{name}.png.tmp"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=PNG_METADATA, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return f"![{alt}]({os.path.relpath(path, md_dir)})"
+
+
+def table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False) if len(df) else "_(no rows)_"
