@@ -24,7 +24,7 @@ def test_papermill_reads_every_parameter_of_the_parameters_cell(phase):
 
 @pytest.mark.parametrize("phase", phases.available_phases())
 def test_notebooks_are_committed_without_outputs(phase):
-    nb = json.loads(phases.require_notebook(phase).read_text())
+    nb = json.loads(phases.require_notebook(phase).read_text(encoding="utf-8"))
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
 
