@@ -71,7 +71,10 @@ def main() -> int:
         a = run_phase(mateperf, root, args.phase, args.param)
         b = run_phase(mateperf, root, args.phase, args.param)
         proc = subprocess.run(
-            [*mateperf, "compare", str(a), str(b)], capture_output=True, encoding="utf-8", errors="replace"
+            [*mateperf, "compare", str(a), str(b)],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
         )
         if proc.returncode != 0:
             sys.exit(f"aa_compare: compare failed:\n{proc.stderr[-2000:]}")

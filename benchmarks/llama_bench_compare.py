@@ -30,7 +30,8 @@ def build_llama_bench() -> Path:
         [str(REPO / "benchmarks" / "build_llama_bench.sh")],
         check=True,
         capture_output=True,
-        encoding="utf-8", errors="replace",
+        encoding="utf-8",
+        errors="replace",
     )
     return Path(out.stdout.strip().splitlines()[-1])
 
@@ -59,7 +60,9 @@ def llama_bench(binary: Path, model_path: Path, threads: int, reps: int, n_pp: i
         "-o",
         "json",
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, encoding="utf-8", errors="replace").stdout
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, encoding="utf-8", errors="replace"
+    ).stdout
     rows = json.loads(out)
     pp = next(r for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0)["samples_ts"]
     tg = next(r for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)["samples_ts"]

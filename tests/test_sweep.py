@@ -315,7 +315,10 @@ def test_killed_sweep_resumes_without_repeats_or_losses(tmp_path):
     proc.wait()
     (sweep_dir,) = sweep_dirs(root)
     assert len(before) == 1, before
-    kept = {u["name"]: (sweep_dir / "points" / u["name"] / "run.json").read_text(encoding="utf-8") for u in before}
+    kept = {
+        u["name"]: (sweep_dir / "points" / u["name"] / "run.json").read_text(encoding="utf-8")
+        for u in before
+    }
 
     # From the directory that makes `results/<sweep_id>` the sweep, no results root given.
     rel = f"results/{sweep_dir.name}"
