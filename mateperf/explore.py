@@ -11,9 +11,9 @@ from matplotlib.patches import Patch
 
 from mateperf import compare, metrics, results, stats
 
-# mateperf.report.FINAL_NAME, not imported: mateperf.report switches matplotlib to Agg, after
-# which plt.show() in the notebook's widgets would draw nothing.
-FINAL_REPORT = "FINAL_RESULTS.md"
+# From mateperf.results, not mateperf.report: importing the report switches matplotlib to Agg,
+# after which plt.show() in the notebook's widgets would draw nothing.
+FINAL_REPORT = results.FINAL_NAME
 
 
 def runs_table(root: Path | None = None) -> pd.DataFrame:

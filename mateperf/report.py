@@ -21,7 +21,7 @@ from mateperf.reports import declaration, sweep
 from mateperf.reports.format import table
 from mateperf.reports.overview import summary_rows, variant_label, variant_row
 
-FINAL_NAME = "FINAL_RESULTS.md"
+FINAL_NAME = results.FINAL_NAME
 
 
 def reproduce_command(info: dict) -> str:

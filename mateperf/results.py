@@ -22,6 +22,7 @@ import pandas as pd
 from mateperf import host
 
 RUN_JSON = "run.json"
+FINAL_NAME = "FINAL_RESULTS.md"  # the results root's report, written by mateperf.report
 STATUS_RUNNING = "running"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib.util
 import json
 import math
-import re
 import tempfile
 from pathlib import Path
 
+from mateperf import llama_features
 from mateperf.gpu import estimate
 from mateperf.gpu.tinygguf import TinySpec, write_tiny_gguf
 from mateperf.gpu.trial import run_trial, work_spec
@@ -37,19 +36,10 @@ def store_path() -> Path:
     return cache_dir().parent / "gpu" / "overhead.json"
 
 
-def llama_cpp_version() -> str:
-    """llama_cpp's __version__ read from its source, without importing it (no CUDA init)."""
-    spec = importlib.util.find_spec("llama_cpp")
-    if spec is None or not spec.origin:
-        return "not installed"
-    match = re.search(r'__version__\s*=\s*"([^"]+)"', Path(spec.origin).read_text(encoding="utf-8"))
-    return match.group(1) if match else "unknown"
-
-
 def device_key(device: dict) -> str:
     return (
         f"{device.get('name')} {device.get('uuid')}; driver {device.get('driver_version')}; "
-        f"llama-cpp-python {llama_cpp_version()}"
+        f"llama-cpp-python {llama_features.installed_version()}"
     )
 
 
