@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from functools import partial
 
-LINE = re.compile(r"^\[[a-z]+\] ")
+# A lowercase identifier (phase_7 too), which a kernel's own "[IPKernelApp] ..." log lines are not.
+LINE = re.compile(r"^\[[a-z_][a-z0-9_]*\] ")
 
 
 def say(phase: str, message: str) -> None:

@@ -54,8 +54,9 @@ class Phase:
     report: str
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier():
-            raise ValueError(f"phase name {self.name!r} must be an identifier")
+        # lowercase: the console keeps a phase's progress lines by progress.LINE
+        if not (self.name.isidentifier() and self.name == self.name.lower()):
+            raise ValueError(f"phase name {self.name!r} must be a lowercase identifier")
         if self.number < 1:
             raise ValueError(f"phase {self.name}: number {self.number} must be at least 1")
         object.__setattr__(self, "round_split", tuple(self.round_split))
