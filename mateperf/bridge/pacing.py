@@ -6,12 +6,11 @@ and newer use a high-resolution waitable timer), so a 60 fps loop that sleeps un
 wakes up to a tick late and runs at 30-40 fps. A paced peer therefore measures, once at start,
 how late a 1 ms sleep ends (``measure_sleep_overshoot``), and each frame sleeps only until
 ``spin_tail_ns`` before its deadline and yields (the GIL is released, other threads run) for the
-rest. The tail is 1.25x the 90th percentile of the measured overshoots, a
-whole tick where the timer is coarse; where it is fine (median overshoot under 1 ms) at most
-1 ms, so that a probe delayed by a busy host does not make every frame spin. On a coarse timer
-the main thread
-spins most of each frame, the price of exact frames on a coarse timer; a process that raises the
-system timer resolution (``timeBeginPeriod(1)``, as media players and browsers do) shortens it.
+rest. The tail is 1.25x the 90th percentile of the measured overshoots, a whole tick where the
+timer is coarse; where it is fine (median overshoot under 1 ms) at most 1 ms, so that a probe
+delayed by a busy host does not make every frame spin. On a coarse timer the main thread spins
+most of each frame, the price of exact frames there; a process that raises the system timer
+resolution (``timeBeginPeriod(1)``, as media players and browsers do) shortens it.
 
 ``MATEPERF_SIMULATE_COARSE_TIMER_MS`` (tests only) simulates Windows' default timer on any OS:
 every sleep of the pacer ends on the next multiple of that period (15.625 ms on Windows) of the

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import threading
@@ -70,13 +71,19 @@ RSS_FROM_PRIVATE = "anonymous memory from psutil private bytes (Windows commit, 
 RSS_ANON_UNAVAILABLE = "anonymous RSS unavailable on this OS (no /proc, psutil has no shared)"
 
 
+@functools.lru_cache(maxsize=1)
+def _this_process():
+    """psutil's handle on this process, made once: read_rss runs every sample."""
+    import psutil
+
+    return psutil.Process()
+
+
 def rss_status() -> str:
     """Where read_rss takes the anonymous figure from on this OS (or that it cannot)."""
     if os.path.exists(PROC_SELF + "/statm"):
         return RSS_FROM_STATM
-    import psutil
-
-    info = psutil.Process().memory_info()
+    info = _this_process().memory_info()
     if hasattr(info, "shared"):
         return RSS_FROM_SHARED
     if hasattr(info, "private"):
@@ -97,9 +104,7 @@ def read_rss() -> tuple[float, float, float]:
         file_backed = shared * PAGE_SIZE / MB
         return rss, rss - file_backed, file_backed
     except OSError:  # not Linux: psutil's split where the OS has one
-        import psutil
-
-        info = psutil.Process().memory_info()
+        info = _this_process().memory_info()
         rss = info.rss / MB
         if hasattr(info, "shared"):
             return rss, (info.rss - info.shared) / MB, info.shared / MB
@@ -133,9 +138,7 @@ def read_uss() -> float:
             + rollup.get("Private_Dirty", 0.0)
             + rollup.get("Private_Hugetlb", 0.0)
         )
-    import psutil  # slower: walks the full smaps
-
-    return psutil.Process().memory_full_info().uss / MB
+    return _this_process().memory_full_info().uss / MB  # slower: walks the full smaps
 
 
 def mapped_file_rss_mb(path: str | os.PathLike) -> float:
