@@ -22,7 +22,7 @@ import time
 import llama_cpp
 
 from mateperf import model, results, stats
-from mateperf.execute import measurement_lock
+from mateperf.runner.lock import measurement_lock
 from mateperf.trackers.memory import MemorySampler
 
 PROMPT = (

@@ -24,7 +24,7 @@ import numpy as np
 from mateperf.bridge.client import BridgeError, UnityBridge
 from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.process import start_peer
-from mateperf.phases.ipc import expression_sequence  # the ipc phase's emotion beat
+from mateperf.workloads import expression_sequence  # the emotion beat
 
 BACKGROUNDS = ("idle", "companion")
 

@@ -11,7 +11,6 @@ inherits) is made absolute here first: a relative path would name another file t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from mateperf import phases, progress, results
 from mateperf.model import LLAMA_LOG_NAME
+from mateperf.runner.lock import measurement_lock
 
 log = logging.getLogger("mateperf")
 
@@ -141,38 +141,6 @@ def execute_phase(
     run.info["execution_s"] = round(seconds, 3)
     run.finish(results.STATUS_FAILED if error else results.STATUS_OK, error)
     return ExecutionResult(run, error is None, seconds, error)
-
-
-@contextlib.contextmanager
-def measurement_lock(root: Path):
-    """One measurement at a time per results root.
-
-    Two phases measuring at once on a small machine ruin each other's timings (llama.cpp's
-    worker threads spin while they wait), so a second `mateperf run` waits here and says so.
-    `filelock` takes an OS lock (flock on POSIX, msvcrt.locking on Windows) that the OS drops
-    when the holder dies, so a killed run never leaves the root locked. Who holds it is written
-    beside the lock, since a locked file cannot be read on Windows.
-    """
-    from filelock import FileLock, Timeout
-
-    root.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(root / ".measure.lock"))
-    holder_path = root / ".measure.lock.holder"
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        try:
-            holder = holder_path.read_text(encoding="utf-8").strip() or "another process"
-        except OSError:
-            holder = "another process"
-        log.warning("waiting for another mateperf measurement (%s) to finish", holder)
-        print(f"mateperf: waiting for another measurement ({holder}) to finish", file=sys.stderr)
-        lock.acquire()
-    try:
-        results.atomic_write_text(holder_path, f"pid {os.getpid()}")
-        yield
-    finally:
-        lock.release()
 
 
 def _echo_llama_log(path: Path) -> None:

@@ -462,7 +462,7 @@ def test_notebook_parameters_match_the_library_defaults():
 )
 def test_impossible_parameters_are_refused(bad, needle):
     with pytest.raises(ParameterError, match=needle):
-        memory.validate(bad)
+        memory.MemoryParams(**bad)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pytest
 
 from mateperf import phases, report, results
 from mateperf.errors import ParameterError
+from mateperf.params import Params, param
 from mateperf.phases.declaration import Phase
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.overview import summary_row
@@ -31,9 +33,9 @@ def _tiny_summary(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("scenario", as_index=False)["tiny_ms"].median()
 
 
-def _tiny_validate(params: dict) -> None:
-    if params.get("n", 1) < 1:
-        raise ParameterError(f"parameter n={params['n']} must be at least 1")
+@dataclass(frozen=True)
+class TinyParams(Params):
+    n: int = param(3, "trials", at_least=1)
 
 
 def _tiny_section(df, info, plots_dir, md_dir) -> str:
@@ -75,9 +77,9 @@ def tiny(tmp_path, monkeypatch) -> Phase:
         name="tiny",
         number=7,
         notebook=_notebook(tmp_path),
+        params=TinyParams,
         run=_tiny_run,
         summarize=_tiny_summary,
-        validate=_tiny_validate,
         round_split=("n",),
         trial_table=None,
         sweep_metrics=None,

@@ -118,7 +118,7 @@ def test_pin_cpu_goes_through_psutil_without_sched_affinity(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.delattr(os, "sched_setaffinity")
     before = psutil.Process().cpu_affinity()
-    ipc.validate({"pin_cpu": before[0]})
+    ipc.IpcParams(pin_cpu=before[0])
     try:
         cpu.set_affinity({before[0]})  # real: psutil sets the mask on this Linux process
         assert psutil.Process().cpu_affinity() == [before[0]]
@@ -133,8 +133,8 @@ def test_pin_cpu_where_the_os_cannot_pin_is_bad_input(monkeypatch):
     monkeypatch.delattr(os, "sched_setaffinity")
     monkeypatch.delattr(psutil.Process, "cpu_affinity")
     with pytest.raises(ParameterError, match="pin_cpu=0: pinning to a CPU is unavailable on"):
-        ipc.validate({"pin_cpu": 0})
-    ipc.validate({"pin_cpu": -1})  # not pinning needs nothing
+        ipc.IpcParams(pin_cpu=0)
+    ipc.IpcParams(pin_cpu=-1)  # not pinning needs nothing
     with pytest.raises(cpu.AffinityUnavailable):
         cpu.set_affinity({0})
 
@@ -225,7 +225,7 @@ _HOLD = textwrap.dedent(
     import sys, time
     sys.modules["fcntl"] = None  # as on Windows: importing fcntl fails
     from pathlib import Path
-    from mateperf.execute import measurement_lock
+    from mateperf.runner.lock import measurement_lock
     import warnings
     warnings.simplefilter("ignore")  # filelock warns that only its soft lock is left
     with measurement_lock(Path(sys.argv[1])):

@@ -1,8 +1,9 @@
 """The phases, their notebooks, and their parameter schema.
 
-A phase's notebook is `notebooks/NN_<name>.ipynb`; its cell tagged `parameters` is the schema
-(names, and types from the default values) that `mateperf run` and `sweep` validate against,
-so the notebook and the CLI can never disagree about what a phase accepts.
+A phase's notebook is `notebooks/NN_<name>.ipynb`. What the phase accepts is its `Params`
+dataclass (`mateperf.params`), the one schema that `mateperf run`, `sweep` and the notebook
+validate against; the notebook's cell tagged `parameters` repeats it, and a test holds the two
+together for every phase.
 
 What each phase provides (run, summarize, its hooks, its report) is its declaration, a
 `Phase` that the module `mateperf.phases.<name>` holds as `DECLARATION`; a phase declared
@@ -16,11 +17,14 @@ import importlib
 import io
 import json
 import os
+import re
 import tokenize
 from pathlib import Path
 
-from mateperf.errors import ParameterError, PhaseError
+from mateperf import params as params_mod
+from mateperf.errors import PhaseError
 from mateperf.host import REPO_ROOT
+from mateperf.params import Params
 from mateperf.phases.declaration import Phase
 
 PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6}
@@ -29,6 +33,8 @@ PHASES = tuple(PHASE_NUMBERS)
 _REGISTERED: dict[str, Phase] = {}
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RUN_DIR_PARAM = "run_dir"
+RUN_DIR_HELP = "set by `mateperf run`; empty makes a new run directory under results/"
+NOQA = re.compile(r"\s*#\s*noqa.*$")
 # Parameters that name a file. A kernel runs with the run directory as its working directory,
 # so a relative path that was right where the command was typed is wrong there.
 PATH_PARAMS = ("model",)
@@ -77,6 +83,11 @@ def available_phases() -> list[str]:
     return [p for p in PHASES if notebook_path(p) is not None]
 
 
+def schema(phase: str) -> type[Params]:
+    """The phase's parameters dataclass: the one schema (`mateperf.params`)."""
+    return declared(phase).params
+
+
 def parameters(phase: str) -> dict:
     """Name -> default of the notebook's `parameters` cell, in order (run_dir included)."""
     return _literal_assignments(parameters_source(phase))
@@ -91,12 +102,30 @@ def parameters_source(phase: str) -> str:
 
 
 def parameter_help(phase: str) -> list[tuple[str, str, str, str]]:
-    """(name, type, default, meaning) of each parameter, the meaning from its line's comment."""
+    """(name, type, default, meaning) of each parameter, from the phase's dataclass."""
+    return schema(phase).help_rows()
+
+
+def parameters_cell(phase: str) -> str:
+    """The notebook's parameters cell as the dataclass states it (papermill injects below it)."""
+    lines = []
+    for name, _kind, _default, meaning in parameter_help(phase):
+        value = defaults(phase)[name]
+        shown = json.dumps(value) if isinstance(value, str) else repr(value)
+        line = f"{name} = {shown}"
+        line += f"  # {meaning}" if meaning else ""
+        lines.append(line + ("  # noqa: E501" if len(line) > 100 else ""))
+    lines.append(f'{RUN_DIR_PARAM} = ""  # {RUN_DIR_HELP}')
+    return "\n".join(lines)
+
+
+def notebook_help(phase: str) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, meaning) as the notebook's parameters cell states them."""
     source = parameters_source(phase)
     comments = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            comments[tok.start[0]] = NOQA.sub("", tok.string).lstrip("#").strip()
     out = []
     for node in ast.parse(source).body:
         target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
@@ -154,62 +183,29 @@ def absolute_paths(params: dict) -> dict:
 
 
 def defaults(phase: str) -> dict:
-    """The parameters cell's values, without run_dir."""
-    schema = parameters(phase)
-    schema.pop(RUN_DIR_PARAM, None)
-    return schema
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+    """Name -> default of every parameter (the dataclass's; run_dir is not a parameter)."""
+    return schema(phase).defaults()
 
 
 def coerce_value(name: str, raw, default):
     """Cast raw (a CLI string or a numpy scalar from a grid) to the default's built-in type."""
-    kind = type(default)
-    text = str(raw).strip()
-    try:
-        if kind is bool:
-            low = text.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if kind is str:
-            return text
-    except ValueError:
-        raise ParameterError(
-            f"parameter {name}={text!r}: expected {kind.__name__} (default {default!r})"
-        ) from None
-    raise ParameterError(f"parameter {name}: unsupported type {kind.__name__} in the schema")
+    return params_mod.coerce(name, raw, default)
 
 
 def resolve_params(phase: str, overrides: dict) -> dict:
-    """Defaults from the notebook with overrides applied and cast; unknown names refused."""
-    schema = defaults(phase)
-    unknown = [k for k in overrides if k not in schema]
-    if unknown:
-        raise ParameterError(
-            f"unknown parameter {unknown[0]!r} for phase {phase} (known: {', '.join(schema)})"
-        )
-    params = dict(schema)
-    for name, raw in overrides.items():
-        params[name] = coerce_value(name, raw, schema[name])
-    validate(phase, params)
-    return absolute_paths(params)
+    """Defaults with overrides applied, cast and validated; unknown names refused."""
+    values = schema(phase).from_values(overrides, what=phase).as_dict()
+    _check_model(values)
+    return absolute_paths(values)
 
 
 def validate(phase: str, params: dict) -> None:
-    """The phase's own checks of impossible values, and the model file for phases with one."""
-    check = declared(phase).validate
-    if check is not None:
-        check(params)
-    if "model" in params:
+    """The phase's checks of impossible values, and the model file for phases with one."""
+    _check_model(schema(phase).from_values(params, what=phase))
+
+
+def _check_model(values) -> None:
+    if "model" in values:
         from mateperf.model import resolve_model
 
-        resolve_model(params["model"] or None)
+        resolve_model(values["model"] or None)

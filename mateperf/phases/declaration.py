@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mateperf.params import Params
+
 if TYPE_CHECKING:  # the CLI reads declarations before anything needs pandas
     from pandas import DataFrame as Frame
 
@@ -27,10 +29,11 @@ class Phase:
 
     - `notebook`: the notebook `mateperf run` executes; `None` means `notebooks/NN_*.ipynb`
       with NN the phase's number (found without importing the phase's module).
+    - `params`: the phase's `mateperf.params.Params` subclass, the one schema of what it
+      accepts (types, defaults, ranges, help); building it is the validation.
     - `run(**params)`: measures and returns the tidy frame.
     - `summarize(frame)`: the phase's summary table (per scenario, arm and metric: median, CI
       and the rest; the final phase's is each arm against the baseline).
-    - `validate(params)`: refuses impossible values before anything runs.
     - `round_split`: the repetition parameters a sweep divides among its rounds, primary
       first; empty where every run is one replicate (memory) and each round runs it whole.
     - `trial_table(frame)`: the run-level metrics, one row per replicate (for phases whose
@@ -44,9 +47,9 @@ class Phase:
     name: str
     number: int
     notebook: Path | None
+    params: type[Params]
     run: Callable[..., Frame]
     summarize: Callable[[Frame], Frame]
-    validate: Callable[[dict], None] | None
     round_split: tuple[str, ...]
     trial_table: Callable[[Frame], Frame] | None
     sweep_metrics: Callable[[Frame], list[tuple[str, Frame, str]]] | None

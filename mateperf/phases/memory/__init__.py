@@ -45,9 +45,9 @@ import numpy as np
 import pandas as pd
 
 from mateperf import companion, progress, stats
-from mateperf.errors import ParameterError
 from mateperf.metrics import WARMUP_FLAG
 from mateperf.phases.declaration import Phase
+from mateperf.phases.memory.params import MemoryParams
 from mateperf.trackers.memory import (
     HEAP_READ,
     HEAP_UNAVAILABLE,
@@ -91,24 +91,7 @@ SPANS = "CI spans threshold"
 # A sweep's rounds each run the whole session again: no repetition parameter to divide.
 ROUND_SPLIT: tuple[str, ...] = ()
 
-DEFAULTS = {
-    "model": "",
-    "messages": 100,
-    "warmup_messages": 20,
-    "sample_interval_ms": 20.0,
-    "uss_interval_ms": 0.0,
-    "leak_threshold_mb_per_msg": 0.025,
-    "leak_kb_per_message": 0,
-    "max_tokens": 48,
-    "history_messages": companion.HISTORY_LIMIT,
-    # Off, as in the companion: garbage waits for CPython's own full collections, and the leak
-    # test separates it with the gc events. On: gc.collect() after every reply (an A/B arm).
-    "gc_every_message": False,
-    "n_ctx": 2048,
-    "n_threads": 0,
-    "n_gpu_layers": 0,
-    "seed": 1234,
-}
+DEFAULTS = MemoryParams.defaults()
 
 # The companion's persona prompt and history handling come from mateperf.companion (shared by
 # every model phase). The turns here vary more in length than companion.USER_TURNS (from "lol" to
@@ -138,45 +121,6 @@ USER_TURNS = (
     "Give me three quick ideas for a productive morning.",
     "The presentation went well by the way!",
 )
-
-
-def validate(params: dict) -> None:
-    """Refuse values the phase cannot run with (ParameterError, one clear line)."""
-    p = {**DEFAULTS, **params}
-    checks = [
-        (p["messages"] >= 1, f"messages={p['messages']} must be at least 1"),
-        (p["warmup_messages"] >= 0, f"warmup_messages={p['warmup_messages']} must be ≥ 0"),
-        (
-            p["messages"] - p["warmup_messages"] >= 3,
-            f"messages={p['messages']} with warmup_messages={p['warmup_messages']} leaves "
-            f"{p['messages'] - p['warmup_messages']} messages to fit a slope to; need at least 3",
-        ),
-        (
-            p["sample_interval_ms"] > 0,
-            f"sample_interval_ms={p['sample_interval_ms']} must be positive",
-        ),
-        (p["uss_interval_ms"] >= 0, f"uss_interval_ms={p['uss_interval_ms']} must be ≥ 0"),
-        (
-            p["leak_threshold_mb_per_msg"] >= 0,
-            f"leak_threshold_mb_per_msg={p['leak_threshold_mb_per_msg']} must be ≥ 0",
-        ),
-        (
-            p["leak_kb_per_message"] >= 0,
-            f"leak_kb_per_message={p['leak_kb_per_message']} must be ≥ 0",
-        ),
-        (p["max_tokens"] >= 1, f"max_tokens={p['max_tokens']} must be at least 1"),
-        (
-            p["history_messages"] >= 0 and p["history_messages"] % 2 == 0,
-            f"history_messages={p['history_messages']} must be an even number ≥ 0 "
-            "(user/assistant pairs: chat templates need the roles to alternate)",
-        ),
-        (p["n_ctx"] >= 64, f"n_ctx={p['n_ctx']} must be at least 64"),
-        (p["n_threads"] >= 0, f"n_threads={p['n_threads']} must be 0 (auto) or positive"),
-        (p["n_gpu_layers"] >= -1, f"n_gpu_layers={p['n_gpu_layers']} must be -1 (all) or ≥ 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ParameterError(message)
 
 
 _progress = progress.reporter("memory")
@@ -213,7 +157,7 @@ def run(
     params = dict(locals())
     for key in ("settle_s", "progress", "_ignored"):
         params.pop(key)
-    validate(params)
+    MemoryParams(**params)
     say = _progress if progress else (lambda _text: None)
 
     # baseline is "after the imports": everything the later scenarios import is imported now.
@@ -896,7 +840,7 @@ DECLARATION = Phase(
     notebook=None,
     run=run,
     summarize=summarize,
-    validate=validate,
+    params=MemoryParams,
     round_split=ROUND_SPLIT,
     trial_table=trial_table,
     sweep_metrics=None,

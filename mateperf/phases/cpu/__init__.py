@@ -18,173 +18,20 @@ process and page cache, kept in the table marked `is_warmup`.
 
 from __future__ import annotations
 
-import itertools
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, metrics, model, progress, recommend, schedule, stats
-from mateperf.bridge.process import PEER_KINDS
-from mateperf.companion_load import BACKGROUNDS, background
-from mateperf.errors import ParameterError
+from mateperf import companion, metrics, model, progress, recommend, runner, stats
+from mateperf.companion_load import background
 from mateperf.phases import llm as llm_phase
+from mateperf.phases.cpu.params import CpuParams, Setting, settings
 from mateperf.phases.declaration import Phase
 from mateperf.trackers import cpu as cpu_detect
 
 ROUND_SPLIT = ("trials",)
 SCENARIO = "threads"
-
-
-@dataclass(frozen=True)
-class Setting:
-    n_threads: int
-    n_threads_batch: int
-    n_batch: int
-    n_ubatch: int
-    background: str
-    frame_busy: float  # 0 for idle
-
-    @property
-    def label(self) -> str:
-        return (
-            f"{recommend.condition_label(self.background, self.frame_busy)} "
-            f"t={self.n_threads} tb={self.n_threads_batch} b={self.n_batch}/{self.n_ubatch}"
-        )
-
-
-# --- parameters -------------------------------------------------------------------------------
-
-
-def _items(name: str, text) -> list[str]:
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise ParameterError(f"parameter {name}={text!r}: give at least one value")
-    return items
-
-
-def _whole_numbers(name: str, text, what: str) -> list[int]:
-    """A comma-separated list of whole numbers of at least 1, sorted, duplicates dropped."""
-    values = []
-    for item in _items(name, text):
-        try:
-            value = int(item)
-        except ValueError:
-            raise ParameterError(f"parameter {name}={text!r}: {item!r} is not {what}") from None
-        if value < 1:
-            raise ParameterError(f"parameter {name}={text!r}: {value} must be at least 1")
-        values.append(value)
-    return sorted(set(values))
-
-
-def parse_threads(name: str, text, usable: int, same_as: list[int] | None = None) -> list[int]:
-    """`auto` (1..usable), `same` (as n_threads) or a list of thread counts, each 1..usable."""
-    word = str(text).strip().lower()
-    if word == "auto":
-        return list(range(1, usable + 1))
-    if word == "same" and same_as is not None:
-        return list(same_as)
-    values = _whole_numbers(name, text, f"a thread count (use 'auto' or whole numbers 1..{usable})")
-    if values[-1] > usable:
-        raise ParameterError(
-            f"parameter {name}={text!r}: {values[-1]} threads is more than the {usable} CPUs "
-            "this process may use (affinity and cgroup quota)"
-        )
-    return values
-
-
-def parse_sizes(name: str, text, same_as: list[int] | None = None) -> list[int]:
-    if str(text).strip().lower() == "same" and same_as is not None:
-        return list(same_as)
-    return _whole_numbers(name, text, "a whole number")
-
-
-def parse_loads(text) -> list[float]:
-    values = []
-    for item in _items("frame_busy", text):
-        try:
-            value = float(item)
-        except ValueError:
-            raise ParameterError(
-                f"parameter frame_busy={text!r}: {item!r} is not a number"
-            ) from None
-        if not 0 <= value < 1:
-            raise ParameterError(
-                f"parameter frame_busy={text!r}: {value:g} is not a share of a frame (0 to <1)"
-            )
-        values.append(value)
-    return sorted(set(values))
-
-
-def settings(params: dict, usable: int) -> list[Setting]:
-    """Every setting × background the run visits (batch pairs with n_ubatch > n_batch left out)."""
-    threads = parse_threads("n_threads", params["n_threads"], usable)
-    threads_batch = parse_threads("n_threads_batch", params["n_threads_batch"], usable, threads)
-    batches = parse_sizes("n_batch", params["n_batch"])
-    ubatches_text = params["n_ubatch"]
-    same_ubatch = str(ubatches_text).strip().lower() == "same"
-    ubatches = [] if same_ubatch else parse_sizes("n_ubatch", ubatches_text)
-    pairs = (
-        [(b, b) for b in batches]
-        if same_ubatch
-        else [(b, u) for b in batches for u in ubatches if u <= b]
-    )
-    if not pairs:
-        raise ParameterError(
-            f"parameters n_batch={params['n_batch']!r}, n_ubatch={ubatches_text!r}: every "
-            "n_ubatch is larger than every n_batch"
-        )
-    names = _items("backgrounds", params["backgrounds"])
-    for name in names:
-        if name not in BACKGROUNDS:
-            raise ParameterError(
-                f"parameter backgrounds={params['backgrounds']!r}: {name!r} is not one of "
-                f"{', '.join(BACKGROUNDS)}"
-            )
-    loads = []
-    if "idle" in names:
-        loads.append(("idle", 0.0))
-    if "companion" in names:
-        loads += [("companion", f) for f in parse_loads(params["frame_busy"])]
-    thread_pairs = (
-        [(t, t) for t in threads]
-        if str(params["n_threads_batch"]).strip().lower() == "same"
-        else list(itertools.product(threads, threads_batch))
-    )
-    return [
-        Setting(t, tb, b, u, bg, busy)
-        for (bg, busy), (t, tb), (b, u) in itertools.product(loads, thread_pairs, pairs)
-    ]
-
-
-def validate(params: dict) -> None:
-    usable = cpu_detect.detect().usable
-    for name in ("trials", "pp_tokens", "tg_tokens", "max_tokens", "n_ctx"):
-        if name in params and params[name] < 1:
-            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
-    if params.get("fps", 60.0) <= 0:
-        raise ParameterError(f"parameter fps={params['fps']} must be positive")
-    if params.get("command_hz", 0.0) < 0:
-        raise ParameterError(f"parameter command_hz={params['command_hz']} must not be negative")
-    tolerance = params.get("tolerance", recommend.DEFAULT_TOLERANCE)
-    if not 0 < tolerance < 1:
-        raise ParameterError(f"parameter tolerance={tolerance} must be a fraction in (0, 1)")
-    if params.get("peer", "python") not in PEER_KINDS:
-        raise ParameterError(
-            f"parameter peer={params['peer']!r}: choose from {', '.join(PEER_KINDS)}"
-        )
-    if params.get("pp_tokens", 0) + params.get("tg_tokens", 0) > params.get("n_ctx", 2048):
-        raise ParameterError(
-            f"pp_tokens + tg_tokens = {params['pp_tokens'] + params['tg_tokens']} does not "
-            f"fit n_ctx={params['n_ctx']}"
-        )
-    found = settings(params, usable)
-    for s in found:  # the model's own checks (n_ubatch <= n_batch, ...)
-        model.LlamaConfig("-", n_batch=s.n_batch, n_ubatch=s.n_ubatch, n_threads=s.n_threads)
-
-
-# --- one trial --------------------------------------------------------------------------------
 
 
 _progress = progress.reporter("cpu")
@@ -254,21 +101,21 @@ def run(
     tolerance: float = recommend.DEFAULT_TOLERANCE,
     seed: int = 1234,
 ) -> pd.DataFrame:
-    p = dict(locals())
-    validate(p)
+    p = CpuParams(**locals()).as_dict()
     from mateperf import model as model_mod
 
     topo = cpu_detect.detect()
     path = model_mod.resolve_model(model or None)
     visit = settings(p, topo.usable)
     rng = np.random.default_rng(seed)
-    order = schedule.interleaved(visit, trials, rng)
+    order = runner.interleaved(visit, trials, rng)
     _progress(
         f"{len(visit)} settings × {trials} trials (+1 warm-up) on {topo.usable} usable CPUs, "
         f"seed {seed}"
     )
     rows = []
-    for i, (k, s) in enumerate(order):
+    for i, v in enumerate(order):
+        k, s = v.round, v.item
         user = companion.USER_TURNS[max(k, 0) % len(companion.USER_TURNS)]
         base = {
             "scenario": SCENARIO,
@@ -284,7 +131,8 @@ def run(
             "condition": recommend.condition_label(s.background, s.frame_busy),
             "peer": p["peer"] if s.background == "companion" else "",
         }
-        row, base["error"] = schedule.attempt(trial, s, p, str(path), rng, user)
+        row, base["error"] = runner.attempt(trial, s, p, str(path), rng, user)
+        row = row or {}
         if base["error"]:
             _progress(f"{i + 1}/{len(order)} {s.label}: FAILED {base['error']}")
         rows.append({**base, **row})
@@ -295,7 +143,7 @@ def run(
                 f"tg {row['tg_tps']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms{frame}"
             )
     df = pd.DataFrame(rows)
-    schedule.require_some(df, "trial")
+    runner.require_some(df, "trial")
     df["model_file"] = path.name
     df["usable_cpus"] = topo.usable
     return df
@@ -369,7 +217,7 @@ DECLARATION = Phase(
     notebook=None,
     run=run,
     summarize=summarize,
-    validate=validate,
+    params=CpuParams,
     round_split=ROUND_SPLIT,
     trial_table=trial_table,
     sweep_metrics=sweep_metrics,

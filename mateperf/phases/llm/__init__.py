@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from mateperf import companion, metrics, model, progress, stats
-from mateperf.errors import ParameterError
 from mateperf.phases.declaration import Phase
+from mateperf.phases.llm.params import LlmParams
 
 SCENARIO_FIRST_REPLY = "first_reply"
 SCENARIO_PP = "pp"
@@ -45,18 +45,6 @@ FIRST_REPLY_METRICS = [
     "prompt_tokens",
     "gen_tokens",
 ]
-
-
-def validate(params: dict) -> None:
-    """Impossible values, refused before anything runs (the model file: phases.validate)."""
-    positive = ("trials", "max_tokens", "bench_reps", "n_ctx", "n_batch")
-    for name in positive:
-        if name in params and params[name] < 1:
-            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
-    for name in ("pp_tokens", "tg_tokens", "warmup_tokens", "membw_mb"):
-        if name in params and params[name] < 0:
-            raise ParameterError(f"parameter {name}={params[name]} must not be negative")
-    model.LlamaConfig.check_params(params)
 
 
 def gpu_offload_available() -> bool:
@@ -318,8 +306,7 @@ def run(
     membw_mb: int = 512,
     seed: int = 1234,
 ) -> pd.DataFrame:
-    p = dict(locals())
-    validate(p)
+    p = LlmParams(**locals()).as_dict()
     from mateperf import model as model_mod
 
     path = model_mod.resolve_model(model or None)  # validates the file
@@ -483,7 +470,7 @@ DECLARATION = Phase(
     notebook=None,
     run=run,
     summarize=summarize,
-    validate=validate,
+    params=LlmParams,
     round_split=ROUND_SPLIT,
     trial_table=None,
     sweep_metrics=sweep_metrics,

@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 
 from mateperf import metrics, model, progress, stats
-from mateperf.errors import ParameterError
 from mateperf.gpu import calibration, estimate, profiles, projection, trial
 from mateperf.phases.declaration import Phase
+from mateperf.phases.gpu.params import GpuParams
 from mateperf.trackers.gpu import GpuMonitor, Thresholds
 
 REFERENCE = estimate.REFERENCE_OVERHEAD
@@ -62,32 +62,6 @@ ROUND_SPLIT = ("trials",)  # what a sweep's rounds divide among them
 TRIAL_METRICS = ["load_s", "ttft_ms", "e2e_ms", "pp_tps", "tg_tps", "vram_delta_mb"]
 # Measured VRAM is within target of a prediction if off by at most this share or MiB.
 TARGET_SHARE, TARGET_MB = 0.10, 64.0
-
-
-def validate(params: dict) -> None:
-    """Impossible values, refused before anything runs (the model file: phases.validate)."""
-    for name in ("trials", "n_ctx", "n_batch"):
-        if name in params and params[name] < 1:
-            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
-    for name in ("max_tokens", "pp_tokens", "tg_tokens", "vram_budget_mb", "margin_mb"):
-        if name in params and params[name] < 0:
-            raise ParameterError(f"parameter {name}={params[name]} must not be negative")
-    if "monitor_interval_ms" in params and not params["monitor_interval_ms"] > 0:
-        raise ParameterError(
-            f"parameter monitor_interval_ms={params['monitor_interval_ms']} must be positive"
-        )
-    name = params.get("profile", "auto")
-    if name not in ("auto", *profiles.PROFILES):
-        raise ParameterError(
-            f"parameter profile={name!r}: unknown profile (auto, {', '.join(profiles.PROFILES)})"
-        )
-    warn, critical = params.get("warn_pct", 80.0), params.get("critical_pct", 90.0)
-    if not 0 < warn <= critical <= 100:
-        raise ParameterError(
-            f"parameters warn_pct={warn} and critical_pct={critical} must satisfy "
-            "0 < warn_pct <= critical_pct <= 100"
-        )
-    model.LlamaConfig.check_params(params)
 
 
 _progress = progress.reporter("gpu")
@@ -416,8 +390,7 @@ def run(
     seed: int = 1234,
     isolate: bool | None = None,
 ) -> pd.DataFrame:
-    p = dict(locals())
-    validate(p)
+    p = GpuParams(**locals()).as_dict()
     from mateperf import model as model_mod
 
     path = model_mod.resolve_model(model or None)
@@ -863,7 +836,7 @@ DECLARATION = Phase(
     notebook=None,
     run=run,
     summarize=summarize,
-    validate=validate,
+    params=GpuParams,
     round_split=ROUND_SPLIT,
     trial_table=None,
     sweep_metrics=sweep_metrics,

@@ -33,20 +33,25 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from mateperf import companion, metrics, model, progress, recommend, schedule, stats
-from mateperf.bridge.process import PEER_KINDS
+from mateperf import companion, metrics, model, progress, recommend, runner, stats
 from mateperf.companion_load import CompanionLoad
 from mateperf.errors import ParameterError
 from mateperf.phases import llm as llm_phase
 from mateperf.phases.declaration import Phase
+from mateperf.phases.final.params import (
+    ARMS,
+    BASELINE,
+    OPTIMISED,
+    SINGLE,
+    FinalParams,
+    parse_arms,
+    parse_peers,
+)
 from mateperf.phases.ipc import expression_sequence
 from mateperf.trackers import cpu as cpu_detect
 
 ROUND_SPLIT = ("trials",)
 SCENARIO = "turn"
-BASELINE, OPTIMISED = "baseline", "optimised"
-SINGLE = ("threads", "warmup", "batching", "profile")
-ARMS = (BASELINE, *SINGLE, OPTIMISED)
 ORIGINAL_THREADS = 6
 ORIGINAL_GPU_LAYERS = 35  # the companion's `balanced` GPU profile
 EMOTION_TAG = re.compile(r"\[(happy|sad|surprised|thinking|angry|relaxed)\]", re.I)
@@ -69,41 +74,7 @@ class TurnConfig:
 # --- parameters -------------------------------------------------------------------------------
 
 
-def parse_arms(text) -> list[str]:
-    names = [s.strip() for s in str(text).split(",") if s.strip()]
-    unknown = [n for n in names if n not in ARMS]
-    if unknown or not names:
-        raise ParameterError(f"parameter arms={text!r}: choose from {', '.join(ARMS)}")
-    if BASELINE not in names:
-        raise ParameterError(f"parameter arms={text!r}: the baseline is what the others face")
-    return [a for a in ARMS if a in names]
-
-
-def validate(params: dict) -> None:
-    for name in ("trials", "max_tokens", "n_ctx", "beat_chunks"):
-        if name in params and params[name] < 1:
-            raise ParameterError(f"parameter {name}={params[name]} must be at least 1")
-    if params.get("warmup_tokens", 1) < 0:
-        raise ParameterError(f"parameter warmup_tokens={params['warmup_tokens']} is negative")
-    busy = params.get("frame_busy", 0.5)
-    if not 0 <= busy < 1:
-        raise ParameterError(f"parameter frame_busy={busy} is not a share of a frame (0 to <1)")
-    if params.get("fps", 60.0) <= 0:
-        raise ParameterError(f"parameter fps={params['fps']} must be positive")
-    peers = [s.strip() for s in str(params.get("peers", "python")).split(",") if s.strip()]
-    if not peers or any(p not in PEER_KINDS for p in peers):
-        raise ParameterError(
-            f"parameter peers={params.get('peers')!r}: choose from {', '.join(PEER_KINDS)}"
-        )
-    parse_arms(params.get("arms", ",".join(ARMS)))
-    if params.get("config"):
-        recommend.load(params["config"])
-
-
 _progress = progress.reporter("final")
-
-
-# --- the arms' settings -----------------------------------------------------------------------
 
 
 def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
@@ -365,18 +336,17 @@ def run(
     n_ctx: int = 2048,
     seed: int = 1234,
 ) -> pd.DataFrame:
-    p = dict(locals())
-    validate(p)
+    p = FinalParams(**locals()).as_dict()
     from mateperf import model as model_mod
 
     path = model_mod.resolve_model(model or None)
     topo = cpu_detect.detect()
     configs, facts = arm_configs(p, path, topo.usable)
     chosen = parse_arms(arms)
-    peer_list = [s.strip() for s in peers.split(",") if s.strip()]
+    peer_list = parse_peers(peers)
     visits = [(a, peer) for peer in peer_list for a in chosen]
     rng = np.random.default_rng(seed)
-    order = schedule.interleaved(visits, trials, rng)
+    order = runner.interleaved(visits, trials, rng)
     _progress(
         f"{len(chosen)} arms × {len(peer_list)} peer(s) × {trials} trials (+1 warm-up); "
         f"threads: {facts['recommendation']}; profile: {facts['profile']}"
@@ -384,7 +354,8 @@ def run(
     vram = VramWatch()
     rows = []
     try:
-        for i, (k, (arm, peer)) in enumerate(order):
+        for i, v in enumerate(order):
+            k, (arm, peer) = v.round, v.item
             cfg = configs[arm]
             user = companion.USER_TURNS[max(k, 0) % len(companion.USER_TURNS)]
             base = {
@@ -396,7 +367,8 @@ def run(
                 "visit": i,
                 **{f"cfg_{key}": value for key, value in cfg.__dict__.items()},
             }
-            row, base["error"] = schedule.attempt(turn, cfg, p, path, peer, user, vram)
+            row, base["error"] = runner.attempt(turn, cfg, p, path, peer, user, vram)
+            row = row or {}
             if base["error"]:
                 _progress(f"{i + 1}/{len(order)} {arm} ({peer}): FAILED {base['error']}")
             rows.append({**base, **row})
@@ -409,7 +381,7 @@ def run(
     finally:
         vram.close()
     df = pd.DataFrame(rows)
-    schedule.require_some(df, "turn")
+    runner.require_some(df, "turn")
     df["model_file"] = path.name
     df["usable_cpus"] = topo.usable
     df["threads_source"] = facts["recommendation"]
@@ -503,7 +475,7 @@ DECLARATION = Phase(
     notebook=None,
     run=run,
     summarize=against_baseline,
-    validate=validate,
+    params=FinalParams,
     round_split=ROUND_SPLIT,
     trial_table=trial_table,
     sweep_metrics=None,

@@ -62,23 +62,20 @@ import pandas as pd
 from mateperf import metrics, progress, stats
 from mateperf.bridge.client import Ack, BridgeError, UnityBridge
 from mateperf.bridge.floor import FloorClient
-from mateperf.bridge.process import PEER_KINDS, PeerProcess, start_floor, start_peer
+from mateperf.bridge.process import PeerProcess, start_floor, start_peer
 from mateperf.bridge.protocol import encode_request
-from mateperf.errors import ParameterError
 from mateperf.phases.declaration import Phase
+from mateperf.phases.ipc.params import (
+    SCENARIOS,  # noqa: F401 - the scenarios, read from the phase
+    IpcParams,
+    parse_loads,
+    parse_scenarios,
+    parse_sizes,
+)
 from mateperf.trackers import cpu as cpu_tracker
 
 PHASE = "ipc"
 ROUND_SPLIT = ("trials",)  # what a sweep's rounds divide among them (mateperf.sweep)
-SCENARIOS = (
-    "simple_commands",
-    "message_sizes",
-    "throughput",
-    "expression_commands",
-    "batching",
-    "original_method",
-    "frame_cost",
-)
 REQUEST_METRICS = tuple(m.name for m in metrics.IPC_METRICS if m.level == metrics.REQUEST)
 TRIAL_METRICS = tuple(m.name for m in metrics.IPC_METRICS if m.level == metrics.TRIAL)
 METRICS = REQUEST_METRICS + TRIAL_METRICS
@@ -105,108 +102,11 @@ REQUEST_FIELDS = (
 FRAME_COST_LOAD, FRAME_COST_NON_READING = "commands", "non_reading_client"
 NON_READING_COMMANDS_PER_FRAME = 10
 
-DEFAULTS = {
-    "peer": "python",
-    "fps": 60,
-    "trials": 5,
-    "requests": 300,
-    "paced_requests": 60,
-    "sizes": "64,1024,16384,65536",
-    "size_requests": 60,
-    "throughput_requests": 1000,
-    "window": 16,
-    "batch_commands": 100,
-    "batch_size": 10,
-    "warmup": 20,
-    "timeout_s": 5.0,
-    "scenarios": ",".join(SCENARIOS),
-    # -1: the scheduler places client, peers and floor. N: all of them on CPU N (children
-    # inherit the affinity). On an idle VM every wake-up of a thread blocked on another vCPU
-    # costs tens of µs, and the bridge's chain (client → I/O thread → frame loop → client) has
-    # more of them than the floor's ping-pong; pinning shows the cost without them.
-    "pin_cpu": -1,
-    # ms the peers' main thread spends on every command it applies (a slow avatar), as a
-    # known answer: 0 measures the bridge itself.
-    "apply_delay_ms": 0.0,
-    # frame_cost: frames per arm and trial, and the commands per frame of its load arms
-    "frame_cost_frames": 60,
-    "frame_cost_loads": "0,1,10,100",
-}
+DEFAULTS = IpcParams.defaults()
 
 
 class CountersMismatch(RuntimeError):
     """The peer's counters disagree with what the client saw: a request was lost or doubled."""
-
-
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise ParameterError(f"parameter sizes={text!r}: expected comma-separated ints") from None
-    if not sizes or min(sizes) < 48 or max(sizes) > (1 << 20) - 1:
-        raise ParameterError(f"parameter sizes={text!r}: each size must be in 48..1048575 bytes")
-    return sizes
-
-
-def parse_loads(text: str) -> list[int]:
-    try:
-        loads = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise ParameterError(
-            f"parameter frame_cost_loads={text!r}: expected comma-separated ints"
-        ) from None
-    if not loads or min(loads) < 0 or max(loads) > 1000:
-        raise ParameterError(
-            f"parameter frame_cost_loads={text!r}: each load must be 0..1000 commands per frame"
-        )
-    return loads
-
-
-def parse_scenarios(text: str) -> list[str]:
-    chosen = [s.strip() for s in str(text).split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SCENARIOS]
-    if unknown or not chosen:
-        raise ParameterError(f"parameter scenarios={text!r}: choose from {', '.join(SCENARIOS)}")
-    return chosen
-
-
-def validate(params: dict) -> None:
-    """Impossible values, refused before anything starts (the CLI calls this)."""
-    if params.get("peer", "python") not in PEER_KINDS:
-        raise ParameterError(f"parameter peer={params['peer']!r}: expected python or csharp")
-    if float(params.get("fps", 60)) < 0:
-        raise ParameterError(f"parameter fps={params['fps']!r}: must be >= 0 (0 = unpaced)")
-    for name in ("trials", "requests", "paced_requests", "size_requests", "throughput_requests"):
-        if name in params and int(params[name]) < 1:
-            raise ParameterError(f"parameter {name}={params[name]!r}: must be >= 1")
-    for name in ("window", "batch_size", "batch_commands", "frame_cost_frames"):
-        if name in params and int(params[name]) < 1:
-            raise ParameterError(f"parameter {name}={params[name]!r}: must be >= 1")
-    if int(params.get("warmup", 0)) < 0:
-        raise ParameterError(f"parameter warmup={params['warmup']!r}: must be >= 0")
-    if float(params.get("timeout_s", 5.0)) <= 0:
-        raise ParameterError(f"parameter timeout_s={params['timeout_s']!r}: must be > 0")
-    delay = params.get("apply_delay_ms", 0.0)
-    try:
-        delay_ok = math.isfinite(float(delay)) and float(delay) >= 0
-    except (TypeError, ValueError):
-        delay_ok = False
-    if not delay_ok:
-        raise ParameterError(f"parameter apply_delay_ms={delay!r}: must be a number >= 0 (ms)")
-    pin = int(params.get("pin_cpu", -1))
-    if pin != -1:
-        mask, source = cpu_tracker.affinity()
-        if mask is None or not cpu_tracker.can_set_affinity():
-            raise ParameterError(
-                f"parameter pin_cpu={pin}: pinning to a CPU is {cpu_tracker.UNAVAILABLE} "
-                f"({source}); use -1"
-            )
-        if pin not in mask:
-            allowed = ",".join(map(str, mask))
-            raise ParameterError(f"parameter pin_cpu={pin}: expected -1 or one of CPUs {allowed}")
-    parse_sizes(params.get("sizes", DEFAULTS["sizes"]))
-    parse_loads(params.get("frame_cost_loads", DEFAULTS["frame_cost_loads"]))
-    parse_scenarios(params.get("scenarios", DEFAULTS["scenarios"]))
 
 
 _progress = progress.reporter("ipc")
@@ -647,12 +547,7 @@ FRONT_COLUMNS = (*IDENTITY, "trial", RECORD, "is_warmup")
 
 def run(**params) -> pd.DataFrame:
     """Measure every chosen scenario: request rows and one trial row per arm and trial."""
-    p = {**DEFAULTS, **params}
-    validate(p)
-    for name in DEFAULTS:
-        if isinstance(DEFAULTS[name], int):
-            p[name] = int(p[name])
-    p["apply_delay_ms"] = float(p["apply_delay_ms"])
+    p = IpcParams.from_values(params).as_dict()
     fps = float(p["fps"])
     chosen = parse_scenarios(p["scenarios"])
     frames = []
@@ -879,7 +774,7 @@ DECLARATION = Phase(
     notebook=None,
     run=run,
     summarize=summarize,
-    validate=validate,
+    params=IpcParams,
     round_split=ROUND_SPLIT,
     trial_table=None,
     sweep_metrics=None,

@@ -1,0 +1,61 @@
+"""The gpu phase's parameters: the one schema (`mateperf.params`); the notebook repeats it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mateperf.gpu import profiles
+from mateperf.params import Params, param, refuse
+from mateperf.phases.llm.params import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class GpuParams(Params):
+    model: str = param("", DEFAULT_MODEL)
+    n_gpu_layers: int = param(
+        -1, "the configuration measured; -1 means all (the output layer goes first)", at_least=-1
+    )
+    n_ctx: int = param(2048, "context window in tokens", at_least=1)
+    n_batch: int = param(512, "logical batch size", at_least=1)
+    n_ubatch: int = param(0, "0 means the same as n_batch", at_least=0)
+    offload_kqv: bool = param(True, "KV cache of offloaded layers on the GPU")
+    flash_attn: bool = param(False, "flash attention")
+    n_threads: int = param(0, "0 means the CPUs this process may use", at_least=0)
+    profile: str = param(
+        "auto",
+        "auto, or force performance / balanced / low_memory / cpu_fallback",
+        choices=("auto", *profiles.PROFILES),
+    )
+    vram_budget_mb: int = param(
+        0, "0 means the free VRAM; 6144 emulates the original RTX 4050 6 GB", at_least=0
+    )
+    margin_mb: int = param(
+        512, "VRAM kept free beyond the prediction when choosing a profile", at_least=0
+    )
+    warn_pct: float = param(80.0, "VRAM alert levels, percent of the card or of the budget")
+    critical_pct: float = param(90.0, "VRAM critical level, percent of the card or of the budget")
+    trials: int = param(
+        4,
+        "measured trials per configuration after a warm-up round (a rank test needs 4+4)",
+        at_least=1,
+    )
+    max_tokens: int = param(16, "companion reply length in each trial", at_least=0)
+    pp_tokens: int = param(128, "prompt-processing test size", at_least=0)
+    tg_tokens: int = param(32, "generation test size", at_least=0)
+    monitor_interval_ms: float = param(100.0, "NVML sampling period", above=0)
+    compare_profiles: bool = param(
+        True, "also measure every profile that fits (GPU only; off in sweeps)"
+    )
+    seed: int = param(1234, "")
+
+    def check(self) -> None:
+        from mateperf.model import LlamaConfig
+
+        if not 0 < self.warn_pct <= self.critical_pct <= 100:
+            refuse(
+                "warn_pct",
+                self.warn_pct,
+                f"and critical_pct={self.critical_pct} must satisfy "
+                "0 < warn_pct <= critical_pct <= 100",
+            )
+        LlamaConfig.check_params(self)
