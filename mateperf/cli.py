@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _with_model(phase: str, overrides: dict, model: str | None) -> dict:
     if model is not None:
-        if "model" not in phases.parameters(phase):
+        if "model" not in phases.defaults(phase):
             raise ParameterError(f"phase {phase} takes no model")
         overrides = {**overrides, "model": model}
     return overrides
@@ -120,7 +120,7 @@ def cmd_all(args) -> int:
     start = time.perf_counter()
     for i, phase in enumerate(available, 1):
         overrides = {}
-        if args.model is not None and "model" in phases.parameters(phase):
+        if args.model is not None and "model" in phases.defaults(phase):
             overrides["model"] = args.model
         command = f"mateperf run {phase}" + (
             f" --model {shlex.quote(args.model)}" if "model" in overrides else ""

@@ -64,7 +64,7 @@ def with_config(phase: str, overrides: dict, config: str | None, required: bool 
 def check_llama(phase: str) -> None:
     """A phase that loads the model refuses a llama-cpp-python it cannot run with (older than
     llama_features.MINIMUM_VERSION, or lacking a required binding): one line, exit code 2."""
-    if "model" in phases.parameters(phase):
+    if "model" in phases.defaults(phase):
         from mateperf import llama_features
 
         llama_features.check_supported()

@@ -28,8 +28,6 @@ REQUEST, TRIAL, RUN = "request", "trial", "run"
 
 # The one warm-up flag every phase writes and every consumer leaves out.
 WARMUP_FLAG = "is_warmup"
-# Stored runs from before the flag had one name.
-LEGACY_WARMUP_FLAGS = ("discarded",)
 
 SPEED = ("faster", "slower")
 MEMORY = ("less memory", "more memory")
@@ -194,10 +192,9 @@ def present(phase: str, df: pd.DataFrame) -> list[Metric]:
 
 
 def without_warmup(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows that count: warm-up rows (under the current or a legacy flag name) left out."""
-    for flag in (WARMUP_FLAG, *LEGACY_WARMUP_FLAGS):
-        if flag in df.columns:
-            df = df[~df[flag].fillna(False).astype(bool)]
+    """The rows that count: warm-up rows left out (old runs' flags: mateperf.upgrade)."""
+    if WARMUP_FLAG in df.columns:
+        df = df[~df[WARMUP_FLAG].fillna(False).astype(bool)]
     return df
 
 

@@ -43,8 +43,8 @@ class PhaseRun:
         return table
 
     def markdown(self, table: pd.DataFrame) -> str:
-        from mateperf.report import run_header
         from mateperf.reports import declaration
+        from mateperf.reports.header import run_header
 
         report = declaration.declared(self.phase)
         section = report.section(table, self.run.info, self.run.plots_dir, self.run.path)

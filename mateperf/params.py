@@ -34,10 +34,15 @@ def param(
     above: float | None = None,
     at_most: float | None = None,
     choices: tuple | None = None,
+    variant: bool = False,
 ) -> Any:
-    """A parameter field: its default (which fixes its type), help and allowed range."""
+    """A parameter field: its default (which fixes its type), help and allowed range.
+
+    `variant`: changing it makes a different test, not a resize (the C# peer instead of the
+    Python one, an injected leak): the report keeps the newest run of each variant apart.
+    """
     limits = {"at_least": at_least, "above": above, "at_most": at_most, "choices": choices}
-    return dataclasses.field(default=default, metadata={"help": help, **limits})
+    return dataclasses.field(default=default, metadata={"help": help, "variant": variant, **limits})
 
 
 def _kind(default: Any) -> type:
@@ -89,6 +94,11 @@ class Params(Mapping):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {f.name: f.default for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def variant_names(cls) -> tuple[str, ...]:
+        """The parameters whose change makes a run a different test (`param(variant=True)`)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("variant"))
 
     @classmethod
     def help_rows(cls) -> list[tuple[str, str, str, str]]:

@@ -9,7 +9,6 @@ with the shared formatting of mateperf/reports/format.py; this module assembles 
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 from pathlib import Path
 
@@ -19,54 +18,10 @@ from mateperf import phases, results
 from mateperf.host import format_fingerprint
 from mateperf.reports import declaration, sweep
 from mateperf.reports.format import table
+from mateperf.reports.header import reproduce_command
 from mateperf.reports.overview import summary_rows, variant_label, variant_row
 
 FINAL_NAME = results.FINAL_NAME
-
-
-def reproduce_command(info: dict) -> str:
-    """The command that re-runs this measurement with the same parameters.
-
-    The stored command, plus `-p` for every parameter whose default has changed since, so the
-    command stays true when the notebook's defaults move on.
-    """
-    command = info.get("command", "")
-    phase = info.get("phase", "?")
-    if not command.startswith("mateperf "):
-        command = f"mateperf run {phase}"
-    if info.get("kind") == "sweep":
-        return command
-    try:
-        current = phases.defaults(phase)
-    except Exception:  # a phase whose notebook is gone: the stored command is all we have
-        return command
-    params = info.get("params", {})
-    given = set(re.findall(r"-p (\w+)=", command)) | {"model"}
-    extra = [
-        f"-p {shlex.quote(f'{k}={v}')}"
-        for k, v in params.items()
-        if k in current and k not in given and current[k] != v
-    ]
-    return " ".join([command, *extra])
-
-
-def run_header(info: dict) -> str:
-    fp = info.get("fingerprint", {})
-    lines = [
-        f"# {info.get('phase', '?')} — run `{info.get('run_id', '?')}`",
-        "",
-        f"Started {info.get('started_at', '?')}.",
-        "",
-        "Reproduce: `" + reproduce_command(info) + "`",
-        "",
-        "Host:",
-        "",
-        "```",
-        format_fingerprint(fp) if fp else "(no fingerprint)",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def phase_section(
@@ -98,7 +53,7 @@ def select_runs(
     """The named runs, or per phase its representative run and its latest sweep.
 
     The representative is the newest finished run with the phase's default test (no variant
-    parameter changed: mateperf.reports.overview.VARIANT_PARAMS), else the newest at all; a
+    parameter changed: `param(variant=True)` in the phase's Params), else the newest at all; a
     phase may also declare `representative(info)` to keep its self-check runs (the memory
     phase's injected leak) out. `listed`: the root's runs, when the caller listed them already.
     """
@@ -127,8 +82,8 @@ def collect_variants(
 ) -> list[results.RunDir]:
     """The newest finished run of each variant of the representative's phase, itself first.
 
-    A variant is a run whose test-defining parameters differ (mateperf.reports.overview:
-    VARIANT_PARAMS), e.g. the IPC phase against the C# peer, or the memory self-check.
+    A variant is a run whose test-defining parameters differ (`param(variant=True)` in the
+    phase's Params), e.g. the IPC phase against the C# peer, or the memory self-check.
     """
     phase = representative.phase
     defaults = phases.defaults(phase)

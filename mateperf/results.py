@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from mateperf import host
+from mateperf.upgrade import upgrade
 
 RUN_JSON = "run.json"
 FINAL_NAME = "FINAL_RESULTS.md"  # the results root's report, written by mateperf.report
@@ -178,7 +179,8 @@ class RunDir:
         return path
 
     def read_frame(self, phase: str | None = None) -> pd.DataFrame:
-        return pd.read_parquet(self.frame_path(phase))
+        """The stored frame, upgraded to the current format (mateperf.upgrade)."""
+        return upgrade(pd.read_parquet(self.frame_path(phase)))
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name

@@ -459,7 +459,8 @@ class Sweep:
         self.save_manifest(manifest)
 
     def finish(self, manifest: dict) -> dict:
-        """Combine the finished point-rounds into one tidy parquet; write the sweep's markdown.
+        """Combine the finished point-rounds into one tidy parquet (the markdown is the
+        reports' job: `mateperf.reports.sweep.write_markdown`).
 
         Each point-round's rows keep their own `trial` numbers; (round, trial) names a
         replicate. Split parameters carry the point's total, `round_<name>` the round's share.
@@ -485,17 +486,6 @@ class Sweep:
             points_failed=len(failed_points),
         )
         self.run.finish(status, None if not failed else f"{len(failed)} point-round(s) failed")
-        if frames:
-            from mateperf.report import run_header
-            from mateperf.reports.sweep import section
-
-            df = self.run.read_frame(phase)
-            md = (
-                run_header(self.run.info)
-                + "\n"
-                + section(df, self.run.info, self.run.plots_dir, self.run.path)
-            )
-            self.run.write_text(f"{phase}.md", md)
         return manifest
 
     def _unit_frame(self, manifest: dict, unit: dict) -> pd.DataFrame:

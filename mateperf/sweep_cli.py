@@ -55,6 +55,9 @@ def cmd_sweep(args) -> int:
             file=sys.stderr,
         )
     manifest = sw.execute()
+    from mateperf.reports.sweep import write_markdown  # matplotlib: only once something ran
+
+    write_markdown(sw.run)
     wall = time.perf_counter() - start
     ov = sweep_mod.overhead(manifest, wall, only=sw.executed)
     units = manifest["point_rounds"]

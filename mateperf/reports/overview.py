@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mateperf import metrics, stats
+from mateperf import metrics, phases, stats
 from mateperf.reports import declaration
 from mateperf.reports.format import fmt, fmt_ci
 
@@ -30,15 +30,6 @@ CLAIMS = {
     "threads": "“cores − 2” instead of 6: +5–15% expected (not measured)",
     "gpu": "profiles with CPU fallback: “no speed gain, but no crashes”",
     "overall": "+30–40% overall (a sum of single-run percentages)",
-}
-# The parameters that make a run of a phase a different test (a variant), not a resize.
-VARIANT_PARAMS = {
-    "memory": ("gc_every_message", "leak_kb_per_message"),
-    "llm": ("n_threads", "n_gpu_layers", "model"),
-    "ipc": ("peer", "pin_cpu", "apply_delay_ms"),
-    "cpu": ("peer", "frame_busy", "backgrounds", "n_batch"),
-    "gpu": ("vram_budget_mb", "profile"),
-    "final": ("peers", "frame_busy"),
 }
 
 
@@ -90,7 +81,7 @@ def summary_rows(phase: str, df: pd.DataFrame, info: dict) -> list[dict]:
 def variant_label(phase: str, params: dict, defaults: dict) -> str:
     """`peer=csharp, pin_cpu=0`, or `default`: what makes this run a different test."""
     parts = []
-    for name in VARIANT_PARAMS.get(phase, ()):
+    for name in phases.schema(phase).variant_names():
         if name in params and params[name] != defaults.get(name):
             parts.append(f"{name}={params[name]}")
     return ", ".join(parts) or "default"

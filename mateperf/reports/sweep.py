@@ -11,6 +11,7 @@ import pandas as pd
 from mateperf import compare, metrics, phases, stats
 from mateperf.reports import declaration
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.header import run_header
 
 
 def _points(rows: pd.DataFrame, swept: list[str]):
@@ -201,3 +202,12 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     if extra is not None:
         parts += [extra(df, info, plots_dir, md_dir).rstrip(), ""]
     return "\n".join(parts)
+
+
+def write_markdown(run) -> None:
+    """The sweep's `<phase>.md` beside its combined frame (nothing when no point-round ran)."""
+    if not run.frame_path(run.phase).is_file():
+        return
+    df = run.read_frame(run.phase)
+    md = run_header(run.info) + "\n" + section(df, run.info, run.plots_dir, run.path)
+    run.write_text(f"{run.phase}.md", md)

@@ -36,9 +36,11 @@ class FinalParams(Params):
     arms: str = param(
         "baseline,threads,warmup,batching,profile,optimised", "baseline must be one of them"
     )
-    peers: str = param("python", "avatar peer(s): python and/or csharp (the C# core under Mono)")
+    peers: str = param(
+        "python", "avatar peer(s): python and/or csharp (the C# core under Mono)", variant=True
+    )
     frame_busy: float = param(
-        0.5, "share of each frame the avatar's main thread is busy", at_least=0
+        0.5, "share of each frame the avatar's main thread is busy", at_least=0, variant=True
     )
     fps: float = param(60.0, "the avatar's frame rate", above=0)
     trials: int = param(5, "turns per arm and peer, after one warm-up turn (left out)", at_least=1)

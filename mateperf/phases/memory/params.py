@@ -25,10 +25,13 @@ class MemoryParams(Params):
         0.025, 'MiB/message: "leak" only if the slope\'s 95% CI lies above', at_least=0
     )
     leak_kb_per_message: int = param(
-        0, "self-check: keep this many KiB alive per message (a real leak)", at_least=0
+        0,
+        "self-check: keep this many KiB alive per message (a real leak)",
+        at_least=0,
+        variant=True,
     )
     gc_every_message: bool = param(
-        False, "True: gc.collect() after every reply (the companion never does)"
+        False, "True: gc.collect() after every reply (the companion never does)", variant=True
     )
     max_tokens: int = param(
         48, "reply cap; each reply gets 50-100% of it in a fixed cycle", at_least=1

@@ -1,0 +1,31 @@
+"""Old stored runs are upgraded on load, in one place (mateperf.upgrade)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mateperf import metrics, results
+from mateperf.host import REPO_ROOT
+from mateperf.upgrade import upgrade
+
+# An llm run stored before the warm-up flag had one name (it was `discarded`).
+OLD_LLM_RUN = REPO_ROOT / "results" / "20261126T191745Z-llm-6c40"
+
+
+def test_an_old_warmup_flag_is_read_as_the_current_one():
+    raw = pd.read_parquet(OLD_LLM_RUN / "llm.parquet")
+    assert "discarded" in raw and "is_warmup" not in raw
+    df = results.RunDir.open(OLD_LLM_RUN).read_frame("llm")
+    assert "discarded" not in df
+    assert df["is_warmup"].tolist() == raw["discarded"].fillna(False).astype(bool).tolist()
+    assert len(metrics.without_warmup(df)) == int((~df["is_warmup"]).sum()) > 0
+
+
+def test_both_flags_mean_warm_up_when_either_says_so():
+    df = pd.DataFrame({"discarded": [True, False, None], "is_warmup": [False, True, False]})
+    assert upgrade(df)["is_warmup"].tolist() == [True, True, False]
+
+
+def test_a_current_frame_passes_through_untouched():
+    df = pd.DataFrame({"is_warmup": [True, False], "x": [1.0, 2.0]})
+    assert upgrade(df) is df
