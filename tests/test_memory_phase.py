@@ -11,9 +11,11 @@ detector still tells the injected leak from a clean run.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,9 +24,11 @@ import pytest
 from mateperf import metrics, results, stats
 from mateperf.errors import ParameterError
 from mateperf.phases import memory
+from mateperf.phases.memory import verdict
 from mateperf.reports import memory as memory_report
+from mateperf.trackers import memory as tracker
 
-THRESHOLD = memory.DEFAULTS["leak_threshold_mb_per_msg"]
+THRESHOLD = memory.MemoryParams().leak_threshold_mb_per_msg
 
 
 # -- known answers -------------------------------------------------------------------------------
@@ -146,7 +150,7 @@ def simulate(
     df["trial"] = 0
     df[metrics.WARMUP_FLAG] = (df["record"] == "message") & (df["message"] <= warmup).fillna(False)
     params = dict(
-        memory.DEFAULTS,
+        memory.MemoryParams.defaults(),
         messages=messages,
         warmup_messages=warmup,
         leak_kb_per_message=int(leak_kb),
@@ -446,8 +450,30 @@ def test_parquet_round_trip_keeps_the_verdict(clean, tmp_path):
 def test_notebook_parameters_match_the_library_defaults():
     from mateperf import phases
 
-    assert phases.defaults("memory") == memory.DEFAULTS
-    assert memory.DEFAULTS["gc_every_message"] is False  # as the companion runs
+    notebook = {k: v for k, v in phases.parameters("memory").items() if k != "run_dir"}
+    assert notebook == memory.MemoryParams.defaults()
+    assert memory.MemoryParams().gc_every_message is False  # as the companion runs
+
+
+def test_reading_a_frame_needs_no_instrument():
+    # analyse and verdict read stored frames: no sampler, model, llama.cpp, bridge or socket
+    forbidden = ("llama_cpp", "socket", "mateperf.trackers", "mateperf.bridge", "mateperf.model")
+    forbidden += ("mateperf.workloads", "mateperf.phases.memory.measure")
+    package = Path(memory.__file__).parent
+    for name in ("analyse.py", "verdict.py"):
+        for node in ast.walk(ast.parse((package / name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                imported = [node.module or ""]
+                imported += [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            bad = [i for i in imported if i.startswith(forbidden)]
+            assert not bad, f"{name} imports {bad}"
+    # the heap status strings verdict repeats for old runs are the tracker's own
+    assert verdict.HEAP_READ == tracker.HEAP_READ
+    assert verdict.HEAP_UNAVAILABLE == tracker.HEAP_UNAVAILABLE
 
 
 @pytest.mark.parametrize(

@@ -253,7 +253,7 @@ def _plot_per_message(
     for ax, metric in zip(axes, metrics, strict=True):
         r = leak[leak["metric"] == metric].iloc[0]
         x = msgs["message"].astype(float).to_numpy()
-        y = memory._series(df, metric).to_numpy(float)
+        y = memory.series(df, metric).to_numpy(float)
         ax.axvspan(0.5, warmup + 0.5, color="#eeeeee", lw=0, label="warm-up (not fitted)")
         for i, m in enumerate(at):
             ax.axvline(
