@@ -1,0 +1,1 @@
+"""Tuning: choosing settings from measurements, spending as few trials as the answer allows."""
