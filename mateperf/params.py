@@ -34,12 +34,13 @@ def param(
     above: float | None = None,
     at_most: float | None = None,
     choices: tuple | None = None,
-    variant: bool = False,
+    variant: int = 0,
 ) -> Any:
     """A parameter field: its default (which fixes its type), help and allowed range.
 
-    `variant`: changing it makes a different test, not a resize (the C# peer instead of the
-    Python one, an injected leak): the report keeps the newest run of each variant apart.
+    `variant` (1, 2, ...: its place in a variant's label; 0: none): changing it makes a
+    different test, not a resize (the C# peer instead of the Python one, an injected leak),
+    and the report keeps the newest run of each variant apart.
     """
     limits = {"at_least": at_least, "above": above, "at_most": at_most, "choices": choices}
     return dataclasses.field(default=default, metadata={"help": help, "variant": variant, **limits})
@@ -97,8 +98,9 @@ class Params(Mapping):
 
     @classmethod
     def variant_names(cls) -> tuple[str, ...]:
-        """The parameters whose change makes a run a different test (`param(variant=True)`)."""
-        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("variant"))
+        """The parameters whose change makes a run a different test, in their label's order."""
+        marked = [f for f in dataclasses.fields(cls) if f.metadata.get("variant")]
+        return tuple(f.name for f in sorted(marked, key=lambda f: f.metadata["variant"]))
 
     @classmethod
     def help_rows(cls) -> list[tuple[str, str, str, str]]:

@@ -53,7 +53,7 @@ def select_runs(
     """The named runs, or per phase its representative run and its latest sweep.
 
     The representative is the newest finished run with the phase's default test (no variant
-    parameter changed: `param(variant=True)` in the phase's Params), else the newest at all; a
+    parameter changed: `param(variant=N)` in the phase's Params), else the newest at all; a
     phase may also declare `representative(info)` to keep its self-check runs (the memory
     phase's injected leak) out. `listed`: the root's runs, when the caller listed them already.
     """
@@ -82,7 +82,7 @@ def collect_variants(
 ) -> list[results.RunDir]:
     """The newest finished run of each variant of the representative's phase, itself first.
 
-    A variant is a run whose test-defining parameters differ (`param(variant=True)` in the
+    A variant is a run whose test-defining parameters differ (`param(variant=N)` in the
     phase's Params), e.g. the IPC phase against the C# peer, or the memory self-check.
     """
     phase = representative.phase

@@ -145,21 +145,21 @@ class CpuParams(Params):
     n_threads_batch: str = param(
         "same", "prompt threads: same (paired with n_threads), auto, or a list"
     )
-    n_batch: str = param("512", "logical batch sizes to cross, e.g. 64,512", variant=True)
+    n_batch: str = param("512", "logical batch sizes to cross, e.g. 64,512", variant=4)
     n_ubatch: str = param(
         "same", "physical batch sizes: same (as each n_batch) or a list (above n_batch: skipped)"
     )
     backgrounds: str = param(
-        "idle,companion", "loads beside the model: idle and/or companion", variant=True
+        "idle,companion", "loads beside the model: idle and/or companion", variant=3
     )
     frame_busy: str = param(
-        "0.5", "companion: share(s) of each frame the avatar's main thread is busy", variant=True
+        "0.5", "companion: share(s) of each frame the avatar's main thread is busy", variant=2
     )
     peer: str = param(
         "python",
         "companion's frame-paced peer: python, or csharp (the C# core under Mono)",
         choices=PEER_KINDS,
-        variant=True,
+        variant=1,
     )
     fps: float = param(60.0, "the peer's frame rate", above=0)
     command_hz: float = param(

@@ -37,10 +37,10 @@ class FinalParams(Params):
         "baseline,threads,warmup,batching,profile,optimised", "baseline must be one of them"
     )
     peers: str = param(
-        "python", "avatar peer(s): python and/or csharp (the C# core under Mono)", variant=True
+        "python", "avatar peer(s): python and/or csharp (the C# core under Mono)", variant=1
     )
     frame_busy: float = param(
-        0.5, "share of each frame the avatar's main thread is busy", at_least=0, variant=True
+        0.5, "share of each frame the avatar's main thread is busy", at_least=0, variant=2
     )
     fps: float = param(60.0, "the avatar's frame rate", above=0)
     trials: int = param(5, "turns per arm and peer, after one warm-up turn (left out)", at_least=1)

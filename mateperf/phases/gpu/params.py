@@ -25,13 +25,13 @@ class GpuParams(Params):
         "auto",
         "auto, or force performance / balanced / low_memory / cpu_fallback",
         choices=("auto", *profiles.PROFILES),
-        variant=True,
+        variant=2,
     )
     vram_budget_mb: int = param(
         0,
         "0 means the free VRAM; 6144 emulates the original RTX 4050 6 GB",
         at_least=0,
-        variant=True,
+        variant=1,
     )
     margin_mb: int = param(
         512, "VRAM kept free beyond the prediction when choosing a profile", at_least=0

@@ -61,7 +61,7 @@ class IpcParams(Params):
         "python",
         '"python" (FramePacedPeer) or "csharp" (unity/ core under Mono)',
         choices=PEER_KINDS,
-        variant=True,
+        variant=1,
     )
     fps: int = param(
         60, "the paced peer's frame rate; an unpaced peer (fps 0) always runs beside it", at_least=0
@@ -94,14 +94,14 @@ class IpcParams(Params):
         -1,
         "-1 lets the scheduler place client and peers; N pins them all to CPU N",
         at_least=-1,
-        variant=True,
+        variant=2,
     )
     # A known answer: 0 measures the bridge itself.
     apply_delay_ms: float = param(
         0.0,
         "ms the peers spend on every applied command (a slow avatar): a known answer",
         at_least=0,
-        variant=True,
+        variant=3,
     )
     frame_cost_frames: int = param(60, "frame_cost: peer frames per arm and trial", at_least=1)
     frame_cost_loads: str = param("0,1,10,100", "frame_cost: commands per frame of its load arms")

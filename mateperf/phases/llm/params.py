@@ -11,18 +11,18 @@ DEFAULT_MODEL = "GGUF path; empty means $MATEPERF_MODEL, else the default Gemma 
 
 @dataclass(frozen=True)
 class LlmParams(Params):
-    model: str = param("", DEFAULT_MODEL, variant=True)
+    model: str = param("", DEFAULT_MODEL, variant=3)
     n_threads: int = param(
         0,
         "0 means the CPUs this process may use (affinity and cgroup quota)",
         at_least=0,
-        variant=True,
+        variant=1,
     )
     n_threads_batch: int = param(0, "0 means the same as n_threads", at_least=0)
     n_ctx: int = param(2048, "context window in tokens", at_least=1)
     n_batch: int = param(512, "logical batch size", at_least=1)
     n_ubatch: int = param(0, "physical batch; 0 means the same as n_batch", at_least=0)
-    n_gpu_layers: int = param(0, "-1 means all layers", at_least=-1, variant=True)
+    n_gpu_layers: int = param(0, "-1 means all layers", at_least=-1, variant=2)
     flash_attn: bool = param(False, "flash attention")
     trials: int = param(5, "per arm, after one warm-up pair (left out)", at_least=1)
     max_tokens: int = param(48, "reply length cap of the first reply", at_least=1)

@@ -28,10 +28,10 @@ class MemoryParams(Params):
         0,
         "self-check: keep this many KiB alive per message (a real leak)",
         at_least=0,
-        variant=True,
+        variant=2,
     )
     gc_every_message: bool = param(
-        False, "True: gc.collect() after every reply (the companion never does)", variant=True
+        False, "True: gc.collect() after every reply (the companion never does)", variant=1
     )
     max_tokens: int = param(
         48, "reply cap; each reply gets 50-100% of it in a fixed cycle", at_least=1
