@@ -3,18 +3,23 @@
 Never asserts on timings, except the known answer of an injected apply delay; it checks shape,
 counts, that per-trial values are stored once per trial, that warm-ups stay out of the
 statistics, that batching completes in fewer frames, that frame_cost reads one row per peer
-frame with the load it asked for, and that the report is deterministic.
+frame with the load it asked for, that a trial whose peer dies is recorded and the run goes on,
+and that the report is deterministic.
 """
 
 import json
+import threading
+import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from mateperf import metrics, phases
 from mateperf.errors import ParameterError
 from mateperf.phases import ipc
+from mateperf.phases.ipc.rows import COLUMNS
 from mateperf.reports import ipc as ipc_report
 
 SMALL = {
@@ -216,8 +221,9 @@ def test_parameters_cell_is_the_schema_and_bad_values_are_refused():
     assert {"peer", "fps", "trials", "requests", "sizes", "warmup"} <= set(schema)
     assert phases.resolve_params("ipc", {"peer": "csharp", "fps": "30"})["fps"] == 30
     assert phases.resolve_params("ipc", {"apply_delay_ms": "5"})["apply_delay_ms"] == 5.0
-    assert phases.defaults("ipc")["apply_delay_ms"] == ipc.DEFAULTS["apply_delay_ms"] == 0.0
-    assert {k: v for k, v in schema.items() if k != "run_dir"} == ipc.DEFAULTS
+    defaults = ipc.IpcParams.defaults()
+    assert phases.defaults("ipc")["apply_delay_ms"] == defaults["apply_delay_ms"] == 0.0
+    assert {k: v for k, v in schema.items() if k != "run_dir"} == defaults
     for bad in (
         {"peer": "rust"},
         {"fps": "-1"},
@@ -251,6 +257,72 @@ def test_an_injected_apply_delay_shows_in_the_phase_as_a_known_answer():
     rise = h["bridge_completion_p50_ms"] - h["floor_p50_us"] / 1e3
     assert 4.0 <= rise <= 9.0, h
     assert h["apply_delay_ms"] == 5.0
+
+
+def _kill_the_first_connected_bridge_peer(killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first bridge peer (not the legacy one) that holds a client's connection."""
+    me = psutil.Process()
+    while not stop.is_set() and not killed:
+        for child in me.children(recursive=True):
+            try:
+                cmd = child.cmdline()
+                if "mateperf.bridge.peer" not in cmd or "--legacy" in cmd:
+                    continue
+                if any(c.status == psutil.CONN_ESTABLISHED for c in child.net_connections("tcp")):
+                    child.kill()
+                    killed.append(child.pid)
+                    break
+            except psutil.Error:  # a child that ended meanwhile
+                continue
+        time.sleep(0.002)
+
+
+def test_a_trial_whose_peer_is_killed_is_recorded_and_the_run_goes_on(tmp_path):
+    # A real failure, not a fake: trial 0's bridge peer is killed (SIGKILL) as soon as the
+    # client has connected to it. Trial 0 then lasts at least as long as its 200 requests at
+    # 2 ms each, so the watcher, polling every 2 ms, always finds that peer within trial 0.
+    killed: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_kill_the_first_connected_bridge_peer, args=(killed, stop))
+    watcher.start()
+    try:
+        df = ipc.run(
+            peer="python",
+            fps=0,
+            trials=2,
+            requests=200,
+            warmup=3,
+            scenarios="simple_commands",
+            apply_delay_ms=2.0,
+            timeout_s=2.0,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(killed) == 1
+    failed = ipc.failed_trials(df)
+    assert list(failed["trial"]) == [0], failed
+    assert failed["error"].iloc[0].split(":")[0].isidentifier()  # "Type: message"
+    failed_rows = df[df["error"] != ""]
+    assert len(failed_rows) == 1 and failed_rows["record"].isna().all()  # nothing measured
+    measured = df[df["error"] == ""]
+    assert set(measured["trial"]) == {1} and set(measured["scenario"]) == {"simple_commands"}
+    assert list(df.columns) == list(COLUMNS)
+    assert ipc.headline(df)["simple_trials"] == 1
+    summary = ipc.summarize(df)
+    assert set(summary["trials"]) == {1} and summary["scenario"].notna().all()
+    info = {"params": {"fps": 0, "trials": 2}, "run_id": "r", "fingerprint": {}}
+    section = ipc_report.section(df, info, tmp_path / "plots", tmp_path)
+    assert "1 trial(s) failed and are left out:" in section
+    assert f"- trial 0: {failed['error'].iloc[0]}" in section
+
+
+def test_a_run_whose_every_trial_failed_raises(monkeypatch):
+    # A real failure in every trial: the C# peer's build named by MATEPERF_CSHARP_PEER does
+    # not exist, so the peer exits at start (each trial records it; then the run raises).
+    monkeypatch.setenv("MATEPERF_CSHARP_PEER", "/nonexistent/MatePeer.exe")
+    with pytest.raises(RuntimeError, match="every ipc trial failed; the first: PeerStartError"):
+        ipc.run(peer="csharp", trials=2, requests=5, scenarios="simple_commands")
 
 
 def test_notebook_is_committed_without_outputs():

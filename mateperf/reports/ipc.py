@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mateperf import metrics  # noqa: E402
-from mateperf.phases import ipc  # noqa: E402
+from mateperf.phases.ipc import analyse  # noqa: E402
+from mateperf.phases.ipc.rows import NON_READING_COMMANDS_PER_FRAME  # noqa: E402
 from mateperf.reports.declaration import PhaseReport  # noqa: E402
 from mateperf.reports.format import fmt, fmt_ci, save_figure, table  # noqa: E402
 from mateperf.reports.overview import CLAIMS, ab_row, summary_row  # noqa: E402
@@ -353,12 +354,19 @@ def _reading(h: dict) -> str:
     return " ".join(parts)
 
 
+def _failed(failed: pd.DataFrame) -> list[str]:
+    if failed.empty:
+        return []
+    lines = [f"- trial {int(r.trial)}: {r.error}" for r in failed.itertuples()]
+    return [f"{len(failed)} trial(s) failed and are left out:", "", *lines, ""]
+
+
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     """The phase 3 markdown section; plots go to ``plots_dir`` as ipc_*.png."""
     df = _one_run(df)
-    requests, _ = ipc.split_records(df)
-    h = ipc.headline(df)
-    summary = ipc.summarize(df)
+    requests, _ = analyse.split_records(df)
+    h = analyse.headline(df)
+    summary = analyse.summarize(df)
     params = info.get("params", {})
     peer = h.get("peer") or params.get("peer", "?")
     out = [
@@ -390,6 +398,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "ratio compares per-trial values (`stats.compare`). A target is met or missed only "
         "when the ratio's whole 95% CI lies on one side of it; otherwise it is unclear.",
         "",
+        *_failed(analyse.failed_trials(df)),
         "### Headline",
         "",
         table(_headline_table(h)),
@@ -413,7 +422,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         t = _per_trial_table(summary, scenario, names)
         if len(t):
             out += [f"### {title}", "", table(t), ""]
-    cost = ipc.frame_cost_table(df, summary)
+    cost = analyse.frame_cost_table(df, summary)
     if len(cost):
         out += [
             "### Frame cost: main-thread time in Tick per frame",
@@ -421,7 +430,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             "From the peer's own frame log (`frame_stats`): p50 is the median across trials of "
             "each trial's median frame; p99 and max cover all frames of all trials. "
             "`non_reading_client`: a client whose socket is full sends "
-            f"{ipc.NON_READING_COMMANDS_PER_FRAME} commands per frame and reads nothing.",
+            f"{NON_READING_COMMANDS_PER_FRAME} commands per frame and reads nothing.",
             "",
             table(_frame_cost_table(cost)),
             "",
@@ -439,9 +448,9 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary rows: the round trip, and batches against one by one."""
-    requests, trials = ipc.split_records(df)
+    requests, trials = analyse.split_records(df)
     rows = []
-    h = ipc.headline(df)
+    h = analyse.headline(df)
     if not math.isnan(h.get("bridge_p50_us", math.nan)):
         rows.append(
             summary_row(
@@ -468,8 +477,8 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
                 "ipc",
                 f"batches instead of one by one ({where})",
                 m,
-                ipc.per_trial(one, "total_ms"),
-                ipc.per_trial(batched, "total_ms"),
+                analyse.per_trial(one, "total_ms"),
+                analyse.per_trial(batched, "total_ms"),
                 CLAIMS["batching"],
             )
         )
@@ -478,7 +487,7 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
 
 def variant_row(df: pd.DataFrame, info: dict) -> dict:
     """This run's columns in the table of the phase's variants."""
-    h = ipc.headline(df)
+    h = analyse.headline(df)
     out = {
         "bridge p50 µs": fmt(h.get("bridge_p50_us", np.nan)),
         "raw socket p50 µs": fmt(h.get("floor_p50_us", np.nan)),
