@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mateperf import phases, results, sweep_cli
+from mateperf import phases, results, sweep_cli, tune_cli
 from mateperf.command import (
     CONFIG_HELP,
     EXIT_BAD_INPUT,
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     sweep_cli.add_commands(sub)
+    tune_cli.add_commands(sub)
     return parser
 
 

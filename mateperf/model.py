@@ -215,6 +215,18 @@ def gguf_metadata(path: Path) -> dict:
     }
 
 
+# KV cache element types a load may ask for, by llama.cpp's name (ggml type names).
+KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+UNQUANTISED = ("f16", "bf16", "f32")
+
+
+def ggml_type(name: str) -> int:
+    """llama.cpp's enum value of a KV cache type name (`q8_0` -> GGML_TYPE_Q8_0)."""
+    import llama_cpp
+
+    return int(getattr(llama_cpp, f"GGML_TYPE_{name.upper()}"))
+
+
 @dataclass(frozen=True)
 class LlamaConfig:
     """How the model is loaded. n_threads/n_threads_batch 0 = the CPUs this process may use."""
@@ -229,6 +241,8 @@ class LlamaConfig:
     flash_attn: bool = False
     offload_kqv: bool = True  # llama.cpp's default: the KV cache lives with the offloaded layers
     seed: int = 1234
+    type_k: str = "f16"  # KV cache element types (KV_CACHE_TYPES); llama.cpp's default f16
+    type_v: str = "f16"  # a quantised V cache needs flash attention
 
     def __post_init__(self):
         checks = [
@@ -244,6 +258,16 @@ class LlamaConfig:
                 f"n_threads_batch={self.n_threads_batch} must be 0 (auto) or positive",
             ),
             (self.n_gpu_layers >= -1, f"n_gpu_layers={self.n_gpu_layers} must be -1 (all) or ≥0"),
+            (
+                self.type_k in KV_CACHE_TYPES and self.type_v in KV_CACHE_TYPES,
+                f"type_k={self.type_k} / type_v={self.type_v}: each must be one of "
+                f"{', '.join(KV_CACHE_TYPES)}",
+            ),
+            (
+                self.flash_attn or self.type_v in UNQUANTISED,
+                f"type_v={self.type_v} needs flash_attn (llama.cpp reads V transposed without "
+                "it, which quantised blocks cannot be)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -268,7 +292,17 @@ class LlamaConfig:
     def check_params(cls, params: dict) -> LlamaConfig:
         """The load settings among a phase's parameters, checked (ParameterError if impossible;
         FeatureUnavailable if this llama-cpp-python build lacks what a setting needs)."""
-        names = ("n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch", "n_gpu_layers")
+        names = (
+            "n_ctx",
+            "n_batch",
+            "n_ubatch",
+            "n_threads",
+            "n_threads_batch",
+            "n_gpu_layers",
+            "flash_attn",
+            "type_k",
+            "type_v",
+        )
         config = cls(model_path="-", **{k: params[k] for k in names if k in params})
         require_features(params)
         return config
@@ -401,6 +435,9 @@ def load(config: LlamaConfig):
         flash_attn=config.flash_attn,
         offload_kqv=config.offload_kqv,
         seed=config.seed,
+        # None keeps llama.cpp's own default (f16), and a build without the setting works
+        type_k=None if config.type_k == "f16" else ggml_type(config.type_k),
+        type_v=None if config.type_v == "f16" else ggml_type(config.type_v),
         verbose=False,
     )
     load_s = (time.perf_counter_ns() - start) / 1e9

@@ -18,6 +18,11 @@ chosen from idle and says so.
 
 recommended.json records the settings, the evidence and the host it was measured on; loading
 it on a host that differs (another CPU, another CPU budget) is refused, naming the difference.
+
+Two formats: 1, from the cpu phase (threads and batch, top level), and 2, from `mateperf tune`
+(one entry per companion profile under `profiles`, each with every load setting, its measured
+figures and its evidence; `default_profile` says which one `--config` applies). `as_params`
+gives a file's settings in either format.
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ from mateperf import metrics, stats
 from mateperf.errors import BadInput
 
 FORMAT = 1
+TUNED_FORMAT = 2
+FILE_NAME = "recommended.json"
 SETTINGS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch")
+# What a tuned profile sets besides SETTINGS.
+TUNED_SETTINGS = (*SETTINGS, "n_gpu_layers", "n_ctx", "type_k", "type_v", "flash_attn")
 # Which settings act on which metric (the others are replicates for it).
 DECIDED_BY = {
     "tg_tps": ("n_threads",),
@@ -311,20 +320,33 @@ def load(path: str | Path, fingerprint: dict | None = None) -> dict:
         raise ConfigError(f"--config {path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--config {path}: not a readable JSON file ({exc})") from None
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise ConfigError(f"--config {path}: not a mateperf recommended.json (format {FORMAT})")
-    for key in SETTINGS:
-        value = rec.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"--config {path}: {key}={value!r} must be a positive integer")
-    if rec["n_ubatch"] > rec["n_batch"]:
-        raise ConfigError(f"--config {path}: n_ubatch={rec['n_ubatch']} exceeds n_batch")
+    if not isinstance(rec, dict) or rec.get("format") not in (FORMAT, TUNED_FORMAT):
+        raise ConfigError(
+            f"--config {path}: not a mateperf recommended.json (format {FORMAT} or {TUNED_FORMAT})"
+        )
+    if rec["format"] == TUNED_FORMAT:
+        profiles = rec.get("profiles")
+        if not isinstance(profiles, dict) or rec.get("default_profile") not in profiles:
+            raise ConfigError(f"--config {path}: no default_profile among its profiles")
+        for name, entry in profiles.items():
+            _check_settings(path, (entry or {}).get("settings") or {}, f"profile {name}: ")
+    else:
+        _check_settings(path, rec, "")
     if fingerprint is None:
         from mateperf.host import cpu_budget
 
         fingerprint = cpu_budget()
     check_host(path, rec, fingerprint)
     return rec
+
+
+def _check_settings(path: Path, values: dict, where: str) -> None:
+    for key in SETTINGS:
+        value = values.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"--config {path}: {where}{key}={value!r} must be a positive integer")
+    if values["n_ubatch"] > values["n_batch"]:
+        raise ConfigError(f"--config {path}: {where}n_ubatch={values['n_ubatch']} exceeds n_batch")
 
 
 def check_host(path: Path, rec: dict, fingerprint: dict) -> None:
@@ -336,14 +358,29 @@ def check_host(path: Path, rec: dict, fingerprint: dict) -> None:
                 f"there and {here.get(key)!r} here (measure this host with `mateperf run cpu`)"
             )
     usable = int(fingerprint.get("usable_cpus") or 1)
+    settings = as_params(rec)
     for key in ("n_threads", "n_threads_batch"):
-        if rec[key] > usable:
+        if settings[key] > usable:
             raise ConfigError(
-                f"--config {path}: {key}={rec[key]} is more than the {usable} CPUs this "
+                f"--config {path}: {key}={settings[key]} is more than the {usable} CPUs this "
                 "process may use"
             )
 
 
-def as_params(rec: dict) -> dict:
-    """The settings as phase parameters."""
+def as_params(rec: dict, profile: str | None = None) -> dict:
+    """The settings as phase parameters: a tuned file's `profile` (default: its default)."""
+    if rec.get("format") == TUNED_FORMAT:
+        entry = rec["profiles"][profile or rec["default_profile"]]
+        return {k: entry["settings"][k] for k in TUNED_SETTINGS if k in entry["settings"]}
     return {k: rec[k] for k in SETTINGS}
+
+
+def tuned(profiles: dict, fingerprint: dict, **source) -> dict:
+    """recommended.json (format 2) from `mateperf tune`'s result, with the host it holds for."""
+    return {
+        "format": TUNED_FORMAT,
+        **profiles,
+        "host": host_key(fingerprint),
+        "hostname": fingerprint.get("hostname"),
+        **source,
+    }

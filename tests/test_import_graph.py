@@ -125,3 +125,93 @@ def test_the_graph_sees_module_and_function_level_imports():
 def test_no_import_cycle_between_mateperf_modules():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+# Layers, lowest first. A module may import its own layer and those below, never above.
+LAYERS = (
+    (
+        "foundation",
+        (
+            "errors",
+            "progress",
+            "params",
+            "stats",
+            "metrics",
+            "upgrade",
+            "llama_features",
+            "companion",
+        ),
+    ),
+    (
+        "instruments",
+        (
+            "host",
+            "results",
+            "bridge",
+            "trackers",
+            "model",
+            "gpu",
+            "workloads",
+            "companion_load",
+            "runner",
+            "recommend",
+        ),
+    ),
+    ("phases", ("phases", "tune")),
+    ("reports", ("reports", "report", "compare", "explore")),
+    (
+        "drivers",
+        ("notebook", "execute", "sweep", "command", "cli", "sweep_cli", "tune_cli", "__main__"),
+    ),
+)
+# What reads stored frames imports nothing that measures.
+MEASURING = (
+    "mateperf.bridge",
+    "mateperf.trackers",
+    "mateperf.model",
+    "mateperf.workloads",
+    "mateperf.companion_load",
+    "mateperf.gpu.trial",
+    "mateperf.gpu.child",
+)
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for rank, (_name, tops) in enumerate(LAYERS):
+        if top in tops:
+            return rank
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS")
+
+
+def test_no_module_imports_a_higher_layer():
+    graph = import_graph()
+    upward = [
+        f"{a} ({LAYERS[_layer(a)][0]}) -> {b} ({LAYERS[_layer(b)][0]})"
+        for a in sorted(graph)
+        if a != "mateperf"
+        for b in sorted(graph[a])
+        if b != "mateperf" and _layer(b) > _layer(a)
+    ]
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+
+
+def test_a_phase_analysis_imports_nothing_that_measures():
+    graph = import_graph()
+    analyses = [m for m in graph if m.startswith("mateperf.phases.") and ".analyse" in m]
+    assert len(analyses) >= 6, analyses
+    for module in analyses:
+        path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        external = {
+            a.name.split(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Import)
+            for a in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.ImportFrom) and not node.level
+        }
+        assert not external & {"llama_cpp", "socket", "pynvml", "psutil"}, module
+        measuring = [b for b in graph[module] if b.startswith(MEASURING) or ".measure" in b]
+        assert not measuring, f"{module} imports {measuring}"

@@ -1,0 +1,78 @@
+"""One tuning trial: a setting loaded and a companion reply streamed under the avatar's load.
+
+The load runs for the whole tune (`Bench`): a frame-paced peer busy for `frame_busy` of every
+frame, as Unity's main thread is, with emotion commands streaming to it. Each trial loads the
+model with its setting, warms up as llama-bench does (a prompt of the reply's size, one token),
+then, inside the peer's measurement window, streams one companion turn. The trial's figures:
+time to first token, generation tokens/s, the reply time the objective ranks by, and the
+avatar's frame p99 over the window.
+
+The objective, `reply_ms`: time to first token plus `reply_tokens` at the measured generation
+rate, the time to a reply of fixed length. A reply's own length differs between settings (a
+quantised KV cache may change the greedy text), so its raw wall time would rank lengths, not
+speeds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mateperf import companion, model, workloads
+from mateperf.companion_load import background
+from mateperf.tune.space import Setting
+
+OBJECTIVE = "reply_ms"
+CONSTRAINT = "frame_p99_ms"
+WARMUP_PROMPT_TOKENS = 128
+
+
+class Bench:
+    """The avatar's load for a whole tune, and `measure(setting)` for one trial in it."""
+
+    def __init__(
+        self,
+        model_path: str,
+        peer: str,
+        fps: float,
+        frame_busy: float,
+        command_hz: float,
+        reply_tokens: int,
+        seed: int,
+    ):
+        self.model_path = model_path
+        self.reply_tokens = reply_tokens
+        self.seed = seed
+        self.load = background("companion", peer, fps, frame_busy, command_hz)
+        self.trials = 0
+        self.rng = np.random.default_rng(seed)
+
+    def __enter__(self) -> Bench:
+        self.load.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.load.__exit__(*exc)
+
+    def measure(self, setting: Setting) -> dict:
+        """One trial; raises on a failed load or reply (the race records it and goes on)."""
+        user = companion.USER_TURNS[self.trials % len(companion.USER_TURNS)]
+        self.trials += 1
+        llm, load_s = model.load(setting.config(self.model_path, self.seed))
+        try:
+            workloads.bench_warm_up(llm, WARMUP_PROMPT_TOKENS, setting.n_batch, self.rng)
+            with self.load.window() as avatar:
+                reply = workloads.stream_reply(
+                    llm, companion.chat_messages(user), self.reply_tokens, self.seed
+                )
+        finally:
+            model.close(llm)
+        tg = reply["tg_tps"]
+        return {
+            "load_s": load_s,
+            "ttft_ms": reply["ttft_ms"],
+            "tg_tps": tg,
+            "pp_tps": reply["pp_tps"],
+            "gen_tokens": reply["gen_tokens"],
+            OBJECTIVE: reply["ttft_ms"] + 1e3 * self.reply_tokens / tg,
+            **avatar.figures(),
+        }

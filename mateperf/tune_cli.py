@@ -1,0 +1,83 @@
+"""`mateperf tune`: measure this machine's settings for each companion profile.
+
+Writes a run directory (`<time>-tune-<id>`) with every trial (tune.parquet), the
+recommended.json the companion loads (and `--config` and the final phase read), and tune.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mateperf import recommend, results
+from mateperf.command import EXIT_OK, command_line, parse_assignments
+from mateperf.host import fingerprint
+from mateperf.runner.lock import measurement_lock
+from mateperf.tune.params import TuneParams
+
+TUNE = "tune"
+
+
+def cmd_tune(args) -> int:
+    from mateperf import llama_features
+    from mateperf.reports.header import run_header
+    from mateperf.reports.tune import section
+    from mateperf.tune.tuner import tune
+
+    values = parse_assignments(args.param)
+    if args.model is not None:
+        values["model"] = args.model
+    p = TuneParams.from_values(values, what=TUNE)
+    llama_features.check_supported()
+    from mateperf.model import resolve_model
+
+    resolve_model(p.model or None)  # a missing or corrupt file: one line before anything runs
+    run = results.RunDir.create(
+        TUNE, p.as_dict(), root=args.results, command=command_line()
+    )
+    print(f"mateperf: tuning -> {run.path}", file=sys.stderr)
+    try:
+        with measurement_lock(args.results or results.default_root()):
+            rec, trials = tune(p)
+    except BaseException as exc:
+        run.finish(results.STATUS_FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    rec = recommend.tuned(rec, fingerprint(), run_id=run.run_id)
+    run.write_frame(results.tidy(trials, run.run_id, TUNE, p.as_dict()), TUNE)
+    path = recommend.write(run.path / recommend.FILE_NAME, rec)
+    md = run_header(run.info) + "\n" + section(rec, trials, run.plots_dir, run.path)
+    run.write_text(f"{TUNE}.md", md)
+    run.finish(results.STATUS_OK)
+    for name, entry in rec["profiles"].items():
+        m, s = entry["measured"], entry["settings"]
+        print(
+            f"{name:13s} n_threads {s['n_threads']}/{s['n_threads_batch']}, n_batch "
+            f"{s['n_batch']}, n_gpu_layers {s['n_gpu_layers']}, n_ctx {s['n_ctx']}, KV "
+            f"{s['type_k']}, flash_attn {'on' if s['flash_attn'] else 'off'}: reply "
+            f"{m['reply_ms']} ms, ttft {m['ttft_ms']} ms, {m['tg_tps']} tok/s, frame p99 "
+            f"{m['frame_p99_ms']} ms{'' if entry['meets_frame_budget'] else ' (over budget)'}"
+        )
+    print(f"{path} ({rec['wall_s']:.0f} s)")
+    return EXIT_OK
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="this machine's settings for each companion profile, measured under the avatar's load",
+        description=__doc__.split("\n\n")[0],
+        epilog=_params_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter below")
+    p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
+    p.set_defaults(func=cmd_tune)
+
+
+def _params_help() -> str:
+    rows = TuneParams.help_rows()
+    width = max(len(r[0]) for r in rows)
+    lines = ["parameters (-p NAME=VALUE):"]
+    for name, kind, default, meaning in rows:
+        lines += [f"  {name:<{width}}  {kind:<5} default {default}", f"  {'':<{width}}  {meaning}"]
+    return "\n".join(lines)
