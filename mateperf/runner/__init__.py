@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import progress
+from mateperf.runner import adaptive
 
 T = TypeVar("T")
 WARMUP_ROUND = -1
@@ -79,6 +80,7 @@ def run_trials(
     base: Callable[[Visit[T]], dict] | None = None,
     total: int | None = None,
     label: Callable[[T], str] = str,
+    first_index: int = 0,
 ) -> list[dict]:
     """Run every visit; one row per trial (or the rows a trial returns), failures recorded.
 
@@ -86,12 +88,13 @@ def run_trials(
     runner adds `trial` (the round), `is_warmup`, `visit` (the running index) and `error`.
     `describe(visit, row)` is the progress line's text after "i/n label:" for a trial that
     succeeded; a failed one says FAILED and its error. `label(item)` names the item.
+    `first_index`: the `visit` number of the first visit (a run made of several calls).
     """
     visits = list(visits)
-    total = total if total is not None else len(visits)
+    total = total if total is not None else first_index + len(visits)
     say = progress.reporter(phase)
     rows: list[dict] = []
-    for i, visit in enumerate(visits):
+    for i, visit in enumerate(visits, first_index):
         ident = {
             **(base(visit) if base else {}),
             "trial": visit.round,
@@ -114,3 +117,62 @@ def require_some(df: pd.DataFrame, what: str) -> None:
     """A run whose every trial failed measured nothing: raise with the first error."""
     if "error" in df and (df["error"] != "").all():
         raise RuntimeError(f"every {what} failed; the first: {df['error'].iloc[0]}")
+
+
+def run_until_precise(
+    phase: str,
+    items: Sequence[T],
+    trial: Callable[[Visit[T]], dict | list[dict]],
+    describe: Callable[[Visit[T], dict], str],
+    figure: Callable[[dict | list[dict]], float],
+    precision: adaptive.Precision,
+    rng: np.random.Generator,
+    base: Callable[[Visit[T]], dict] | None = None,
+    label: Callable[[T], str] = str,
+) -> list[dict]:
+    """Adaptive repetition: rounds until every item's `figure` is precise, or at the cap.
+
+    A warm-up visit of the first item, then rounds: each visits the items still going
+    (mateperf.runner.adaptive: their median's CI half-width above the target and fewer than
+    `max_reps` trials), once each, in a shuffled order. `figure(result)` is the one number of a
+    trial the precision is judged on (a failed trial counts toward the cap). Every row of an
+    item carries how its repetition stopped: `stop_reason` (precise or cap), `stop_trials` and
+    `stop_half_width` (relative), so the rule's decision is stored with the data.
+    """
+    keys = {label(item): item for item in items}
+    values: dict[str, list[float]] = {name: [] for name in keys}
+
+    def tracked(visit: Visit[T]):
+        try:
+            result = trial(visit)
+        except Exception:
+            if not visit.is_warmup:
+                values[label(visit.item)].append(float("nan"))
+            raise
+        if not visit.is_warmup:
+            values[label(visit.item)].append(float(figure(result)))
+        return result
+
+    rows = run_trials(phase, [Visit(WARMUP_ROUND, items[0])], tracked, describe, base, label=label)
+    owner = {0: label(items[0])}
+    k = 0
+    while going := adaptive.next_round(values, precision, rng):
+        visits = [Visit(k, keys[name], pos) for pos, name in enumerate(going)]
+        first = len(owner)
+        owner.update({first + i: name for i, name in enumerate(going)})
+        rows += run_trials(
+            phase,
+            visits,
+            tracked,
+            describe,
+            base,
+            total=first + len(visits),
+            label=label,
+            first_index=first,
+        )
+        k += 1
+    stops = {name: adaptive.decision(v, precision) for name, v in values.items()}
+    for row in rows:
+        stop = stops[owner[row["visit"]]]
+        row.update(stop_reason=stop.reason, stop_trials=stop.n, stop_half_width=stop.half_width)
+    return rows
