@@ -21,7 +21,6 @@ Steps:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -34,10 +33,9 @@ from mateperf.report import write_final
 
 
 def defaults() -> dict:
-    """The phase's parameters and defaults, as `gpu.run` declares them (the notebook's cell
+    """The phase's parameters and defaults, as its Params declares them (the notebook's cell
     declares the same; that is tested)."""
-    sig = inspect.signature(gpu.run)
-    return {k: v.default for k, v in sig.parameters.items() if k != "isolate"}
+    return gpu.GpuParams.defaults()
 
 
 def run(root: Path, name: str, **overrides) -> Path:

@@ -18,7 +18,9 @@ from mateperf.trackers.gpu import (
     OK,
     WARN,
     GpuMonitor,
+    NvmlDevice,
     Thresholds,
+    inventory,
     nvml_status,
 )
 
@@ -124,6 +126,28 @@ def test_device_facts_from_nvml():
     assert d["vram_used_mb"] == 1000.0 and d["vram_free_mb"] == 5144.0
     assert (d["power_w"], d["temp_c"], d["sm_clock_mhz"]) == (35.0, 61.0, 2100.0)
     assert d["vram_process_mb"] == 0.0  # not listed: this process has no CUDA context
+
+
+def test_the_one_reader_and_the_inventory():
+    """The monitor reads through NvmlDevice; the inventory (a host fingerprint's `gpus`) too."""
+    reader = NvmlDevice(nvml=FakeNvml([1000.0]))
+    assert reader.available and reader.count == 1
+    assert reader.memory_mb() == (1000.0, 5144.0, 6144.0) and reader.process_mb() == 0.0
+    assert reader.facts()["driver_version"] == "580.0"
+    reader.close()
+    assert not reader.available and math.isnan(reader.memory_mb()[0])  # closed: no readings
+    fake = FakeNvml([1000.0])
+    assert inventory(fake) == {
+        "count": 1,
+        "devices": [{"index": 0, "name": "Fake RTX 4050 Laptop GPU", "memory_total_mb": 6144.0}],
+        "driver": "580.0",
+        "reason": "",
+    }
+    assert fake.shutdowns == 1  # every reader it opened is closed
+    if not has_gpu():
+        found = inventory()
+        assert (found["count"], found["devices"]) == (0, [])
+        assert f"{NO_GPU_PREFIX}: {found['reason']}" == nvml_status()
 
 
 def test_alerts_fire_on_level_changes_of_the_card():

@@ -18,8 +18,8 @@ from mateperf import report, results, stats
 from mateperf.gpu import estimate, profiles
 from mateperf.gpu.tinygguf import MISTRAL_7B_SHAPES, write_shape_gguf
 from mateperf.phases import gpu
-from mateperf.reports import gpu as gpu_report
-from mateperf.reports import overview
+from mateperf.phases.gpu import predict
+from mateperf.reports import gpu_tables, overview
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 # arm: (profile, gpu_layers, n_ctx, offload_kqv, flash_attn, hide_gpu, VRAM MiB, tg tok/s,
@@ -134,7 +134,7 @@ def test_measured_against_predicted_is_one_configuration_a_row(stored_run):
         True,
     )
     assert vs.loc["low_memory", "measured_mb"] == 1094.0
-    table = gpu_report._vs_table(df)
+    table = gpu_tables.vs_table(df)
     assert "n_ctx 1024, KV in RAM f16, FA on" in set(table["configuration"])
     assert "n_ctx 2048, GPU hidden" in set(table["configuration"])
 
@@ -144,7 +144,7 @@ def test_per_layer_table_shows_only_the_predicted_configuration(stored_run):
     # low_memory (10 layers, n_ctx 1024, KV in RAM) and performance (flash attention on) are
     # other configurations: only the run's own n_gpu_layers stands beside the predictions
     assert gpu.measured_at_base(df) == {19: 1499.0}
-    table = gpu_report._prediction_table(df)
+    table = gpu_tables.prediction_table(df)
     measured = dict(zip(table["n_gpu_layers"], table["measured (NVML)"], strict=True))
     assert measured["19 (all)"] == "1499" and measured["10"] == "–" and measured["0"] == "–"
 
@@ -202,9 +202,10 @@ def test_target_rows_survive_the_tidy_frame_and_render(layout_7b, tmp_path):
     """Stored as the phase stores them (renamed, beside the parameters of the same names), read
     back as target_card gave them, and rendered as the target-card tables."""
     grid, companion = gpu.target_card(layout_7b, 6144, 512, estimate.REFERENCE_OVERHEAD)
-    rows = [{"scenario": gpu.SCENARIO_FIT, **gpu._fit_row(r)} for r in grid.to_dict("records")]
+    rows = [{"scenario": gpu.SCENARIO_FIT, **predict.fit_row(r)} for r in grid.to_dict("records")]
     rows += [
-        {"scenario": gpu.SCENARIO_TARGET, **gpu._fit_row(r)} for r in companion.to_dict("records")
+        {"scenario": gpu.SCENARIO_TARGET, **predict.fit_row(r)}
+        for r in companion.to_dict("records")
     ]
     df = pd.DataFrame(rows).assign(
         target_budget_mb=6144.0,
@@ -221,7 +222,7 @@ def test_target_rows_survive_the_tidy_frame_and_render(layout_7b, tmp_path):
     cols = ["n_ctx", "type_k", "type_v", "flash_attn", "gpu_layers", "meta_total_mb", "fits"]
     pd.testing.assert_frame_equal(g[cols], grid[cols], check_dtype=False)
     assert list(c["profile"]) == list(companion["profile"])
-    fit, comp = gpu_report._target_tables(df)
+    fit, comp = gpu_tables.target_tables(df)
     assert list(fit["n_ctx"]) == list(gpu.FIT_N_CTX)
     assert set(fit.columns) == {"n_ctx", "KV f16", "KV f16 FA", "KV q8_0 FA", "KV q4_0 FA"}
     assert list(comp["fits"]) == ["NO", "NO", "yes"]

@@ -1,5 +1,6 @@
 """GPU offload: how much VRAM a layer split needs, which profile fits, and loading that falls back.
 
+- `layout`: what the GGUF header says about sizes (hyperparameters, tensor bytes by placement).
 - `estimate`: VRAM predicted from the GGUF file alone (tensors, KV cache, compute buffers,
   and a device overhead measured once per device).
 - `projection`: llama.cpp's own projection, from a no-allocation dry run in a child process.
@@ -9,5 +10,5 @@
 - `trial`: one measured load-and-generate of a configuration, optionally in a child process.
 - `tinygguf`: a small llama-architecture GGUF written with the `gguf` package.
 
-The NVML monitor is an instrument and lives in `mateperf.trackers.gpu`.
+NVML (the one reader, `NvmlDevice`, and the monitor) is an instrument: `mateperf.trackers.gpu`.
 """

@@ -26,13 +26,13 @@ from mateperf import llama_features
 from mateperf.gpu import estimate
 from mateperf.gpu.tinygguf import TinySpec, write_tiny_gguf
 from mateperf.gpu.trial import run_trial, work_spec
+from mateperf.model import cache_dir
+from mateperf.results import atomic_write_json
 
 CALIBRATION_SETTINGS = estimate.Settings(n_ctx=512, n_ubatch=512)
 
 
 def store_path() -> Path:
-    from mateperf.model import cache_dir
-
     return cache_dir().parent / "gpu" / "overhead.json"
 
 
@@ -60,8 +60,6 @@ def load_stored(key: str) -> estimate.Overhead | None:
 
 
 def save(key: str, overhead: estimate.Overhead) -> None:
-    from mateperf.results import atomic_write_json
-
     path = store_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -49,225 +49,22 @@ llama.cpp's projection for every pair it accepts (a quantised V cache needs flas
 from __future__ import annotations
 
 import math
-import struct
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pandas as pd
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from mateperf.errors import ModelFileError
-from mateperf.model import GGUF_ARRAY, GGUF_SCALAR_FORMATS, GGUF_STRING
+from mateperf.gpu.layout import Layout as Layout  # re-exported: callers read estimate.Layout
+from mateperf.gpu.layout import read_layout as read_layout
 
 MiB = float(1 << 20)
 F32 = 4
 CTX_PAD = 256
 SPLIT_LAYERS = 2  # layers of host weights copied for one scheduler split (op_offload)
-_INPUT_PREFIXES = ("token_embd", "pos_embd", "token_types", "token_embd_norm")
-_OUTPUT_PREFIXES = ("output.", "output_norm.", "cls.", "cls_out.")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What the GGUF says about sizes: hyperparameters and tensor bytes by placement group."""
-
-    path: str
-    name: str
-    architecture: str
-    n_layer: int
-    n_embd: int
-    n_ff: int
-    n_head: int
-    n_head_kv: tuple[int, ...]
-    head_dim_k: int
-    head_dim_v: int
-    n_vocab: int
-    n_ctx_train: int
-    layer_bytes: tuple[int, ...]
-    input_bytes: int
-    output_bytes: int  # tensors of the output layer that the file has (norm, output.weight)
-    output_matrix_bytes: int  # output.weight, or token_embd.weight when tied
-    tied_output: bool
-    other_bytes: int
-    tensor_bytes: int
-    types: dict = field(default_factory=dict, compare=False)  # tensor type name -> count
-
-    @property
-    def all_layers(self) -> int:
-        """The n_gpu_layers value that offloads everything (repeating layers + output)."""
-        return self.n_layer + 1
-
-    def resolve_layers(self, n_gpu_layers: int) -> int:
-        """-1 or anything above the model's layers means all of them."""
-        if n_gpu_layers < 0 or n_gpu_layers > self.all_layers:
-            return self.all_layers
-        return n_gpu_layers
-
-
-class _Reader:
-    """A GGUF header reader that keeps the scalars and integer arrays we ask for."""
-
-    SCALARS = GGUF_SCALAR_FORMATS
-    STRING, ARRAY = GGUF_STRING, GGUF_ARRAY
-
-    def __init__(self, fh, path):
-        self.fh, self.path = fh, path
-
-    def take(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise ModelFileError(self.path, "is truncated inside its header")
-        return data
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        return self.take(self.unpack("<Q")).decode("utf-8", "replace")
-
-    def value(self, vtype: int, keep: bool):
-        if vtype in self.SCALARS:
-            return self.unpack(self.SCALARS[vtype])
-        if vtype == self.STRING:
-            text = self.string()
-            return text if keep else None
-        if vtype == self.ARRAY:
-            etype, count = self.unpack("<I"), self.unpack("<Q")
-            if etype in self.SCALARS:
-                fmt = self.SCALARS[etype]
-                size = struct.calcsize(fmt)
-                if keep:
-                    raw = self.take(size * count)
-                    return list(struct.unpack(f"<{count}{fmt[1]}", raw))
-                self.fh.seek(size * count, 1)
-                return None
-            for _ in range(count):
-                self.value(etype, keep=False)
-            return None
-        raise ModelFileError(self.path, f"has an unknown GGUF value type {vtype}")
-
-
-def _wanted(key: str) -> bool:
-    return key.startswith("general.") or not key.startswith("tokenizer.")
-
-
-def read_layout(path: str | Path) -> Layout:
-    """Hyperparameters and tensor bytes from the header (milliseconds; no tensor data read).
-
-    `gguf.GGUFReader` would do, but it maps every tokenizer string and takes ~20 s on the
-    default model; the `gguf` package's type table gives the bytes of every tensor.
-    """
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    path = Path(path)
-    kv: dict = {}
-    tensors: list[tuple[str, list[int], int]] = []
-    with path.open("rb") as fh:
-        r = _Reader(fh, path)
-        if r.take(4) != b"GGUF":
-            raise ModelFileError(path, "is not a GGUF file")
-        r.take(4)
-        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-        for _ in range(n_kv):
-            key = r.string()
-            vtype = r.unpack("<I")
-            keep = _wanted(key)
-            value = r.value(vtype, keep)
-            if keep:
-                kv[key] = value
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.unpack("<I")
-            shape = [r.unpack("<Q") for _ in range(n_dims)]
-            ggml_type = r.unpack("<I")
-            r.unpack("<Q")  # offset
-            tensors.append((name, shape, ggml_type))
-
-    arch = kv.get("general.architecture", "")
-
-    def hp(key: str, default=None):
-        return kv.get(f"{arch}.{key}", default)
-
-    n_layer = int(hp("block_count", 0))
-    if n_layer <= 0:
-        raise ModelFileError(path, f"has no {arch}.block_count: not a layered language model")
-    n_embd = int(hp("embedding_length", 0))
-    n_head = _largest(hp("attention.head_count", 1))
-    n_ff = _largest(hp("feed_forward_length", 4 * n_embd))
-    kv_heads = hp("attention.head_count_kv", n_head)
-    if isinstance(kv_heads, list):
-        n_head_kv = tuple(int(v) for v in kv_heads[:n_layer])
-    else:
-        n_head_kv = (int(kv_heads),) * n_layer
-    head_dim_k = int(hp("attention.key_length", n_embd // max(1, n_head)))
-    head_dim_v = int(hp("attention.value_length", head_dim_k))
-
-    layer_bytes = [0] * n_layer
-    input_bytes = output_bytes = other_bytes = 0
-    embd_bytes = out_matrix = 0
-    n_vocab = int(hp("vocab_size", 0))
-    types: dict[str, int] = {}
-    for name, shape, ggml_type in tensors:
-        try:
-            qtype = GGMLQuantizationType(ggml_type)
-            block, type_size = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise ModelFileError(path, f"has a tensor of unknown ggml type {ggml_type}") from None
-        types[qtype.name] = types.get(qtype.name, 0) + 1
-        n_bytes = math.prod(shape) // block * type_size
-        if name.startswith("blk."):
-            index = int(name.split(".")[1])
-            if index < n_layer:
-                layer_bytes[index] += n_bytes
-            else:  # e.g. next-token-prediction layers llama.cpp does not load by default
-                other_bytes += n_bytes
-        elif name.startswith(_INPUT_PREFIXES):
-            input_bytes += n_bytes
-            if name == "token_embd.weight":
-                embd_bytes = n_bytes
-                n_vocab = n_vocab or int(shape[-1])
-        elif name.startswith(_OUTPUT_PREFIXES):
-            output_bytes += n_bytes
-            if name == "output.weight":
-                out_matrix = n_bytes
-                n_vocab = n_vocab or int(shape[-1])
-        else:
-            other_bytes += n_bytes
-    tied = out_matrix == 0
-    return Layout(
-        path=str(path),
-        name=str(kv.get("general.name", path.stem)),
-        architecture=arch,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_ff=n_ff,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim_k=head_dim_k,
-        head_dim_v=head_dim_v,
-        n_vocab=n_vocab,
-        n_ctx_train=int(hp("context_length", 0)),
-        layer_bytes=tuple(layer_bytes),
-        input_bytes=input_bytes,
-        output_bytes=output_bytes,
-        output_matrix_bytes=embd_bytes if tied else out_matrix,
-        tied_output=tied,
-        other_bytes=other_bytes,
-        tensor_bytes=input_bytes + output_bytes + other_bytes + sum(layer_bytes),
-        types=types,
-    )
-
-
-def _largest(value) -> int:
-    """A per-layer array (some architectures vary heads or FFN width by layer) or a scalar."""
-    if isinstance(value, list):
-        return int(max(value)) if value else 0
-    return int(value)
 
 
 def cache_type_bytes(name: str) -> float:
     """Bytes per element of a KV cache type (f16, f32, q8_0, q4_0, ...)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     try:
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType[name.upper()]]
     except KeyError:

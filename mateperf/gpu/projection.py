@@ -25,6 +25,7 @@ The module imports only the standard library at the top: the child must start fa
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 from mateperf import llama_features
+from mateperf.gpu.child import run_module
 
 SYMBOL = llama_features.FIT_PRINT_ITANIUM
 # this platform's name of llama.cpp's common library (Linux: libllama-common.so)
@@ -173,8 +175,6 @@ def _empty(status: str, log_tail: str = "") -> dict:
 
 
 def _run_child(model_path: Path, configs: list[dict], start: int, timeout_s: float, facts: dict):
-    from mateperf.gpu.child import run_module
-
     with tempfile.TemporaryDirectory(prefix="mateperf-dryrun-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(
@@ -272,8 +272,6 @@ def _load_fit_print(ctypes):
 
 
 def _child(spec_path: str) -> int:
-    import ctypes
-
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     import llama_cpp
 

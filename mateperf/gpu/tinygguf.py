@@ -22,7 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import numpy as np
+from gguf import TokenType
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,6 @@ def tensor_type(spec: TinySpec, name: str) -> str:
 
 def _tokens(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     """A SentencePiece-style vocabulary: unk, bos, eos, the 256 byte tokens, then words."""
-    from gguf import TokenType
-
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
     types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -167,8 +167,6 @@ def _check(spec: TinySpec) -> None:
 
 def _writer(tmp: Path, spec: TinySpec):
     """A GGUFWriter with the model's hyperparameters and vocabulary added."""
-    import gguf
-
     head_dim = spec.head_dim or spec.n_embd // spec.n_head
     gemma = spec.architecture == "gemma3"
     writer = gguf.GGUFWriter(str(tmp), spec.architecture)
@@ -209,8 +207,6 @@ def _writer(tmp: Path, spec: TinySpec):
 
 def write_tiny_gguf(path: str | os.PathLike, spec: TinySpec | None = None) -> Path:
     """Write the model to `path` (atomically) and return the path."""
-    import gguf
-
     spec = spec or TinySpec()
     _check(spec)
     if spec.mix:
@@ -243,8 +239,6 @@ def write_shape_gguf(path: str | os.PathLike, spec: TinySpec) -> Path:
     """The model's header (hyperparameters, vocabulary, tensor shapes and types) and no tensor
     data: the file is extended to its full size as a sparse file, so llama.cpp's bounds checks
     pass and a dry run or the metadata estimate sees the real model's sizes. Atomic."""
-    import gguf
-
     _check(spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """NVIDIA GPU monitor: device facts, a background sampler and VRAM threshold alerts, from NVML.
 
+`NvmlDevice` is the one NVML reader (device facts, memory, this process's memory, sensors);
+the monitor, a trial's readings and `inventory` (every device, for a host fingerprint) read
+through it.
+
 An instrument only: it knows nothing about models, layers or profiles. Wrap it around work::
 
     monitor = GpuMonitor(interval_ms=100, budget_mb=6144)   # emulate a 6 GB card
@@ -31,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
+
+from mateperf.trackers.memory import _RowBlocks
 
 MB = float(1 << 20)
 NO_GPU_PREFIX = "no NVIDIA GPU"
@@ -104,78 +110,58 @@ class Thresholds:
         return OK
 
 
-class GpuMonitor:
-    """NVML readings of one device, sampled in a background thread, with VRAM alerts.
+class NvmlDevice:
+    """The one NVML reader: one device's facts and readings, whatever asks for them.
 
-    `nvml` is the NVML binding (default: `pynvml` from nvidia-ml-py); tests pass a stand-in
-    only to cause what cannot be caused on a machine without a GPU (a given free VRAM).
+    The monitor's samples, the device facts a run records, a trial's readings after load and
+    after its work, and `inventory` all query NVML here. `nvml` is the binding (default:
+    `pynvml` from nvidia-ml-py); tests pass a stand-in only to cause what cannot be caused on a
+    machine without a GPU (a given free VRAM). Without NVML or the device, `available` is
+    False, `status` says why in one line ("<prefix>: <reason>"; the memory sampler's runs say
+    "no GPU") and every reading is NaN; nothing raises, and a query the driver does not
+    support reads NaN.
     """
 
-    def __init__(
-        self,
-        interval_ms: float = 100.0,
-        device_index: int = 0,
-        thresholds: Thresholds | None = None,
-        budget_mb: float | None = None,
-        callbacks: list[Callable[[dict], None]] | None = None,
-        nvml=None,
-        block_samples: int = 65536,
-    ):
-        if not interval_ms > 0:
-            raise ValueError(f"interval_ms={interval_ms} must be positive")
-        if budget_mb is not None and not budget_mb > 0:
-            raise ValueError(f"budget_mb={budget_mb} must be positive (or None: the card)")
-        from mateperf.trackers.memory import _RowBlocks
-
-        self.interval_ms = float(interval_ms)
-        self.device_index = int(device_index)
-        self.thresholds = thresholds or Thresholds()
-        self.budget_mb = float(budget_mb) if budget_mb else None
-        self.callbacks = list(callbacks or [])
-        self._rows = _RowBlocks(len(SAMPLE_COLUMNS), block_samples)
-        self._alerts: list[dict] = []
-        self._markers: list[dict] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._t0_ns = time.perf_counter_ns()
-        self._level = OK
+    def __init__(self, device_index: int = 0, nvml=None, prefix: str = NO_GPU_PREFIX):
+        self.index = int(device_index)
+        self.available = False
+        self.status = ""
+        self.count = 0  # devices NVML reports (0 where NVML is not there)
+        self.name = ""
         self._pid = os.getpid()
         self._nvml = None
         self._handle = None
-        self.available = False
-        self.status = ""
-        self._open(nvml)
+        self._open(nvml, prefix)
 
-    # -- NVML ----------------------------------------------------------------------------------
-    def _open(self, nvml) -> None:
+    def _open(self, nvml, prefix: str) -> None:
         if nvml is None:
             try:
                 import pynvml as nvml
             except ImportError as exc:
-                self.status = f"{NO_GPU_PREFIX}: nvidia-ml-py (pynvml) not importable: {exc}"
+                self.status = f"{prefix}: nvidia-ml-py (pynvml) not importable: {exc}"
                 return
         try:
             nvml.nvmlInit()
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
-            self.status = f"{NO_GPU_PREFIX}: NVML unavailable: {_reason(exc)}"
+            self.status = f"{prefix}: NVML unavailable: {_reason(exc)}"
             return
         try:
-            count = nvml.nvmlDeviceGetCount()
-            if count <= self.device_index:
+            self.count = int(nvml.nvmlDeviceGetCount())
+            if self.count <= self.index:
                 self.status = (
-                    f"{NO_GPU_PREFIX}: NVML reports {count} device(s), "
-                    f"index {self.device_index} absent"
+                    f"{prefix}: NVML reports {self.count} device(s), index {self.index} absent"
                 )
+                _shutdown(nvml)
                 return
-            self._handle = nvml.nvmlDeviceGetHandleByIndex(self.device_index)
-            name = _text(nvml.nvmlDeviceGetName(self._handle))
+            self._handle = nvml.nvmlDeviceGetHandleByIndex(self.index)
+            self.name = _text(nvml.nvmlDeviceGetName(self._handle))
         except Exception as exc:
-            self.status = f"{NO_GPU_PREFIX}: NVML error: {_reason(exc)}"
+            self.status = f"{prefix}: NVML error: {_reason(exc)}"
+            _shutdown(nvml)
             return
         self._nvml = nvml
         self.available = True
-        self.status = f"GPU {self.device_index}: {name}"
+        self.status = f"GPU {self.index}: {self.name}"
 
     def _call(self, name: str, *args, default=None):
         """One NVML query; `default` where the device or driver does not support it."""
@@ -184,27 +170,15 @@ class GpuMonitor:
         except Exception:
             return default
 
-    def device(self) -> dict:
-        """Name, driver and CUDA versions, memory, utilisation, temperature, power, clocks.
-
-        One dict with the status; numbers are NaN where NVML has none (or there is no GPU).
-        """
-        info = {
-            "available": self.available,
-            "status": self.status,
-            "index": self.device_index,
-            "name": "",
-            "uuid": "",
-            "driver_version": "",
-            "cuda_driver_version": "",
-            "nvml_version": "",
-            **self.read(),
-        }
+    def facts(self) -> dict:
+        """Name, UUID, driver, CUDA driver and NVML versions ('' where NVML has none)."""
+        info = dict.fromkeys(
+            ("name", "uuid", "driver_version", "cuda_driver_version", "nvml_version"), ""
+        )
         if not self.available:
             return info
-        h = self._handle
-        info["name"] = _text(self._call("nvmlDeviceGetName", h, default=""))
-        info["uuid"] = _text(self._call("nvmlDeviceGetUUID", h, default=""))
+        info["name"] = self.name
+        info["uuid"] = _text(self._call("nvmlDeviceGetUUID", self._handle, default=""))
         info["driver_version"] = _text(self._call("nvmlSystemGetDriverVersion", default=""))
         info["nvml_version"] = _text(self._call("nvmlSystemGetNVMLVersion", default=""))
         cuda = self._call("nvmlSystemGetCudaDriverVersion_v2", default=None)
@@ -214,18 +188,43 @@ class GpuMonitor:
             info["cuda_driver_version"] = f"{cuda // 1000}.{cuda % 1000 // 10}"
         return info
 
+    def memory_mb(self) -> tuple[float, float, float]:
+        """(used, free, total) device memory in MiB; NaN without a reading."""
+        mem = self._call("nvmlDeviceGetMemoryInfo", self._handle) if self.available else None
+        if mem is None:
+            return _nan(), _nan(), _nan()
+        return mem.used / MB, mem.free / MB, mem.total / MB
+
+    def process_mb(self) -> float:
+        """This process's device memory in MiB.
+
+        Not listed = no CUDA context = 0. Listed with usedGpuMemory None = hidden by the
+        driver (WDDM) = unknown. Inside a container NVML reports host PIDs, so this reads 0
+        there: device-wide used memory is the figure to trust on a machine with nothing else.
+        """
+        procs = (
+            self._call("nvmlDeviceGetComputeRunningProcesses", self._handle)
+            if self.available
+            else None
+        )
+        if procs is None:
+            return _nan()
+        total = 0.0
+        for proc in procs:
+            if proc.pid == self._pid:
+                if proc.usedGpuMemory is None:
+                    return _nan()
+                total += proc.usedGpuMemory / MB
+        return total
+
     def read(self) -> dict:
         """One reading (no timestamp): memory, this process's memory, utilisation, sensors."""
         out = {name: _nan() for name in SAMPLE_COLUMNS[1:]}
         if not self.available:
             return out
         nvml, h = self._nvml, self._handle
-        mem = self._call("nvmlDeviceGetMemoryInfo", h)
-        if mem is not None:
-            out["vram_used_mb"] = mem.used / MB
-            out["vram_free_mb"] = mem.free / MB
-            out["vram_total_mb"] = mem.total / MB
-        out["vram_process_mb"] = self._process_mb()
+        out["vram_used_mb"], out["vram_free_mb"], out["vram_total_mb"] = self.memory_mb()
+        out["vram_process_mb"] = self.process_mb()
         util = self._call("nvmlDeviceGetUtilizationRates", h)
         if util is not None:
             out["gpu_util_pct"] = float(util.gpu)
@@ -244,20 +243,101 @@ class GpuMonitor:
             out["mem_clock_mhz"] = float(memclk)
         return out
 
-    def _process_mb(self) -> float:
-        # Not listed = no CUDA context = 0. Listed with usedGpuMemory None = hidden by the
-        # driver = unknown. Inside a container NVML reports host PIDs, so this reads 0 there:
-        # device-wide used memory is the figure to trust on a machine with nothing else on it.
-        procs = self._call("nvmlDeviceGetComputeRunningProcesses", self._handle)
-        if procs is None:
-            return _nan()
-        total = 0.0
-        for proc in procs:
-            if proc.pid == self._pid:
-                if proc.usedGpuMemory is None:
-                    return _nan()
-                total += proc.usedGpuMemory / MB
-        return total
+    def close(self) -> None:
+        if self._nvml is not None:
+            _shutdown(self._nvml)
+            self._nvml = None
+            self.available = False
+
+
+def _shutdown(nvml) -> None:
+    try:
+        nvml.nvmlShutdown()
+    except Exception:
+        pass
+
+
+def inventory(nvml=None) -> dict:
+    """Every device NVML sees, as a host fingerprint records it: count, devices (index, name,
+    memory_total_mb), driver, and the reason where there are none."""
+    first = NvmlDevice(0, nvml)
+    readers = [first] + [NvmlDevice(i, nvml) for i in range(1, first.count)]
+    try:
+        devices = [
+            {"index": r.index, "name": r.name, "memory_total_mb": r.memory_mb()[2]}
+            for r in readers
+            if r.available
+        ]
+        return {
+            "count": len(devices),
+            "devices": devices,
+            "driver": first.facts()["driver_version"],
+            "reason": "" if devices else first.status.partition(": ")[2],
+        }
+    finally:
+        for r in readers:
+            r.close()
+
+
+class GpuMonitor:
+    """NVML readings of one device, sampled in a background thread, with VRAM alerts.
+
+    It reads through `NvmlDevice` (`nvml` is passed on to it).
+    """
+
+    def __init__(
+        self,
+        interval_ms: float = 100.0,
+        device_index: int = 0,
+        thresholds: Thresholds | None = None,
+        budget_mb: float | None = None,
+        callbacks: list[Callable[[dict], None]] | None = None,
+        nvml=None,
+        block_samples: int = 65536,
+    ):
+        if not interval_ms > 0:
+            raise ValueError(f"interval_ms={interval_ms} must be positive")
+        if budget_mb is not None and not budget_mb > 0:
+            raise ValueError(f"budget_mb={budget_mb} must be positive (or None: the card)")
+        self.interval_ms = float(interval_ms)
+        self.device_index = int(device_index)
+        self.thresholds = thresholds or Thresholds()
+        self.budget_mb = float(budget_mb) if budget_mb else None
+        self.callbacks = list(callbacks or [])
+        self._rows = _RowBlocks(len(SAMPLE_COLUMNS), block_samples)
+        self._alerts: list[dict] = []
+        self._markers: list[dict] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0_ns = time.perf_counter_ns()
+        self._level = OK
+        self.reader = NvmlDevice(device_index, nvml)
+
+    @property
+    def available(self) -> bool:
+        return self.reader.available
+
+    @property
+    def status(self) -> str:
+        return self.reader.status
+
+    def device(self) -> dict:
+        """Name, driver and CUDA versions, memory, utilisation, temperature, power, clocks.
+
+        One dict with the status; numbers are NaN where NVML has none (or there is no GPU).
+        """
+        return {
+            "available": self.available,
+            "status": self.status,
+            "index": self.device_index,
+            **self.reader.facts(),
+            **self.read(),
+        }
+
+    def read(self) -> dict:
+        """One reading (no timestamp): memory, this process's memory, utilisation, sensors."""
+        return self.reader.read()
 
     # -- alerts --------------------------------------------------------------------------------
     @property
@@ -346,13 +426,7 @@ class GpuMonitor:
 
     def close(self) -> None:
         self.stop()
-        if self._nvml is not None:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:
-                pass
-            self._nvml = None
-            self.available = False
+        self.reader.close()
 
     def __enter__(self) -> GpuMonitor:
         return self.start()
