@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mateperf import metrics
 from mateperf.phases import final
 from tests.test_bad_input import assert_refused
 
@@ -29,7 +30,7 @@ def test_every_arm_against_the_baseline(cli, results_root):
     assert r.rc == 0, r.stderr[-3000:]
     run_dir = _run_dir(results_root)
     df = pd.read_parquet(run_dir / "final.parquet")
-    kept = final.kept(df)
+    kept = metrics.completed(df)
     assert set(kept["arm"]) == set(final.ARMS)
     assert (kept.groupby("arm").size() == 2).all()
     assert df["is_warmup"].sum() == 1 and (df["error"] == "").all()
@@ -72,7 +73,7 @@ def test_the_csharp_core_as_the_avatar(cli, results_root, built_csharp):
     )
     assert r.rc == 0, r.stderr[-3000:]
     df = pd.read_parquet(_run_dir(results_root) / "final.parquet")
-    kept = final.kept(df)
+    kept = metrics.completed(df)
     assert set(kept["peer"]) == {"csharp"} and (kept["beats"] >= 2).all()
     ab = final.against_baseline(df)
     assert np.isfinite(ab.loc[ab["metric"] == "beat_ms", "ratio"]).all()
@@ -82,7 +83,7 @@ def test_the_csharp_core_as_the_avatar(cli, results_root, built_csharp):
     "args, needles",
     [
         (["-p", "arms=batching,warmup"], ["arms", "baseline"]),
-        (["-p", "arms=turbo"], ["arms", "choose from"]),
+        (["-p", "arms=turbo"], ["arms", "chosen from"]),
         (["-p", "peers=unreal"], ["peers"]),
         (["-p", "frame_busy=1"], ["frame_busy"]),
         (["-p", "trials=0"], ["trials"]),

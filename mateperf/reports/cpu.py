@@ -270,7 +270,7 @@ def _plot_frames(d: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
 
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
-    d = cpu.kept(df)
+    d = metrics.completed(df)
     params = info.get("params", {})
     topo = topology_from(info)
     failed = df[df.get("error", pd.Series("", index=df.index)).fillna("") != ""]
@@ -346,7 +346,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary rows: the recommended n_threads against the original 6."""
-    d = cpu.kept(df)
+    d = metrics.completed(df)
     rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
     usable = int(d["usable_cpus"].iloc[0]) if "usable_cpus" in d else 1
     original = min(6, usable)

@@ -125,7 +125,7 @@ def _plot_forest(ab: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
 
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
-    d = final.kept(df)
+    d = metrics.completed(df)
     params = info.get("params", {})
     ab = final.against_baseline(df)
     first = df.iloc[0]

@@ -1,0 +1,110 @@
+"""The cpu phase's measurement: one fresh model load per trial under one background load."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+from mateperf import companion, model, progress, recommend, runner, workloads
+from mateperf.companion_load import background
+from mateperf.phases.cpu.params import CpuParams, Setting, settings
+from mateperf.runner import Visit
+from mateperf.trackers import cpu as cpu_detect
+
+SCENARIO = "threads"
+
+
+def trial(setting: Setting, p: CpuParams, model_path: str, rng: np.random.Generator, user: str):
+    """Load, warm up as llama-bench does, then pp, tg and one reply inside the load's window."""
+    config = model.LlamaConfig(
+        model_path=model_path,
+        n_ctx=p.n_ctx,
+        n_batch=setting.n_batch,
+        n_ubatch=setting.n_ubatch,
+        n_threads=setting.n_threads,
+        n_threads_batch=setting.n_threads_batch,
+        seed=p.seed,
+    )
+    load = background(setting.background, p.peer, p.fps, setting.frame_busy, p.command_hz)
+    with load:
+        llm, load_s = model.load(config)
+        try:
+            workloads.bench_warm_up(llm, p.pp_tokens, setting.n_batch, rng)
+            with load.window() as avatar:
+                pp_s = workloads.bench_pp(llm, p.pp_tokens, setting.n_batch, rng)
+                cpu_start = time.process_time()
+                tg_s = workloads.bench_tg(llm, p.tg_tokens, rng)
+                cpu_tg_s = time.process_time() - cpu_start
+                reply = workloads.stream_reply(
+                    llm, companion.chat_messages(user), p.max_tokens, p.seed
+                )
+        finally:
+            model.close(llm)
+    row = {
+        "load_s": load_s,
+        "pp_tps": p.pp_tokens / pp_s,
+        "tg_tps": p.tg_tokens / tg_s,
+        "cpu_ms_per_token": 1e3 * cpu_tg_s / p.tg_tokens,
+        "ttft_ms": reply["ttft_ms"],
+        "e2e_ms": reply["e2e_ms"],
+        "reply_tokens": reply["gen_tokens"],
+        "prompt_tokens": reply["prompt_tokens"],
+    }
+    if avatar is not None:
+        row.update(avatar.figures())
+    return row
+
+
+def _identity(setting: Setting, peer: str) -> dict:
+    return {
+        "scenario": SCENARIO,
+        "n_threads": setting.n_threads,
+        "n_threads_batch": setting.n_threads_batch,
+        "n_batch": setting.n_batch,
+        "n_ubatch": setting.n_ubatch,
+        "background": setting.background,
+        "frame_busy": setting.frame_busy,
+        "condition": recommend.condition_label(setting.background, setting.frame_busy),
+        "peer": peer if setting.background == "companion" else "",
+    }
+
+
+def _figures(_visit: Visit, row: dict) -> str:
+    frame = f", frame p99 {row['frame_p99_ms']:.1f} ms" if "frame_p99_ms" in row else ""
+    return (
+        f"pp {row['pp_tps']:.0f}, tg {row['tg_tps']:.1f} tok/s, ttft {row['ttft_ms']:.0f} ms{frame}"
+    )
+
+
+def run(**values) -> pd.DataFrame:
+    """Every setting under every load, interleaved per round after one warm-up trial."""
+    p = CpuParams.from_values(values)
+    topo = cpu_detect.detect()
+    path = model.resolve_model(p.model or None)
+    visit = settings(p, topo.usable)
+    rng = np.random.default_rng(p.seed)
+    order = runner.interleaved(visit, p.trials, rng)
+    progress.reporter("cpu")(
+        f"{len(visit)} settings × {p.trials} trials (+1 warm-up) on {topo.usable} usable CPUs, "
+        f"seed {p.seed}"
+    )
+
+    def one(v: Visit[Setting]) -> dict:
+        user = companion.USER_TURNS[max(v.round, 0) % len(companion.USER_TURNS)]
+        return trial(v.item, p, str(path), rng, user)
+
+    rows = runner.run_trials(
+        "cpu",
+        order,
+        one,
+        _figures,
+        base=lambda v: _identity(v.item, p.peer),
+        label=lambda s: s.label,
+    )
+    df = pd.DataFrame(rows)
+    runner.require_some(df, "trial")
+    df["model_file"] = path.name
+    df["usable_cpus"] = topo.usable
+    return df

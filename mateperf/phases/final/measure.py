@@ -1,0 +1,341 @@
+"""The final phase's measurement: each arm's settings, and one whole companion turn."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+from mateperf import companion, host, model, progress, recommend, results, runner, workloads
+from mateperf.companion_load import CompanionLoad
+from mateperf.errors import ParameterError
+from mateperf.phases.final.params import (
+    BASELINE,
+    OPTIMISED,
+    FinalParams,
+    parse_arms,
+    parse_peers,
+)
+from mateperf.runner import Visit
+from mateperf.trackers import cpu as cpu_detect
+from mateperf.trackers.gpu import GpuMonitor
+
+SCENARIO = "turn"
+ORIGINAL_THREADS = 6
+ORIGINAL_GPU_LAYERS = 35  # the companion's `balanced` GPU profile
+EMOTION_TAG = re.compile(r"\[(happy|sad|surprised|thinking|angry|relaxed)\]", re.I)
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    n_threads: int
+    n_threads_batch: int
+    n_batch: int
+    n_ubatch: int
+    n_gpu_layers: int
+    offload_kqv: bool
+    flash_attn: bool
+    warmup: bool
+    batching: bool
+    profile: str
+
+
+_progress = progress.reporter("final")
+
+
+# --- each arm's settings ----------------------------------------------------------------------
+
+
+def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
+    """The newest cpu run's recommended.json that fits this host, and where it came from."""
+    for run in reversed(results.list_runs(root, "cpu")):
+        path = run.path / "recommended.json"
+        if run.info.get("status") == results.STATUS_OK and path.is_file():
+            try:
+                return recommend.load(path), str(path)
+            except recommend.ConfigError as exc:
+                return None, f"the newest cpu run's recommendation does not fit: {exc}"
+    return None, "no cpu run with a recommended.json under the results root"
+
+
+def auto_profile(path: Path) -> tuple[dict, str, str]:
+    """The GPU profile for this machine: (load parameters, profile, why).
+
+    The gpu phase selects it (the fastest profile whose predicted VRAM fits the free VRAM with a
+    margin); this phase takes the newest gpu run's choice made on this host for this model.
+    Without GPU offload or a GPU there is nothing to select: cpu_fallback.
+    """
+    if not workloads.gpu_offload_available():
+        return {"n_gpu_layers": 0}, "cpu_fallback", "this llama-cpp-python build has no GPU offload"
+    monitor = GpuMonitor()
+    try:
+        available, status = monitor.available, monitor.status
+    finally:
+        monitor.close()
+    if not available:
+        return {"n_gpu_layers": 0}, "cpu_fallback", status
+    here = host.fingerprint()
+    for run in reversed(results.list_runs(None, "gpu")):
+        if run.info.get("status") != results.STATUS_OK or not run.frame_path().is_file():
+            continue
+        if host.same_host(run.info.get("fingerprint", {}), here):
+            continue
+        df = run.read_frame()
+        chosen = df[(df["scenario"] == "selection") & df["chosen"].fillna(False).astype(bool)]
+        if chosen.empty or str(chosen["model_file"].iloc[0]) != path.name:
+            continue
+        r = chosen.iloc[0]
+        params = {
+            "n_gpu_layers": int(r["cfg_n_gpu_layers"]),
+            "offload_kqv": bool(r["cfg_offload_kqv"]),
+            "flash_attn": bool(r["cfg_flash_attn"]),
+        }
+        return params, str(r["profile"]), f"selected by the gpu run {run.run_id} ({r['reason']})"
+    raise ParameterError(
+        "phase final: no gpu run of this model on this host to take the GPU profile from: "
+        "run `mateperf run gpu` first (it selects the profile for the free VRAM)"
+    )
+
+
+def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, TurnConfig], dict]:
+    """Each arm's settings, and the facts behind the optimised ones (for the report)."""
+    original = min(ORIGINAL_THREADS, usable)
+    baseline = TurnConfig(
+        n_threads=original,
+        n_threads_batch=original,
+        n_batch=512,
+        n_ubatch=512,
+        n_gpu_layers=ORIGINAL_GPU_LAYERS,
+        offload_kqv=True,
+        flash_attn=False,
+        warmup=False,
+        batching=False,
+        profile="balanced (original: n_gpu_layers 35)",
+    )
+    if p.config:
+        rec, rec_source = recommend.load(p.config), str(Path(p.config).resolve())
+    else:
+        rec, rec_source = latest_recommendation()
+    tuned = baseline
+    if rec is not None:
+        tuned = replace(baseline, **recommend.as_params(rec))
+    else:
+        _progress(f"threads arm keeps the original threads: {rec_source}")
+    params, profile, why = auto_profile(path)
+    profiled = replace(
+        baseline,
+        n_gpu_layers=int(params.get("n_gpu_layers", 0)),
+        offload_kqv=bool(params.get("offload_kqv", False)),
+        flash_attn=bool(params.get("flash_attn", False)),
+        profile=profile,
+    )
+    configs = {
+        BASELINE: baseline,
+        "threads": tuned,
+        "warmup": replace(baseline, warmup=True),
+        "batching": replace(baseline, batching=True),
+        "profile": profiled,
+        OPTIMISED: replace(
+            tuned,
+            warmup=True,
+            batching=True,
+            n_gpu_layers=profiled.n_gpu_layers,
+            offload_kqv=profiled.offload_kqv,
+            flash_attn=profiled.flash_attn,
+            profile=profile,
+        ),
+    }
+    facts = {
+        "recommendation": rec_source if rec is not None else f"none: {rec_source}",
+        "profile": profile,
+        "profile_reason": why,
+        "original_threads": original,
+    }
+    return configs, facts
+
+
+# --- one turn ---------------------------------------------------------------------------------
+
+
+class PeakRss:
+    """This process's peak RSS over a block, sampled every `interval_s` in a thread."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s = interval_s
+        self.peak_mb = math.nan
+        self._stop = threading.Event()
+        self._proc = psutil.Process()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._read()
+            self._stop.wait(self.interval_s)
+
+    def _read(self) -> None:
+        rss = self._proc.memory_info().rss / 2**20
+        self.peak_mb = rss if math.isnan(self.peak_mb) else max(self.peak_mb, rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="peak-rss")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._read()
+
+
+def beat(step: int, emotion: str | None = None) -> list[tuple[str, dict]]:
+    """One emotion beat's commands (the ipc phase's sequence), for `emotion` when known."""
+    commands = list(workloads.expression_sequence(step))
+    if emotion:
+        commands = [
+            (c, {**d, "name": emotion}) if c == "set_expression" else (c, d) for c, d in commands
+        ]
+    return commands
+
+
+def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram) -> dict:
+    config = model.LlamaConfig(
+        model_path=str(path),
+        n_ctx=p.n_ctx,
+        n_batch=cfg.n_batch,
+        n_ubatch=cfg.n_ubatch,
+        n_threads=cfg.n_threads,
+        n_threads_batch=cfg.n_threads_batch,
+        n_gpu_layers=cfg.n_gpu_layers,
+        offload_kqv=cfg.offload_kqv,
+        flash_attn=cfg.flash_attn,
+        seed=p.seed,
+    )
+    with CompanionLoad(peer, p.fps, p.frame_busy, command_hz=0) as avatar, PeakRss() as rss:
+        vram.start_turn()
+        llm, load_s = model.load(config)
+        try:
+            warmup_ms = workloads.warm_up(llm, p.warmup_tokens, p.seed) if cfg.warmup else 0.0
+            beats = []
+
+            def on_chunk(index: int, text: str) -> None:
+                if index % p.beat_chunks == 0:
+                    beats.append(index)
+                    avatar.send_beat(beat(len(beats)), cfg.batching)
+
+            with avatar.window() as window:
+                reply = workloads.stream_reply(
+                    llm, companion.chat_messages(user), p.max_tokens, p.seed, on_chunk
+                )
+                tag = EMOTION_TAG.search(reply["reply_text"])
+                avatar.send_beat(
+                    beat(len(beats) + 1, tag.group(1).lower() if tag else "relaxed"),
+                    cfg.batching,
+                )
+        finally:
+            model.close(llm)
+        peak_vram_mb = vram.end_turn()
+    figures = window.figures()
+    return {
+        "load_s": load_s,
+        "warmup_ms": warmup_ms,
+        "startup_ms": 1e3 * load_s + warmup_ms,
+        "ttft_ms": reply["ttft_ms"],
+        "e2e_ms": reply["e2e_ms"],
+        "tg_tps": reply["tg_tps"],
+        "pp_tps": reply["pp_tps"],
+        "reply_tokens": reply["gen_tokens"],
+        "beat_ms": figures["beat_ms"],
+        "beats": figures["beats"],
+        "frame_p50_ms": figures["frame_p50_ms"],
+        "frame_p99_ms": figures["frame_p99_ms"],
+        "cmd_errors": figures["cmd_errors"],
+        "peak_rss_mb": rss.peak_mb,
+        "peak_vram_mb": peak_vram_mb,
+    }
+
+
+class VramWatch:
+    """Peak VRAM of this process per turn where NVML sees a GPU; NaN and a reason otherwise."""
+
+    def __init__(self):
+        self.monitor = GpuMonitor(interval_ms=50)
+        self.status = self.monitor.status
+        self.available = self.monitor.available
+
+    def start_turn(self) -> None:
+        if self.available:
+            self.monitor.start()
+
+    def end_turn(self) -> float:
+        if not self.available:
+            return math.nan
+        self.monitor.stop()
+        samples = self.monitor.samples()
+        if samples.empty:
+            return math.nan
+        # this process's VRAM where NVML can attribute it (not inside a container), else the
+        # device's used VRAM (nothing else runs on a benchmark machine)
+        own = samples["vram_process_mb"].max()
+        return float(own if own > 0 else samples["vram_used_mb"].max())
+
+    def close(self) -> None:
+        self.monitor.close()
+
+
+# --- the phase --------------------------------------------------------------------------------
+
+
+def _figures(_visit: Visit, row: dict) -> str:
+    return (
+        f"ttft {row['ttft_ms']:.0f} ms, reply {row['e2e_ms']:.0f} ms, "
+        f"beat {row['beat_ms']:.0f} ms, frame p99 {row['frame_p99_ms']:.1f} ms"
+    )
+
+
+def run(**values) -> pd.DataFrame:
+    """Every arm with every peer, interleaved per round after one warm-up turn."""
+    p = FinalParams.from_values(values)
+    path = model.resolve_model(p.model or None)
+    topo = cpu_detect.detect()
+    configs, facts = arm_configs(p, path, topo.usable)
+    chosen = parse_arms(p.arms)
+    peer_list = parse_peers(p.peers)
+    visits = [(arm, peer) for peer in peer_list for arm in chosen]
+    order = runner.interleaved(visits, p.trials, np.random.default_rng(p.seed))
+    _progress(
+        f"{len(chosen)} arms × {len(peer_list)} peer(s) × {p.trials} trials (+1 warm-up); "
+        f"threads: {facts['recommendation']}; profile: {facts['profile']}"
+    )
+
+    def identity(v: Visit[tuple[str, str]]) -> dict:
+        arm, peer = v.item
+        cfg = {f"cfg_{key}": value for key, value in dataclasses.asdict(configs[arm]).items()}
+        return {"scenario": SCENARIO, "arm": arm, "peer": peer, **cfg}
+
+    def one(v: Visit[tuple[str, str]]) -> dict:
+        arm, peer = v.item
+        user = companion.USER_TURNS[max(v.round, 0) % len(companion.USER_TURNS)]
+        return turn(configs[arm], p, path, peer, user, vram)
+
+    vram = VramWatch()
+    try:
+        rows = runner.run_trials(
+            "final", order, one, _figures, base=identity, label=lambda a: f"{a[0]} ({a[1]})"
+        )
+    finally:
+        vram.close()
+    df = pd.DataFrame(rows)
+    runner.require_some(df, "turn")
+    df["model_file"] = path.name
+    df["usable_cpus"] = topo.usable
+    df["threads_source"] = facts["recommendation"]
+    df["profile_reason"] = facts["profile_reason"]
+    df["vram_status"] = vram.status
+    df["gpu_offload"] = workloads.gpu_offload_available()
+    return df
