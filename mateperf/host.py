@@ -50,33 +50,10 @@ def cpu_topology():
 
 
 def gpus() -> dict:
-    """NVIDIA GPUs via NVML, or {"count": 0, "reason": why not}."""
-    try:
-        import pynvml
-    except ImportError as exc:
-        return {"count": 0, "devices": [], "reason": f"nvidia-ml-py not importable: {exc}"}
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return {"count": 0, "devices": [], "reason": f"NVML unavailable: {exc}"}
-    try:
-        devices = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            name = pynvml.nvmlDeviceGetName(h)
-            devices.append(
-                {
-                    "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else name,
-                    "memory_total_mb": mem.total / 2**20,
-                }
-            )
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        driver = driver.decode() if isinstance(driver, bytes) else driver
-        return {"count": len(devices), "devices": devices, "driver": driver, "reason": ""}
-    finally:
-        pynvml.nvmlShutdown()
+    """NVIDIA GPUs via NVML (the one reader, mateperf.trackers.gpu), or count 0 and why not."""
+    from mateperf.trackers.gpu import inventory
+
+    return inventory()
 
 
 def llama_info() -> dict:

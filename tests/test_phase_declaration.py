@@ -181,7 +181,7 @@ def test_every_phase_prints_progress_through_the_one_helper(capsys):
     from mateperf import execute, progress
 
     for name in phases.PHASES:
-        importlib.import_module(f"mateperf.phases.{name}")._progress("step 1 of 2")
+        importlib.import_module(f"mateperf.phases.{name}.measure")._progress("step 1 of 2")
         out, err = capsys.readouterr()
         assert (out, err) == (f"[{name}] step 1 of 2\n", "")
         assert execute.PROGRESS_LINE.match(out) and progress.LINE is execute.PROGRESS_LINE

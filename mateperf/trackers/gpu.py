@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mateperf.trackers.memory import _RowBlocks
+from mateperf.trackers.rows import RowBlocks
 
 MB = float(1 << 20)
 NO_GPU_PREFIX = "no NVIDIA GPU"
@@ -304,7 +304,7 @@ class GpuMonitor:
         self.thresholds = thresholds or Thresholds()
         self.budget_mb = float(budget_mb) if budget_mb else None
         self.callbacks = list(callbacks or [])
-        self._rows = _RowBlocks(len(SAMPLE_COLUMNS), block_samples)
+        self._rows = RowBlocks(len(SAMPLE_COLUMNS), block_samples)
         self._alerts: list[dict] = []
         self._markers: list[dict] = []
         self._lock = threading.Lock()

@@ -43,6 +43,9 @@ import weakref
 import numpy as np
 import pandas as pd
 
+from mateperf.trackers.gpu import NvmlDevice
+from mateperf.trackers.rows import RowBlocks
+
 MB = float(1 << 20)
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -220,60 +223,23 @@ def read_heap() -> tuple[float, float]:
 
 
 class GpuReader:
-    """NVML reads: device-used MB and this process's MB. `status` says why when there is none."""
+    """Device-used MB and this process's MB, read through the one NVML reader
+    (`mateperf.trackers.gpu.NvmlDevice`). `status` says why when there is none."""
 
     def __init__(self, enabled: bool = True, device_index: int = 0):
-        self.available = False
-        self.status = ""
-        self._pid = os.getpid()
-        self._handle = None
-        self._nvml = None
-        if not enabled:
-            self.status = "no GPU: VRAM sampling disabled by the caller"
-            return
-        try:
-            import pynvml
-        except ImportError as exc:
-            self.status = f"no GPU: nvidia-ml-py (pynvml) not importable: {exc}"
-            return
-        try:
-            pynvml.nvmlInit()
-            count = pynvml.nvmlDeviceGetCount()
-            if count <= device_index:
-                self.status = f"no GPU: NVML reports {count} device(s), index {device_index} absent"
-                return
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
-            name = pynvml.nvmlDeviceGetName(self._handle)
-        except pynvml.NVMLError as exc:
-            self.status = f"no GPU: NVML unavailable: {exc}"
-            return
-        self._nvml = pynvml
-        self.available = True
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        self.status = f"GPU {device_index}: {name}"
+        self.device = NvmlDevice(device_index, prefix="no GPU") if enabled else None
+        self.available = self.device is not None and self.device.available
+        self.status = (
+            self.device.status if self.device else "no GPU: VRAM sampling disabled by the caller"
+        )
 
     def read(self) -> tuple[float, float]:
         """(device_used_mb, process_mb); NaN where unknown (no GPU, or the driver hides it)."""
         nan = float("nan")
         if not self.available:
             return nan, nan
-        nvml = self._nvml
-        try:
-            used = nvml.nvmlDeviceGetMemoryInfo(self._handle).used / MB
-        except nvml.NVMLError:
-            return nan, nan
-        # Not listed = no CUDA context = 0 MB. Listed with usedGpuMemory None = the driver hides
-        # it (WDDM) = unknown. Inside a container NVML reports host PIDs, so this reads 0 there.
-        process = 0.0
-        try:
-            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
-                if proc.pid == self._pid:
-                    if proc.usedGpuMemory is None:
-                        return used, nan
-                    process += proc.usedGpuMemory / MB
-        except nvml.NVMLError:
-            process = nan
-        return used, process
+        used = self.device.memory_mb()[0]
+        return (nan, nan) if used != used else (used, self.device.process_mb())
 
 
 GC_COLUMNS = [
@@ -286,33 +252,6 @@ GC_COLUMNS = [
     "heap_after_mb",
     "gc_forced",
 ]
-
-
-class _RowBlocks:
-    """Fixed-width float rows in preallocated blocks: appending never reallocates what is
-    stored, so a recorder running for hours does not copy its history (the caller locks)."""
-
-    def __init__(self, width: int, rows_per_block: int):
-        self._width = int(width)
-        self._rows_per_block = int(rows_per_block)
-        self._blocks: list[np.ndarray] = [self._new_block()]
-        self._n_in_block = 0
-
-    def _new_block(self) -> np.ndarray:
-        return np.full((self._rows_per_block, self._width), np.nan)
-
-    def append(self, values) -> None:
-        if self._n_in_block == self._rows_per_block:
-            self._blocks.append(self._new_block())
-            self._n_in_block = 0
-        self._blocks[-1][self._n_in_block] = values
-        self._n_in_block += 1
-
-    def __len__(self) -> int:
-        return (len(self._blocks) - 1) * self._rows_per_block + self._n_in_block
-
-    def array(self) -> np.ndarray:
-        return np.concatenate(self._blocks[:-1] + [self._blocks[-1][: self._n_in_block]])
 
 
 class GcRecorder:
@@ -338,7 +277,7 @@ class GcRecorder:
         # sampler's blocks (megabytes) would then wait for the collector it is watching.
         self._clock = weakref.WeakMethod(now_s) if hasattr(now_s, "__self__") else lambda: now_s
         self.heap_generation = int(heap_generation)
-        self._rows = _RowBlocks(len(GC_COLUMNS), block_events)
+        self._rows = RowBlocks(len(GC_COLUMNS), block_events)
         # Re-entrant: a reader that allocates while holding it can trigger a collection in its
         # own thread, whose callback then takes the lock again.
         self._lock = threading.RLock()
@@ -450,7 +389,7 @@ class MemorySampler:
         self.interval_ms = float(interval_ms)
         self.uss_interval_ms = float(uss_interval_ms)
         self.gpu = GpuReader(enabled=gpu, device_index=gpu_index)
-        self._rows = _RowBlocks(len(_NUMERIC), block_samples)
+        self._rows = RowBlocks(len(_NUMERIC), block_samples)
         self._markers: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()

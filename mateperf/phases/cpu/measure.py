@@ -78,6 +78,9 @@ def _figures(_visit: Visit, row: dict) -> str:
     )
 
 
+_progress = progress.reporter("cpu")
+
+
 def run(**values) -> pd.DataFrame:
     """Every setting under every load, interleaved per round after one warm-up trial."""
     p = CpuParams.from_values(values)
@@ -86,7 +89,7 @@ def run(**values) -> pd.DataFrame:
     visit = settings(p, topo.usable)
     rng = np.random.default_rng(p.seed)
     order = runner.interleaved(visit, p.trials, rng)
-    progress.reporter("cpu")(
+    _progress(
         f"{len(visit)} settings × {p.trials} trials (+1 warm-up) on {topo.usable} usable CPUs, "
         f"seed {p.seed}"
     )
