@@ -10,7 +10,7 @@ import pandas as pd
 from mateperf import companion, model, progress, recommend, runner, workloads
 from mateperf.companion_load import background
 from mateperf.phases.cpu.params import CpuParams, Setting, settings
-from mateperf.runner import Visit
+from mateperf.runner import Visit, adaptive
 from mateperf.trackers import cpu as cpu_detect
 
 SCENARIO = "threads"
@@ -81,6 +81,15 @@ def _figures(_visit: Visit, row: dict) -> str:
 _progress = progress.reporter("cpu")
 
 
+def _label(s: Setting) -> str:
+    return s.label
+
+
+def _tg(row: dict) -> float:
+    """What a setting's repetition stops on: generation tokens/s, what threads decide."""
+    return row["tg_tps"]
+
+
 def run(**values) -> pd.DataFrame:
     """Every setting under every load, interleaved per round after one warm-up trial."""
     p = CpuParams.from_values(values)
@@ -88,24 +97,25 @@ def run(**values) -> pd.DataFrame:
     path = model.resolve_model(p.model or None)
     visit = settings(p, topo.usable)
     rng = np.random.default_rng(p.seed)
-    order = runner.interleaved(visit, p.trials, rng)
+    until = f", fewer once within ±{p.precision_pct:g}%" if p.precision_pct else ""
     _progress(
-        f"{len(visit)} settings × {p.trials} trials (+1 warm-up) on {topo.usable} usable CPUs, "
-        f"seed {p.seed}"
+        f"{len(visit)} settings × {p.trials} trials{until} (+1 warm-up) on {topo.usable} usable "
+        f"CPUs, seed {p.seed}"
     )
 
     def one(v: Visit[Setting]) -> dict:
         user = companion.USER_TURNS[max(v.round, 0) % len(companion.USER_TURNS)]
         return trial(v.item, p, str(path), rng, user)
 
-    rows = runner.run_trials(
-        "cpu",
-        order,
-        one,
-        _figures,
-        base=lambda v: _identity(v.item, p.peer),
-        label=lambda s: s.label,
-    )
+    base = lambda v: _identity(v.item, p.peer)  # noqa: E731 - the runner's identity columns
+    if p.precision_pct:
+        precision = adaptive.Precision(p.precision_pct / 100, min(p.min_trials, p.trials), p.trials)
+        rows = runner.run_until_precise(
+            "cpu", visit, one, _figures, _tg, precision, rng, base, label=_label
+        )
+    else:
+        order = runner.interleaved(visit, p.trials, rng)
+        rows = runner.run_trials("cpu", order, one, _figures, base, label=_label)
     df = pd.DataFrame(rows)
     runner.require_some(df, "trial")
     df["model_file"] = path.name

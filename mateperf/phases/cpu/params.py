@@ -165,7 +165,18 @@ class CpuParams(Params):
     command_hz: float = param(
         10.0, "emotion commands per second streamed to the peer during a trial", at_least=0
     )
-    trials: int = param(5, "per setting and load, after one warm-up trial (left out)", at_least=1)
+    trials: int = param(
+        5,
+        "per setting and load, at most (fewer once precise), after one warm-up trial (left out)",
+        at_least=1,
+    )
+    precision_pct: float = param(
+        3.0,
+        "stop repeating a setting once its tg tokens/s median's 95% CI is within ±this %; "
+        "0 runs every setting `trials` times",
+        at_least=0,
+    )
+    min_trials: int = param(4, "trials before a setting may stop as precise", at_least=2)
     pp_tokens: int = param(128, "prompt-processing test size per trial (random tokens)", at_least=1)
     tg_tokens: int = param(48, "generation test size per trial", at_least=1)
     max_tokens: int = param(24, "length cap of the companion reply per trial", at_least=1)
