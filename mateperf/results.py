@@ -180,7 +180,7 @@ class RunDir:
 
     def read_frame(self, phase: str | None = None) -> pd.DataFrame:
         """The stored frame, upgraded to the current format (mateperf.upgrade)."""
-        return upgrade(pd.read_parquet(self.frame_path(phase)))
+        return upgrade(pd.read_parquet(self.frame_path(phase)), phase or self.phase)
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name

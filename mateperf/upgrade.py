@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mateperf import metrics
 from mateperf.metrics import WARMUP_FLAG
 
 # The warm-up flag's names before it had one (llm runs of 2026-11-26: `discarded`).
 OLD_WARMUP_FLAGS = ("discarded",)
 
 
-def upgrade(df: pd.DataFrame) -> pd.DataFrame:
+def upgrade(df: pd.DataFrame, phase: str = "") -> pd.DataFrame:
     """`df` in the current stored format (a new frame: unchanged, the same object)."""
+    df = _warmup_flag(df)
+    if phase == "ipc" and "record" not in df.columns:
+        df = _ipc_trial_rows(df)
+    return df
+
+
+def _warmup_flag(df: pd.DataFrame) -> pd.DataFrame:
     old = [flag for flag in OLD_WARMUP_FLAGS if flag in df.columns]
     if not old:
         return df
@@ -29,3 +37,21 @@ def upgrade(df: pd.DataFrame) -> pd.DataFrame:
     for f in flags[1:]:
         warm = warm | f
     return out.drop(columns=old).assign(**{WARMUP_FLAG: warm})
+
+
+def _ipc_trial_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """ipc frames stored before trial rows existed (`record` absent): each per-trial value was
+    copied onto every request row of its arm and trial. The request rows become `request`
+    rows with the copies blanked, and one `trial` row per arm and trial is rebuilt from them
+    (from the rows that count: warm-ups and failed trials carry the same copies)."""
+    copied = [m.name for m in metrics.IPC_METRICS if m.level == metrics.TRIAL]
+    copied = [c for c in copied if c in df.columns]
+    requests = df.assign(record="request", **{c: float("nan") for c in copied})
+    if not copied:
+        return requests
+    kept = metrics.completed(df)
+    keys = [c for c in (*metrics.IDENTITY["ipc"], *metrics.replicate_keys(kept)) if c in df]
+    with_values = kept[kept[copied].notna().any(axis=1)]
+    trials = with_values.groupby(keys, sort=False, dropna=False)[copied].first().reset_index()
+    trials = trials.assign(record="trial", **{WARMUP_FLAG: False})
+    return pd.concat([requests, trials], ignore_index=True, sort=False)

@@ -29,3 +29,17 @@ def test_both_flags_mean_warm_up_when_either_says_so():
 def test_a_current_frame_passes_through_untouched():
     df = pd.DataFrame({"is_warmup": [True, False], "x": [1.0, 2.0]})
     assert upgrade(df) is df
+
+
+def test_an_old_ipc_run_gets_its_trial_rows_on_load():
+    """ipc runs stored before trial rows: per-trial values copied onto every request row."""
+    old = REPO_ROOT / "results" / "20261126T191834Z-ipc-90c8"
+    raw = pd.read_parquet(old / "ipc.parquet")
+    assert "record" not in raw
+    df = results.RunDir.open(old).read_frame("ipc")
+    assert set(df["record"]) == {"request", "trial"}
+    trials = df[df["record"] == "trial"]
+    assert len(trials) and not trials["is_warmup"].any()
+    copied = [m.name for m in metrics.IPC_METRICS if m.level == metrics.TRIAL and m.name in raw]
+    assert df.loc[df["record"] == "request", copied].isna().all().all()
+    assert trials[copied].notna().any(axis=1).all()

@@ -17,30 +17,16 @@ from mateperf.phases.ipc.rows import (
     IDENTITY,
     RECORD,
     REQUEST_ROW,
-    TRIAL_METRICS,
     TRIAL_ROW,
 )
 
 
 def split_records(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(request and frame rows, trial rows) of a stored frame, warm-ups and failed trials
-    left out: the rows that are many per trial, and the rows that are one per trial.
-
-    Frames stored before trial rows existed carry each per-trial value copied onto every
-    request row of its arm and trial; one trial row per arm and trial is rebuilt from them,
-    and the copies are blanked on the request rows.
-    """
+    left out: the rows that are many per trial, and the rows that are one per trial. (Frames
+    stored before trial rows existed are given them on load: mateperf.upgrade.)"""
     df = metrics.completed(df)
-    if RECORD in df.columns:
-        return df[df[RECORD].isin((REQUEST_ROW, FRAME_ROW))], df[df[RECORD] == TRIAL_ROW]
-    copied = [c for c in TRIAL_METRICS if c in df.columns]
-    requests = df.assign(**{c: np.nan for c in copied})
-    if not copied:
-        return requests, df.iloc[:0]
-    keys = [c for c in (*IDENTITY, *metrics.replicate_keys(df)) if c in df.columns]
-    with_values = df[df[copied].notna().any(axis=1)]
-    trials = with_values.groupby(keys, sort=False, dropna=False)[copied].first().reset_index()
-    return requests, trials
+    return df[df[RECORD].isin((REQUEST_ROW, FRAME_ROW))], df[df[RECORD] == TRIAL_ROW]
 
 
 def per_trial(rows: pd.DataFrame, metric: str, percentile: float = 50) -> np.ndarray:
