@@ -20,7 +20,7 @@ import numpy as np
 
 from mateperf import model, stats
 from mateperf.host import usable_cpus
-from mateperf.phases import llm
+from mateperf.phases.llm.measure import throughput_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,9 +80,11 @@ def mateperf_bench(model_path: Path, threads: int, reps: int, n_pp: int, n_tg: i
     )
     p = {"pp_tokens": n_pp, "tg_tokens": n_tg}
     rng = np.random.default_rng(config.seed)
-    rows = [row for rep in range(-1, reps) for row in llm.throughput_trial(config, p, rep, rng)]
-    pp = [r["pp_tps"] for r in rows if r["scenario"] == "pp" and not r["is_warmup"]]
-    tg = [r["tg_tps"] for r in rows if r["scenario"] == "tg" and not r["is_warmup"]]
+    # the first repetition is the phase's warm-up, left out as the phase leaves it out
+    reps_rows = [throughput_trial(config, p, rng) for _ in range(reps + 1)][1:]
+    rows = [row for rep in reps_rows for row in rep]
+    pp = [r["pp_tps"] for r in rows if r["scenario"] == "pp"]
+    tg = [r["tg_tps"] for r in rows if r["scenario"] == "tg"]
     return pp, tg
 
 

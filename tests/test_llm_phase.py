@@ -2,13 +2,15 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mateperf import results
+from mateperf import companion, model, results, workloads
 from mateperf.phases import llm
+from mateperf.phases.llm import measure
 from tests.conftest import SMALL_LLM, run_phase_once, small_llm_args
 
 pytestmark = pytest.mark.slow
@@ -52,6 +54,50 @@ def test_llama_bench_style_rows(small_run):
     assert (tg["tg_tps"] > 0).all()
 
 
+def test_visits_interleave_pairs_and_repetitions_round_by_round():
+    order = [(v.round, v.item) for v in measure.visits(trials=2, bench_reps=3)]
+    assert order == [
+        (-1, "cold"), (-1, "warm"), (-1, "throughput"),
+        (0, "warm"), (0, "cold"), (0, "throughput"),
+        (1, "cold"), (1, "warm"), (1, "throughput"),
+        (2, "throughput"),
+    ]  # fmt: skip
+
+
+def test_a_failed_trial_is_recorded_and_the_run_goes_on(default_model):
+    """A real failure, no fake: n_ctx holds the conversation of user turn 1 (the run's round 0)
+    but not the longer turns 0 and 2 (its warm-up round and round 1), so `stream_reply` refuses
+    those with "does not fit the context window", and the pairs of round 0 and the throughput
+    repetitions still run."""
+    turns = companion.USER_TURNS[:3]
+    llm_, _ = model.load(model.LlamaConfig(str(default_model), n_ctx=512))
+    try:  # counted as stream_reply counts them: the messages' text, before the chat template
+        sizes = [
+            len(llm_.tokenize("\n".join(m["content"] for m in companion.chat_messages(u)).encode()))
+            for u in turns
+        ]
+    finally:
+        model.close(llm_)
+    assert sizes[1] < min(sizes[0], sizes[2])
+    max_tokens = 16  # above the chat template's own tokens, so the templated turn 1 fits
+    df = llm.run(
+        model=str(default_model),
+        **{**SMALL_LLM, "trials": 2, "max_tokens": max_tokens, "n_ctx": sizes[1] + max_tokens},
+    )
+    first = df[df["scenario"] == llm.SCENARIO_FIRST_REPLY]
+    failed = first[first["error"] != ""]
+    assert list(failed["user_turn"]) == [0, 0, 2, 2] and list(failed["trial"]) == [-1, -1, 1, 1]
+    assert failed["error"].str.startswith("ValueError: ").all()
+    assert failed["error"].str.contains("does not fit the context window").all()
+    assert failed["ttft_ms"].isna().all()
+    ok = first[first["error"] == ""]
+    assert list(ok["trial"]) == [0, 0] and (ok["gen_tokens"] >= 1).all()
+    assert (df.loc[df["scenario"] != llm.SCENARIO_FIRST_REPLY, "error"] == "").all()
+    summary = llm.summarize(df)  # failed trials are left out, like warm-ups
+    ttft = summary[summary["metric"] == "ttft_ms"].set_index("arm")["n"]
+    assert ttft["cold"] == 1 and ttft["warm"] == 1
+
+
 def test_summaries(small_run):
     summary = llm.summarize(small_run)
     ttft = summary[(summary["metric"] == "ttft_ms") & (summary["arm"] == "warm")].iloc[0]
@@ -86,7 +132,8 @@ def test_cli_run_writes_a_complete_run_directory(cli_llm_run):
     md = (run_dir / "llm.md").read_text(encoding="utf-8")
     assert "Cold vs warm" in md and "plots/llm_ttft_cold_vs_warm.png" in md
     assert (run_dir / "plots" / "llm_throughput.png").stat().st_size > 1000
-    assert "[llm] first reply" in r.stderr  # progress reached the terminal
+    # progress reached the terminal, one line per trial
+    assert re.search(r"\[llm\] \d+/\d+ first reply cold \(warm-up\): load ", r.stderr)
     assert info["measure_s"] > 0 and info["execution_s"] >= info["measure_s"]
 
 
@@ -164,13 +211,16 @@ def test_compare_calls_two_threads_faster_than_one(cli, results_root):
 
 
 def test_failed_measurement_is_recorded(cli, results_root):
-    # 64 tokens of context cannot hold the system prompt: llama-cpp-python raises mid-run
+    # 64 tokens of context cannot hold the system prompt: every first reply fails, and a run
+    # whose every first-reply trial failed is a failed run, with the first trial's error
     r = cli("run", "llm", *small_llm_args(n_ctx=64))
     assert r.rc == 1
+    assert "first reply cold (warm-up): FAILED ValueError" in r.stderr
     (run_dir,) = [p.parent for p in results_root.glob("*/run.json")]
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_FAILED
-    assert info["error"]["ename"] == "ValueError"
+    assert info["error"]["ename"] == "RuntimeError"
+    assert "every first-reply trial failed" in info["error"]["evalue"]
     assert "context window" in info["error"]["evalue"]
     assert (run_dir / "02_llm_cache.ipynb").is_file()
 
@@ -178,7 +228,7 @@ def test_failed_measurement_is_recorded(cli, results_root):
 def test_gpu_layers_without_gpu_build_says_so(default_model, capsys):
     df = llm.run(model=str(default_model), **{**SMALL_LLM, "n_gpu_layers": 4})
     said = capsys.readouterr().out  # a progress line: stdout (the CLI shows it on stderr)
-    if llm.gpu_offload_available():
+    if workloads.gpu_offload_available():
         assert (df["gpu_layers_effective"] == 4).all()
     else:
         assert "n_gpu_layers=4 asked for" in said and "every layer runs on the CPU" in said

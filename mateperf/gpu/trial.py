@@ -23,6 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from mateperf import companion, model, workloads
+from mateperf.trackers.gpu import GpuMonitor
+
 NAN = float("nan")
 
 
@@ -66,20 +71,12 @@ def empty_result() -> dict:
 
 def measure(config: dict, work: dict) -> dict:
     """Load `config` (LlamaConfig fields), do `work`; NVML readings after load and after work."""
-    import numpy as np
-
-    from mateperf import companion, model
-    from mateperf.phases import llm as llm_phase
-    from mateperf.trackers.gpu import GpuMonitor
-
     out = empty_result()
     out["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     start = time.perf_counter()
     reader = GpuMonitor()
     try:
-        import llama_cpp
-
-        out["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+        out["gpu_offload"] = workloads.gpu_offload_available()
         cfg = model.LlamaConfig(**config)
         out["stage"] = "load"
         llm, out["load_s"] = model.load(cfg)
@@ -89,20 +86,21 @@ def measure(config: dict, work: dict) -> dict:
         try:
             if work["max_tokens"]:
                 user = companion.USER_TURNS[work["user_turn"] % len(companion.USER_TURNS)]
-                reply = llm_phase.stream_reply(
+                reply = workloads.stream_reply(
                     llm, companion.chat_messages(user), work["max_tokens"], work["seed"]
                 )
                 for key in ("ttft_ms", "e2e_ms", "prompt_tokens", "gen_tokens"):
                     out[key] = reply[key]
             rng = np.random.default_rng(work["seed"])
             if work["pp_tokens"] or work["tg_tokens"]:
-                # one short decode first touches every weight (and fills the CUDA pools)
-                llm_phase.bench_pp(llm, min(16, llm.n_ctx()), cfg.n_batch, rng)
+                # llama-bench's warm-up: every weight, the KV cache and the compute buffers
+                # (the CUDA pools) touched once at the measured batch size
+                workloads.bench_warm_up(llm, work["pp_tokens"], cfg.n_batch, rng)
             if work["pp_tokens"]:
-                seconds = llm_phase.bench_pp(llm, work["pp_tokens"], cfg.n_batch, rng)
+                seconds = workloads.bench_pp(llm, work["pp_tokens"], cfg.n_batch, rng)
                 out["pp_tps"] = work["pp_tokens"] / seconds
             if work["tg_tokens"]:
-                seconds = llm_phase.bench_tg(llm, work["tg_tokens"], rng)
+                seconds = workloads.bench_tg(llm, work["tg_tokens"], rng)
                 out["tg_tps"] = work["tg_tokens"] / seconds
             after = reader.read()
             out["vram_after_mb"] = after["vram_used_mb"]

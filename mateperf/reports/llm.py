@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import metrics
-from mateperf.phases import llm
+from mateperf.phases.llm import analyse as llm
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
 from mateperf.reports.overview import CLAIMS, ab_row
