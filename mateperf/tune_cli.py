@@ -32,9 +32,7 @@ def cmd_tune(args) -> int:
     from mateperf.model import resolve_model
 
     resolve_model(p.model or None)  # a missing or corrupt file: one line before anything runs
-    run = results.RunDir.create(
-        TUNE, p.as_dict(), root=args.results, command=command_line()
-    )
+    run = results.RunDir.create(TUNE, p.as_dict(), root=args.results, command=command_line())
     print(f"mateperf: tuning -> {run.path}", file=sys.stderr)
     try:
         with measurement_lock(args.results or results.default_root()):

@@ -158,8 +158,10 @@ def bench_warm_up(llm, pp_tokens: int, n_batch: int, rng: np.random.Generator) -
     """llama-bench's warm-up: a prompt of the measured size, then one generated token.
 
     A fresh context pays once for what the timed runs must not: the first touch of its KV
-    cache and compute buffers at full batch size, and of every weight. A 16-token decode
-    warmed the weights only, and pp512 then read 0.88x llama-bench's figure.
+    cache and compute buffers at full batch size, and of every weight. Warming up as
+    llama-bench does leaves both tools timing a context in the same state. (On the 2-vCPU
+    AMD host the first pp512 after a load showed no penalty against later ones; this is for
+    hosts and builds where it does.)
     """
     bench_pp(llm, max(1, min(pp_tokens, llm.n_ctx())), n_batch, rng)
     bench_tg(llm, 1, rng)
