@@ -15,8 +15,9 @@ from mateperf.errors import ParameterError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 CONFIG_HELP = (
-    "a recommended.json from `mateperf run cpu`: its n_threads, n_threads_batch, n_batch and "
-    "n_ubatch become the defaults (-p still wins); refused on a host it was not measured on"
+    "a recommended.json from `mateperf tune` (its default profile) or `mateperf run cpu`: the "
+    "settings the phase has become its defaults (-p still wins); refused on a host it was not "
+    "measured on"
 )
 
 

@@ -180,3 +180,18 @@ def test_mateperf_tune_writes_profiles_the_companion_loads(tmp_path):
     assert (
         "Tuned settings per companion profile" in md and (run / "plots" / "tune_race.png").is_file()
     )
+
+
+def test_the_final_phase_takes_a_tuned_file(tmp_path):
+    from mateperf.host import cpu_budget
+    from mateperf.phases.final.measure import arm_configs
+    from mateperf.phases.final.params import FinalParams
+
+    path, _ = _tuned_file(tmp_path, cpu_budget())
+    configs, facts = arm_configs(FinalParams(config=str(path)), resolve_model(None), usable=2)
+    threads, profile, optimised = configs["threads"], configs["profile"], configs["optimised"]
+    assert (threads.n_threads, threads.n_threads_batch, threads.n_batch) == (1, 2, 128)
+    assert threads.type_k == "f16" and threads.n_gpu_layers == configs["baseline"].n_gpu_layers
+    assert (profile.n_gpu_layers, profile.flash_attn, profile.type_k) == (0, True, "q8_0")
+    assert profile.profile == "tuned balanced" and facts["profile"] == "tuned balanced"
+    assert (optimised.n_threads, optimised.type_v, optimised.warmup) == (1, "q8_0", True)

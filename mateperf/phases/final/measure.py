@@ -45,6 +45,8 @@ class TurnConfig:
     warmup: bool
     batching: bool
     profile: str
+    type_k: str = "f16"
+    type_v: str = "f16"
 
 
 _progress = progress.reporter("final")
@@ -54,15 +56,25 @@ _progress = progress.reporter("final")
 
 
 def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
-    """The newest cpu run's recommended.json that fits this host, and where it came from."""
-    for run in reversed(results.list_runs(root, "cpu")):
-        path = run.path / "recommended.json"
+    """The newest recommended.json of a `mateperf tune` or cpu run that fits this host, and
+    where it came from."""
+    runs = results.list_runs(root, "tune") + results.list_runs(root, "cpu")
+    for run in sorted(runs, key=lambda r: r.run_id, reverse=True):
+        path = run.path / recommend.FILE_NAME
         if run.info.get("status") == results.STATUS_OK and path.is_file():
             try:
                 return recommend.load(path), str(path)
             except recommend.ConfigError as exc:
-                return None, f"the newest cpu run's recommendation does not fit: {exc}"
-    return None, "no cpu run with a recommended.json under the results root"
+                return None, f"the newest {run.phase} run's recommendation does not fit: {exc}"
+    return None, "no tune or cpu run with a recommended.json under the results root"
+
+
+def tuned_profile(rec: dict) -> tuple[dict, str, str]:
+    """A tuned file's default profile as the profile arm's load settings: (params, name, why)."""
+    s = recommend.as_params(rec)
+    params = {"n_gpu_layers": s["n_gpu_layers"], "offload_kqv": True, "flash_attn": s["flash_attn"]}
+    name = rec["default_profile"]
+    return params, f"tuned {name}", f"measured by `mateperf tune` ({name}, this host)"
 
 
 def auto_profile(path: Path) -> tuple[dict, str, str]:
@@ -125,16 +137,21 @@ def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, Turn
         rec, rec_source = latest_recommendation()
     tuned = baseline
     if rec is not None:
-        tuned = replace(baseline, **recommend.as_params(rec))
+        threads = recommend.as_params(rec)
+        tuned = replace(baseline, **{k: threads[k] for k in recommend.SETTINGS})
     else:
         _progress(f"threads arm keeps the original threads: {rec_source}")
-    params, profile, why = auto_profile(path)
+    is_tuned = rec is not None and rec.get("format") == recommend.TUNED_FORMAT
+    params, profile, why = tuned_profile(rec) if is_tuned else auto_profile(path)
+    kv = recommend.as_params(rec) if is_tuned else {}
     profiled = replace(
         baseline,
         n_gpu_layers=int(params.get("n_gpu_layers", 0)),
         offload_kqv=bool(params.get("offload_kqv", False)),
         flash_attn=bool(params.get("flash_attn", False)),
         profile=profile,
+        type_k=kv.get("type_k", "f16"),
+        type_v=kv.get("type_v", "f16"),
     )
     configs = {
         BASELINE: baseline,
@@ -149,6 +166,8 @@ def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, Turn
             n_gpu_layers=profiled.n_gpu_layers,
             offload_kqv=profiled.offload_kqv,
             flash_attn=profiled.flash_attn,
+            type_k=profiled.type_k,
+            type_v=profiled.type_v,
             profile=profile,
         ),
     }
@@ -214,6 +233,8 @@ def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram
         n_gpu_layers=cfg.n_gpu_layers,
         offload_kqv=cfg.offload_kqv,
         flash_attn=cfg.flash_attn,
+        type_k=cfg.type_k,
+        type_v=cfg.type_v,
         seed=p.seed,
     )
     with CompanionLoad(peer, p.fps, p.frame_busy, command_hz=0) as avatar, PeakRss() as rss:

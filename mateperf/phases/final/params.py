@@ -32,7 +32,9 @@ def parse_peers(text) -> list[str]:
 @dataclass(frozen=True)
 class FinalParams(Params):
     model: str = param("", DEFAULT_MODEL)
-    config: str = param("", "recommended.json for the threads; empty means the newest cpu run's")
+    config: str = param(
+        "", "recommended.json (tune or cpu); empty means the newest tune or cpu run's"
+    )
     arms: str = param(
         "baseline,threads,warmup,batching,profile,optimised", "baseline must be one of them"
     )
