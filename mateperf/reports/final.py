@@ -44,6 +44,13 @@ def _settings(df: pd.DataFrame) -> pd.DataFrame:
                 "profile": r["cfg_profile"],
             }
         )
+        if "cfg_type_k" in r:  # runs stored before KV cache types were an arm setting lack it
+            kv = (
+                r["cfg_type_k"]
+                if r["cfg_type_k"] == r["cfg_type_v"]
+                else "/".join((r["cfg_type_k"], r["cfg_type_v"]))
+            )
+            rows[-1]["KV cache"] = f"{kv}, flash attention {'on' if r['cfg_flash_attn'] else 'off'}"
     return pd.DataFrame(rows)
 
 
