@@ -245,15 +245,19 @@ def test_failed_point_is_recorded_and_retried_on_resume(tmp_path, default_model)
     # Relative MATEPERF_MODEL and MATEPERF_RESULTS, from a directory that is not the repository.
     link_default_model(tmp_path, default_model)
     env = clean_env(MATEPERF_MODEL="relative.gguf", MATEPERF_RESULTS="results")
-    # n_ctx=64 cannot hold the companion prompt: that point fails inside the notebook
+    # n_ctx=64 cannot hold the companion prompt: every trial of that point fails, each is
+    # recorded, and the run fails inside the notebook (runner.require_some) with the first error
     args = ["sweep", "llm", "--grid", "n_ctx=64,512", *_without(small_llm_args(), "n_ctx")]
     r = mateperf(None, *args, cwd=tmp_path, env=env)
     assert r.returncode == 1, r.stderr[-3000:]
     (sweep_dir,) = sweep_dirs(tmp_path / "results")
     failed, ok = sorted(manifest_of(sweep_dir)["point_rounds"], key=lambda u: u["point"])
     assert failed["status"] == "failed" and ok["status"] == "ok"
-    assert failed["error"]["ename"] == "ValueError"
-    assert "context window" in failed["error"]["evalue"]
+    assert failed["error"]["ename"] == "RuntimeError"
+    assert "every first-reply trial failed" in failed["error"]["evalue"]
+    assert (
+        "ValueError" in failed["error"]["evalue"] and "context window" in failed["error"]["evalue"]
+    )
     assert failed["error"]["cell"] is not None
     df = pd.read_parquet(sweep_dir / "llm.parquet")
     assert set(df["n_ctx"]) == {512}

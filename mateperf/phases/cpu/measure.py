@@ -108,8 +108,10 @@ def run(**values) -> pd.DataFrame:
         return trial(v.item, p, str(path), rng, user)
 
     base = lambda v: _identity(v.item, p.peer)  # noqa: E731 - the runner's identity columns
-    if p.precision_pct:
-        precision = adaptive.Precision(p.precision_pct / 100, min(p.min_trials, p.trials), p.trials)
+    if p.precision_pct and p.trials >= 2:  # a CI of a median needs two values
+        precision = adaptive.Precision(
+            p.precision_pct / 100, max(2, min(p.min_trials, p.trials)), p.trials
+        )
         rows = runner.run_until_precise(
             "cpu", visit, one, _figures, _tg, precision, rng, base, label=_label
         )
