@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from mateperf import model, stats, workloads
+from mateperf import model, runner, stats, workloads
 from mateperf.command import parse_assignments
 from mateperf.gpu import estimate
 from mateperf.host import usable_cpus
@@ -30,16 +30,21 @@ from mateperf.tune.tuner import device
 
 
 def measure_all(bench: Bench, settings: list[space.Setting], reps: int, seed: int) -> pd.DataFrame:
+    """Every setting `reps` times in shuffled rounds, failures recorded (mateperf.runner)."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for r in range(reps):
-        for i in rng.permutation(len(settings)):
-            s = settings[i]
-            try:
-                rows.append({"label": s.label, "round": r, **bench.measure(s), "error": ""})
-            except Exception as exc:  # recorded, as in the race
-                rows.append({"label": s.label, "round": r, "error": f"{type(exc).__name__}: {exc}"})
-        print(f"grid round {r + 1}/{reps}: {len(settings)} settings", file=sys.stderr, flush=True)
+    visits = [
+        runner.Visit(r, s, pos)
+        for r in range(reps)
+        for pos, s in enumerate(settings[i] for i in rng.permutation(len(settings)))
+    ]
+    rows = runner.run_trials(
+        "tune",
+        visits,
+        lambda v: bench.measure(v.item),
+        lambda v, row: f"{OBJECTIVE} {row[OBJECTIVE]:.0f} ms",
+        base=lambda v: {"label": v.item.label, "round": v.round},
+        label=lambda s: s.label,
+    )
     return pd.DataFrame(rows)
 
 

@@ -253,8 +253,8 @@ class NvmlDevice:
 def _shutdown(nvml) -> None:
     try:
         nvml.nvmlShutdown()
-    except Exception:
-        pass
+    except Exception:  # best effort at close: a driver that is gone has nothing left to free
+        return
 
 
 def inventory(nvml=None) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import fields
 import numpy as np
 import pandas as pd
 
-from mateperf import model, progress, stats, workloads
+from mateperf import model, progress, runner, stats, workloads
 from mateperf.gpu import calibration, estimate, profiles
 from mateperf.host import usable_cpus
 from mateperf.trackers.gpu import GpuMonitor
@@ -85,7 +85,7 @@ def device(p: TuneParams, offload: bool) -> tuple[estimate.Overhead, float, str]
             )
         return estimate.REFERENCE_OVERHEAD, 0.0, f"no card: {monitor.status}"
     finally:
-        monitor.reader.close()
+        monitor.close()
 
 
 def companion_setting(
@@ -106,20 +106,23 @@ def companion_setting(
 
 
 def confirm(bench: Bench, settings: dict[str, space.Setting], reps: int, seed: int) -> pd.DataFrame:
-    """Every setting `reps` times, interleaved (a shuffled order per round)."""
+    """Every setting `reps` times, interleaved (a shuffled order per round), through the runner:
+    a failed trial is a row with its error, and the comparison uses what succeeded."""
     rng = np.random.default_rng(seed)
     names = list(settings)
-    rows = []
-    for r in range(reps):
-        for pos, i in enumerate(rng.permutation(len(names))):
-            role = names[i]
-            try:
-                row, error = bench.measure(settings[role]), ""
-            except Exception as exc:  # recorded; the comparison uses what succeeded
-                row, error = {}, f"{type(exc).__name__}: {exc}"
-            rows.append({"role": role, "label": settings[role].label, "round": r, **row})
-            rows[-1].update(position=pos, error=error)
-        say(f"confirm round {r + 1}/{reps}: {len(names)} settings")
+    visits = [
+        runner.Visit(r, names[i], pos)
+        for r in range(reps)
+        for pos, i in enumerate(rng.permutation(len(names)))
+    ]
+    rows = runner.run_trials(
+        "tune",
+        visits,
+        lambda v: bench.measure(settings[v.item]),
+        lambda v, row: f"{settings[v.item].label}: {OBJECTIVE} {row[OBJECTIVE]:.0f} ms",
+        base=lambda v: {"role": v.item, "label": settings[v.item].label, "position": v.position},
+        label=lambda role: f"confirm {role}",
+    )
     return pd.DataFrame(rows)
 
 
