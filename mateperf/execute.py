@@ -22,8 +22,6 @@ from mateperf import phases, progress, results
 from mateperf.model import LLAMA_LOG_NAME
 from mateperf.runner.lock import measurement_lock
 
-log = logging.getLogger("mateperf")
-
 # Environment variables holding paths, inherited by every kernel.
 PATH_ENV = ("MATEPERF_RESULTS", "MATEPERF_MODEL")
 # `mateperf -v` sets it: papermill's per-cell log, the kernel's own warnings, library logs.

@@ -38,6 +38,7 @@ import pandas as pd
 
 from mateperf import phases, results
 from mateperf.errors import BadInput, ParameterError
+from mateperf.params import coerce
 
 MANIFEST = "manifest.json"
 POINTS_DIR = "points"
@@ -86,15 +87,12 @@ def plan(phase: str, grid_raw: dict[str, list[str]], fixed_raw: dict[str, str]) 
             )
     grid = {
         name: _unique(
-            [
-                phases.absolute_paths({name: phases.coerce_value(name, v, schema[name])})[name]
-                for v in values
-            ]
+            [phases.absolute_paths({name: coerce(name, v, schema[name])})[name] for v in values]
         )
         for name, values in grid_raw.items()
     }
     fixed = phases.absolute_paths(
-        {name: phases.coerce_value(name, v, schema[name]) for name, v in fixed_raw.items()}
+        {name: coerce(name, v, schema[name]) for name, v in fixed_raw.items()}
     )
     if "model" in schema and "model" not in grid:  # one file for every point: check it now
         from mateperf.model import resolve_model

@@ -21,7 +21,6 @@ import re
 import tokenize
 from pathlib import Path
 
-from mateperf import params as params_mod
 from mateperf.errors import PhaseError
 from mateperf.host import REPO_ROOT
 from mateperf.params import Params
@@ -109,8 +108,9 @@ def parameter_help(phase: str) -> list[tuple[str, str, str, str]]:
 def parameters_cell(phase: str) -> str:
     """The notebook's parameters cell as the dataclass states it (papermill injects below it)."""
     lines = []
+    values = defaults(phase)
     for name, _kind, _default, meaning in parameter_help(phase):
-        value = defaults(phase)[name]
+        value = values[name]
         shown = json.dumps(value) if isinstance(value, str) else repr(value)
         line = f"{name} = {shown}"
         line += f"  # {meaning}" if meaning else ""
@@ -185,11 +185,6 @@ def absolute_paths(params: dict) -> dict:
 def defaults(phase: str) -> dict:
     """Name -> default of every parameter (the dataclass's; run_dir is not a parameter)."""
     return schema(phase).defaults()
-
-
-def coerce_value(name: str, raw, default):
-    """Cast raw (a CLI string or a numpy scalar from a grid) to the default's built-in type."""
-    return params_mod.coerce(name, raw, default)
 
 
 def resolve_params(phase: str, overrides: dict) -> dict:
