@@ -5,11 +5,12 @@ Each seed draws a grid n_threads {2..12} x n_batch {64..512} with known true med
 from the best batch; 1% of setting-to-setting scatter) and a trial CV of 2-5% per setting. With
 a constraint, the frame p99 (ms) grows with threads (CV 5%) against a 16.7 ms budget (60 fps).
 Printed: how often the race's pick is within 3% of the true best (among settings that truly
-meet the budget), and its trials as a share of the full grid (every setting measured as often
-as the race's cap measures its finalists, 24 x 12); beside it, the full grid measured 5 and 12
-times with the best median picked.
+meet the budget), and its trials as a share of the full grid measured 5 times (24 x 5, as
+benchmarks/tune_vs_grid.py measures it); beside it, the full grid measured 5 and 12 times with
+the best median picked. A race is named halve_every/eta/max_rounds: 2/2/12 is race()'s
+default, 1/3/5 `mateperf tune`'s (a third kept after every round, at most 5 trials).
 
-    .venv/bin/python benchmarks/race_simulation.py [--seeds 100] [--halve-every 2 1]
+    .venv/bin/python benchmarks/race_simulation.py [--seeds 100] [--races 2/2/12 1/3/5]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ THREADS = (2, 4, 6, 8, 10, 12)
 BATCHES = (64, 128, 256, 512)
 OBJECTIVE, CONSTRAINT = "tg_tps", "frame_p99_ms"
 BUDGET_MS = 16.7
-MAX_ROUNDS = 12
+GRID_REPS = 5  # the grid the shares are of
 NEAR = 0.03  # a pick within 3% of the true best counts as found
 
 
@@ -105,17 +106,24 @@ class Tally:
         self.near += ok and truth.tps[pick] >= (1 - NEAR) * best
         self.exact += ok and truth.tps[pick] == best
         if trials is not None:
-            self.shares = (self.shares or []) + [trials / (len(truth.candidates) * MAX_ROUNDS)]
+            self.shares = (self.shares or []) + [trials / (len(truth.candidates) * GRID_REPS)]
 
 
-def simulate(seeds: int, constrained: bool, halvings: tuple[int, ...]) -> dict[str, Tally]:
+def parse_race(text: str) -> tuple[int, int, int]:
+    """`halve_every/eta/max_rounds`, e.g. 1/3/5."""
+    halve_every, eta, max_rounds = (int(x) for x in text.split("/"))
+    return halve_every, eta, max_rounds
+
+
+def simulate(seeds: int, constrained: bool, races: tuple[str, ...]) -> dict[str, Tally]:
     """Per method, how its picks did on `seeds` grids (each grid seeded by its index)."""
-    methods = [f"race, halve_every {h}" for h in halvings] + ["grid x 5", "grid x 12"]
+    methods = [f"race {r}" for r in races] + ["grid x 5", "grid x 12"]
     tallies = {m: Tally() for m in methods}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         truth = grid(rng)
-        for h in halvings:
+        for text in races:
+            halve_every, eta, max_rounds = parse_race(text)
             result = race(
                 truth.candidates,
                 measure_for(truth, rng),
@@ -123,12 +131,13 @@ def simulate(seeds: int, constrained: bool, halvings: tuple[int, ...]) -> dict[s
                 higher_is_better=True,
                 constraint=CONSTRAINT if constrained else None,
                 budget=BUDGET_MS if constrained else None,
-                max_rounds=MAX_ROUNDS,
-                halve_every=h,
+                max_rounds=max_rounds,
+                halve_every=halve_every,
+                eta=eta,
                 seed=seed,
             )
             pick = result.winner.label
-            tallies[f"race, halve_every {h}"].add(truth, pick, constrained, result.total_trials)
+            tallies[f"race {text}"].add(truth, pick, constrained, result.total_trials)
         for reps in (5, 12):
             pick = grid_pick(truth, reps, constrained, rng)
             tallies[f"grid x {reps}"].add(truth, pick, constrained, reps * len(truth.candidates))
@@ -139,15 +148,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=100, help="simulated grids per row (100)")
     ap.add_argument(
-        "--halve-every", type=int, nargs="+", default=[2, 1], help="race halving periods (2 1)"
+        "--races",
+        nargs="+",
+        default=["2/2/12", "1/3/5"],
+        help="races as halve_every/eta/max_rounds (2/2/12 1/3/5)",
     )
     args = ap.parse_args()
     start = time.perf_counter()
     print(
-        f"{args.seeds} grids of {len(THREADS) * len(BATCHES)} settings per row; race with "
-        f"max_rounds {MAX_ROUNDS}, min_reps 4 (halve_every 2 is race()'s default)"
+        f"{args.seeds} grids of {len(THREADS) * len(BATCHES)} settings per row; races named "
+        "halve_every/eta/max_rounds, min_reps 4"
     )
-    print("trials are a share of the full grid measured to the cap (24 x 12 = 288)\n")
+    n = len(THREADS) * len(BATCHES)
+    print(f"trials are a share of the full grid measured {GRID_REPS} times ({n * GRID_REPS})\n")
     print(
         "| constraint | method | pick within 3% of true best | pick is the true best | "
         "pick meets budget | trials, mean share [min, max] |"
@@ -155,7 +168,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for constrained in (False, True):
         label = f"{CONSTRAINT} <= {BUDGET_MS}" if constrained else "none"
-        for method, t in simulate(args.seeds, constrained, tuple(args.halve_every)).items():
+        for method, t in simulate(args.seeds, constrained, tuple(args.races)).items():
             s = np.array(t.shares)
             print(
                 f"| {label} | {method} | {100 * t.near / args.seeds:.0f}% | "

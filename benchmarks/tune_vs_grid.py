@@ -76,7 +76,7 @@ def main() -> int:
     )
     racing = [c.setting for c in plan if not c.pruned]
     by_label = {s.label: s for s in racing}
-    frame_ms = 1e3 / p.fps
+    budget_ms = 1e3 / p.fps + p.frame_slack_ms  # tune's frame budget
     print(
         f"{args.profile}: {len(racing)} settings, grid x{args.reps}, then the race", file=sys.stderr
     )
@@ -93,14 +93,16 @@ def main() -> int:
             OBJECTIVE,
             higher_is_better=False,
             constraint=CONSTRAINT,
-            budget=frame_ms,
+            budget=budget_ms,
             max_rounds=p.max_rounds,
-            min_reps=p.min_reps,
+            min_reps=min(p.min_reps, p.max_rounds),
+            halve_every=1,
+            eta=p.eta,
             seed=p.seed + 7,
             on_progress=lambda t: print(f"race {t}", file=sys.stderr, flush=True),
         )
         race_s = time.perf_counter() - start
-        grid_best, pick = best_of(grid, frame_ms), result.winner.label
+        grid_best, pick = best_of(grid, budget_ms), result.winner.label
         pair = [by_label[grid_best], by_label[pick]] if pick != grid_best else [by_label[pick]]
         ab = measure_all(bench, pair, args.confirm, p.seed + 13)
     ok = ab[ab["error"] == ""]
@@ -111,7 +113,7 @@ def main() -> int:
     gmed = grid[grid["error"] == ""].groupby("label")[OBJECTIVE].median()
     print(
         f"\nprofile {args.profile}, {len(racing)} settings, model {path.name}, frame budget "
-        f"{frame_ms:.1f} ms\n"
+        f"{budget_ms:.2f} ms\n"
     )
     print("| | grid | race |")
     print("|---|---|---|")

@@ -93,6 +93,15 @@ def test_halving_drops_the_worse_half_early():
     assert round_of["c00"] == 2 and round_of["c01"] == 2
 
 
+def test_eta_3_keeps_a_third_each_round_and_never_fewer_than_two():
+    truth = grid_truth(18)
+    result = race(candidates(truth), simulated(truth, 0.03, 5), "tps", halve_every=1, eta=3, seed=5)
+    left = result.trials.groupby("round")["candidate"].nunique()
+    assert list(left.iloc[:3]) == [18, 6, 2]  # 18 -> ceil(18/3) = 6 -> 2, then the pair
+    assert truth[result.winner.label]["tps"] >= truth["c15"]["tps"]
+    assert result.total_trials <= 18 + 6 + 2 * (12 - 2)
+
+
 def test_the_constraint_excludes_faster_settings_over_budget():
     # frame p99 grows with speed: the two fastest break a 16.7 ms budget
     truth = {
@@ -189,6 +198,8 @@ def test_a_trial_without_the_objective_is_a_failed_trial():
         ({"min_reps": 1}, "min_reps"),
         ({"max_rounds": 3}, "max_rounds"),
         ({"halve_every": -1}, "halve_every"),
+        ({"eta": 1}, "eta"),
+        ({"eta": 2.5}, "eta"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, named):

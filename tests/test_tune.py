@@ -85,6 +85,10 @@ def test_tune_parameters_are_checked_in_one_place():
         TuneParams(fps=0)
     with pytest.raises(ParameterError, match="n_batch='x'"):
         TuneParams(n_batch="x")
+    with pytest.raises(ParameterError, match="frame_slack_ms"):
+        TuneParams(frame_slack_ms=-1)
+    with pytest.raises(ParameterError, match="eta"):
+        TuneParams(eta=1)
 
 
 def _tuned_file(tmp_path, fingerprint) -> tuple:
@@ -166,9 +170,14 @@ def test_mateperf_tune_writes_profiles_the_companion_loads(tmp_path):
         timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "[tune] performance round 1/2" in proc.stdout + proc.stderr
+    console = proc.stdout + proc.stderr
+    assert "[tune] performance round 1/2" in console
+    assert "frame budget 17.67 ms (1000/fps 16.67 + slack 1)" in console
+    assert "the avatar alone, no model: frame p99" in console
     run = next(out.glob("*-tune-*"))
     rec = recommend.load(run / recommend.FILE_NAME)
+    assert rec["frame_budget_ms"] == pytest.approx(1000 / 60 + 1.0, abs=1e-3)
+    assert rec["frame_p99_idle_ms"] > 0 and rec["frame_slack_ms"] == 1.0
     assert set(rec["profiles"]) == {"performance", "balanced", "cpu_fallback"}
     for name, entry in rec["profiles"].items():
         assert entry["settings"]["n_gpu_layers"] == 0, name  # a CPU build runs no layers on a GPU

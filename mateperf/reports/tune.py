@@ -96,13 +96,24 @@ def _plot(trials: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> str
     return save_figure(fig, plots_dir, "tune_race", md_dir, "tune race")
 
 
+def _budget_basis(rec: dict) -> str:
+    """How the frame budget was set, and what the avatar did alone (runs from before the
+    slack have neither)."""
+    if "frame_slack_ms" not in rec:
+        return " (1000/fps)"
+    idle = rec.get("frame_p99_idle_ms")
+    alone = "" if idle is None else f"; the avatar alone, no model: {idle:.2f} ms"
+    return f" (1000/fps {rec['frame_period_ms']:.2f} + slack {rec['frame_slack_ms']:g}{alone})"
+
+
 def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
     lines = [
         "## Tuned settings per companion profile",
         "",
         f"Objective: the time to a reply of fixed length (time to first token plus the tokens at "
         f"the measured generation rate), under the avatar's load; constraint: the avatar's "
-        f"frame p99 within {rec['frame_budget_ms']:.1f} ms. VRAM: {rec['vram_basis']}. "
+        f"frame p99 within {rec['frame_budget_ms']:.2f} ms{_budget_basis(rec)}. "
+        f"VRAM: {rec['vram_basis']}. "
         f"Wall time {rec['wall_s']:.0f} s, {rec['race_trials_measured']} race trials measured.",
         "",
         table(_profiles_table(rec)),

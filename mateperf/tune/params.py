@@ -26,7 +26,15 @@ class TuneParams(Params):
         "the avatar's peer: python, or csharp (the C# core under Mono)",
         choices=PEER_KINDS,
     )
-    fps: float = param(60.0, "the avatar's frame rate; its frame budget is 1000/fps ms", above=0)
+    fps: float = param(
+        60.0, "the avatar's frame rate; its frame budget is 1000/fps + frame_slack_ms", above=0
+    )
+    frame_slack_ms: float = param(
+        1.0,
+        "how far a frame p99 may pass 1000/fps and still count as kept: a timer-paced loop's own "
+        "jitter (the peer alone measures 16.7-16.9 ms at 60 fps); 0 is the strict frame",
+        at_least=0,
+    )
     frame_busy: float = param(
         0.5, "share of each frame the avatar's main thread is busy", at_least=0, at_most=0.95
     )
@@ -34,8 +42,13 @@ class TuneParams(Params):
     reply_tokens: int = param(
         32, "reply length: the objective is the time to a reply of this many tokens", at_least=1
     )
-    max_rounds: int = param(8, "race: the most trials any setting gets", at_least=2)
+    max_rounds: int = param(5, "race: the most trials any setting gets", at_least=2)
     min_reps: int = param(4, "race: trials before a setting can be dropped as worse", at_least=2)
+    eta: int = param(
+        3,
+        "race: after each round only the best 1/eta of the settings stay (two at least)",
+        at_least=2,
+    )
     confirm_reps: int = param(
         5, "trials each of the pick, the runner-up and the companion's own profile", at_least=2
     )

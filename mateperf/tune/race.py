@@ -9,12 +9,14 @@ Every round measures each candidate still in the race once more, in a seeded shu
    alpha per pair and round, as in F-race; the per-round looks are tolerated because a drop
    only costs us when it hits the true best, which must then look significantly worse than a
    worse candidate (benchmarks/race_simulation.py measures how often the pick is near the best).
-2. Every `halve_every` rounds, only the better half by median stays (successive halving),
-   counted from the round's start so a round that already dropped half drops no more. Halving
-   never leaves fewer than two: the final pair is settled by the rank test or the round cap,
-   never by the medians of a few trials alone. Halving ignores CIs on purpose: it spends the
-   trials where they can still change the answer; a candidate within noise of the best that
-   it drops costs little, because the one it keeps is as good within that noise.
+2. Every `halve_every` rounds, only the best 1/`eta` by median stays (successive halving;
+   eta 2 keeps half, eta 3 a third, as in Jamieson & Talwalkar's successive halving and
+   Hyperband), counted from the round's start so a round that already dropped many drops no
+   more. Halving never leaves fewer than two: the final pair is settled by the rank test or
+   the round cap, never by the medians of a few trials alone. Halving ignores CIs on purpose:
+   it spends the trials where they can still change the answer; a candidate within noise of
+   the best that it drops costs little, because the one it keeps is as good within that
+   noise (benchmarks/race_simulation.py and benchmarks/tune_vs_grid.py measure that cost).
 
 Constraint: with `constraint` (a metric, lower is better, e.g. frame p99 in ms) and `budget`,
 a candidate meets it when its median is at most the budget. Candidates that meet it rank above
@@ -95,6 +97,7 @@ def race(
     max_rounds: int = 12,
     min_reps: int = 4,
     halve_every: int = 2,
+    eta: int = 2,
     alpha: float = stats.ALPHA,
     seed: int = 0,
     on_progress: Callable[[str], None] | None = None,
@@ -103,9 +106,10 @@ def race(
 
     Maximises (or, with higher_is_better False, minimises) the median of `objective` among
     candidates whose median `constraint` is at most `budget`. Rounds are 1-based: after round
-    r every candidate still in the race has r trials. `halve_every` 0 turns halving off.
+    r every candidate still in the race has r trials. `halve_every` 0 turns halving off; each
+    halving keeps the best ceil(n / eta), at least two.
     """
-    _check(candidates, constraint, budget, max_rounds, min_reps, halve_every)
+    _check(candidates, constraint, budget, max_rounds, min_reps, halve_every, eta)
     board = _Board(objective, higher_is_better, constraint, budget)
     rng = np.random.default_rng(seed)
     alive = [c.label for c in candidates]
@@ -137,7 +141,7 @@ def race(
             out += board.significantly_worse(alive, r, alpha)
             alive = [label for label in alive if label not in {d.label for d in out}]
         if halve_every and r % halve_every == 0:
-            keep = max(2, math.ceil(start / 2))
+            keep = max(2, math.ceil(start / eta))
             ranked = board.ranked(alive)
             out += [Drop(label, r, board.halving_reason(label)) for label in ranked[keep:]]
             alive = [label for label in alive if label in ranked[:keep]]
@@ -179,6 +183,7 @@ def _check(
     max_rounds: int,
     min_reps: int,
     halve_every: int,
+    eta: int = 2,
 ) -> None:
     if not candidates:
         raise ParameterError("race: no candidates")
@@ -196,6 +201,8 @@ def _check(
         raise ParameterError(f"race: max_rounds must be >= min_reps ({min_reps}), got {max_rounds}")
     if halve_every < 0:
         raise ParameterError(f"race: halve_every must be >= 0 (0: never), got {halve_every}")
+    if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
+        raise ParameterError(f"race: eta must be a whole number >= 2 (2 keeps half), got {eta!r}")
 
 
 def _trial(

@@ -15,6 +15,8 @@ speeds.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from mateperf import companion, model, workloads
@@ -52,6 +54,12 @@ class Bench:
 
     def __exit__(self, *exc) -> None:
         self.load.__exit__(*exc)
+
+    def idle_frames(self, seconds: float = 3.0) -> dict:
+        """The avatar's figures with no model loaded: what the frame pacing alone gives here."""
+        with self.load.window() as avatar:
+            time.sleep(seconds)
+        return avatar.figures()
 
     def measure(self, setting: Setting) -> dict:
         """One trial; raises on a failed load or reply (the race records it and goes on)."""
