@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mateperf import companion, model, results, workloads
+from mateperf import companion, model, results, runner, workloads
 from mateperf.phases import llm
 from mateperf.phases.llm import measure
 from tests.conftest import SMALL_LLM, run_phase_once, small_llm_args
@@ -55,7 +55,14 @@ def test_llama_bench_style_rows(small_run):
 
 
 def test_visits_interleave_pairs_and_repetitions_round_by_round():
-    order = [(v.round, v.item) for v in measure.visits(trials=2, bench_reps=3)]
+    rows = runner.run_rounds(
+        "llm",
+        measure.streams(trials=2, bench_reps=3),
+        lambda v: [{}] if v.item == measure.BENCH else {"ttft_ms": 1.0},
+        lambda v, row: "",
+        base=lambda v: {"item": v.item},
+    )
+    order = [(r["trial"], r["item"]) for r in rows]
     assert order == [
         (-1, "cold"), (-1, "warm"), (-1, "throughput"),
         (0, "warm"), (0, "cold"), (0, "throughput"),

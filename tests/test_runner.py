@@ -81,3 +81,55 @@ def test_adaptive_repetition_stops_each_item_by_its_own_precision():
     for _k, r in df[~df["is_warmup"]].groupby("trial"):
         assert r["setting"].is_unique
     assert df["visit"].is_unique
+
+
+def _two_streams(trials: int, reps: int, noisy_bench: bool):
+    """The llm phase's shape: an ABBA pair and one throughput visit per round."""
+    pairs = runner.abba("cold", "warm", trials)
+    noise = itertools.cycle([0.7, 1.4, 0.9, 1.2, 1.0])  # ±40%: never within ±3%
+    streams = [
+        runner.Stream(
+            "pairs",
+            lambda k: [v for v in pairs if v.round == k],
+            lambda v, row: {f"ttft {v.item}": row["ms"]},
+            trials,
+        ),
+        runner.Stream(
+            "bench",
+            lambda k: [runner.Visit(k, "bench")],
+            lambda v, rows: {"tg": rows[0]["tps"]},
+            reps,
+        ),
+    ]
+
+    def trial(visit):
+        if visit.item == "bench":
+            return [{"tps": 40.0 * (next(noise) if noisy_bench else 1.0)}]
+        return {"ms": 300.0 if visit.item == "cold" else 80.0}
+
+    return streams, trial
+
+
+def test_rounds_without_precision_run_every_stream_to_its_cap_in_round_order():
+    streams, trial = _two_streams(3, 5, noisy_bench=False)
+    rows = runner.run_rounds("tiny", streams, trial, lambda v, r: "")
+    df = pd.DataFrame(rows)
+    items = [(r["trial"], r.get("ms", r.get("tps"))) for r in rows]
+    assert len(df) == 2 * 4 + 6 and df["visit"].tolist() == list(range(14))
+    # round k: its pair first, then the bench visit; pairs end after 3 rounds, bench after 5
+    assert [t for t, _ in items] == [-1, -1, -1, 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4]
+    assert "stop_reason" not in df
+
+
+def test_rounds_with_precision_stop_each_stream_on_its_own_figures():
+    streams, trial = _two_streams(7, 7, noisy_bench=True)
+    rows = runner.run_rounds(
+        "tiny", streams, trial, lambda v, r: "", precision=Precision(0.03, 4, 7)
+    )
+    df = pd.DataFrame(rows)
+    pairs = df[df["ms"].notna() & ~df["is_warmup"]]
+    bench = df[df["tps"].notna() & ~df["is_warmup"]]
+    assert len(pairs) == 2 * 4 and len(bench) == 7  # steady pairs stop at 4, noisy bench at 7
+    assert pairs["stop_reason"].unique().tolist() == [PRECISE]
+    assert bench["stop_reason"].unique().tolist() == [CAP]
+    assert bench["stop_trials"].unique().tolist() == [7]

@@ -11,7 +11,7 @@ import pandas as pd
 from mateperf import metrics, recommend, stats
 from mateperf.phases import cpu
 from mateperf.reports.declaration import PhaseReport
-from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, repetition_note, save_figure, table
 from mateperf.reports.overview import CLAIMS, ab_row
 from mateperf.trackers.cpu import CpuTopology, heuristics
 
@@ -292,6 +292,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"{params.get('fps')} fps, its main thread busy for X% of every frame, emotion commands "
         f"streaming to it at {params.get('command_hz')}/s, all during the measurement.",
         "",
+        *([note, ""] if (note := repetition_note(df, params, "setting")) else []),
         "### Detected CPU budget",
         "",
         *_detection(topo),

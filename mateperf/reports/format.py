@@ -51,3 +51,34 @@ def save_figure(fig, plots_dir: Path, name: str, md_dir: Path, alt: str) -> str:
 
 def table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False) if len(df) else "_(no rows)_"
+
+
+def repetition_note(df: pd.DataFrame, params: dict, points: str) -> str:
+    """How adaptive repetition stopped, from the rows' stop_* columns ("" for a fixed run).
+
+    One sentence: how many `points` stopped as precise and how many at the cap, after how many
+    trials, and the range of their CI half-widths, so a reader sees what the repetition bought.
+    """
+    if "stop_reason" not in df:
+        return ""
+    d = df[~df["is_warmup"].astype(bool)] if "is_warmup" in df else df
+    stops = d[["stop_reason", "stop_trials", "stop_half_width"]].drop_duplicates()
+    if stops.empty:
+        return ""
+    parts = []
+    for reason in ("precise", "cap"):
+        s = stops[stops["stop_reason"] == reason]
+        if len(s):
+            n = sorted({int(x) for x in s["stop_trials"]})
+            parts.append(f"{len(s)} {reason} after {', '.join(map(str, n))} trials")
+    widths = 100 * stops["stop_half_width"].replace(math.inf, math.nan)
+    spread = (
+        f"; the medians' CI half-widths {widths.min():.1f}–{widths.max():.1f}%"
+        if widths.notna().any()
+        else ""
+    )
+    return (
+        f"Adaptive repetition: a {points} stops once its median's 95% CI is within "
+        f"±{params.get('precision_pct')}% (from {params.get('min_trials')} trials on) or at its "
+        f"cap; here {'; '.join(parts)}{spread}."
+    )

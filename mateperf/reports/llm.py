@@ -11,7 +11,7 @@ import pandas as pd
 from mateperf import metrics
 from mateperf.phases.llm import analyse as llm
 from mateperf.reports.declaration import PhaseReport
-from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
+from mateperf.reports.format import fmt, fmt_ci, fmt_p, repetition_note, save_figure, table
 from mateperf.reports.overview import CLAIMS, ab_row
 
 METRIC_LABELS = {
@@ -207,6 +207,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"(gen/batch), n_gpu_layers {params.get('n_gpu_layers')}. Every trial loads the model "
         f"afresh; {_order_note(df)}; the first pair is a warm-up, left out.",
         "",
+        *([note, ""] if (note := repetition_note(df, params, "scenario")) else []),
         *_gpu_note(df, params),
         "### Cold vs warm first reply",
         "",

@@ -10,6 +10,8 @@ Every phase that repeats runs its trials through `run_trials`:
 - **A failed trial** is recorded with its error ("Type: message" in `error`) and the run goes
   on; a run whose every trial failed is a failure (`require_some`).
 - **Progress**: one line per trial, `[phase] i/n label: figures`, through `mateperf.progress`.
+- **Adaptive repetition** (`run_until_precise`, `run_rounds` with a precision): a point repeats
+  until its figures' CIs are within the target or it reaches its cap (mateperf.runner.adaptive).
 - **The lock** (`mateperf.runner.lock`): one measurement at a time per results root.
 """
 
@@ -176,3 +178,101 @@ def run_until_precise(
         stop = stops[owner[row["visit"]]]
         row.update(stop_reason=stop.reason, stop_trials=stop.n, stop_half_width=stop.half_width)
     return rows
+
+
+@dataclass(frozen=True)
+class Stream(Generic[T]):
+    """Visits that recur every round, with their own cap and the figures they stop on.
+
+    `visits(k)`: the stream's visits in round k (WARMUP_ROUND first); `figures(visit, result)`:
+    the numbers its precision is judged on, by name (a trial may give several, e.g. pp and tg);
+    `rounds`: its cap, not counting the warm-up round.
+    """
+
+    name: str
+    visits: Callable[[int], list[Visit[T]]]
+    figures: Callable[[Visit[T], dict | list[dict]], dict[str, float]]
+    rounds: int
+
+
+def run_rounds(
+    phase: str,
+    streams: Sequence[Stream[T]],
+    trial: Callable[[Visit[T]], dict | list[dict]],
+    describe: Callable[[Visit[T], dict], str],
+    base: Callable[[Visit[T]], dict] | None = None,
+    label: Callable[[T], str] = str,
+    precision: adaptive.Precision | None = None,
+) -> list[dict]:
+    """Round by round, every stream's visits of that round, until each stream is done.
+
+    Without `precision` every stream runs its `rounds`. With one (adaptive repetition), a
+    stream stops after the first round from `precision.min_reps` on where every figure it
+    tracks is precise, else at its `rounds`; a failed trial counts toward the cap. Then each of
+    its rows carries `stop_reason` (precise or cap), `stop_trials` and `stop_half_width` (the
+    widest of its figures), so the rule's decision is stored with the data.
+    """
+    values: dict[str, dict[str, list[float]]] = {s.name: {} for s in streams}
+    going = {s.name for s in streams}
+    total = sum(len(s.visits(k)) for s in streams for k in range(WARMUP_ROUND, s.rounds))
+    rows: list[dict] = []
+    owner: list[str] = []  # the stream of each visit, by its index
+    by_name = {s.name: s for s in streams}
+    last_rounds = {s.name: 0 for s in streams}  # rounds done (not counting the warm-up)
+
+    for k in range(WARMUP_ROUND, max(s.rounds for s in streams)):
+        of: dict[Visit[T], Stream[T]] = {}
+        for s in streams:
+            if s.name in going and k < s.rounds:
+                of.update((v, s) for v in s.visits(k))
+        if not of:
+            break
+
+        def tracked(visit: Visit[T], of=of):
+            kept = values[of[visit].name]
+            try:
+                result = trial(visit)
+            except Exception:
+                for figure in kept.values() if not visit.is_warmup else ():
+                    figure.append(float("nan"))
+                raise
+            if not visit.is_warmup:
+                for name, value in of[visit].figures(visit, result).items():
+                    kept.setdefault(name, []).append(float(value))
+            return result
+
+        rows += run_trials(
+            phase, list(of), tracked, describe, base, total, label, first_index=len(owner)
+        )
+        owner += [of[v].name for v in of]
+        done_rounds = {s.name: min(k + 1, s.rounds) for s in streams if s.name in going}
+        if precision is not None:
+            going -= {
+                name
+                for name in done_rounds
+                if _stream_stop(values[name], precision, by_name[name], done_rounds[name]).done
+            }
+            last_rounds.update(done_rounds)
+    if precision is not None:
+        stops = {
+            s.name: _stream_stop(values[s.name], precision, s, last_rounds[s.name]) for s in streams
+        }
+        for row in rows:
+            stop = stops[owner[row["visit"]]]
+            row.update(stop_reason=stop.reason, stop_trials=stop.n, stop_half_width=stop.half_width)
+    return rows
+
+
+def _stream_stop(
+    figures: dict[str, list[float]], precision: adaptive.Precision, stream: Stream, done_rounds: int
+) -> adaptive.Stop:
+    """Precise when every figure is (from min_reps rounds on), else cap at the stream's
+    rounds; the widest half-width of its figures."""
+    min_reps = max(2, min(precision.min_reps, stream.rounds))
+    widths = [adaptive.half_width(v, precision.confidence) for v in figures.values()]
+    widest = max(widths, default=float("inf"))
+    if done_rounds >= min_reps and widest <= precision.target:
+        return adaptive.Stop(True, adaptive.PRECISE, done_rounds, widest)
+    if done_rounds >= stream.rounds:
+        return adaptive.Stop(True, adaptive.CAP, done_rounds, widest)
+    return adaptive.Stop(False, "", done_rounds, widest)

@@ -2,8 +2,11 @@
 
 `run(**values)` visits, round by round, one cold/warm pair of first replies (ABBA order) and
 one throughput repetition (pp, tg and the memory-copy bandwidth), so every scenario's trials
-spread over the whole run; round -1 is the warm-up of each. Trials go through
-`mateperf.runner.run_trials`: a failed one is a row with its `error`, and the run goes on.
+spread over the whole run; round -1 is the warm-up of each. With `precision_pct` (adaptive
+repetition, `mateperf.runner.run_rounds`) the pairs stop once both arms' time to first token
+is precise and the repetitions once pp and tg are, from `min_trials` on; else at their caps.
+Trials go through `mateperf.runner.run_trials`: a failed one is a row with its `error`, and the
+run goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from mateperf.phases.llm.analyse import (
     WARM,
 )
 from mateperf.phases.llm.params import LlmParams
-from mateperf.runner import Visit
+from mateperf.runner import Visit, adaptive
 
 BENCH = "throughput"  # the visit of one throughput repetition (its rows: pp, tg, membw)
 # A stored frame's first columns, in the order runs have always had them.
@@ -118,15 +121,26 @@ def copy_bandwidth_gbps(total_mb: int, n_threads: int) -> float:
     return 2 * per_thread * n_threads / seconds / 1e9
 
 
-def visits(trials: int, bench_reps: int) -> list[Visit[str]]:
-    """Round by round: the cold/warm pair (balanced ABBA order), then one throughput visit."""
+def streams(trials: int, bench_reps: int) -> list[runner.Stream[str]]:
+    """Round by round: the cold/warm pair (balanced ABBA order), then one throughput visit.
+
+    The pairs stop on both arms' time to first token; the throughput repetitions on pp and tg
+    tokens/s (what llama-bench reports), each when precise or at its own cap.
+    """
     pairs = runner.abba(COLD, WARM, trials)
-    order: list[Visit[str]] = []
-    for k in range(runner.WARMUP_ROUND, max(trials, bench_reps)):
-        order += [v for v in pairs if v.round == k]
-        if k < bench_reps:
-            order.append(Visit(k, BENCH))
-    return order
+
+    def pair_figures(visit: Visit[str], row: dict) -> dict[str, float]:
+        return {f"ttft_ms {visit.item}": row["ttft_ms"]}
+
+    def bench_figures(_visit: Visit[str], rows: list[dict]) -> dict[str, float]:
+        return {m: r[m] for r in rows for m in ("pp_tps", "tg_tps") if m in r}
+
+    return [
+        runner.Stream(
+            "first replies", lambda k: [v for v in pairs if v.round == k], pair_figures, trials
+        ),
+        runner.Stream("throughput", lambda k: [Visit(k, BENCH)], bench_figures, bench_reps),
+    ]
 
 
 def _user_turn(visit: Visit[str]) -> int:
@@ -187,13 +201,19 @@ def run(**values) -> pd.DataFrame:
             f"tg {row['tg_tps']:.1f} tok/s"
         )
 
-    rows = runner.run_trials(
+    precision = None
+    if p.precision_pct and min(p.trials, p.bench_reps) >= 2:  # a CI of a median needs two
+        precision = adaptive.Precision(
+            p.precision_pct / 100, p.min_trials, max(p.trials, p.bench_reps, p.min_trials)
+        )
+    rows = runner.run_rounds(
         "llm",
-        visits(p.trials, p.bench_reps),
+        streams(p.trials, p.bench_reps),
         trial,
         describe,
         base=base,
         label=lambda item: item if item == BENCH else f"first reply {item}",
+        precision=precision,
     )
     df = pd.DataFrame(rows).drop(columns="visit")
     df = df[LEADING_COLUMNS + [c for c in df.columns if c not in LEADING_COLUMNS]]
