@@ -8,9 +8,9 @@ Printed: how often the race's pick is within 3% of the true best (among settings
 meet the budget), and its trials as a share of the full grid measured 5 times (24 x 5, as
 benchmarks/tune_vs_grid.py measures it); beside it, the full grid measured 5 and 12 times with
 the best median picked. A race is named halve_every/eta/max_rounds: 2/2/12 is race()'s
-default, 1/3/5 `mateperf tune`'s (a third kept after every round, at most 5 trials).
+default, 1/4/4 `mateperf tune`'s (a quarter kept after every round, at most 4 trials).
 
-    .venv/bin/python benchmarks/race_simulation.py [--seeds 100] [--races 2/2/12 1/3/5]
+    .venv/bin/python benchmarks/race_simulation.py [--seeds 100] [--races 2/2/12 1/4/4]
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ def main() -> int:
     ap.add_argument(
         "--races",
         nargs="+",
-        default=["2/2/12", "1/3/5"],
-        help="races as halve_every/eta/max_rounds (2/2/12 1/3/5)",
+        default=["2/2/12", "1/4/4"],
+        help="races as halve_every/eta/max_rounds (2/2/12 1/4/4)",
     )
     args = ap.parse_args()
     start = time.perf_counter()

@@ -20,6 +20,7 @@ TUNE = "tune"
 
 def cmd_tune(args) -> int:
     from mateperf import llama_features
+    from mateperf.reports.format import fmt
     from mateperf.reports.header import run_header
     from mateperf.reports.tune import section
     from mateperf.tune.tuner import tune
@@ -52,8 +53,9 @@ def cmd_tune(args) -> int:
             f"{name:13s} n_threads {s['n_threads']}/{s['n_threads_batch']}, n_batch "
             f"{s['n_batch']}, n_gpu_layers {s['n_gpu_layers']}, n_ctx {s['n_ctx']}, KV "
             f"{s['type_k']}, flash_attn {'on' if s['flash_attn'] else 'off'}: reply "
-            f"{m['reply_ms']} ms, ttft {m['ttft_ms']} ms, {m['tg_tps']} tok/s, frame p99 "
-            f"{m['frame_p99_ms']} ms{'' if entry['meets_frame_budget'] else ' (over budget)'}"
+            f"{fmt(m['reply_ms'], 0)} ms, ttft {fmt(m['ttft_ms'], 0)} ms, "
+            f"{fmt(m['tg_tps'])} tok/s, frame p99 {fmt(m['frame_p99_ms'], 2)} ms"
+            f"{'' if entry['meets_frame_budget'] else ' (over budget)'}"
         )
     print(f"{path} ({rec['wall_s']:.0f} s)")
     return EXIT_OK

@@ -75,6 +75,7 @@ def test_progress_is_one_line_per_round():
     )
     assert len(lines) == result.rounds
     assert lines[0].startswith("round 1/12: 6 left") and "best c05" in lines[-1]
+    assert "dropped 3 by halving" in lines[1]  # counted, not listed: 6 -> 3 after round 2
 
 
 def test_a_clearly_worse_candidate_is_dropped_by_the_rank_test_at_min_reps():

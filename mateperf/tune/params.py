@@ -42,10 +42,10 @@ class TuneParams(Params):
     reply_tokens: int = param(
         32, "reply length: the objective is the time to a reply of this many tokens", at_least=1
     )
-    max_rounds: int = param(5, "race: the most trials any setting gets", at_least=2)
+    max_rounds: int = param(4, "race: the most trials any setting gets", at_least=2)
     min_reps: int = param(4, "race: trials before a setting can be dropped as worse", at_least=2)
     eta: int = param(
-        3,
+        4,
         "race: after each round only the best 1/eta of the settings stay (two at least)",
         at_least=2,
     )

@@ -329,7 +329,13 @@ class _Board:
         if self.constraint:
             met = "met" if self.meets(best) else "over budget"
             figure += f", {self.constraint} {self.median(best, self.constraint):.4g} ({met})"
-        gone = "; dropped " + ", ".join(f"{d.label} ({d.reason.split(':')[0]})" for d in out)
+        halved = sum(d.reason.startswith("halving") for d in out)
+        named = [
+            f"{d.label} ({d.reason.split(':')[0]})"
+            for d in out
+            if not d.reason.startswith("halving")
+        ]
+        gone = "; dropped " + ", ".join(([f"{halved} by halving"] if halved else []) + named)
         return (
             f"round {r}/{max_rounds}: {len(alive)} left after {trials} trials, best {best} "
             f"({figure}){gone if out else ''}"
