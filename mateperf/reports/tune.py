@@ -37,6 +37,9 @@ def _profiles_table(rec: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+ROLES = {"runner_up": "runner-up", "companion": "companion's own"}
+
+
 def _evidence_table(rec: dict) -> pd.DataFrame:
     rows = []
     for name, e in rec["profiles"].items():
@@ -45,7 +48,7 @@ def _evidence_table(rec: dict) -> pd.DataFrame:
             rows.append(
                 {
                     "profile": name,
-                    "pick against": ev["label"],
+                    "pick against": f"{ROLES.get(ev['against'], ev['against'])}: {ev['label']}",
                     "metric": ev["metric"],
                     "pick / other [95% CI]": f"{fmt(ev['ratio_pick_over_other'], 3)} "
                     f"[{fmt(low, 3)}, {fmt(high, 3)}]",

@@ -33,6 +33,7 @@ from mateperf.tune.trial import CONSTRAINT, OBJECTIVE, Bench
 
 say = progress.reporter("tune")
 FIGURES = (OBJECTIVE, "ttft_ms", "tg_tps", CONSTRAINT)
+WORDS = {CONSTRAINT: ("lower", "higher")}  # a frame p99 is lower or higher, not faster
 # The companion's thread count in every GPU profile, and in cpu_fallback (src/ai/config.py).
 COMPANION_THREADS = {profiles.PERFORMANCE: 6, profiles.BALANCED: 6, profiles.CPU_FALLBACK: 8}
 
@@ -130,7 +131,7 @@ def evidence(trials: pd.DataFrame, against: str, metric: str, higher: bool) -> d
     ok = trials[trials["error"] == ""]
     pick = ok.loc[ok["role"] == "pick", metric].to_numpy(float)
     other = ok.loc[ok["role"] == against, metric].to_numpy(float)
-    ab = stats.compare(other, pick, higher_is_better=higher)
+    ab = stats.compare(other, pick, higher, words=WORDS.get(metric, (stats.FASTER, stats.SLOWER)))
     return {
         "against": against,
         "label": str(trials.loc[trials["role"] == against, "label"].iloc[0]),
