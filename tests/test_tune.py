@@ -183,7 +183,9 @@ def test_mateperf_tune_writes_profiles_the_companion_loads(tmp_path):
         assert entry["settings"]["n_gpu_layers"] == 0, name  # a CPU build runs no layers on a GPU
         assert entry["measured"]["frame_p99_ms"] > 0 and entry["measured"]["tg_tps"] > 0
         assert entry["evidence"] and entry["race"]["pruned"]
-        assert entry["meets_frame_budget"] or "least overrun" in entry["note"]
+        assert entry["meets_frame_budget"] or (
+            "least overrun" in entry["note"] or "at the edge of the budget" in entry["note"]
+        )
     assert rec["profiles"]["performance"]["settings"]["n_ctx"] == 4096
     md = (run / "tune.md").read_text(encoding="utf-8")
     assert (

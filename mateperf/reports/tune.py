@@ -124,7 +124,7 @@ def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> s
     ]
     notes = [f"- {n}: {e['note']}" for n, e in rec["profiles"].items() if e.get("note")]
     if notes:
-        lines += ["**Frame budget not kept:**", "", *notes, ""]
+        lines += ["**Frame budget not kept by the pick's confirmation trials:**", "", *notes, ""]
     lines += [
         "### Evidence (interleaved confirmation trials)",
         "",
