@@ -203,6 +203,7 @@ def run(**values) -> pd.DataFrame:
 
     precision = None
     if p.precision_pct and min(p.trials, p.bench_reps) >= 2:  # a CI of a median needs two
+        # run_rounds caps each part at its own count (trials, bench_reps), not at max_reps
         precision = adaptive.Precision(
             p.precision_pct / 100, p.min_trials, max(p.trials, p.bench_reps, p.min_trials)
         )
