@@ -56,8 +56,8 @@ def table(df: pd.DataFrame) -> str:
 def repetition_note(df: pd.DataFrame, params: dict, points: str) -> str:
     """How adaptive repetition stopped, from the rows' stop_* columns ("" for a fixed run).
 
-    One sentence: how many `points` stopped as precise and how many at the cap, after how many
-    trials, and the range of their CI half-widths, so a reader sees what the repetition bought.
+    One sentence: how many `points` stopped as precise and how many ran to the cap, after how
+    many trials, and the range of their CI half-widths, so a reader sees what it bought.
     """
     if "stop_reason" not in df:
         return ""
@@ -66,19 +66,19 @@ def repetition_note(df: pd.DataFrame, params: dict, points: str) -> str:
     if stops.empty:
         return ""
     parts = []
-    for reason in ("precise", "cap"):
+    for reason, how in (("precise", "stopped as precise after"), ("cap", "ran to the cap of")):
         s = stops[stops["stop_reason"] == reason]
         if len(s):
-            n = sorted({int(x) for x in s["stop_trials"]})
-            parts.append(f"{len(s)} {reason} after {', '.join(map(str, n))} trials")
+            n = " or ".join(map(str, sorted({int(x) for x in s["stop_trials"]})))
+            parts.append(f"{len(s)} of {len(stops)} {how} {n} trials")
     widths = 100 * stops["stop_half_width"].replace(math.inf, math.nan)
     spread = (
-        f"; the medians' CI half-widths {widths.min():.1f}–{widths.max():.1f}%"
-        if widths.notna().any()
-        else ""
+        f" (CI half-widths {widths.min():.1f}–{widths.max():.1f}%)" if widths.notna().any() else ""
     )
+    pct = params.get("precision_pct")
+    target = f"{pct:g}" if isinstance(pct, (int, float)) else "?"
     return (
-        f"Adaptive repetition: a {points} stops once its median's 95% CI is within "
-        f"±{params.get('precision_pct')}% (from {params.get('min_trials')} trials on) or at its "
-        f"cap; here {'; '.join(parts)}{spread}."
+        f"Adaptive repetition: each {points} stops once its median's 95% CI is within "
+        f"±{target}% (from {params.get('min_trials')} trials on), else at "
+        f"its cap; here {'; '.join(parts)}{spread}."
     )

@@ -207,7 +207,15 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"(gen/batch), n_gpu_layers {params.get('n_gpu_layers')}. Every trial loads the model "
         f"afresh; {_order_note(df)}; the first pair is a warm-up, left out.",
         "",
-        *([note, ""] if (note := repetition_note(df, params, "scenario")) else []),
+        *(
+            [note, ""]
+            if (
+                note := repetition_note(
+                    df, params, "part (the first-reply pairs; the throughput repetitions)"
+                )
+            )
+            else []
+        ),
         *_gpu_note(df, params),
         "### Cold vs warm first reply",
         "",
