@@ -133,3 +133,21 @@ def test_rounds_with_precision_stop_each_stream_on_its_own_figures():
     assert pairs["stop_reason"].unique().tolist() == [PRECISE]
     assert bench["stop_reason"].unique().tolist() == [CAP]
     assert bench["stop_trials"].unique().tolist() == [7]
+
+
+def test_the_report_line_says_how_repetition_stopped():
+    from mateperf.reports.format import repetition_note
+
+    df = pd.DataFrame(
+        {
+            "is_warmup": [True, False, False, False],
+            "stop_reason": [CAP, CAP, PRECISE, CAP],
+            "stop_trials": [5, 5, 4, 5],
+            "stop_half_width": [0.09, 0.09, 0.021, 0.12],
+        }
+    )
+    note = repetition_note(df, {"precision_pct": 3.0, "min_trials": 4}, "setting")
+    assert "within ±3% (from 4 trials on)" in note
+    assert "1 of 3 stopped as precise after 4 trials; 2 of 3 ran to the cap of 5 trials" in note
+    assert "(CI half-widths 2.1–12.0%)" in note
+    assert repetition_note(df.drop(columns="stop_reason"), {}, "setting") == ""
