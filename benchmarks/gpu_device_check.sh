@@ -18,6 +18,12 @@
 # Printed: the calibration, both tables of measured vs predicted, the chain's rows, pytest's
 # summary line. Everything lands under $OUT as it is produced.
 #
+# STEPS=tune (a second call) runs, after step 1, `mateperf tune` on the GPU instead: two CPUs
+# (taskset, so the space stays small), n_batch 512, KV f16 and q8_0 with flash attention on,
+# 2 race rounds and 2 confirmation trials each; its run directory under $OUT/results holds
+# recommended.json with each pick's VRAM measured by NVML beside its prediction (~150 s).
+#   run(command="STEPS=tune bash benchmarks/gpu_device_check.sh", carry=[".gpu"], timeout_s=360)
+#
 # Before: benchmarks/gpu_prepare.sh here (fills .gpu/: CUDA tarball, diskcache, gguf, PyYAML,
 # tabulate wheels, libllama-common.so). Afterwards, here: `mateperf report <files>/results/<id>`.
 # Call:  run(command="bash benchmarks/gpu_device_check.sh", carry=[".gpu"], timeout_s=360)
@@ -47,6 +53,19 @@ else
   timeout 120 python3 -c "from mateperf.gpu.tinygguf import write_tiny_gguf, GEMMA3_270M_SHAPES as S; write_tiny_gguf('$MATEPERF_MODEL', S)" 2>&1 | tail -3
 fi
 log "model: $MATEPERF_MODEL"
+
+if [ "${STEPS:-phase}" = tune ]; then
+  timeout "$(left)" taskset -c 0,1 python3 -m mateperf --results "$OUT/results" tune \
+    -p n_batch=512 -p kv_types=f16,q8_0 -p flash_attn=on -p max_rounds=2 -p min_reps=2 \
+    -p confirm_reps=2 -p reply_tokens=16 > "$OUT/tune.log" 2>&1
+  log "mateperf tune: rc $? (124 = cut off)"
+  grep -v "^\[tune\] [0-9]" "$OUT/tune.log" | tail -25
+  for f in "$OUT"/results/*-tune-*/recommended.json; do
+    [ -f "$f" ] && python3 -c "import json,sys; r=json.load(open(sys.argv[1])); [print(n, e['settings'], {k: e['measured'][k] for k in ('vram_mb','vram_predicted_mb','vram_basis')}) for n, e in r['profiles'].items()]" "$f"
+  done
+  log "done"
+  exit 0
+fi
 
 # steps 2 and 3 in one process: llama.cpp's dry runs of the same configurations are reused
 PT=$(( $(left) - 60 )); PT=$(( PT > 30 ? PT : 30 ))  # keep a minute for pytest

@@ -69,6 +69,38 @@ def test_every_candidate_is_a_loadable_config(layout):
         space.Setting(1, 1, 128, 0, 2048, "q8_0", "q8_0", False).config("model.gguf")
 
 
+def test_a_trial_reads_the_vram_it_added_where_a_gpu_is_read():
+    """The real model and the real avatar load; NVML's readings come from FakeNvml (before the
+    load, after it, after the reply), since this machine has no GPU to cause them."""
+    from mateperf.trackers.gpu import NvmlDevice
+    from mateperf.tune.trial import Bench
+    from tests.test_gpu_monitor import FakeNvml
+
+    setting = space.Setting(1, 1, 128, 0, 2048)
+    vram = NvmlDevice(nvml=FakeNvml([1000.0, 1400.0, 1450.0]))
+    with Bench(str(resolve_model(None)), "python", 60.0, 0.5, 10.0, 4, 1, vram) as bench:
+        row = bench.measure(setting)
+    assert (row["vram_loaded_delta_mb"], row["vram_delta_mb"]) == (400.0, 450.0)
+    assert row["reply_ms"] > 0 and row["frame_p99_ms"] > 0
+    with Bench(str(resolve_model(None)), "python", 60.0, 0.5, 10.0, 4, 1) as bench:
+        assert math.isnan(bench.measure(setting)["vram_delta_mb"])  # no GPU read: no figure
+
+
+def test_the_picks_vram_is_measured_where_read_else_predicted():
+    import pandas as pd
+
+    from mateperf.tune.tuner import _vram
+
+    gpu = space.Setting(1, 1, 128, 20, 2048)
+    read = _vram(pd.DataFrame({"vram_delta_mb": [900.0, 950.0, 1000.0]}), gpu, 1024.0)
+    assert read["vram_mb"] == 950.0 and read["vram_basis"].startswith("measured: NVML")
+    assert read["vram_predicted_mb"] == 1024.0
+    unread = _vram(pd.DataFrame({"vram_delta_mb": [math.nan] * 3}), gpu, 1024.0)
+    assert unread["vram_mb"] == 1024.0 and unread["vram_basis"].startswith("predicted")
+    cpu = _vram(pd.DataFrame({"vram_delta_mb": [math.nan]}), space.Setting(1, 1, 128, 0, 2048), 0)
+    assert cpu["vram_mb"] is None and cpu["vram_basis"] == "no layers on the GPU"
+
+
 def test_the_companion_profile_is_clamped_to_this_host_and_says_how():
     setting, note = companion_setting(BALANCED, usable=2, offload=False)
     assert (setting.n_threads, setting.n_gpu_layers, setting.n_batch) == (2, 0, 256)

@@ -7,6 +7,11 @@ then, inside the peer's measurement window, streams one companion turn. The tria
 time to first token, generation tokens/s, the reply time the objective ranks by, and the
 avatar's frame p99 over the window.
 
+VRAM, where a GPU is read (`vram`: the one NVML reader, trackers.gpu.NvmlDevice): the device
+memory used before the load, after it, and after the reply; `vram_delta_mb` is what the trial
+added. The trial runs in this process, so a CUDA context an earlier trial created stays and is
+not counted again (the gpu phase, which isolates each trial in a child, measures it).
+
 The objective, `reply_ms`: time to first token plus `reply_tokens` at the measured generation
 rate, the time to a reply of fixed length. A reply's own length differs between settings (a
 quantised KV cache may change the greedy text), so its raw wall time would rank lengths, not
@@ -15,12 +20,14 @@ speeds.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from mateperf import companion, model, workloads
 from mateperf.companion_load import background
+from mateperf.trackers.gpu import NvmlDevice
 from mateperf.tune.space import Setting
 
 OBJECTIVE = "reply_ms"
@@ -40,8 +47,10 @@ class Bench:
         command_hz: float,
         reply_tokens: int,
         seed: int,
+        vram: NvmlDevice | None = None,
     ):
         self.model_path = model_path
+        self.vram = vram if vram is not None and vram.available else None
         self.reply_tokens = reply_tokens
         self.seed = seed
         self.load = background("companion", peer, fps, frame_busy, command_hz)
@@ -55,6 +64,9 @@ class Bench:
     def __exit__(self, *exc) -> None:
         self.load.__exit__(*exc)
 
+    def _vram_used_mb(self) -> float:
+        return self.vram.memory_mb()[0] if self.vram else math.nan
+
     def idle_frames(self, seconds: float = 3.0) -> dict:
         """The avatar's figures with no model loaded: what the frame pacing alone gives here."""
         with self.load.window() as avatar:
@@ -65,17 +77,22 @@ class Bench:
         """One trial; raises on a failed load or reply (the race records it and goes on)."""
         user = companion.USER_TURNS[self.trials % len(companion.USER_TURNS)]
         self.trials += 1
+        before_mb = self._vram_used_mb()
         llm, load_s = model.load(setting.config(self.model_path, self.seed))
         try:
+            loaded_mb = self._vram_used_mb()
             workloads.bench_warm_up(llm, WARMUP_PROMPT_TOKENS, setting.n_batch, self.rng)
             with self.load.window() as avatar:
                 reply = workloads.stream_reply(
                     llm, companion.chat_messages(user), self.reply_tokens, self.seed
                 )
+            after_mb = self._vram_used_mb()
         finally:
             model.close(llm)
         tg = reply["tg_tps"]
         return {
+            "vram_loaded_delta_mb": loaded_mb - before_mb,
+            "vram_delta_mb": after_mb - before_mb,
             "load_s": load_s,
             "ttft_ms": reply["ttft_ms"],
             "tg_tps": tg,

@@ -25,7 +25,7 @@ import pandas as pd
 from mateperf import model, progress, runner, stats, workloads
 from mateperf.gpu import calibration, estimate, profiles
 from mateperf.host import usable_cpus
-from mateperf.trackers.gpu import GpuMonitor
+from mateperf.trackers.gpu import GpuMonitor, NvmlDevice
 from mateperf.tune import race as race_mod
 from mateperf.tune import space
 from mateperf.tune.params import TuneParams
@@ -146,6 +146,23 @@ def evidence(trials: pd.DataFrame, against: str, metric: str, higher: bool) -> d
     }
 
 
+def _vram(ok: pd.DataFrame, pick: space.Setting, predicted: float) -> dict:
+    """The pick's VRAM: measured by NVML in its confirmation trials where a GPU was read
+    (the median of what each trial added), else the prediction, and which it is."""
+    out = {"vram_predicted_mb": _num(predicted) if pick.n_gpu_layers else None}
+    deltas = ok["vram_delta_mb"].dropna() if "vram_delta_mb" in ok else pd.Series(dtype=float)
+    if len(deltas):
+        basis = (
+            f"measured: NVML, the median device memory {len(deltas)} confirmation trials added "
+            "(in-process: a CUDA context from an earlier trial is not counted)"
+        )
+        return {**out, "vram_mb": _num(deltas.median()), "vram_basis": basis}
+    if pick.n_gpu_layers:
+        basis = "predicted (GGUF + device overhead): no GPU was read"
+        return {**out, "vram_mb": _num(predicted), "vram_basis": basis}
+    return {**out, "vram_mb": None, "vram_basis": "no layers on the GPU"}
+
+
 def _num(x) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else round(float(x), 4)
 
@@ -175,8 +192,9 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         f"{len(racing)} distinct settings race; VRAM: {basis}"
     )
     frames, out = [], {}
+    vram = NvmlDevice() if offload else None  # VRAM is read where layers can go to a GPU
     with Bench(
-        str(path), p.peer, p.fps, p.frame_busy, p.command_hz, p.reply_tokens, p.seed
+        str(path), p.peer, p.fps, p.frame_busy, p.command_hz, p.reply_tokens, p.seed, vram
     ) as bench:
         idle = bench.idle_frames()
         say(
@@ -197,6 +215,8 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
             out[rule.name] = entry
             frames.append(trials)
         measured = memo.measured
+    if vram is not None:
+        vram.close()
     wall_s = time.perf_counter() - start
     say(f"done in {wall_s:.0f} s: {measured} race trials measured, the rest reused")
     rec = {
@@ -249,13 +269,7 @@ def _profile(p, rule, plan, memo, bench, usable, offload, budget_ms) -> tuple[di
     predicted = next(c.predicted_vram_mb for c in plan if c.setting == pick)
     entry = {
         "settings": pick.as_dict(),
-        "measured": {
-            **figures,
-            "vram_mb": _num(predicted),
-            "vram_basis": "predicted (GGUF + device overhead)"
-            if pick.n_gpu_layers
-            else "no layers on the GPU",
-        },
+        "measured": {**figures, **_vram(ok, pick, predicted)},
         "meets_frame_budget": bool(
             figures[CONSTRAINT] is not None and figures[CONSTRAINT] <= budget_ms
         ),
