@@ -213,18 +213,15 @@ def run_rounds(
     widest of its figures), so the rule's decision is stored with the data.
     """
     values: dict[str, dict[str, list[float]]] = {s.name: {} for s in streams}
-    going = {s.name for s in streams}
+    done: dict[str, int] = {s.name: 0 for s in streams}  # rounds run, warm-up not counted
+    stops: dict[str, adaptive.Stop] = {}  # the streams that stopped, and why
     total = sum(len(s.visits(k)) for s in streams for k in range(WARMUP_ROUND, s.rounds))
     rows: list[dict] = []
     owner: list[str] = []  # the stream of each visit, by its index
-    by_name = {s.name: s for s in streams}
-    last_rounds = {s.name: 0 for s in streams}  # rounds done (not counting the warm-up)
 
     for k in range(WARMUP_ROUND, max(s.rounds for s in streams)):
-        of: dict[Visit[T], Stream[T]] = {}
-        for s in streams:
-            if s.name in going and k < s.rounds:
-                of.update((v, s) for v in s.visits(k))
+        running = [s for s in streams if s.name not in stops and k < s.rounds]
+        of: dict[Visit[T], Stream[T]] = {v: s for s in running for v in s.visits(k)}
         if not of:
             break
 
@@ -245,18 +242,12 @@ def run_rounds(
             phase, list(of), tracked, describe, base, total, label, first_index=len(owner)
         )
         owner += [of[v].name for v in of]
-        done_rounds = {s.name: min(k + 1, s.rounds) for s in streams if s.name in going}
-        if precision is not None:
-            going -= {
-                name
-                for name in done_rounds
-                if _stream_stop(values[name], precision, by_name[name], done_rounds[name]).done
-            }
-            last_rounds.update(done_rounds)
+        for s in running if precision is not None and k >= 0 else ():
+            done[s.name] += 1
+            stop = _stream_stop(values[s.name], precision, s, done[s.name])
+            if stop.done:
+                stops[s.name] = stop
     if precision is not None:
-        stops = {
-            s.name: _stream_stop(values[s.name], precision, s, last_rounds[s.name]) for s in streams
-        }
         for row in rows:
             stop = stops[owner[row["visit"]]]
             row.update(stop_reason=stop.reason, stop_trials=stop.n, stop_half_width=stop.half_width)

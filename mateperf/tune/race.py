@@ -183,7 +183,7 @@ def _check(
     max_rounds: int,
     min_reps: int,
     halve_every: int,
-    eta: int = 2,
+    eta: int,
 ) -> None:
     if not candidates:
         raise ParameterError("race: no candidates")

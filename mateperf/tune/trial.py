@@ -50,7 +50,7 @@ class Bench:
         vram: NvmlDevice | None = None,
     ):
         self.model_path = model_path
-        self.vram = vram if vram is not None and vram.available else None
+        self.vram = vram  # an NvmlDevice without a device reads NaN
         self.reply_tokens = reply_tokens
         self.seed = seed
         self.load = background("companion", peer, fps, frame_busy, command_hz)
@@ -65,7 +65,7 @@ class Bench:
         self.load.__exit__(*exc)
 
     def _vram_used_mb(self) -> float:
-        return self.vram.memory_mb()[0] if self.vram else math.nan
+        return self.vram.memory_mb()[0] if self.vram is not None else math.nan
 
     def idle_frames(self, seconds: float = 3.0) -> dict:
         """The avatar's figures with no model loaded: what the frame pacing alone gives here."""
