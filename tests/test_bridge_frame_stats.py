@@ -5,6 +5,7 @@ interval, the window must clear on reset (and only then), queries must stay unco
 bad share must be refused before anything starts.
 """
 
+import csv
 import subprocess
 import sys
 import time
@@ -91,3 +92,76 @@ def test_a_bad_frame_busy_exits_2_with_one_line(kind, request, share):
 def test_start_peer_refuses_a_bad_frame_busy(share):
     with pytest.raises(ValueError, match="frame_busy"):
         start_peer("python", frame_busy=share)
+
+
+def csharp_peer(built_csharp, *args: str):
+    """The C# headless peer started by hand with its own options, as a user would."""
+    from mateperf.bridge.process import csharp_peer_command, start_program
+
+    return start_program([*csharp_peer_command(built_csharp), *args], "csharp")
+
+
+def read_frame_log(path) -> dict[int, tuple[int, int]]:
+    """The peer's --frame-log CSV read on its own: frame -> (interval_us, tick_us)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frame", "interval_us", "tick_us"]
+    frames = [int(r[0]) for r in rows[1:]]
+    assert frames == list(range(1, len(frames) + 1))  # every frame once, in order, from 1
+    return {int(r[0]): (int(r[1]), int(r[2])) for r in rows[1:]}
+
+
+@pytest.mark.mono
+def test_the_frame_log_file_matches_frame_stats_for_the_same_frames(built_csharp, tmp_path):
+    log_path = tmp_path / "frames.csv"
+    windows = []
+    with csharp_peer(
+        built_csharp, "--fps", "60", "--frame-busy", "0.2", "--frame-log", str(log_path)
+    ) as peer:
+        with UnityBridge(port=peer.port) as bridge:
+            for _ in range(3):
+                time.sleep(0.25)
+                bridge.pipeline([SET] * 5)
+                windows.append(bridge.frame_stats())  # each reply resets the window
+            time.sleep(0.2)  # frames after the last query
+        peer.stop()  # the log is complete once the peer has stopped
+    logged = read_frame_log(log_path)
+    for window in windows:
+        numbers = range(window["first_frame"], window["last_frame"] + 1)
+        assert len(numbers) == window["frames"] > 5
+        assert [logged[n][0] for n in numbers] == window["frame_interval_us"]
+        assert [logged[n][1] for n in numbers] == window["tick_us"]
+        # the headless peer has no renderer: no CPU/GPU lists, and it says why
+        assert "cpu_main_us" not in window and "gpu_us" not in window
+        assert window["frame_timing"] == "unavailable: headless peer (no renderer)"
+    # windows follow each other without a gap: a reset empties the window, not the numbering
+    for before, after in zip(windows, windows[1:], strict=False):
+        assert after["first_frame"] == before["last_frame"] + 1
+    assert max(logged) > windows[-1]["last_frame"]  # frames after the last query are logged too
+
+
+@pytest.mark.mono
+def test_an_empty_window_names_no_frames(built_csharp):
+    # unpaced, the peer runs a frame only for work: the first query's frame is still running
+    with csharp_peer(built_csharp, "--fps", "0") as peer, UnityBridge(port=peer.port) as bridge:
+        empty = bridge.frame_stats()
+        one = bridge.frame_stats()  # holds the frame of the first query, now complete
+    assert empty["frames"] == 0 and empty["first_frame"] is None and empty["last_frame"] is None
+    assert one["frames"] == 1 and one["first_frame"] == one["last_frame"] == 1
+
+
+@pytest.mark.mono
+@pytest.mark.parametrize("where", ["missing-dir/frames.csv", ""])
+def test_an_unwritable_frame_log_exits_2_with_one_line(built_csharp, tmp_path, where):
+    from mateperf.bridge.process import csharp_peer_command
+
+    path = str(tmp_path / where) if where else ""
+    result = subprocess.run(
+        [*csharp_peer_command(built_csharp), "--frame-log", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--frame-log" in lines[0], result.stderr

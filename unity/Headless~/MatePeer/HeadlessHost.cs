@@ -9,11 +9,16 @@
 // --max-queued-requests N, --max-queued-bytes N: the incoming bound per connection.
 // --spin-tail-us US: paced frames yield through the last US µs before each frame instead of
 // sleeping (default: measured at start from how late Thread.Sleep(1) ends, see FramePacer).
+// --frame-log PATH: append every completed frame to PATH as CSV `frame,interval_us,tick_us`
+// (FrameLogFile: written off the main thread), the frames frame_stats reports, numbered alike.
+// The identity query answers peer "mateperf-headless", the pacing target as target_fps, and no
+// Unity, renderer or vSync (null), runInBackground true (nothing here stops the frames).
 // Built by mateperf/bridge/process.py with Mono's mcs, or with the .NET SDK:
 // dotnet run --project "unity/Headless~/MatePeer" -- --port 5555 --fps 60
 using System;
 using System.Diagnostics;
 using System.Globalization;
+using System.IO;
 using System.Net;
 using System.Net.Sockets;
 using System.Threading;
@@ -27,6 +32,7 @@ public static class HeadlessHost
         "--host", "--port", "--fps", "--max-line-bytes", "--apply-delay-ms", "--frame-busy",
         "--max-ack-buffer-bytes", "--id-window", "--max-commands-per-frame", "--max-tick-us",
         "--missing-blendshape", "--max-queued-requests", "--max-queued-bytes", "--spin-tail-us",
+        "--frame-log",
     };
 
     public static int Main(string[] args)
@@ -41,6 +47,7 @@ public static class HeadlessHost
         double spinTailUs = -1;  // measured
         var missingBlendshapes = new System.Collections.Generic.List<string>();
         bool legacy = false;
+        string frameLogPath = null;
         for (int i = 0; i < args.Length; i++)
         {
             string name = args[i];
@@ -75,6 +82,7 @@ public static class HeadlessHost
                 case "--max-queued-bytes":
                     ok = long.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out maxQueuedBytes) && maxQueuedBytes >= 1;
                     break;
+                case "--frame-log": frameLogPath = value; ok = value.Length > 0; break;
                 case "--spin-tail-us": ok = double.TryParse(value, NumberStyles.Float, CultureInfo.InvariantCulture, out spinTailUs) && spinTailUs >= 0; break;
                 default: Console.Error.WriteLine("unknown argument " + name); return 2;
             }
@@ -100,10 +108,29 @@ public static class HeadlessHost
             MaxQueuedRequests = maxQueuedRequests,
             MaxQueuedBytes = maxQueuedBytes,
             Log = message => Console.Error.WriteLine("mateperf-csharp peer: " + message),
+            Identity = new PeerIdentity
+            {
+                Peer = "mateperf-headless",
+                TargetFps = fps > 0 ? fps : (double?)null,
+                RunInBackground = true,
+                FrameTiming = PeerIdentity.HeadlessFrameTiming,
+            },
         };
+        FrameLogFile frameLog = null;
+        if (frameLogPath != null)
+        {
+            try { frameLog = new FrameLogFile(frameLogPath, server.Log); }
+            catch (Exception e) when (e is IOException || e is UnauthorizedAccessException || e is ArgumentException
+                                      || e is NotSupportedException || e is System.Security.SecurityException)
+            {
+                Console.Error.WriteLine("--frame-log: cannot write '" + frameLogPath + "': " + e.Message);
+                return 2;
+            }
+        }
         try { server.Start(); }
         catch (SocketException e)
         {
+            if (frameLog != null) frameLog.Dispose();
             Console.Error.WriteLine("mateperf-csharp peer: cannot listen on " + host + ":" + port.ToString(CultureInfo.InvariantCulture)
                                     + ": " + e.Message + " (is another bridge running?)");
             return 1;
@@ -122,7 +149,7 @@ public static class HeadlessHost
         {
             while (!stop.IsSet)
             {
-                if (server.WorkArrived.WaitOne(50)) server.Tick();
+                if (server.WorkArrived.WaitOne(50)) { server.Tick(); LogFrame(server, frameLog); }
             }
         }
         else
@@ -140,14 +167,30 @@ public static class HeadlessHost
                 next += periodTicks;
                 if (next < now) next = now + periodTicks;  // fell behind: skip, do not burst
                 server.Tick();
+                LogFrame(server, frameLog);
                 if (busyTicks > 0) BusySpin(busyTicks);
             }
         }
         server.Dispose();
+        if (frameLog != null) frameLog.Dispose();
         Console.Out.WriteLine(new JObject { ["event"] = "stopped", ["counters"] = server.Counters.ToJson(), ["frames"] = server.Frame }.ToString(Newtonsoft.Json.Formatting.None));
         Console.Out.Flush();
         return 0;
     }
+
+    /// After a Tick: the frame it recorded (the one that ended when it started) into the file.
+    static void LogFrame(BridgeServer server, FrameLogFile frameLog)
+    {
+        int intervalUs, tickUs;
+        if (frameLog == null || server.Frames.Recorded == loggedFrame) return;
+        if (server.Frames.Newest(out intervalUs, out tickUs))
+        {
+            loggedFrame = server.Frames.Recorded;
+            frameLog.Add(loggedFrame, intervalUs, tickUs);
+        }
+    }
+
+    static long loggedFrame;  // main thread: the newest frame handed to the frame log
 
     /// Real CPU work on the main thread for `ticks` Stopwatch ticks: no sleep, no yield.
     static void BusySpin(long ticks)

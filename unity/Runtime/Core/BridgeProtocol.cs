@@ -27,6 +27,8 @@ namespace MatePerf.Bridge
     public static class BridgeProtocol
     {
         public const int ProtocolVersion = 2;
+        /// package.json's version, reported by the identity query (a test keeps the two equal).
+        public const string PackageVersion = "0.2.0";
         public const int DefaultMaxLineBytes = 1 << 20;
         public const int MaxBatchCommands = 1000;
 
@@ -62,10 +64,14 @@ namespace MatePerf.Bridge
             ["batch"] = new[] { F("commands", Kind.List) },
             ["stats"] = new FieldSpec[0],
             ["frame_stats"] = new[] { F("reset", Kind.Bool, required: false) },
+            ["identity"] = new FieldSpec[0],
         };
 
         /// Commands that answer with data instead of changing the avatar; never counted.
-        public static bool IsQuery(string command) { return command == "stats" || command == "frame_stats"; }
+        public static bool IsQuery(string command)
+        {
+            return command == "stats" || command == "frame_stats" || command == "identity";
+        }
 
         static string JsonTypeName(JToken v)
         {
@@ -124,14 +130,16 @@ namespace MatePerf.Bridge
                 throw new ProtocolException(where + ": must not be empty");
         }
 
-        /// Check one command's name, fields and types; return its data ({} when absent).
-        public static JObject ValidateCommand(JToken command, JToken data, bool insideBatch = false)
+        /// Check one command's name, fields and types; return its data ({} when absent). A legacy
+        /// peer knows no query: the companion's own bridge has none (stats, frame_stats, identity).
+        public static JObject ValidateCommand(JToken command, JToken data, bool insideBatch = false, bool legacy = false)
         {
             if (command == null || command.Type != JTokenType.String)
                 throw new ProtocolException("command: expected string, got " + (command == null ? "NoneType" : JsonTypeName(command)));
             string name = (string)command;
             FieldSpec[] spec;
-            if (!Commands.TryGetValue(name, out spec)) throw new ProtocolException("unknown command '" + name + "'");
+            if (!Commands.TryGetValue(name, out spec) || (legacy && IsQuery(name)))
+                throw new ProtocolException("unknown command '" + name + "'");
             if (name == "batch" && insideBatch) throw new ProtocolException("batch: batches do not nest");
             if (data == null || data.Type == JTokenType.Null) data = new JObject();
             if (data.Type != JTokenType.Object)
@@ -164,7 +172,7 @@ namespace MatePerf.Bridge
                     var subCommand = sub["command"];
                     if (subCommand != null && subCommand.Type == JTokenType.String && IsQuery((string)subCommand))
                         throw new ProtocolException(at + (string)subCommand + " cannot be batched");
-                    try { ValidateCommand(subCommand, sub["data"], true); }
+                    try { ValidateCommand(subCommand, sub["data"], true, legacy); }
                     catch (ProtocolException e) { throw new ProtocolException(at + e.Message); }
                 }
             }
@@ -173,7 +181,7 @@ namespace MatePerf.Bridge
 
         static readonly UTF8Encoding StrictUtf8 = new UTF8Encoding(false, true);
 
-        public static Request DecodeRequest(byte[] buffer, int offset, int count)
+        public static Request DecodeRequest(byte[] buffer, int offset, int count, bool legacy = false)
         {
             JToken msg;
             try
@@ -199,7 +207,7 @@ namespace MatePerf.Bridge
             JToken command = obj["command"];
             try
             {
-                var data = ValidateCommand(command, obj["data"]);
+                var data = ValidateCommand(command, obj["data"], false, legacy);
                 return new Request { Id = id, Command = (string)command, Data = data };
             }
             catch (ProtocolException e)

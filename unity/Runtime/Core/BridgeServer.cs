@@ -22,6 +22,9 @@
 // with work before a second of any: a flooding client delays its own requests, not another's.
 // State is bounded: duplicate ids are detected over the last IdWindow ids of a connection,
 // closed connections are pruned, a failing accept backs off.
+// The identity query is answered from the socket thread, from the host's cached PeerIdentity: it
+// needs nothing from the frame, and an app whose frames have stopped (runInBackground off, the
+// window without focus) can still say so. A legacy peer answers none of the queries.
 // ApplyDelayMs stands in for a slow avatar: the main thread spends that long on every command it
 // applies (each command of a batch too), a known answer for the latency benchmarks.
 using System;
@@ -121,6 +124,15 @@ namespace MatePerf.Bridge
         public double Fps;
         /// Share of each frame the host spends busy after Tick (HeadlessHost --frame-busy).
         public double FrameBusy;
+
+        /// What the identity query answers; the host sets it before Start (and may replace it
+        /// later with a new object: the socket threads read whichever is current).
+        public PeerIdentity Identity
+        {
+            get { return Volatile.Read(ref identity); }
+            set { Volatile.Write(ref identity, value ?? new PeerIdentity()); }
+        }
+        PeerIdentity identity = new PeerIdentity();
 
         /// Set whenever a request is queued (or left for the next frame by the budget), so an
         /// unpaced host can sleep until there is work.
@@ -276,7 +288,7 @@ namespace MatePerf.Bridge
             foreach (var b in line) if (b != ' ' && b != '\t' && b != '\r') { blank = false; break; }
             if (blank) return;
             Request request;
-            try { request = BridgeProtocol.DecodeRequest(line, 0, line.Length); }
+            try { request = BridgeProtocol.DecodeRequest(line, 0, line.Length, Legacy); }
             catch (ProtocolException e)
             {
                 Interlocked.Increment(ref Counters.Received);
@@ -284,6 +296,11 @@ namespace MatePerf.Bridge
                 return;
             }
             bool query = BridgeProtocol.IsQuery(request.Command);
+            if (request.Command == "identity")
+            {
+                AnswerIdentity(conn, request, recvNs);
+                return;
+            }
             if (!query) Interlocked.Increment(ref Counters.Received);
             int size = line.Length + 1;  // as on the wire, with its newline
             long queued = conn.QueuedRequests, queuedBytes = conn.QueuedBytes;
@@ -310,6 +327,24 @@ namespace MatePerf.Bridge
             conn.CountQueued(size);
             queue.Enqueue(new QueuedRequest { Connection = conn, Request = request, IdJson = key, RecvNs = recvNs, Bytes = size });
             WorkArrived.Set();
+        }
+
+        /// The identity reply, on the socket thread: the envelope of stats (frame: the frame
+        /// running when it was answered), never queued, never counted.
+        void AnswerIdentity(ClientConnection conn, Request request, long recvNs)
+        {
+            string key = request.Id != null ? request.Id.ToString(Newtonsoft.Json.Formatting.None) : null;
+            if (key != null && !conn.SeenIds.Add(key))
+            {
+                conn.Send(BridgeProtocol.Encode(BridgeProtocol.Response("identity", "error", "duplicate id " + key, request.Id, Legacy)));
+                return;
+            }
+            var reply = BridgeProtocol.Response("identity", "success", "applied", request.Id, Legacy);
+            reply["data"] = Identity.ToJson();
+            reply["frame"] = Interlocked.Read(ref Frame);
+            reply["recv_ns"] = recvNs;
+            reply["apply_ns"] = NowNs();
+            conn.Send(BridgeProtocol.Encode(reply));
         }
 
         void RefuseQueueFull(ClientConnection conn, Request request, bool query, long queued, long queuedBytes)
@@ -450,7 +485,7 @@ namespace MatePerf.Bridge
             else if (request.Command == "frame_stats")
             {
                 reply = BridgeProtocol.Response("frame_stats", "success", "applied", request.Id, Legacy);
-                reply["data"] = new JRaw(Frames.ToJson(Fps, FrameBusy));
+                reply["data"] = new JRaw(Frames.ToJson(Fps, FrameBusy, Identity.FrameTiming));
                 var reset = request.Data["reset"];
                 if (reset == null || reset.Value<bool>()) Frames.Clear();
             }
@@ -509,7 +544,7 @@ namespace MatePerf.Bridge
             long start = Stopwatch.GetTimestamp();
             Frames.FrameStarted(start);
             frameCommands = 0;
-            Frame++;
+            Interlocked.Increment(ref Frame);  // read by the identity reply on a socket thread
             QueuedRequest item;
             while (queue.TryDequeue(out item))
             {
