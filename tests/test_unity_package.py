@@ -26,7 +26,11 @@ from mateperf.bridge.process import (
 )
 
 STUB = Path(__file__).parent / "unity_stub" / "UnityEngine.cs"
+COMPANION_STUB = Path(__file__).parent / "unity_stub" / "DesktopMateScripts.cs"
 SAMPLE_DIR = UNITY_DIR / "Samples~" / "PythonBridgeOnAGameObject"
+# compiles into the companion's Assembly-CSharp (no .asmdef): its scripts have no assembly
+# definition of their own, and an assembly definition cannot reference Assembly-CSharp
+DESKTOP_MATE_SAMPLE = UNITY_DIR / "Samples~" / "DesktopMateAvatar"
 NEWTONSOFT_PACKAGE = "com.unity.nuget.newtonsoft-json"
 
 
@@ -48,6 +52,15 @@ def test_package_manifest_names_the_package_and_unitys_newtonsoft():
     assert re.fullmatch(r"\d+\.\d+\.\d+", manifest["dependencies"][NEWTONSOFT_PACKAGE])
     for sample in manifest["samples"]:
         assert sample["path"].startswith("Samples~/") and (UNITY_DIR / sample["path"]).is_dir()
+    paths = [sample["path"] for sample in manifest["samples"]]
+    assert "Samples~/DesktopMateAvatar" in paths and "Samples~/PythonBridgeOnAGameObject" in paths
+
+
+def test_the_core_reports_the_package_version():
+    # the identity query's peer_version is the package's version
+    version = load_json(UNITY_DIR / "package.json")["version"]
+    text = (CORE_DIR / "BridgeProtocol.cs").read_text(encoding="utf-8")
+    assert f'PackageVersion = "{version}";' in text
 
 
 def test_the_core_assembly_has_no_engine_and_only_unitys_newtonsoft():
@@ -69,9 +82,10 @@ def test_every_script_belongs_to_one_assembly_definition():
     names = [d["name"] for d in definitions.values()]
     assert len(names) == len(set(names)), names
     folders = {p.parent for p in definitions}
+    assert not list(DESKTOP_MATE_SAMPLE.glob("*.asmdef"))
     for source in UNITY_DIR.rglob("*.cs"):
-        if HEADLESS_DIR in source.parents:
-            continue  # Unity never sees Headless~
+        if HEADLESS_DIR in source.parents or DESKTOP_MATE_SAMPLE in source.parents:
+            continue  # Unity never sees Headless~; the Desktop-Mate sample joins Assembly-CSharp
         assert any(f == source.parent or f in source.parents for f in folders), source
     for definition in definitions.values():
         for reference in definition["references"]:
@@ -156,24 +170,66 @@ def test_how_a_built_peer_is_started():
 
 
 @pytest.mark.mono
-def test_assemblies_compile_apart_as_unity_splits_them(tmp_path):
-    # MatePerf.Bridge alone, then PythonBridge and the sample over its public API only
+@pytest.mark.parametrize("unity_2022_1", [True, False], ids=["unity-2022.1+", "unity-2021.3"])
+def test_assemblies_compile_apart_as_unity_splits_them(tmp_path, unity_2022_1):
+    # MatePerf.Bridge alone; MatePerf.Bridge.Unity (PythonBridge) and the blendshape sample over
+    # its public API; the Desktop-Mate sample in Assembly-CSharp beside stubs of the companion's
+    # scripts. UnityEngine is the stub, an assembly of its own as in Unity. Both sides of the
+    # FrameTimingManager version guard compile.
     if shutil.which("mcs") is None:
         pytest.fail("mcs is required: apt-get install mono-mcs")
     newtonsoft = find_newtonsoft()
-    core = tmp_path / "MatePerf.Bridge.dll"
+    engine, core = tmp_path / "UnityEngine.dll", tmp_path / "MatePerf.Bridge.dll"
+    bridge = tmp_path / "MatePerf.Bridge.Unity.dll"
+    define = ["-define:UNITY_2022_1_OR_NEWER"] if unity_2022_1 else []
     steps = [
+        ["-target:library", f"-out:{engine}", str(STUB)],
         ["-target:library", f"-out:{core}", *map(str, csharp_core_sources())],
+        [
+            *define,
+            "-target:library",
+            f"-r:{core}",
+            f"-r:{engine}",
+            f"-out:{bridge}",
+            *map(str, sorted(PYTHON_BRIDGE_CS.parent.glob("*.cs"))),
+        ],
         [
             "-target:library",
             f"-r:{core}",
-            f"-out:{tmp_path / 'MatePerf.Bridge.Unity.dll'}",
-            str(PYTHON_BRIDGE_CS),
+            f"-r:{engine}",
+            f"-r:{bridge}",
+            f"-out:{tmp_path / 'MatePerf.Bridge.Sample.dll'}",
             *map(str, sorted(SAMPLE_DIR.glob("*.cs"))),
-            str(STUB),
+        ],
+        [
+            "-target:library",
+            f"-r:{core}",
+            f"-r:{engine}",
+            f"-r:{bridge}",
+            f"-out:{tmp_path / 'Assembly-CSharp.dll'}",
+            str(COMPANION_STUB),
+            *map(str, sorted(DESKTOP_MATE_SAMPLE.glob("*.cs"))),
         ],
     ]
     for step in steps:
         cmd = ["mcs", "-nologo", "-warnaserror+", f"-r:{newtonsoft}", *step]
         result = subprocess.run(cmd, capture_output=True, encoding="utf-8", timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_desktop_mate_sample_calls_the_companions_scripts():
+    text = (DESKTOP_MATE_SAMPLE / "DesktopMateAvatar.cs").read_text(encoding="utf-8")
+    assert re.search(r"class DesktopMateAvatar\s*:\s*MonoBehaviour,\s*IAvatar", text)
+    assert "namespace MatePerf.Unity.Samples" in text
+    for call in (
+        ".SetExpression(",
+        ".ResetExpressions(",
+        ".SetTransitionSpeed(",
+        ".SetAutoBlinkEnabled(",
+        ".SetAutoHeadMovement(",
+        ".UpdateTimingParameters(",
+        ".UpdateAmplitudeParameters(",
+        ".LoadVRMFromPath(",
+        ".UnloadModel(",
+    ):
+        assert call in text, call

@@ -1,5 +1,6 @@
 // Runs unity/Runtime/PythonBridge/PythonBridge.cs as Unity would, against the UnityEngine stub:
-// sets its serialized fields, calls Awake, then Update once per frame (60 fps) until stdin closes, then OnDestroy.
+// sets its serialized fields, calls Awake and Start, then Update once per frame (60 fps) until
+// stdin closes, then OnDestroy.
 // Prints {"event":"awake","enabled":bool}, {"event":"listening","port":N} when it serves, and
 // {"event":"stopped","counters":{...}} at the end. Usage: mono PythonBridgeHarness.exe PORT [FIELD=VALUE ...]
 using System;
@@ -8,6 +9,7 @@ using System.Globalization;
 using System.Reflection;
 using System.Threading;
 using MatePerf.Bridge;
+using MatePerf.Unity;
 using Newtonsoft.Json.Linq;
 
 public static class PythonBridgeHarness
@@ -37,6 +39,7 @@ public static class PythonBridgeHarness
         }
         Call(bridge, "Awake");
         Print(new JObject { ["event"] = "awake", ["enabled"] = bridge.enabled });
+        if (bridge.enabled) Call(bridge, "Start");  // Unity calls Start only on an enabled behaviour
         var server = (BridgeServer)typeof(PythonBridge).GetField("server", Private).GetValue(bridge);
         if (server != null) Print(new JObject { ["event"] = "listening", ["peer"] = "unity", ["port"] = server.Port });
 

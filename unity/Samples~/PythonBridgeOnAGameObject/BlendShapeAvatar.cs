@@ -9,63 +9,66 @@ using MatePerf.Bridge;
 using Newtonsoft.Json.Linq;
 using UnityEngine;
 
-public sealed class BlendShapeAvatar : MonoBehaviour, IAvatar
+namespace MatePerf.Unity.Samples
 {
-    [Tooltip("The face mesh whose blendshapes the expressions set")]
-    [SerializeField] SkinnedMeshRenderer face;
-
-    readonly Dictionary<string, double> expressions = new Dictionary<string, double>();
-    string model;
-    double transitionSpeed = 1.0;
-    bool autoBlink = true, headMovement;
-    long commandsApplied;
-
-    public void LoadModel(string path) { model = path; commandsApplied++; }
-
-    public void UnloadModel() { ResetExpressions(); model = null; }
-
-    public void SetExpression(string name, double value)
+    public sealed class BlendShapeAvatar : MonoBehaviour, IAvatar
     {
-        int index = face.sharedMesh.GetBlendShapeIndex(name);
-        if (index < 0) throw new ArgumentException("the face has no blendshape '" + name + "'");
-        face.SetBlendShapeWeight(index, (float)(value * 100.0));  // Unity's weights are 0..100
-        expressions[name] = value;
-        commandsApplied++;
-    }
+        [Tooltip("The face mesh whose blendshapes the expressions set")]
+        [SerializeField] SkinnedMeshRenderer face;
 
-    public void ResetExpressions()
-    {
-        for (int i = 0; i < face.sharedMesh.blendShapeCount; i++) face.SetBlendShapeWeight(i, 0f);
-        expressions.Clear();
-        commandsApplied++;
-    }
+        readonly Dictionary<string, double> expressions = new Dictionary<string, double>();
+        string model;
+        double transitionSpeed = 1.0;
+        bool autoBlink = true, headMovement;
+        long commandsApplied;
 
-    // Transitions, blinking and head movement belong to the companion's own animation scripts;
-    // the sample only records what was asked.
-    public void SetTransitionSpeed(double speed) { transitionSpeed = speed; commandsApplied++; }
+        public void LoadModel(string path) { model = path; commandsApplied++; }
 
-    public void SetAutoBlink(bool enabled) { autoBlink = enabled; commandsApplied++; }
+        public void UnloadModel() { ResetExpressions(); model = null; }
 
-    public void SetAutoHeadMovement(bool enabled, double? minInterval, double? maxInterval, double? maxAngle)
-    {
-        headMovement = enabled;
-        commandsApplied++;
-    }
-
-    public void Echo(int payloadBytes) { commandsApplied++; }
-
-    public JObject Snapshot()
-    {
-        var shown = new JObject();
-        foreach (var kv in expressions) shown[kv.Key] = kv.Value;
-        return new JObject
+        public void SetExpression(string name, double value)
         {
-            ["model"] = model,
-            ["expressions"] = shown,
-            ["transition_speed"] = transitionSpeed,
-            ["auto_blink"] = autoBlink,
-            ["head_movement_enabled"] = headMovement,
-            ["commands_applied"] = commandsApplied,
-        };
+            int index = face.sharedMesh.GetBlendShapeIndex(name);
+            if (index < 0) throw new ArgumentException("the face has no blendshape '" + name + "'");
+            face.SetBlendShapeWeight(index, (float)(value * 100.0));  // Unity's weights are 0..100
+            expressions[name] = value;
+            commandsApplied++;
+        }
+
+        public void ResetExpressions()
+        {
+            for (int i = 0; i < face.sharedMesh.blendShapeCount; i++) face.SetBlendShapeWeight(i, 0f);
+            expressions.Clear();
+            commandsApplied++;
+        }
+
+        // Transitions, blinking and head movement belong to the companion's own animation scripts;
+        // the sample only records what was asked.
+        public void SetTransitionSpeed(double speed) { transitionSpeed = speed; commandsApplied++; }
+
+        public void SetAutoBlink(bool enabled) { autoBlink = enabled; commandsApplied++; }
+
+        public void SetAutoHeadMovement(bool enabled, double? minInterval, double? maxInterval, double? maxAngle)
+        {
+            headMovement = enabled;
+            commandsApplied++;
+        }
+
+        public void Echo(int payloadBytes) { commandsApplied++; }
+
+        public JObject Snapshot()
+        {
+            var shown = new JObject();
+            foreach (var kv in expressions) shown[kv.Key] = kv.Value;
+            return new JObject
+            {
+                ["model"] = model,
+                ["expressions"] = shown,
+                ["transition_speed"] = transitionSpeed,
+                ["auto_blink"] = autoBlink,
+                ["head_movement_enabled"] = headMovement,
+                ["commands_applied"] = commandsApplied,
+            };
+        }
     }
 }
