@@ -151,6 +151,8 @@ def test_dotnet_host_project_runs_the_host_over_the_core_project():
     project = _csproj(project_file)
     assert _prop(project, "OutputType") == "Exe"
     assert re.fullmatch(r"net[68]\.0", _prop(project, "TargetFramework"))
+    # without it, a machine with only a newer .NET runtime cannot start the peer
+    assert _prop(project, "RollForward") == "LatestMajor"
     assert float(_prop(project, "LangVersion")) <= 9.0
     (reference,) = [e.get("Include") for e in project.iter("ProjectReference")]
     assert (project_file.parent / reference).resolve() == (
