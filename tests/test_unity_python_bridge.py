@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mateperf.bridge.client import UnityBridge
+from mateperf.bridge.client import CommandRejected, UnityBridge
 from mateperf.bridge.process import (
     PYTHON_BRIDGE_CS,
     UNITY_DIR,
@@ -41,7 +41,8 @@ def harness(tmp_path_factory) -> Path:
         pytest.fail("mono and mcs are required: apt-get install mono-mcs")
     out = tmp_path_factory.mktemp("unity-harness")
     newtonsoft = find_newtonsoft()
-    sources = [*csharp_core_sources(), *BRIDGE_SOURCES, *sorted(STUB_DIR.glob("*.cs"))]
+    sample = sorted((UNITY_DIR / "Samples~" / "DesktopMateAvatar").glob("*.cs"))
+    sources = [*csharp_core_sources(), *BRIDGE_SOURCES, *sample, *sorted(STUB_DIR.glob("*.cs"))]
     exe = out / "PythonBridgeHarness.exe"
     cmd = ["mcs", "-nologo", "-warnaserror+", "-define:UNITY_2022_1_OR_NEWER", f"-r:{newtonsoft}"]
     cmd += [f"-out:{exe}", *map(str, sources)]
@@ -144,3 +145,56 @@ def test_frame_timing_stats_off_reports_why_and_no_figures(harness):
     reason = "unavailable: Frame Timing Stats is off (Project Settings > Player > Other Settings)"
     assert identity["frame_timing"] == frames["frame_timing"] == reason
     assert "cpu_main_us" not in frames and "gpu_us" not in frames
+
+
+def test_the_desktop_mate_sample_drives_the_companions_scripts(harness):
+    # the companion's scripts are stubs here (signatures, no behaviour): what is checked is the
+    # sample's own mapping and that every command reaches its script without an error
+    cmd = ["mono", str(harness), "0", "avatar=desktop-mate"]
+    proc = start_program(cmd, "unity", startup_timeout_s=30)
+    head = {"enabled": True, "min_interval": 3.0, "max_interval": 7.0, "max_angle": 5.0}
+    with proc, UnityBridge(port=proc.port) as bridge:
+        acks = bridge.pipeline(
+            [
+                ("load_model", {"path": "Models/avatar.vrm"}),
+                ("set_expression", {"name": "joy", "value": 0.5}),
+                ("set_transition_speed", {"speed": 3.0}),
+                ("set_auto_blink", {"enabled": True}),
+                ("set_auto_head_movement", head),
+            ]
+        )
+        before_reset = bridge.stats()["state"]
+        bridge.request("reset_expressions")
+        after_reset = bridge.stats()["state"]
+    assert [a.command for a in acks] == [
+        "load_model",
+        "set_expression",
+        "set_transition_speed",
+        "set_auto_blink",
+        "set_auto_head_movement",
+    ]
+    assert before_reset == {
+        "model": "Models/avatar.vrm",
+        "expressions": {"joy": 0.5},
+        "transition_speed": 3.0,
+        "auto_blink": True,
+        "head_movement_enabled": True,
+        "commands_applied": 5,
+    }
+    assert after_reset["expressions"] == {} and after_reset["commands_applied"] == 6
+
+
+def test_the_desktop_mate_sample_names_a_missing_script(harness):
+    cmd = ["mono", str(harness), "0", "avatar=desktop-mate-bare"]
+    proc = start_program(cmd, "unity", startup_timeout_s=30)
+    with proc, UnityBridge(port=proc.port) as bridge:
+        with pytest.raises(
+            CommandRejected, match="no VRMBlendshapeController set on DesktopMateAvatar"
+        ):
+            bridge.request("set_expression", {"name": "joy", "value": 0.5})
+        with pytest.raises(CommandRejected, match="no VRMAutoBlinkController set"):
+            bridge.request("set_auto_blink", {"enabled": False})
+        state = bridge.stats()  # the frame went on: the bridge still answers
+        counters = proc.stop()
+    assert state["state"]["commands_applied"] == 0
+    assert counters["apply_errors"] == 2

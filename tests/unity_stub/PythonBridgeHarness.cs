@@ -3,6 +3,8 @@
 // stdin closes, then OnDestroy.
 // Prints {"event":"awake","enabled":bool}, {"event":"listening","port":N} when it serves, and
 // {"event":"stopped","counters":{...}} at the end. Usage: mono PythonBridgeHarness.exe PORT [FIELD=VALUE ...]
+// avatar=desktop-mate puts the Desktop-Mate sample's DesktopMateAvatar in avatarComponent, over
+// (stubbed) instances of the companion's four scripts; avatar=desktop-mate-bare, over none.
 using System;
 using System.Diagnostics;
 using System.Globalization;
@@ -11,6 +13,7 @@ using System.Threading;
 using MatePerf.Bridge;
 using MatePerf.Unity;
 using Newtonsoft.Json.Linq;
+using UnityEngine;
 
 public static class PythonBridgeHarness
 {
@@ -27,6 +30,20 @@ public static class PythonBridgeHarness
         typeof(PythonBridge).GetMethod(method, Private).Invoke(bridge, null);
     }
 
+    static MonoBehaviour DesktopMate(bool withScripts)
+    {
+        var avatar = new MatePerf.Unity.Samples.DesktopMateAvatar();
+        if (withScripts)
+        {
+            var type = typeof(MatePerf.Unity.Samples.DesktopMateAvatar);
+            type.GetField("blendshapeController", Private).SetValue(avatar, new VRMBlendshapeController());
+            type.GetField("autoBlinkController", Private).SetValue(avatar, new VRMAutoBlinkController());
+            type.GetField("headMovementController", Private).SetValue(avatar, new VRMHeadMovementController());
+            type.GetField("vrmLoader", Private).SetValue(avatar, new VRMLoader());
+        }
+        return avatar;
+    }
+
     public static int Main(string[] args)
     {
         var bridge = new PythonBridge();
@@ -34,6 +51,11 @@ public static class PythonBridgeHarness
         for (int i = 1; i < args.Length; i++)
         {
             var kv = args[i].Split(new[] { '=' }, 2);
+            if (kv[0] == "avatar")
+            {
+                typeof(PythonBridge).GetField("avatarComponent", Private).SetValue(bridge, DesktopMate(kv[1] == "desktop-mate"));
+                continue;
+            }
             var field = typeof(PythonBridge).GetField(kv[0], Private);
             field.SetValue(bridge, Convert.ChangeType(kv[1], field.FieldType, CultureInfo.InvariantCulture));
         }
