@@ -82,7 +82,7 @@ sealed class FrameLogFile : IDisposable
             }
             writer.Flush();
         }
-        catch (Exception e) when (e is IOException || e is UnauthorizedAccessException || e is ObjectDisposedException)
+        catch (Exception e)  // a full disk, a removed drive: never out of this thread (it would end the process)
         {
             failed = true;
             log("frame log " + path + ": writing failed (" + e.Message + "); no more rows are written");
