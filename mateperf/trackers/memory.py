@@ -11,8 +11,9 @@ Why these sources:
 - RSS (and its file-backed / anonymous split) comes from /proc/self/statm, one small read, so it
   can be taken every ~20 ms without disturbing the work. `shared` in statm is RssFile + RssShmem:
   the resident pages of mapped files, which for llama.cpp is mostly the mmap'd model. Without
-  /proc (Windows), psutil's private bytes stand in for the anonymous figure; `rss_status` says
-  which source a run used.
+  /proc (Windows), psutil's private bytes stand in for the anonymous figure and the file-backed
+  one is NaN (resident minus committed is no figure); `rss_status` says which source a run
+  used and why a figure is missing.
 - USS (private pages) needs the page-level walk of /proc/self/smaps_rollup, which costs far more
   in a process with a large mapping, so it is taken at every marker and, if asked, every
   `uss_interval_ms`. File pages mapped only by this process count as private, so USS includes
@@ -69,8 +70,12 @@ RSS_FROM_STATM = "anonymous RSS from /proc/self/statm"
 RSS_FROM_SHARED = "anonymous RSS from psutil (rss - shared)"
 # Windows has no resident split of file-backed and private pages that is cheap to read; its
 # private bytes (commit charge) is what Windows' own tools watch for leaks. It counts private
-# memory whether or not it is resident, so it can sit above RSS.
-RSS_FROM_PRIVATE = "anonymous memory from psutil private bytes (Windows commit, not resident)"
+# memory whether or not it is resident, so it can sit above RSS, and RSS minus it mixes a
+# resident figure with a committed one: no file-backed figure, NaN with this reason.
+RSS_FROM_PRIVATE = (
+    "anonymous memory from psutil private bytes (Windows commit, not resident); "
+    "file-backed RSS unavailable on this OS (working set minus commit is no figure)"
+)
 RSS_ANON_UNAVAILABLE = "anonymous RSS unavailable on this OS (no /proc, psutil has no shared)"
 
 
@@ -112,8 +117,7 @@ def read_rss() -> tuple[float, float, float]:
         if hasattr(info, "shared"):
             return rss, (info.rss - info.shared) / MB, info.shared / MB
         if hasattr(info, "private"):
-            private = info.private / MB
-            return rss, private, max(rss - private, 0.0)
+            return rss, info.private / MB, float("nan")  # see RSS_FROM_PRIVATE
         return rss, float("nan"), float("nan")
 
 
