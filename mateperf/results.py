@@ -2,8 +2,9 @@
 
 A run directory `results/<run_id>/` holds run.json (fingerprint, parameters, status), one tidy
 `<phase>.parquet`, `<phase>.md`, `plots/*.png` and the executed notebooks. Every write is
-atomic (temp file in the same directory, fsync, rename) so a killed run never leaves a
-half-written file that a later report would read, and a new run directory is created with an
+atomic (temp file in the same directory, fsync, rename; a rename Windows refuses because another
+program holds the file is retried briefly) so a killed run never leaves a half-written file that
+a later report would read, and a new run directory is created with an
 exclusive mkdir so two runs can never share (and overwrite) one.
 """
 
@@ -14,6 +15,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,52 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+# Windows refuses to replace a file another process holds open without FILE_SHARE_DELETE: an
+# antivirus scan of the new file, a sync client (OneDrive) uploading it, a notebook or viewer
+# reading the old one. Those hold it for well under a second, so the rename is retried with a
+# doubling back-off (1.55 s in all) before the write fails.
+REPLACE_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+class FileHeldOpen(PermissionError):
+    """The atomic rename kept failing: another program holds the target open."""
+
+    def __init__(self, path: Path, attempts: int, cause: OSError):
+        self.path, self.attempts, self.cause = Path(path), attempts, cause
+        super().__init__(
+            f"cannot replace {path}: still refused after {attempts} tries "
+            f"({cause.strerror or cause}); it is likely held open by {likely_holder(path)}; "
+            "close it and run again"
+        )
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def likely_holder(path: Path) -> str:
+    """Who usually holds a file of this kind open on Windows, for the error line."""
+    readers = {
+        ".parquet": "a program reading the table (a notebook, pandas, Excel)",
+        ".md": "an editor or markdown preview",
+        ".png": "an image viewer or markdown preview",
+        ".json": "an editor",
+    }.get(Path(path).suffix, "another program")
+    return f"{readers}, an antivirus scan or a sync client (OneDrive, Dropbox)"
+
+
+def replace_retrying(tmp: str | Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, retried on PermissionError (see REPLACE_BACKOFF_S); then
+    FileHeldOpen, one line naming the file and the likely holder."""
+    for wait_s in (*REPLACE_BACKOFF_S, None):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError as exc:
+            if wait_s is None:
+                raise FileHeldOpen(path, len(REPLACE_BACKOFF_S) + 1, exc) from exc
+            time.sleep(wait_s)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +97,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_retrying(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -74,7 +122,7 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
         # handle with EBADF, which failed every run there.
         with open(tmp, "r+b") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_retrying(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -294,7 +294,7 @@ class Sweep:
         return self.run.path / ATTEMPTS_DIR / f"{unit['name']}-a{attempt}"
 
     def _relative(self, path: Path) -> str:
-        return str(path.relative_to(self.run.path))
+        return path.relative_to(self.run.path).as_posix()  # the manifest reads the same on every OS
 
     def _settle(self, unit: dict) -> None:
         """A point-round the manifest says is running: the sweep stopped while it ran.

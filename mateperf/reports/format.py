@@ -8,11 +8,14 @@ a regenerated report and its plots are byte-identical (fixed PNG metadata, no ti
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
+import ntpath
+import posixpath
+from pathlib import Path, PurePath, PureWindowsPath
 
 import matplotlib.pyplot as plt  # the Agg backend: set by mateperf.reports
 import pandas as pd
+
+from mateperf.results import replace_retrying
 
 # Fixed PNG metadata so a regenerated plot is byte-identical.
 PNG_METADATA = {"Software": None}
@@ -45,8 +48,20 @@ def save_figure(fig, plots_dir: Path, name: str, md_dir: Path, alt: str) -> str:
     tmp = plots_dir / f".{name}.png.tmp"
     fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata=PNG_METADATA, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-    return f"![{alt}]({os.path.relpath(path, md_dir)})"
+    replace_retrying(tmp, path)
+    return f"![{alt}]({link_target(path, md_dir)})"
+
+
+def link_target(path: PurePath, md_dir: PurePath) -> str:
+    """``path`` relative to the markdown file's folder, with forward slashes on every OS.
+
+    Markdown renderers read a backslash as part of the name, so Windows' ``plots\\x.png``
+    would break every image. The path's own flavour decides how it is made relative (a
+    ``WindowsPath`` is a ``PureWindowsPath``), so the Windows case can be tested anywhere.
+    """
+    if isinstance(path, PureWindowsPath):
+        return PureWindowsPath(ntpath.relpath(str(path), str(md_dir))).as_posix()
+    return posixpath.relpath(str(path), str(md_dir))
 
 
 def table(df: pd.DataFrame) -> str:
