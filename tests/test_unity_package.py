@@ -24,6 +24,7 @@ from mateperf.bridge.process import (
     csharp_peer_command,
     find_newtonsoft,
 )
+from tests.conftest import mono_absent
 
 STUB = Path(__file__).parent / "unity_stub" / "UnityEngine.cs"
 COMPANION_STUB = Path(__file__).parent / "unity_stub" / "DesktopMateScripts.cs"
@@ -179,7 +180,7 @@ def test_assemblies_compile_apart_as_unity_splits_them(tmp_path, unity_2022_1):
     # scripts. UnityEngine is the stub, an assembly of its own as in Unity. Both sides of the
     # FrameTimingManager version guard compile.
     if shutil.which("mcs") is None:
-        pytest.fail("mcs is required: apt-get install mono-mcs")
+        mono_absent("mcs is required: apt-get install mono-mcs")
     newtonsoft = find_newtonsoft()
     engine, core = tmp_path / "UnityEngine.dll", tmp_path / "MatePerf.Bridge.dll"
     bridge = tmp_path / "MatePerf.Bridge.Unity.dll"

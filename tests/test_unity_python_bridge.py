@@ -27,6 +27,7 @@ from mateperf.bridge.process import (
     find_newtonsoft,
     start_program,
 )
+from tests.conftest import mono_absent
 
 STUB_DIR = Path(__file__).parent / "unity_stub"
 BRIDGE_SOURCES = sorted(PYTHON_BRIDGE_CS.parent.glob("*.cs"))  # the MatePerf.Bridge.Unity assembly
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.mono
 def harness(tmp_path_factory) -> Path:
     """PythonBridge.cs + the core + the UnityEngine stub and a harness, compiled with mcs."""
     if shutil.which("mcs") is None or shutil.which("mono") is None:
-        pytest.fail("mono and mcs are required: apt-get install mono-mcs")
+        mono_absent("mono and mcs are required: apt-get install mono-mcs")
     out = tmp_path_factory.mktemp("unity-harness")
     newtonsoft = find_newtonsoft()
     sample = sorted((UNITY_DIR / "Samples~" / "DesktopMateAvatar").glob("*.cs"))
