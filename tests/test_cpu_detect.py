@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mateperf.trackers import cpu
+from mateperf.trackers.thread_rules import heuristics
 
 
 def test_cpu_list_format():
@@ -24,7 +25,8 @@ def test_detection_follows_a_restricted_affinity_mask():
     code = (
         "import json, os\n"
         f"os.sched_setaffinity(0, {{{first}}})\n"
-        "from mateperf.trackers.cpu import detect, heuristics\n"
+        "from mateperf.trackers.cpu import detect\n"
+        "from mateperf.trackers.thread_rules import heuristics\n"
         "t = detect()\n"
         "print(json.dumps({'topo': t.as_dict(), "
         "'rules': {h.name: h.on(t.usable) for h in heuristics(t)}}))\n"
@@ -101,6 +103,8 @@ def _hybrid_laptop(**overrides) -> cpu.CpuTopology:
         smt_groups=[[2 * i, 2 * i + 1] for i in range(6)] + [[c] for c in range(12, 16)],
         performance_cpus=list(range(12)),
         efficiency_cpus=list(range(12, 16)),
+        os_platform="linux",
+        arch="x86_64",
     )
     fields.update(overrides)
     return cpu.CpuTopology(**fields)
@@ -108,7 +112,7 @@ def _hybrid_laptop(**overrides) -> cpu.CpuTopology:
 
 def test_rules_on_a_hybrid_laptop():
     topo = _hybrid_laptop()
-    rules = {h.name: (h.n_threads, h.n_threads_batch) for h in cpu.heuristics(topo)}
+    rules = {h.name: (h.n_threads, h.n_threads_batch) for h in heuristics(topo)}
     assert rules["original (hard-coded 6)"] == (6, 6)
     assert rules["cores − 2 (original plan)"] == (14, 14)
     assert rules["llama.cpp default"] == (6, 6)  # performance cores, SMT siblings counted once
@@ -121,7 +125,7 @@ def test_rules_follow_mask_and_quota_only_where_they_look():
     topo = _hybrid_laptop(affinity=[0, 1, 2, 3, 12], cgroup_quota_cpus=3.0)
     assert topo.usable == 3
     assert topo.physical_usable == 2  # cores {0,1} and {2,3}; the efficiency core left out
-    by_name = {h.name: h for h in cpu.heuristics(topo)}
+    by_name = {h.name: h for h in heuristics(topo)}
     # llama.cpp's rule ignores both the mask and the quota: 6, clamped to 3 on this process
     assert by_name["llama.cpp default"].n_threads == 6
     assert by_name["llama.cpp default"].on(topo.usable) == (3, 3)

@@ -13,7 +13,8 @@ from mateperf.phases import cpu
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, repetition_note, save_figure, table
 from mateperf.reports.overview import CLAIMS, ab_row
-from mateperf.trackers.cpu import CpuTopology, heuristics
+from mateperf.trackers.cpu import CpuTopology
+from mateperf.trackers.thread_rules import heuristics
 
 COLUMNS = (
     ("pp_tps", "pp tok/s", 0),
@@ -32,7 +33,19 @@ def topology_from(info: dict) -> CpuTopology | None:
         return None
     for derived in ("usable", "physical_usable", "smt"):
         data.pop(derived, None)
+    if not data.get("os_platform"):  # stored before the topology recorded its OS
+        data["os_platform"], data["arch"] = _platform_of(info.get("fingerprint", {}).get("os"))
     return CpuTopology(**data)
+
+
+def _platform_of(os_text: str | None) -> tuple[str, str]:
+    """(sys.platform, machine) from a fingerprint's platform.platform() string, e.g.
+    "Linux-6.1.0-x86_64-with-glibc2.36" or "Windows-10-10.0.22631-SP0"."""
+    text = os_text or ""
+    name = {"Linux": "linux", "Windows": "win32", "macOS": "darwin", "Darwin": "darwin"}
+    os_platform = name.get(text.split("-", 1)[0], "")
+    arch = next((a for a in ("x86_64", "aarch64", "arm64") if a in text), "")
+    return os_platform, arch
 
 
 def _detection(topo: CpuTopology | None) -> list[str]:

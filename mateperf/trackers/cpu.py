@@ -5,17 +5,16 @@ does not exist on this OS (affinity masks and load average on Windows, cgroups a
 Linux) is reported as "unavailable on this OS" instead of failing: the companion's developers
 run Windows too.
 
-The rules beside the detection (`heuristics`) are the candidates a thread sweep is judged
-against: the original plan's "cores − 2", the hard-coded 6 it replaced, llama.cpp's own default
-(`cpu_get_num_math`: physical cores of the whole machine, performance cores only on a hybrid
-Linux x86 CPU, blind to affinity and cgroup quotas) and llama-cpp-python's defaults
-(`n_threads = cpu_count() // 2`, `n_threads_batch = cpu_count()`, logical CPUs).
+The rules a thread sweep is judged against (the original plan's "cores − 2", llama.cpp's and
+llama-cpp-python's defaults, ...) are computed from the detection in
+mateperf/trackers/thread_rules.py; the detection records the OS and architecture they depend on.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import platform
 import struct
 import sys
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,6 @@ SYS_CPU = Path("/sys/devices/system/cpu")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Where Linux lists the CPUs of each kind on a hybrid Intel CPU (performance / efficiency).
 HYBRID_LISTS = {"performance": "cpu_core", "efficiency": "cpu_atom"}
-ORIGINAL_HARD_CODED_THREADS = 6
 
 
 def parse_cpu_list(text: str) -> list[int]:
@@ -294,6 +292,10 @@ class CpuTopology:
     efficiency_cpus: list[int] = field(default_factory=list)
     load_avg: list[float] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    # sys.platform and platform.machine() where it was detected ("" in runs stored before):
+    # llama.cpp's default thread count depends on both (mateperf/trackers/thread_rules.py)
+    os_platform: str = ""
+    arch: str = ""
 
     @property
     def allowed(self) -> list[int]:
@@ -364,59 +366,6 @@ def detect(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: str | None = None) -> C
         efficiency_cpus=kinds.get("efficiency", []),
         load_avg=load,
         notes=notes,
+        os_platform=sys.platform,
+        arch=platform.machine(),
     )
-
-
-@dataclass(frozen=True)
-class Heuristic:
-    name: str
-    n_threads: int  # what the rule says
-    n_threads_batch: int
-    reasoning: str
-
-    def on(self, usable: int) -> tuple[int, int]:
-        """What would really run here: a rule asking for more threads than usable is clamped."""
-        return min(self.n_threads, usable), min(self.n_threads_batch, usable)
-
-
-def heuristics(topo: CpuTopology) -> list[Heuristic]:
-    """The candidate rules, each computed the way its source computes it."""
-    machine_physical = topo.physical or topo.logical
-    if topo.performance_cpus and topo.efficiency_cpus and topo.smt_groups:
-        perf = set(topo.performance_cpus)
-        machine_physical = len({tuple(g) for g in topo.smt_groups if perf & set(g)})
-    lcp = max(topo.logical // 2, 1)
-    return [
-        Heuristic(
-            "original (hard-coded 6)",
-            ORIGINAL_HARD_CODED_THREADS,
-            ORIGINAL_HARD_CODED_THREADS,
-            "the companion's first version: n_threads=6 whatever the machine",
-        ),
-        Heuristic(
-            "cores − 2 (original plan)",
-            max(1, topo.logical - 2),
-            max(1, topo.logical - 2),
-            "logical CPUs minus two left for the OS and Unity; ignores SMT, affinity and quota",
-        ),
-        Heuristic(
-            "llama.cpp default",
-            machine_physical,
-            machine_physical,
-            "cpu_get_num_math: physical cores of the whole machine (performance cores only "
-            "on hybrid Linux x86); ignores affinity and cgroup quota",
-        ),
-        Heuristic(
-            "llama-cpp-python default",
-            lcp,
-            topo.logical,
-            "n_threads = cpu_count() // 2, n_threads_batch = cpu_count() (logical CPUs)",
-        ),
-        Heuristic(
-            "usable physical cores",
-            topo.physical_usable,
-            topo.physical_usable,
-            "distinct cores inside the affinity mask, efficiency cores left out, capped by "
-            "the cgroup quota",
-        ),
-    ]
