@@ -56,7 +56,7 @@ def test_a_negative_apply_delay_is_refused(kind, built_csharp_or_none):
     with pytest.raises(ValueError, match="apply_delay_ms"):
         start_peer(kind, fps=0, apply_delay_ms=-1)
     if kind == "python":
-        cmd = [sys.executable, "-m", "mateperf.bridge.peer"]
+        cmd = [sys.executable, "-m", "mateperf.bridge.peer_main"]
     else:
         cmd = ["mono", str(built_csharp_or_none)]
     result = subprocess.run(

@@ -27,7 +27,7 @@ def kind(request) -> str:
 
 def peer_command(kind: str, request) -> list[str]:
     if kind == "python":
-        return [sys.executable, "-m", "mateperf.bridge.peer"]
+        return [sys.executable, "-m", "mateperf.bridge.peer_main"]
     return ["mono", str(request.getfixturevalue("built_csharp"))]
 
 

@@ -37,7 +37,7 @@ def peer_cmd(request) -> list[str]:
     args = ["--port", "0", "--fps", "60"]
     if request.param == "csharp":
         return [*csharp_peer_command(request.getfixturevalue("built_csharp")), *args]
-    return [sys.executable, "-m", "mateperf.bridge.peer", *args]
+    return [sys.executable, "-m", "mateperf.bridge.peer_main", *args]
 
 
 def frames_for(cmd: list[str], seconds: float = 2.0, env: dict | None = None) -> tuple:
@@ -83,7 +83,7 @@ def test_frames_hold_60_fps_under_a_real_coarse_timer(peer_cmd):
 
 
 def test_frames_hold_60_fps_on_a_simulated_windows_timer():
-    peer = [sys.executable, "-m", "mateperf.bridge.peer", "--port", "0", "--fps", "60"]
+    peer = [sys.executable, "-m", "mateperf.bridge.peer_main", "--port", "0", "--fps", "60"]
     env = {SIMULATED_TIMER_ENV: str(WINDOWS_TICK_MS)}
     intervals, state = frames_for(peer, env=env)
     # the same timer with the tail turned off: the loop that only sleeps, as before

@@ -268,7 +268,7 @@ def _kill_the_first_connected_bridge_peer(killed: list[int], stop: threading.Eve
         for child in me.children(recursive=True):
             try:
                 cmd = child.cmdline()
-                if "mateperf.bridge.peer" not in cmd or "--legacy" in cmd:
+                if "mateperf.bridge.peer_main" not in cmd or "--legacy" in cmd:
                     continue
                 if any(c.status == psutil.CONN_ESTABLISHED for c in child.net_connections("tcp")):
                     child.kill()

@@ -32,6 +32,7 @@ import psutil
 import pytest
 
 from mateperf import results
+from mateperf.bridge import connection as connection_mod
 from mateperf.bridge import peer as peer_mod
 from mateperf.bridge.client import UnityBridge
 from mateperf.errors import ParameterError
@@ -450,7 +451,7 @@ def test_peer_never_blocks_its_main_thread_without_msg_dontwait(monkeypatch):
     """Windows has no MSG_DONTWAIT: every ack then goes through the writer thread. A client
     that stops reading is still dropped, the frame loop keeps ticking, another client is
     answered."""
-    monkeypatch.setattr(peer_mod, "_DONTWAIT", 0)
+    monkeypatch.setattr(connection_mod, "_DONTWAIT", 0)
     peer = peer_mod.FramePacedPeer(fps=60, max_ack_buffer_bytes=64 * 1024)
     loop = threading.Thread(target=peer.serve_forever, daemon=True)
     loop.start()

@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import math
-import select
 import socket
 import threading
 import time
@@ -27,6 +25,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mateperf.bridge.outcomes import (
+    Ack,
+    BridgeConnectError,
+    BridgeDisconnected,
+    BridgeError,
+    BridgeTimeout,
+    ClientCounters,
+    CommandRejected,
+    PendingRequest,
+    Readable,
+)
 from mateperf.bridge.protocol import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -38,99 +47,18 @@ from mateperf.bridge.protocol import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class BridgeError(RuntimeError):
-    """Base of every bridge failure."""
-
-
-class BridgeConnectError(BridgeError):
-    def __init__(self, host: str, port: int, attempts: int, cause: BaseException | None):
-        super().__init__(f"cannot connect to {host}:{port} after {attempts} attempt(s): {cause}")
-        self.host, self.port, self.attempts, self.cause = host, port, attempts, cause
-
-
-class BridgeTimeout(BridgeError):
-    def __init__(self, command: str, request_id: Any, timeout_s: float):
-        super().__init__(f"{command} (id {request_id}) got no response within {timeout_s:g} s")
-        self.command, self.request_id, self.timeout_s = command, request_id, timeout_s
-
-
-class BridgeDisconnected(BridgeError):
-    def __init__(self, command: str | None, request_id: Any, reason: str):
-        what = f"{command} (id {request_id})" if command else "request"
-        super().__init__(f"{what} failed: connection lost ({reason})")
-        self.command, self.request_id, self.reason = command, request_id, reason
-
-
-class CommandRejected(BridgeError):
-    def __init__(self, response: dict):
-        super().__init__(f"{response.get('command')} rejected: {response.get('message')}")
-        self.response = response
-
-
-@dataclass(slots=True)
-class Ack:
-    """A completion ack. Times are CLOCK_MONOTONIC ns; peer times are None for a legacy peer."""
-
-    id: Any
-    command: str
-    sent_ns: int
-    acked_ns: int
-    frame: int | None = None
-    recv_ns: int | None = None
-    apply_ns: int | None = None
-    count: int = 1
-    data: dict | None = None
-
-    @property
-    def rtt_ns(self) -> int:
-        return self.acked_ns - self.sent_ns
-
-
-class PendingRequest:
-    """A request on the wire; ``wait`` returns its Ack or raises its failure."""
-
-    __slots__ = ("id", "command", "sent_ns", "event", "outcome", "abandoned")
-
-    def __init__(self, request_id: Any, command: str):
-        self.id = request_id
-        self.command = command
-        self.sent_ns = 0
-        # made only when a second thread must wait while another reads (see _await)
-        self.event: threading.Event | None = None
-        self.outcome: Ack | BridgeError | None = None
-        self.abandoned = False
-
-    @property
-    def done(self) -> bool:
-        return self.outcome is not None
-
-    def resolve(self, outcome: Ack | BridgeError) -> None:
-        self.outcome = outcome
-        if self.event is not None:
-            self.event.set()
-
-    def result(self) -> Ack:
-        if isinstance(self.outcome, BridgeError):
-            raise self.outcome
-        assert self.outcome is not None
-        return self.outcome
-
-
-@dataclass
-class ClientCounters:
-    sent: int = 0
-    acked: int = 0
-    rejected: int = 0
-    timed_out: int = 0
-    disconnected: int = 0
-    late: int = 0
-    unmatched: int = 0
-    reconnects: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+# the outcomes are imported from here by callers: one place to import the client from
+__all__ = [
+    "Ack",
+    "BridgeConnectError",
+    "BridgeDisconnected",
+    "BridgeError",
+    "BridgeTimeout",
+    "ClientCounters",
+    "CommandRejected",
+    "PendingRequest",
+    "UnityBridge",
+]
 
 
 Command = tuple[str, dict] | dict
@@ -141,28 +69,6 @@ def _as_wire(command: Command) -> dict:
         return {"command": command["command"], "data": command.get("data") or {}}
     name, data = command
     return {"command": name, "data": data or {}}
-
-
-class _Readable:
-    """Waits until a socket has data: poll() where the OS has it (cheapest per call), select()
-    on Windows, where the companion runs and select.poll does not exist."""
-
-    __slots__ = ("_sock", "_poll")
-
-    def __init__(self, sock: socket.socket | None):
-        self._sock = sock
-        self._poll = None
-        if sock is not None and hasattr(select, "poll"):
-            self._poll = select.poll()
-            self._poll.register(sock, select.POLLIN)
-
-    def wait(self, timeout_s: float) -> bool:
-        if self._sock is None:
-            return False
-        if self._poll is not None:
-            return bool(self._poll.poll(max(0, math.ceil(timeout_s * 1000))))
-        readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout_s))
-        return bool(readable)
 
 
 @dataclass
@@ -180,7 +86,7 @@ class UnityBridge:
 
     def __post_init__(self) -> None:
         self._sock: socket.socket | None = None
-        self._poller = _Readable(None)
+        self._poller = Readable(None)
         self._lines = LineBuffer(self.max_line_bytes)
         self._send_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -211,7 +117,7 @@ class UnityBridge:
             with self._read_lock:
                 self._greeted = False
                 self._lines = LineBuffer(self.max_line_bytes)
-                self._poller = _Readable(sock)
+                self._poller = Readable(sock)
                 with self._state_lock:
                     self._sock = sock
                 deadline = time.monotonic() + self.connect_timeout_s
@@ -503,12 +409,25 @@ class UnityBridge:
         ``frames`` (int), ``frame_interval_us`` and ``tick_us`` (lists of ints, µs: start of a
         frame to the start of the next; main-thread time in Tick without the frame's busy
         spin), ``commands`` and ``queue_depth`` (per frame: commands applied, requests left
-        queued), ``fps`` and ``frame_busy`` (floats). ``reset`` clears the peer's window after
-        the reply; the peer keeps at most its last 65536 frames.
+        queued), ``fps`` and ``frame_busy`` (floats), ``first_frame`` and ``last_frame`` (the
+        peer's running numbers of the oldest and newest frame, None without frames or from a
+        peer older than them), ``frame_timing`` ("available", or "unavailable: <reason>") and,
+        where available, ``cpu_main_us`` and ``gpu_us`` (Unity's FrameTimingManager).
+        ``reset`` clears the peer's window after the reply; the peer keeps at most its last
+        65536 frames.
         """
         if self.legacy:
             raise BridgeError("a legacy peer has no frame_stats command")
         return self._query("frame_stats", {"reset": bool(reset)}, timeout_s)
+
+    def identity(self, timeout_s: float | None = None) -> dict:
+        """What the peer is (protocol 2 peers that know it): ``peer``, ``peer_version``,
+        ``unity_version``, ``graphics_device``, ``graphics_api``, ``target_fps``,
+        ``vsync_count``, ``run_in_background``, ``frame_timing`` (None where the peer has no
+        such thing). A peer older than the query rejects it (``CommandRejected``)."""
+        if self.legacy:
+            raise BridgeError("a legacy peer has no identity command")
+        return self._query("identity", None, timeout_s)
 
     def _query(self, command: str, data: dict | None, timeout_s: float | None) -> dict:
         try:

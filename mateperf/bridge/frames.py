@@ -5,6 +5,9 @@ frame to the start of the next, µs), the main-thread time spent in Tick (µs, w
 frame's busy-spin), the commands Tick applied and the requests it left queued. A frame is
 recorded when the next one starts, so the log only ever holds completed frames. The C# core
 keeps the same log (unity/Runtime/Core/FrameLog.cs); both answer the `frame_stats` query from it.
+Frames are numbered from 1 and never reset (a reply's `first_frame` and `last_frame`), so a
+window of replies can be matched against `FrameLogFile`, the peer's own CSV log of every frame
+(`--frame-log`), read independently.
 
 `busy_spin_ns` is real CPU work on the calling thread, not a sleep: what Unity's main thread
 spends on rendering, animation and scripts in every frame (`--frame-busy` of the peers).
@@ -13,8 +16,11 @@ spends on rendering, animation and scripts in every frame (`--frame-busy` of the
 from __future__ import annotations
 
 import array
+import collections
 import math
+import threading
 import time
+from pathlib import Path
 
 FRAME_LOG_CAPACITY = 65536
 
@@ -55,8 +61,11 @@ class FrameLog:
         self._depth = array.array("q", zeros)
         self._head = 0
         self._count = 0
+        self._recorded = 0  # frames recorded since the start: the newest one's number
         self._start_ns = 0
         self._frame = (0, 0, 0)  # the current frame's tick_ns, commands, queue depth
+        # the peer's own log file (--frame-log): every recorded frame, never reset
+        self.file: FrameLogFile | None = None
 
     def frame_started(self, now_ns: int) -> None:
         """Call at the start of every frame: the previous frame is complete and recorded."""
@@ -70,6 +79,9 @@ class FrameLog:
             self._head = i + 1 if i + 1 < self._capacity else 0
             if self._count < self._capacity:
                 self._count += 1
+            self._recorded += 1
+            if self.file is not None:
+                self.file.append(self._recorded, self._interval[i], self._tick[i])
         self._start_ns = now_ns
         self._frame = (0, 0, 0)
 
@@ -87,9 +99,13 @@ class FrameLog:
         return ring[first:].tolist() + ring[: self._head].tolist()
 
     def snapshot(self) -> dict:
-        """The logged frames as the `frame_stats` reply's lists, oldest first."""
+        """The logged frames as the `frame_stats` reply's lists, oldest first, with the
+        numbers of the oldest and newest (None when there is none)."""
+        last = self._recorded if self._count else None
         return {
             "frames": self._count,
+            "first_frame": self._recorded - self._count + 1 if self._count else None,
+            "last_frame": last,
             "frame_interval_us": self._ordered(self._interval),
             "tick_us": self._ordered(self._tick),
             "commands": self._ordered(self._commands),
@@ -98,3 +114,65 @@ class FrameLog:
 
     def clear(self) -> None:
         self._count = 0
+
+
+class FrameLogFile:
+    """The peer's own record of every frame: a CSV `frame,interval_us,tick_us`, appended.
+
+    The main thread only appends a tuple to a queue (no I/O on the frame's path); a writer
+    thread swaps the list out and writes it at least every `flush_s`, and `close` writes the
+    rest. The file is what a test reads to check the frame figures mateperf stored, without
+    going through the `frame_stats` reply.
+    """
+
+    HEADER = "frame,interval_us,tick_us\n"
+
+    def __init__(self, path: str | Path, flush_s: float = 0.5):
+        self.path = Path(path)
+        self._file = self.path.open("w", encoding="utf-8", newline="\n")
+        self._file.write(self.HEADER)
+        self._file.flush()
+        # deque: append (main thread) and popleft (writer) are thread-safe without a lock
+        self._rows: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._flush_s = flush_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="frame-log")
+        self._thread.start()
+
+    def append(self, frame: int, interval_us: int, tick_us: int) -> None:
+        self._rows.append((frame, interval_us, tick_us))
+
+    def _write(self) -> None:
+        rows = []
+        while True:
+            try:
+                rows.append(self._rows.popleft())
+            except IndexError:
+                break
+        if rows:
+            self._file.write("".join(f"{f},{i},{t}\n" for f, i, t in rows))
+            self._file.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_s):
+            self._write()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._write()
+        self._file.close()
+
+
+def read_frame_log(path: str | Path) -> dict[int, tuple[int, int]]:
+    """A frame log written by either peer (`--frame-log`): frame number -> (interval, tick) µs."""
+    out: dict[int, tuple[int, int]] = {}
+    with Path(path).open(encoding="utf-8") as f:
+        header = f.readline().strip()
+        if header != FrameLogFile.HEADER.strip():
+            raise ValueError(f"{path}: not a frame log (header {header!r})")
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) == 3:  # a line cut short by a killed peer is left out
+                out[int(parts[0])] = (int(parts[1]), int(parts[2]))
+    return out

@@ -42,460 +42,68 @@ known answer for the benchmarks: a command awaited alone, unpaced, must take tha
 ``--missing-blendshape NAME`` makes the avatar raise on ``set_expression`` of NAME, as a VRM rig
 without that blendshape does: a real fault for the isolation tests.
 
-Run it in its own process, as Unity is: ``python -m mateperf.bridge.peer --fps 60 --port 0``
-prints ``{"event": "listening", "port": N}``; closing its stdin (or SIGTERM) stops it and it
-prints ``{"event": "stopped", "counters": {...}}``.
+The peer answers ``identity`` (what it is: ``PeerConfig.identity``), and ``--frame-log PATH``
+writes every frame to a CSV file of its own (``FrameLogFile``) for tests to read independently.
+
+Rooms: this module is the main loop (Unity's main thread); ``mateperf.bridge.connection`` the
+sockets (accept, one reader per client, bounded writers); ``mateperf.bridge.peer_config`` the
+settings; ``mateperf.bridge.peer_main`` the command line. Run it in its own process, as Unity
+is: ``python -m mateperf.bridge.peer_main --fps 60 --port 0`` prints
+``{"event": "listening", "port": N}``; closing its stdin (or SIGTERM) stops it and it prints
+``{"event": "stopped", "counters": {...}}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
-import os
 import queue
-import signal
-import socket
-import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from mateperf.bridge.frames import FrameLog, busy_spin_ns, check_frame_busy
+from mateperf.bridge.connection import (
+    LEGACY_EARLY_ACK,
+    Connection,
+    Intake,
+    PeerCounters,
+    Queued,
+)
+from mateperf.bridge.frames import FrameLog, FrameLogFile, busy_spin_ns
 from mateperf.bridge.pacing import FramePacer
-from mateperf.bridge.protocol import (
-    DEFAULT_HOST,
-    MAX_LINE_BYTES,
-    QUERY_COMMANDS,
-    AvatarState,
-    LineBuffer,
-    ProtocolError,
-    Request,
-    decode_request,
-    encode,
-    greeting,
-    response,
-)
-
-# What the original bridge answered from its socket thread before the main thread ran them.
-LEGACY_EARLY_ACK = frozenset(
-    {
-        "set_expression",
-        "reset_expressions",
-        "set_transition_speed",
-        "set_auto_blink",
-        "set_auto_head_movement",
-        "echo",
-    }
-)
-
-# Defaults shared with the C# core (BridgeServer): a frame_stats reply of a full frame log is
-# about 0.8 MB, and a buffer holding one is always accepted whatever the bound (see AckWriter).
-DEFAULT_MAX_ACK_BUFFER_BYTES = 1 << 20
-DEFAULT_ID_WINDOW = 4096
-# the incoming bound per connection (the C# core's defaults too): 4096 requests is about 40
-# frames of a 100-command budget and far above any pipelining window the client uses; the byte
-# bound keeps large lines (up to MAX_LINE_BYTES each) from multiplying it
-DEFAULT_MAX_QUEUED_REQUESTS = 4096
-DEFAULT_MAX_QUEUED_BYTES = 4 << 20
-ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest pause after a failed accept
-# a send that never blocks, per call, on a blocking socket (Linux, macOS); elsewhere every
-# response goes through the writer thread
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-
-
-def log(message: str) -> None:
-    """One line on stderr; called from I/O threads only, never from the main loop."""
-    print(f"mateperf-python peer: {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class PeerCounters:
-    """received = applied + rejected (+ still queued); a batch counts once, its commands apart.
-
-    An apply error is a rejection too (the client gets an error response), and is also counted
-    in ``apply_errors``; so is a request refused because its connection's queue was full
-    (``queue_full``). Queries are never counted, except their apply errors.
-    """
-
-    received: int = 0
-    applied: int = 0
-    applied_commands: int = 0
-    rejected: int = 0
-    connections: int = 0
-    dropped_clients: int = 0
-    apply_errors: int = 0
-    deferred: int = 0
-    accept_errors: int = 0
-    queue_full: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **deltas: int) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
-
-    def count_received(self) -> None:  # the hot path: once per request line
-        with self._lock:
-            self.received += 1
-
-    def count_applied(self, commands: int) -> None:
-        with self._lock:
-            self.applied += 1
-            self.applied_commands += commands
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-
-class RecentIds:
-    """The last ``window`` request ids of one connection: duplicates are caught within it."""
-
-    def __init__(self, window: int):
-        self.window = window
-        self._ids: set[Any] = set()
-        self._order: collections.deque[Any] = collections.deque()
-
-    def add(self, request_id: Any) -> bool:
-        """Remember ``request_id``; False if it is already among the last ``window``."""
-        if request_id in self._ids:
-            return False
-        self._ids.add(request_id)
-        self._order.append(request_id)
-        if len(self._order) > self.window:
-            self._ids.discard(self._order.popleft())
-        return True
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-
-class AckWriter:
-    """Sends one connection's responses without the caller ever waiting on the socket.
-
-    ``offer`` sends at once, without blocking (``MSG_DONTWAIT``), what the kernel takes when
-    nothing is waiting before it (the common case, with no thread hand-off in the round trip),
-    and leaves the rest to this writer's thread, which may block. When the unsent bytes would
-    exceed ``max_bytes`` while earlier ones are still unsent, the client is not reading:
-    ``offer`` returns False and the connection is closed (the caller counts it; this thread
-    logs it). A single response larger than the bound is still accepted into an empty buffer,
-    so a big reply is never a drop.
-    """
-
-    def __init__(self, sock: socket.socket, max_bytes: int, name: str, on_exit: Callable):
-        self._sock = sock
-        self._max_bytes = max_bytes
-        self._name = name
-        self._on_exit = on_exit
-        self._lock = threading.Lock()  # taken directly on the hot path (offer), not via _cond
-        self._cond = threading.Condition(self._lock)
-        self._chunks: list[bytes] = []
-        self.pending_bytes = 0
-        self.closed = False
-        self._sending = False  # the thread is sending a taken chunk: offer must not overtake it
-        self._overflow = ""
-        self._thread = threading.Thread(target=self._run, daemon=True, name="bridge-write")
-        self._thread.start()
-
-    def offer(self, payload: bytes) -> bool:
-        with self._lock:
-            if self.closed:
-                return True  # already gone: the response is dropped with the connection
-            if _DONTWAIT and not self._chunks and not self._sending:
-                try:
-                    sent = self._sock.send(payload, _DONTWAIT)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    self._close_locked()  # a broken connection: its reader ends it
-                    return True
-                if sent == len(payload):
-                    return True
-                payload = payload[sent:]
-            if self.pending_bytes and self.pending_bytes + len(payload) > self._max_bytes:
-                self._overflow = (
-                    f"dropped client {self._name}: {self.pending_bytes + len(payload)} bytes of "
-                    f"responses unread, over the bound of {self._max_bytes}"
-                )
-                self._close_locked()
-                return False
-            self._chunks.append(payload)
-            self.pending_bytes += len(payload)
-            self._cond.notify()
-            return True
-
-    def close(self) -> None:
-        with self._cond:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._cond.notify()
-        try:
-            # wakes this connection's reader (recv returns) and a writer blocked in send
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._chunks and not self.closed:
-                        self._cond.wait()
-                    if self.closed:
-                        break
-                    chunks, self._chunks = self._chunks, []
-                    self._sending = True
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                try:
-                    self._sock.sendall(data)
-                except OSError:
-                    self.close()
-                    break
-                finally:
-                    with self._cond:
-                        self._sending = False
-                        self.pending_bytes -= len(data)
-        finally:
-            if self._overflow:
-                log(self._overflow)
-            self._on_exit()
-
-
-class _Connection:
-    def __init__(self, sock: socket.socket, name: str, peer: FramePacedPeer):
-        self.sock = sock
-        self.name = name
-        self._peer = peer
-        self.seen_ids = RecentIds(peer.id_window)
-        # requests and bytes queued for the main thread: each total has one writer (the reader
-        # thread puts in, the main thread takes out), so neither needs a lock; a stale read
-        # only refuses a little early
-        self.queued_in = self.queued_in_bytes = 0
-        self.queued_out = self.queued_out_bytes = 0
-        self.queue_full_logged = False
-        # the main thread's own: requests drained from the peer's queue and not yet applied,
-        # and how many of the leading ones were already counted as deferred
-        self.backlog: collections.deque[tuple[Request, int, int]] = collections.deque()
-        self.deferred_front = 0
-        self.tick_applied = 0
-        self._users = 2  # the reader and the writer: the last one out closes the socket
-        self._users_lock = threading.Lock()
-        self.writer = AckWriter(sock, peer.max_ack_buffer_bytes, name, self.release)
-
-    @property
-    def open(self) -> bool:
-        return not self.writer.closed
-
-    @property
-    def queued(self) -> tuple[int, int]:
-        """Requests and bytes of request lines waiting for the main thread."""
-        return self.queued_in - self.queued_out, self.queued_in_bytes - self.queued_out_bytes
-
-    def send(self, payload: bytes) -> None:
-        if not self.writer.offer(payload):
-            self._peer.counters.add(dropped_clients=1)
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def release(self) -> None:
-        """The reader or the writer is done; the last one closes the socket and prunes."""
-        with self._users_lock:
-            self._users -= 1
-            last = self._users == 0
-        if last:
-            self.sock.close()
-            self._peer._forget(self)
+from mateperf.bridge.peer_config import NO_FRAME_TIMING, PeerConfig
+from mateperf.bridge.protocol import QUERY_COMMANDS, AvatarState, Request, encode, response
 
 
 class FramePacedPeer:
-    def __init__(
-        self,
-        host: str = DEFAULT_HOST,
-        port: int = 0,
-        fps: float = 60.0,
-        legacy: bool = False,
-        max_line_bytes: int = MAX_LINE_BYTES,
-        apply_delay_ms: float = 0.0,
-        frame_busy: float = 0.0,
-        *,
-        max_ack_buffer_bytes: int = DEFAULT_MAX_ACK_BUFFER_BYTES,
-        id_window: int = DEFAULT_ID_WINDOW,
-        max_commands_per_frame: int = 0,
-        max_tick_us: float = 0.0,
-        missing_blendshapes: frozenset[str] = frozenset(),
-        max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
-        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
-        spin_tail_us: float | None = None,
-    ):
-        if fps < 0:
-            raise ValueError(f"fps must be >= 0, got {fps}")
-        if apply_delay_ms < 0:
-            raise ValueError(f"apply_delay_ms must be >= 0, got {apply_delay_ms}")
-        if max_ack_buffer_bytes < 1 or id_window < 1:
-            raise ValueError("max_ack_buffer_bytes and id_window must be >= 1")
-        if max_commands_per_frame < 0 or max_tick_us < 0:
-            raise ValueError("max_commands_per_frame and max_tick_us must be >= 0 (0: no limit)")
-        if max_queued_requests < 1 or max_queued_bytes < 1:
-            raise ValueError("max_queued_requests and max_queued_bytes must be >= 1")
-        if spin_tail_us is not None and not spin_tail_us >= 0:
-            raise ValueError(f"spin_tail_us must be >= 0, got {spin_tail_us}")
-        self.fps = fps
-        self.frame_busy = check_frame_busy(frame_busy)
+    """The main loop; `FramePacedPeer(PeerConfig(...))`, or its fields as keywords."""
+
+    def __init__(self, config: PeerConfig | None = None, **settings: Any):
+        if config is None:
+            config = PeerConfig(**settings)
+        elif settings:
+            raise TypeError("give a PeerConfig or its fields as keywords, not both")
+        self.config = config
+        self.fps = config.fps
+        self.frame_busy = config.frame_busy
+        self.legacy = config.legacy
         self.frames = FrameLog()
         self._frame_commands = 0  # commands applied in the current frame (a batch's each)
-        self.apply_delay_s = apply_delay_ms / 1e3
-        self.legacy = legacy
-        self.max_line_bytes = max_line_bytes
-        self.max_ack_buffer_bytes = max_ack_buffer_bytes
-        self.id_window = id_window
-        self.max_commands_per_frame = max_commands_per_frame
-        self.max_tick_ns = int(max_tick_us * 1e3)
-        self.max_queued_requests = max_queued_requests
-        self.max_queued_bytes = max_queued_bytes
-        self.spin_tail_us = spin_tail_us
+        self.apply_delay_s = config.apply_delay_ms / 1e3
+        self.max_commands_per_frame = config.max_commands_per_frame
+        self.max_tick_ns = int(config.max_tick_us * 1e3)
         self.pacer: FramePacer | None = None  # made when paced frames start (it measures)
-        self.avatar = AvatarState(missing_blendshapes=frozenset(missing_blendshapes))
+        self.avatar = AvatarState(missing_blendshapes=config.missing_blendshapes)
         self.counters = PeerCounters()
         self.frame = 0
         # one queue item per received chunk: a burst of lines wakes the main loop once
-        self._queue: queue.SimpleQueue[list[_Queued]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Queued]] = queue.SimpleQueue()
         # the main thread's own: connections with a backlog, in the order they are served
-        self._active: collections.deque[_Connection] = collections.deque()
+        self._active: collections.deque[Connection] = collections.deque()
         self._stop = threading.Event()
-        self._listener = _listen(host, port)
-        self._listener.settimeout(0.2)
-        self.host, self.port = self._listener.getsockname()[:2]
-        self._threads: list[threading.Thread] = []
-        self._connections: set[_Connection] = set()
-        self._connections_lock = threading.Lock()
-
-    # -- I/O side --------------------------------------------------------------------------------
-
-    def _accept_loop(self) -> None:
-        pause_s, failing = ACCEPT_BACKOFF_S[0], False
-        while not self._stop.is_set():
-            try:
-                sock, addr = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if self._stop.is_set():
-                    return
-                # a persistent error (no file descriptors left) must not spin: back off
-                self.counters.add(accept_errors=1)
-                if not failing:
-                    longest = ACCEPT_BACKOFF_S[1]
-                    log(f"accept failed ({exc}); retrying with backoff up to {longest:g} s")
-                failing = True
-                self._stop.wait(pause_s)
-                pause_s = min(pause_s * 2, ACCEPT_BACKOFF_S[1])
-                continue
-            if failing:
-                log("accept works again")
-            pause_s, failing = ACCEPT_BACKOFF_S[0], False
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(sock, f"{addr[0]}:{addr[1]}", self)
-            with self._connections_lock:
-                self._connections.add(conn)
-            self.counters.add(connections=1)
-            conn.send(encode(greeting(legacy=self.legacy, peer="mateperf-python")))
-            t = threading.Thread(target=self._read_loop, args=(conn,), daemon=True)
-            t.start()
-
-    def _forget(self, conn: _Connection) -> None:
-        with self._connections_lock:
-            self._connections.discard(conn)
-
-    def _reject(self, conn: _Connection, message: str, request_id: Any, command: Any) -> None:
-        self.counters.add(rejected=1)
-        conn.send(encode(response(command, "error", message, request_id, legacy=self.legacy)))
-
-    def _read_loop(self, conn: _Connection) -> None:
-        lines = LineBuffer(self.max_line_bytes)
-        try:
-            while not self._stop.is_set() and conn.open:
-                chunk = conn.sock.recv(1 << 16)
-                if not chunk:
-                    break
-                recv_ns = time.perf_counter_ns()
-                ready: list[_Queued] = []
-                for line in lines.feed(chunk):
-                    self._handle_line(conn, line, recv_ns, ready)
-                if ready:
-                    self._queue.put(ready)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-            conn.release()
-
-    def _handle_line(
-        self, conn: _Connection, line: bytes | None, recv_ns: int, ready: list
-    ) -> None:
-        if line is None:
-            self.counters.add(received=1)
-            self._reject(conn, f"line exceeds {self.max_line_bytes} bytes", None, None)
-            return
-        if not line.strip():
-            return
-        try:
-            request = decode_request(line)
-        except ProtocolError as exc:
-            self.counters.add(received=1)
-            self._reject(conn, str(exc), exc.request_id, exc.command)
-            return
-        if request.command not in QUERY_COMMANDS:
-            self.counters.count_received()
-        size = len(line) + 1  # as on the wire, with its newline
-        queued, queued_bytes = conn.queued
-        if queued and (
-            queued >= self.max_queued_requests or queued_bytes + size > self.max_queued_bytes
-        ):
-            self._refuse_queue_full(conn, request, queued, queued_bytes)
-            return
-        if request.id is not None and not conn.seen_ids.add(request.id):
-            message = f"duplicate id {request.id!r}"
-            if request.command in QUERY_COMMANDS:  # answered, but queries are never counted
-                conn.send(encode(response(request.command, "error", message, request.id)))
-            else:
-                self._reject(conn, message, request.id, request.command)
-            return
-        if self.legacy and request.command in LEGACY_EARLY_ACK:
-            conn.send(encode(response(request.command, "success", "queued", legacy=True)))
-        conn.queued_in += 1
-        conn.queued_in_bytes += size
-        ready.append((conn, request, recv_ns, size))
-
-    def _refuse_queue_full(
-        self, conn: _Connection, request: Request, queued: int, queued_bytes: int
-    ) -> None:
-        bound = f"{self.max_queued_requests} requests or {self.max_queued_bytes} bytes"
-        message = (
-            f"queue full: {queued} requests ({queued_bytes} bytes) from this connection wait for "
-            f"the main thread, at the bound of {bound}; wait for acks before sending more"
-        )
-        if request.command in QUERY_COMMANDS:  # answered, but queries are never counted
-            conn.send(encode(response(request.command, "error", message, request.id)))
-        else:
-            self.counters.add(queue_full=1)
-            self._reject(conn, message, request.id, request.command)
-        if not conn.queue_full_logged:
-            conn.queue_full_logged = True
-            log(
-                f"client {conn.name} sends faster than the frame budget: {queued} requests "
-                f"({queued_bytes} bytes) queued, at the bound of {bound}; its requests get "
-                '"queue full" errors until the main thread catches up (counter queue_full)'
-            )
-
-    # -- main thread -----------------------------------------------------------------------------
+        self._intake = Intake(config, self.counters, self._queue.put)
+        self.host, self.port = self._intake.host, self._intake.port
+        if config.frame_log:
+            self.frames.file = FrameLogFile(config.frame_log)
 
     def _apply_command(self, command: str, data: dict) -> None:
         self.avatar.apply(command, data)
@@ -503,8 +111,7 @@ class FramePacedPeer:
             time.sleep(self.apply_delay_s)
 
     def _bridge_state(self) -> dict:
-        with self._connections_lock:
-            connections = list(self._connections)
+        connections = self._intake.connections()
         queued = [c.queued for c in connections]
         pacer = self.pacer
         return {
@@ -512,14 +119,14 @@ class FramePacedPeer:
             "queue_depth": sum(len(c.backlog) for c in self._active),
             "seen_ids": max((len(c.seen_ids) for c in connections), default=0),
             "ack_buffer_bytes": sum(c.writer.pending_bytes for c in connections),
-            "id_window": self.id_window,
-            "max_ack_buffer_bytes": self.max_ack_buffer_bytes,
+            "id_window": self.config.id_window,
+            "max_ack_buffer_bytes": self.config.max_ack_buffer_bytes,
             "max_commands_per_frame": self.max_commands_per_frame,
             "max_tick_us": self.max_tick_ns / 1e3,
             "queued_requests": sum(q[0] for q in queued),
             "queued_bytes": sum(q[1] for q in queued),
-            "max_queued_requests": self.max_queued_requests,
-            "max_queued_bytes": self.max_queued_bytes,
+            "max_queued_requests": self.config.max_queued_requests,
+            "max_queued_bytes": self.config.max_queued_bytes,
             # paced frames: how late a 1 ms sleep ends here (median) and the yielding tail
             "timer_overshoot_us": pacer.overshoot_median_ns / 1e3 if pacer else None,
             "spin_tail_us": pacer.spin_tail_ns / 1e3 if pacer else None,
@@ -530,11 +137,14 @@ class FramePacedPeer:
         if request.command == "stats":
             state = {"counters": self.counters.as_dict(), "state": self.avatar.snapshot()}
             return {"data": {**state, "bridge": self._bridge_state()}}
+        if request.command == "identity":
+            return {"data": self.config.identity()}
         if request.command == "frame_stats":
             data = {
                 **self.frames.snapshot(),
                 "fps": float(self.fps),
                 "frame_busy": self.frame_busy if self.fps else 0.0,  # applies to paced frames
+                "frame_timing": NO_FRAME_TIMING,  # no cpu_main_us / gpu_us lists
             }
             if request.data.get("reset", True):
                 self.frames.clear()
@@ -593,14 +203,14 @@ class FramePacedPeer:
             return True
         return bool(self.max_tick_ns) and time.perf_counter_ns() - start_ns >= self.max_tick_ns
 
-    def _take(self, items: list[_Queued]) -> None:
+    def _take(self, items: list[Queued]) -> None:
         active = self._active
         for conn, request, recv_ns, size in items:
             if not conn.backlog:
                 active.append(conn)
             conn.backlog.append((request, recv_ns, size))
 
-    def tick(self, first: list[_Queued] | None = None) -> int:
+    def tick(self, first: list[Queued] | None = None) -> int:
         """One frame: apply what is queued, within the budget, one request of each connection
         in turn, and ack it; return how many requests were applied (or answered with an apply
         error)."""
@@ -616,7 +226,7 @@ class FramePacedPeer:
             except queue.Empty:
                 break
         active = self._active
-        acks: dict[_Connection, list[bytes]] = {}
+        acks: dict[Connection, list[bytes]] = {}
         n = commands = 0
         budget = self.max_commands_per_frame or self.max_tick_ns
         while active:
@@ -655,9 +265,14 @@ class FramePacedPeer:
         return n
 
     def serve_forever(self) -> None:
-        accept = threading.Thread(target=self._accept_loop, daemon=True)
-        accept.start()
-        self._threads.append(accept)
+        """Run the main loop until `stop`; then close the frame log (its last lines written)."""
+        self._intake.start()
+        try:
+            self._loop()
+        finally:
+            self.close_frame_log()
+
+    def _loop(self) -> None:
         if self.fps == 0:
             while not self._stop.is_set():
                 if self._active:  # left over by the budget: the next frame comes at once
@@ -669,7 +284,8 @@ class FramePacedPeer:
                     continue
                 self.tick(first=item)
             return
-        tail_ns = None if self.spin_tail_us is None else int(self.spin_tail_us * 1e3)
+        tail_us = self.config.spin_tail_us
+        tail_ns = None if tail_us is None else int(tail_us * 1e3)
         self.pacer = pacer = FramePacer(tail_ns)
         period_ns = int(1e9 / self.fps)
         busy_ns = int(self.frame_busy * period_ns)
@@ -686,20 +302,15 @@ class FramePacedPeer:
                 busy_spin_ns(busy_ns)
 
     def stop(self) -> None:
+        """Stop the loop and every connection (from any thread); the frame log is closed when
+        the loop returns."""
         self._stop.set()
-        try:
-            self._listener.close()
-        except OSError:
-            pass
-        with self._connections_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            conn.close()
+        self._intake.stop()
 
-
-# a request on its way to the main thread: its connection, the request, when its chunk was
-# received (perf_counter_ns) and its size on the wire
-_Queued = tuple[_Connection, Request, int, int]
+    def close_frame_log(self) -> None:
+        if self.frames.file is not None:
+            self.frames.file.close()
+            self.frames.file = None
 
 
 class _BatchFailed(Exception):
@@ -715,127 +326,3 @@ def _cost(request: Request) -> int:
     if request.command == "batch":
         return len(request.data["commands"])
     return 0 if request.command in QUERY_COMMANDS else 1
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket no other process can share: on Windows SO_REUSEADDR would let one
-    bind the same port, so it is exclusive there; elsewhere SO_REUSEADDR lets a restarted peer
-    rebind while old connections sit in TIME_WAIT (socket.create_server's default)."""
-    if os.name == "nt":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)  # type: ignore[attr-defined]
-        sock.bind((host, port))
-        sock.listen()
-        return sock
-    return socket.create_server((host, port))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mateperf reference Unity peer")
-    parser.add_argument("--host", default=DEFAULT_HOST)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--fps", type=float, default=60.0)
-    parser.add_argument("--legacy", action="store_true")
-    parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES)
-    parser.add_argument(
-        "--apply-delay-ms", type=float, default=0.0, help="main-thread time per applied command"
-    )
-    parser.add_argument(
-        "--frame-busy",
-        default="0",
-        metavar="SHARE",
-        help="share of each paced frame the main thread busy-spins after its tick, in [0, 1)",
-    )
-    parser.add_argument(
-        "--max-ack-buffer-bytes",
-        type=int,
-        default=DEFAULT_MAX_ACK_BUFFER_BYTES,
-        help="unsent response bytes per connection before a non-reading client is dropped",
-    )
-    parser.add_argument(
-        "--id-window", type=int, default=DEFAULT_ID_WINDOW, help="ids kept per connection"
-    )
-    parser.add_argument(
-        "--max-commands-per-frame", type=int, default=0, help="frame budget (0: no limit)"
-    )
-    parser.add_argument(
-        "--max-tick-us", type=float, default=0.0, help="frame budget in µs (0: no limit)"
-    )
-    parser.add_argument(
-        "--max-queued-requests",
-        type=int,
-        default=DEFAULT_MAX_QUEUED_REQUESTS,
-        help="requests a connection may have waiting for the main thread; more get 'queue full'",
-    )
-    parser.add_argument(
-        "--max-queued-bytes",
-        type=int,
-        default=DEFAULT_MAX_QUEUED_BYTES,
-        help="bytes of request lines a connection may have waiting for the main thread",
-    )
-    parser.add_argument(
-        "--spin-tail-us",
-        type=float,
-        default=None,
-        help="paced frames: yield this long before each frame instead of sleeping "
-        "(default: measured from the sleep overshoot at start)",
-    )
-    parser.add_argument(
-        "--missing-blendshape",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="the avatar raises on set_expression of NAME (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    if args.apply_delay_ms < 0:
-        parser.error(f"--apply-delay-ms must be >= 0, got {args.apply_delay_ms:g}")
-    try:
-        frame_busy = check_frame_busy(args.frame_busy)
-    except ValueError:
-        print(f"--frame-busy must be a number in [0, 1), got {args.frame_busy!r}", file=sys.stderr)
-        return 2
-    try:
-        peer = FramePacedPeer(
-            args.host,
-            args.port,
-            args.fps,
-            args.legacy,
-            args.max_line_bytes,
-            args.apply_delay_ms,
-            frame_busy,
-            max_ack_buffer_bytes=args.max_ack_buffer_bytes,
-            id_window=args.id_window,
-            max_commands_per_frame=args.max_commands_per_frame,
-            max_tick_us=args.max_tick_us,
-            missing_blendshapes=frozenset(args.missing_blendshape),
-            max_queued_requests=args.max_queued_requests,
-            max_queued_bytes=args.max_queued_bytes,
-            spin_tail_us=args.spin_tail_us,
-        )
-    except ValueError as exc:
-        print(f"mateperf-python peer: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(
-            f"mateperf-python peer: cannot listen on {args.host}:{args.port}: "
-            f"{exc.strerror or exc} (is another bridge running?)",
-            file=sys.stderr,
-        )
-        return 1
-
-    def watch_stdin() -> None:
-        sys.stdin.buffer.read()
-        peer.stop()
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: peer.stop())
-    print(json.dumps({"event": "listening", "peer": "python", "port": peer.port}), flush=True)
-    peer.serve_forever()
-    stopped = {"event": "stopped", "counters": peer.counters.as_dict(), "frames": peer.frame}
-    print(json.dumps(stopped), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -257,6 +257,7 @@ def start_peer(
     max_queued_requests: int | None = None,
     max_queued_bytes: int | None = None,
     spin_tail_us: float | None = None,
+    frame_log: str | Path | None = None,
     env: dict | None = None,
 ) -> PeerProcess:
     """Start a peer in its own process and wait until it listens.
@@ -273,8 +274,9 @@ def start_peer(
     ``max_queued_requests`` and ``max_queued_bytes``: the incoming bound per connection (None:
     the peer's defaults, 4096 requests and 4 MiB); beyond it a request gets "queue full".
     ``spin_tail_us``: paced frames yield this long before each deadline instead of sleeping
-    (None: measured by the peer at start). ``env``: variables added to the peer's environment
-    (a locale, say).
+    (None: measured by the peer at start). ``frame_log``: a CSV file the peer writes every
+    frame to (``frame,interval_us,tick_us``), read independently by tests. ``env``: variables
+    added to the peer's environment (a locale, say).
     """
     if apply_delay_ms < 0:
         raise ValueError(f"apply_delay_ms must be >= 0, got {apply_delay_ms}")
@@ -314,8 +316,10 @@ def start_peer(
         if spin_tail_us < 0:
             raise ValueError(f"spin_tail_us must be >= 0, got {spin_tail_us}")
         args += ["--spin-tail-us", repr(float(spin_tail_us))]
+    if frame_log is not None:
+        args += ["--frame-log", str(frame_log)]
     if kind == "python":
-        cmd = [sys.executable, "-m", "mateperf.bridge.peer", *args]
+        cmd = [sys.executable, "-m", "mateperf.bridge.peer_main", *args]
     elif kind == "csharp":
         # MATEPERF_CSHARP_PEER: an already built MatePeer.exe (the tests build their own)
         exe = os.environ.get("MATEPERF_CSHARP_PEER") or build_csharp_peer()

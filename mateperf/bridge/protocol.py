@@ -29,7 +29,7 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _DECODER = json.JSONDecoder()
 
 # Commands that answer with data instead of changing the avatar; never counted.
-QUERY_COMMANDS = frozenset({"stats", "frame_stats"})
+QUERY_COMMANDS = frozenset({"stats", "frame_stats", "identity"})
 
 
 class ProtocolError(ValueError):
@@ -91,6 +91,7 @@ COMMANDS: dict[str, dict[str, Field]] = {
     "batch": {"commands": Field("list")},
     "stats": {},
     "frame_stats": {"reset": Field("bool", required=False)},
+    "identity": {},
 }
 
 
