@@ -15,13 +15,16 @@ from pathlib import Path
 
 from mateperf import phases, results, sweep_cli, tune_cli
 from mateperf.command import (
+    AVATAR_FLAG_HELP,
     CONFIG_HELP,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
+    check_avatar,
     check_llama,
     command_line,
     parse_assignments,
+    with_avatar,
     with_config,
 )
 from mateperf.errors import BadInput, ParameterError
@@ -103,6 +106,8 @@ def cmd_run(args) -> int:
         return EXIT_OK
     overrides = _with_model(args.phase, parse_assignments(args.param), args.model)
     overrides = with_config(args.phase, overrides, args.config)
+    overrides = with_avatar(args.phase, overrides, args.avatar)
+    check_avatar(args.avatar)
     outcome = run_phase(args.phase, overrides, args.results, command_line())
     _print_outcome(outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
@@ -118,6 +123,9 @@ def cmd_all(args) -> int:
         raise BadInput("no phase notebooks found under notebooks/")
     failed = []
     start = time.perf_counter()
+    if args.avatar is not None:
+        with_avatar(available[0], {}, args.avatar, required=False)  # HOST:PORT, one line
+        check_avatar(args.avatar)
     for i, phase in enumerate(available, 1):
         overrides = {}
         if args.model is not None and "model" in phases.defaults(phase):
@@ -129,6 +137,10 @@ def cmd_all(args) -> int:
         configured = with_config(phase, overrides, args.config, required=False)
         if configured != overrides:
             command += f" --config {shlex.quote(str(Path(args.config).resolve()))}"
+        attached = with_avatar(phase, configured, args.avatar, required=False)
+        if attached != configured:
+            command += f" --avatar {shlex.quote(args.avatar)}"
+        configured = attached
         print(f"mateperf: [{i}/{len(available)}] {phase}: {phases.title(phase)}", file=sys.stderr)
         outcome = run_phase(phase, configured, args.results, command)
         _print_outcome(outcome)
@@ -193,18 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run one phase notebook headless into a new run directory",
         add_help=False,
-        usage="mateperf run PHASE [-p NAME=VALUE ...] [--model PATH] [--config PATH]",
+        usage="mateperf run PHASE [-p NAME=VALUE ...] [--model PATH] [--config PATH] "
+        "[--avatar HOST:PORT]",
     )
     p.add_argument("phase", nargs="?")
     p.add_argument("-h", "--help", action="store_true", help="the phases, or PHASE's parameters")
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
     p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("all", help="every built phase with defaults, then the report")
     p.add_argument("--model")
     p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("report", help="regenerate results/FINAL_RESULTS.md from stored runs")

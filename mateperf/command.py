@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from mateperf import phases
+from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.errors import ParameterError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -19,6 +20,33 @@ CONFIG_HELP = (
     "settings the phase has become its defaults (-p still wins); refused on a host it was not "
     "measured on"
 )
+AVATAR_FLAG_HELP = AVATAR_HELP + " (the phases that measure an avatar: ipc, cpu, final; and tune)"
+
+
+def with_avatar(phase: str, overrides: dict, avatar: str | None, required: bool = True) -> dict:
+    """`--avatar HOST:PORT` as the phase's `avatar` parameter; a phase that measures no avatar
+    refuses it when `required` (a single run asked for it) and runs without it otherwise."""
+    if avatar is None:
+        return overrides
+    parse_address(avatar)
+    if "avatar" not in phases.defaults(phase):
+        if required:
+            raise ParameterError(f"--avatar: phase {phase} measures no avatar")
+        return overrides
+    return {**overrides, "avatar": avatar}
+
+
+def check_avatar(avatar: str | None) -> None:
+    """Before anything is measured: the avatar answers at that address (else one line, exit
+    2), and what it is, on the console."""
+    if not avatar:
+        return
+    from mateperf.avatar import describe
+    from mateperf.bridge.attach import connect_avatar
+
+    bridge, identity = connect_avatar(avatar)
+    bridge.close()
+    print(f"mateperf: {describe(identity.as_dict())}", file=sys.stderr)
 
 
 def command_line() -> str:

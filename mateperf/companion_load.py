@@ -8,6 +8,14 @@ here sending emotion commands at `command_hz` and waiting for their completion a
 
 A measurement window (`window()`) says what the peer achieved meanwhile: its frame intervals
 (does the model's threading make the avatar stutter?) and the commands' round trips.
+
+Attached (`avatar="HOST:PORT"`): no peer is spawned; the load runs against an avatar that is
+already running (mateperf.bridge.attach), its frame figures come from that avatar's own
+`frame_stats` (with FrameTimingManager's CPU main-thread and GPU times where it sends them),
+and each window records the avatar's frame numbers (`frame_first`, `frame_last`) so a figure can
+be matched with the avatar's own log. An avatar without `frame_stats` (the companion's legacy
+bridge) gets NaN frame figures and the reason in `frame_note`. At the end its expressions are
+reset; a dropped connection raises `AvatarLost` (the run ends, its rows kept).
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mateperf.bridge.client import BridgeError, UnityBridge
+from mateperf.avatar import AvatarIdentity
+from mateperf.bridge.attach import AvatarLost, connect_avatar, leave_as_found, open_bridge
+from mateperf.bridge.client import BridgeDisconnected, BridgeError, UnityBridge
 from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.process import start_peer
 from mateperf.workloads import expression_sequence  # the emotion beat
@@ -39,6 +49,13 @@ class WindowResult:
     command_rtt_ms: list[float] = field(default_factory=list)
     command_errors: int = 0
     beat_ms: list[float] = field(default_factory=list)  # enqueue to the beat's last ack
+    # the avatar's running numbers of the window's first and last frame (None: not sent)
+    frame_first: int | None = None
+    frame_last: int | None = None
+    # FrameTimingManager's per-frame times, where the avatar sends them (Unity with a renderer)
+    cpu_main_ms: list[float] = field(default_factory=list)
+    gpu_ms: list[float] = field(default_factory=list)
+    note: str = ""  # why a frame figure is missing ("" when none is)
 
     def figures(self) -> dict:
         """Per-window statistics: one value per trial for the phase's table."""
@@ -48,11 +65,19 @@ class WindowResult:
         def q(values, p):
             return float(np.percentile(values, p)) if len(values) else float("nan")
 
+        def number(n):
+            return float(n) if n is not None else float("nan")
+
         return {
             "frames": self.frames,
+            "frame_first": number(self.frame_first),
+            "frame_last": number(self.frame_last),
             "frame_p50_ms": q(intervals, 50),
             "frame_p99_ms": q(intervals, 99),
             "frame_max_ms": float(intervals.max()) if len(intervals) else float("nan"),
+            "cpu_main_p99_ms": q(np.asarray(self.cpu_main_ms, float), 99),
+            "gpu_p99_ms": q(np.asarray(self.gpu_ms, float), 99),
+            "frame_note": self.note,
             "cmd_rtt_ms": q(rtts, 50),
             "cmd_count": len(rtts),
             "cmd_errors": self.command_errors,
@@ -67,7 +92,8 @@ def _emotion_commands():
 
 
 class CompanionLoad:
-    """A busy frame-paced peer plus a stream of emotion commands; a context manager."""
+    """A busy frame-paced peer (or an attached avatar) plus a stream of emotion commands; a
+    context manager."""
 
     def __init__(
         self,
@@ -75,6 +101,7 @@ class CompanionLoad:
         fps: float = 60.0,
         frame_busy: float = 0.5,
         command_hz: float = 10.0,
+        avatar: str = "",
     ):
         frame_busy = check_frame_busy(frame_busy)  # the peers' own rule
         if fps <= 0:
@@ -83,6 +110,8 @@ class CompanionLoad:
             raise ValueError(f"command_hz must be >= 0, got {command_hz}")
         self.peer_kind, self.fps, self.frame_busy = peer, fps, frame_busy
         self.command_hz = command_hz
+        self.avatar = avatar  # HOST:PORT of a running avatar; "" spawns the stand-in
+        self.identity: AvatarIdentity | None = None  # the attached avatar's
         self._proc = None
         self._commands: UnityBridge | None = None
         self._stats: UnityBridge | None = None
@@ -96,13 +125,21 @@ class CompanionLoad:
         self._beat_thread: threading.Thread | None = None
 
     def __enter__(self) -> CompanionLoad:
-        self._proc = start_peer(self.peer_kind, fps=self.fps, frame_busy=self.frame_busy)
-        try:
-            self._commands = UnityBridge(port=self._proc.port, auto_reconnect=False).connect()
-            self._stats = UnityBridge(port=self._proc.port, auto_reconnect=False).connect()
-        except Exception:
-            self._proc.kill()
-            raise
+        if self.avatar:
+            self._commands, self.identity = connect_avatar(self.avatar)
+            try:
+                self._stats = open_bridge(self.avatar)
+            except Exception:
+                leave_as_found(self._commands)
+                raise
+        else:
+            self._proc = start_peer(self.peer_kind, fps=self.fps, frame_busy=self.frame_busy)
+            try:
+                self._commands = UnityBridge(port=self._proc.port, auto_reconnect=False).connect()
+                self._stats = UnityBridge(port=self._proc.port, auto_reconnect=False).connect()
+            except Exception:
+                self._proc.kill()
+                raise
         if self.command_hz > 0:
             self._thread = threading.Thread(target=self._stream, daemon=True, name="emotions")
             self._thread.start()
@@ -116,6 +153,8 @@ class CompanionLoad:
         for thread in (self._thread, self._beat_thread):
             if thread is not None:
                 thread.join(timeout=5)
+        if self.avatar:  # a live avatar is left as it was found
+            leave_as_found(self._commands)
         for bridge in (self._commands, self._stats):
             if bridge is not None:
                 bridge.close()
@@ -187,10 +226,31 @@ class CompanionLoad:
             out, self._beat_ms = self._beat_ms, []
         return out
 
+    @property
+    def _frame_stats(self) -> bool:
+        return self.identity is None or self.identity.frame_stats
+
+    def _query_frames(self) -> dict:
+        """The avatar's frames since the last query (and a reset); {} from one without them."""
+        if not self._frame_stats:
+            return {}
+        try:
+            return self._stats.frame_stats(reset=True)
+        except BridgeDisconnected as exc:
+            if self.avatar:
+                raise AvatarLost(self.avatar, exc) from exc
+            raise
+
+    def _check_connected(self) -> None:
+        """Attached: a dropped command connection ends the run (a legacy avatar has no queries
+        that would see it)."""
+        if self.avatar and not self._commands.connected:
+            raise AvatarLost(self.avatar, "the command connection closed")
+
     @contextmanager
     def window(self):
         """Measure the avatar side over the body of the `with`; yields a WindowResult."""
-        self._stats.frame_stats(reset=True)
+        self._query_frames()
         self._take_commands()
         self._take_beats()
         result = WindowResult()
@@ -198,14 +258,29 @@ class CompanionLoad:
             yield result
         finally:
             self.drain_beats()
-            stats = self._stats.frame_stats(reset=True)
+            stats = self._query_frames()
+            self._check_connected()
             rtts, errors = self._take_commands()
             result.beat_ms = self._take_beats()
-            result.frames = int(stats.get("frames", 0))
-            result.frame_interval_ms = [v / 1e3 for v in stats.get("frame_interval_us", [])]
-            result.tick_ms = [v / 1e3 for v in stats.get("tick_us", [])]
+            _fill_frames(result, stats, self.identity)
             result.command_rtt_ms = rtts
             result.command_errors = errors
+
+
+def _fill_frames(result: WindowResult, stats: dict, identity: AvatarIdentity | None) -> None:
+    """A frame_stats reply into the window's result, and why a figure is missing."""
+    if identity is not None and not identity.frame_stats:
+        result.note = identity.frames_unavailable
+        return
+    result.frames = int(stats.get("frames", 0))
+    result.frame_interval_ms = [v / 1e3 for v in stats.get("frame_interval_us", [])]
+    result.tick_ms = [v / 1e3 for v in stats.get("tick_us", [])]
+    result.frame_first, result.frame_last = stats.get("first_frame"), stats.get("last_frame")
+    result.cpu_main_ms = [v / 1e3 for v in stats.get("cpu_main_us") or []]
+    result.gpu_ms = [v / 1e3 for v in stats.get("gpu_us") or []]
+    timing = stats.get("frame_timing")
+    if not (result.cpu_main_ms or result.gpu_ms):
+        result.note = f"CPU main / GPU frame times: {timing or 'unavailable: not reported'}"
 
 
 class NoLoad:
@@ -223,11 +298,17 @@ class NoLoad:
 
 
 def background(
-    kind: str, peer: str = "python", fps: float = 60.0, frame_busy: float = 0.5, command_hz=10.0
+    kind: str,
+    peer: str = "python",
+    fps: float = 60.0,
+    frame_busy: float = 0.5,
+    command_hz=10.0,
+    avatar: str = "",
 ):
-    """The load for a background name: `idle` or `companion`."""
+    """The load for a background name: `idle` or `companion` (`avatar`: a running avatar's
+    HOST:PORT instead of a spawned stand-in)."""
     if kind == "idle":
         return NoLoad()
     if kind == "companion":
-        return CompanionLoad(peer, fps, frame_busy, command_hz)
+        return CompanionLoad(peer, fps, frame_busy, command_hz, avatar)
     raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {kind!r}")

@@ -22,3 +22,17 @@ class ParameterError(BadInput):
 
 class PhaseError(BadInput):
     """An unknown phase name."""
+
+
+class RunAborted(RuntimeError):
+    """A failure that ends the whole run, not one trial (an attached avatar that went away):
+    exit code 1, the run directory records it, and the rows measured so far are kept.
+
+    The trial runner re-raises it with `rows` (every row so far, the failed trial's included);
+    a phase's `run()` sets `frame` (those rows as its stored frame) for the notebook to save.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.rows: list[dict] = []
+        self.frame = None  # a pandas DataFrame once the phase has made one

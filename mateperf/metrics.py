@@ -105,6 +105,13 @@ IPC_METRICS = (
     _m("tick_us", "µs", LOWER, REQUEST, SPEED, "main-thread Tick per frame"),
 )
 
+# Unity's FrameTimingManager, from an attached avatar that reports it (NaN otherwise, the reason
+# in frame_note); the window's frame_first/frame_last are frame numbers, not metrics
+AVATAR_TIMING = (
+    _m("cpu_main_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar CPU main-thread frame p99"),
+    _m("gpu_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar GPU frame time p99"),
+)
+
 # -- phase 4, cpu -------------------------------------------------------------------------------
 # One row per trial (a fresh model load with one setting under one background). The frame and
 # command figures are the peer's, per trial window (companion background only).
@@ -116,6 +123,7 @@ CPU_METRICS = (
     _m("cpu_ms_per_token", "CPU ms/token", LOWER, TRIAL, CPU, "process CPU time per token"),
     _m("frame_p50_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p50"),
     _m("frame_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p99"),
+    *AVATAR_TIMING,
     _m("cmd_rtt_ms", "ms", LOWER, TRIAL, SPEED, "emotion command round trip"),
 )
 
@@ -129,6 +137,7 @@ FINAL_METRICS = (
     _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation"),
     _m("beat_ms", "ms", LOWER, TRIAL, SPEED, "avatar emotion beat applied"),
     _m("frame_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p99"),
+    *AVATAR_TIMING,
     _m("peak_rss_mb", "MiB", LOWER, TRIAL, MEMORY, "peak RSS"),
     _m("peak_vram_mb", "MiB", LOWER, TRIAL, MEMORY, "peak VRAM"),
 )

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from mateperf import model, phases
+from mateperf.avatar import RUN_INFO_KEY
+from mateperf.errors import RunAborted
 from mateperf.results import STATUS_OK, RunDir, tidy
 
 
@@ -28,6 +30,19 @@ class PhaseRun:
     @property
     def path(self) -> Path:
         return self.run.path
+
+    def measure(self, run) -> pd.DataFrame:
+        """`run(**params)` (the phase's measure.run); if the run is aborted (an attached avatar
+        went away), the rows it measured are saved first, then the abort goes on (exit 1)."""
+        try:
+            return run(**self.params)
+        except RunAborted as exc:
+            kept = exc.frame if exc.frame is not None else pd.DataFrame(exc.rows)
+            if len(kept):
+                table = tidy(kept, self.run.run_id, self.phase, self.params)
+                self.run.write_frame(table, self.phase)
+            self.run.update(aborted=str(exc), rows_kept=len(kept))
+            raise
 
     def save(self, df: pd.DataFrame) -> pd.DataFrame:
         """Write <phase>.parquet, <phase>.md and plots/ into the run directory."""
@@ -72,4 +87,10 @@ def open_phase(phase: str, run_dir: str, namespace: dict) -> PhaseRun:
         opened = PhaseRun(phase, run, params, interactive=True)
     # llama.cpp's own lines belong to the run, not to the notebook's outputs
     model.log_llama_to(opened.path / model.LLAMA_LOG_NAME)
+    if params.get("avatar"):  # attached to a live avatar: record what it is
+        from mateperf.bridge.attach import connect_avatar
+
+        bridge, identity = connect_avatar(params["avatar"])
+        bridge.close()
+        opened.run.update(**{RUN_INFO_KEY: identity.as_dict()})
     return opened

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from mateperf import sweep as sweep_mod
 from mateperf.command import (
+    AVATAR_FLAG_HELP,
     CONFIG_HELP,
     EXIT_FAILED,
     EXIT_OK,
+    check_avatar,
     check_llama,
     command_line,
     parse_assignments,
+    with_avatar,
     with_config,
 )
 from mateperf.errors import BadInput
@@ -27,6 +30,8 @@ def cmd_sweep(args) -> int:
             raise BadInput(
                 "--resume takes no --grid, -p, --model or --config: the sweep keeps its own"
             )
+        if args.avatar is not None:
+            raise BadInput("--resume takes no --avatar: the sweep keeps its own")
         if args.rounds is not None or args.seed is not None:
             raise BadInput("--resume takes no --rounds or --seed: the sweep keeps its own")
         sw = sweep_mod.Sweep.open(Path(args.resume))
@@ -44,6 +49,8 @@ def cmd_sweep(args) -> int:
             for k, v in with_config(args.phase, fixed_raw, args.config).items()
             if k not in grid_raw or k in fixed_raw
         }
+        fixed_raw = with_avatar(args.phase, fixed_raw, args.avatar)
+        check_avatar(args.avatar)
         grid, fixed, schema = sweep_mod.plan(args.phase, grid_raw, fixed_raw)
         sw = sweep_mod.Sweep.create(
             args.phase, grid, fixed, schema, command_line(), rounds=args.rounds, seed=args.seed
@@ -96,6 +103,7 @@ def add_commands(sub) -> None:
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE")
     p.add_argument("--model")
     p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
+    p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
     p.add_argument(
         "--rounds",
         type=int,

@@ -10,7 +10,16 @@ import argparse
 import sys
 
 from mateperf import recommend, results
-from mateperf.command import EXIT_OK, command_line, parse_assignments
+from mateperf.avatar import RUN_INFO_KEY
+from mateperf.command import (
+    AVATAR_FLAG_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    check_avatar,
+    command_line,
+    parse_assignments,
+)
+from mateperf.errors import RunAborted
 from mateperf.host import fingerprint
 from mateperf.runner.lock import measurement_lock
 from mateperf.tune.params import TuneParams
@@ -28,19 +37,32 @@ def cmd_tune(args) -> int:
     values = parse_assignments(args.param)
     if args.model is not None:
         values["model"] = args.model
+    if args.avatar is not None:
+        values["avatar"] = args.avatar
     p = TuneParams.from_values(values, what=TUNE)
     llama_features.check_supported()
     from mateperf.model import resolve_model
 
     resolve_model(p.model or None)  # a missing or corrupt file: one line before anything runs
+    check_avatar(p.avatar)  # nothing answers there: one line before anything runs
     run = results.RunDir.create(TUNE, p.as_dict(), root=args.results, command=command_line())
     print(f"mateperf: tuning -> {run.path}", file=sys.stderr)
     try:
         with measurement_lock(args.results or results.default_root()):
             rec, trials = tune(p)
+    except RunAborted as exc:  # the avatar went away: the trials so far kept, one line
+        if exc.frame is not None and len(exc.frame):
+            run.write_frame(results.tidy(exc.frame, run.run_id, TUNE, p.as_dict()), TUNE)
+        rows = 0 if exc.frame is None else len(exc.frame)
+        run.update(aborted=str(exc), rows_kept=rows)
+        run.finish(results.STATUS_FAILED, f"{type(exc).__name__}: {exc}")
+        print(f"mateperf: tune failed: {exc}; {rows} rows kept in {run.path}", file=sys.stderr)
+        return EXIT_FAILED
     except BaseException as exc:
         run.finish(results.STATUS_FAILED, f"{type(exc).__name__}: {exc}")
         raise
+    if rec.get("avatar"):
+        run.update(**{RUN_INFO_KEY: rec["avatar"]})
     rec = recommend.tuned(rec, fingerprint(), run_id=run.run_id)
     run.write_frame(results.tidy(trials, run.run_id, TUNE, p.as_dict()), TUNE)
     path = recommend.write(run.path / recommend.FILE_NAME, rec)
@@ -71,6 +93,7 @@ def add_commands(sub) -> None:
     )
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter below")
     p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
+    p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
     p.set_defaults(func=cmd_tune)
 
 

@@ -140,6 +140,7 @@ LAYERS = (
             "upgrade",
             "llama_features",
             "companion",
+            "avatar",
         ),
     ),
     (

@@ -6,6 +6,7 @@ import re
 import shlex
 
 from mateperf import phases
+from mateperf.avatar import RUN_INFO_KEY, describe
 from mateperf.host import format_fingerprint
 
 
@@ -27,6 +28,8 @@ def reproduce_command(info: dict) -> str:
         return command
     params = info.get("params", {})
     given = set(re.findall(r"-p (\w+)=", command)) | {"model"}
+    if "--avatar " in command:
+        given.add("avatar")
     extra = [
         f"-p {shlex.quote(f'{k}={v}')}"
         for k, v in params.items()
@@ -35,13 +38,24 @@ def reproduce_command(info: dict) -> str:
     return " ".join([command, *extra])
 
 
+def avatar_line(info: dict) -> str:
+    """ "measured on a live avatar: ..." for a run attached to one (its stored identity, or at
+    least its address); "" for a run against a spawned stand-in."""
+    if info.get(RUN_INFO_KEY):
+        return describe(info[RUN_INFO_KEY])
+    address = (info.get("params") or {}).get("avatar")
+    return f"measured on a live avatar at {address}" if address else ""
+
+
 def run_header(info: dict) -> str:
     fp = info.get("fingerprint", {})
+    live = avatar_line(info)
     lines = [
         f"# {info.get('phase', '?')} — run `{info.get('run_id', '?')}`",
         "",
         f"Started {info.get('started_at', '?')}.",
         "",
+        *([f"**{live[0].upper()}{live[1:]}.**", ""] if live else []),
         "Reproduce: `" + reproduce_command(info) + "`",
         "",
         "Host:",

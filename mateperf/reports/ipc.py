@@ -369,11 +369,18 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     summary = analyse.summarize(df)
     params = info.get("params", {})
     peer = h.get("peer") or params.get("peer", "?")
+    skipped = str(df["skipped"].iloc[0]) if "skipped" in df and len(df) else ""
+    where = (
+        f"Peer: **the live avatar at {params['avatar']}** (above), paced by its own frame loop"
+        f"{'; left out on it: ' + skipped if skipped else ''}."
+        if params.get("avatar")
+        else f"Peer: **{peer}** in its own process on 127.0.0.1, frame rate "
+        f"{params.get('fps', '?')} fps (and unpaced)."
+    )
     out = [
         "## Phase 3 — IPC",
         "",
-        f"Peer: **{peer}** in its own process on 127.0.0.1, frame rate {params.get('fps', '?')} "
-        f"fps (and unpaced); {params.get('trials', '?')} trials, scenarios interleaved, warm-ups "
+        f"{where} {params.get('trials', '?')} trials, scenarios interleaved, warm-ups "
         "left out. Every latency is send → completion ack (the avatar has applied the command); "
         "the floor is a raw socket ping-pong of same-size lines between two processes, measured "
         "in the same run. "

@@ -8,7 +8,9 @@ Every phase that repeats runs its trials through `run_trials`:
 - **Warm-up**: the first visit (round `WARMUP_ROUND`, -1) warms the process and the page cache;
   its row is kept, marked `is_warmup`, and left out of every statistic.
 - **A failed trial** is recorded with its error ("Type: message" in `error`) and the run goes
-  on; a run whose every trial failed is a failure (`require_some`).
+  on; a run whose every trial failed is a failure (`require_some`). A `RunAborted` (an
+  attached avatar that went away) ends the run instead: it is re-raised carrying every row so
+  far, the failed trial's included, for the phase to keep.
 - **Progress**: one line per trial, `[phase] i/n label: figures`, through `mateperf.progress`.
 - **Adaptive repetition** (`run_until_precise`, `run_rounds` with a precision): a point repeats
   until its figures' CIs are within the target or it reaches its cap (mateperf.runner.adaptive).
@@ -18,6 +20,7 @@ Every phase that repeats runs its trials through `run_trials`:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import progress
+from mateperf.errors import RunAborted
 from mateperf.runner import adaptive
 
 T = TypeVar("T")
@@ -70,6 +74,8 @@ def attempt(trial: Callable[..., T], *args) -> tuple[T | None, str]:
     """(the trial's result, "") or (None, its error as "Type: message")."""
     try:
         return trial(*args), ""
+    except RunAborted:
+        raise  # the whole run ends (run_trials keeps the rows so far)
     except Exception as exc:  # one failed trial is recorded; the run goes on
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -104,7 +110,12 @@ def run_trials(
             "visit": i,
         }
         name = label(visit.item) + (" (warm-up)" if visit.is_warmup else "")
-        result, error = attempt(trial, visit)
+        try:
+            result, error = attempt(trial, visit)
+        except RunAborted as exc:
+            say(f"{i + 1}/{total} {name}: ABORTED {exc}")
+            exc.rows = [*rows, {**ident, "error": f"{type(exc).__name__}: {exc}"}]
+            raise
         if error:
             say(f"{i + 1}/{total} {name}: FAILED {error}")
             rows.append({**ident, "error": error})
@@ -113,6 +124,16 @@ def run_trials(
         rows += [{**ident, **row, "error": ""} for row in produced]
         say(f"{i + 1}/{total} {name}: {describe(visit, produced[0] if produced else {})}")
     return rows
+
+
+@contextmanager
+def _keeping(rows: list[dict]):
+    """A RunAborted inside leaves with the rows of earlier calls before its own."""
+    try:
+        yield
+    except RunAborted as exc:
+        exc.rows = [*rows, *exc.rows]
+        raise
 
 
 def require_some(df: pd.DataFrame, what: str) -> None:
@@ -155,23 +176,28 @@ def run_until_precise(
             values[label(visit.item)].append(float(figure(result)))
         return result
 
-    rows = run_trials(phase, [Visit(WARMUP_ROUND, items[0])], tracked, describe, base, label=label)
+    rows: list[dict] = []
+    with _keeping(rows):
+        rows += run_trials(
+            phase, [Visit(WARMUP_ROUND, items[0])], tracked, describe, base, label=label
+        )
     owner = {0: label(items[0])}
     k = 0
     while going := adaptive.next_round(values, precision, rng):
         visits = [Visit(k, keys[name], pos) for pos, name in enumerate(going)]
         first = len(owner)
         owner.update({first + i: name for i, name in enumerate(going)})
-        rows += run_trials(
-            phase,
-            visits,
-            tracked,
-            describe,
-            base,
-            total=first + len(visits),
-            label=label,
-            first_index=first,
-        )
+        with _keeping(rows):
+            rows += run_trials(
+                phase,
+                visits,
+                tracked,
+                describe,
+                base,
+                total=first + len(visits),
+                label=label,
+                first_index=first,
+            )
         k += 1
     stops = {name: adaptive.decision(v, precision) for name, v in values.items()}
     for row in rows:
@@ -238,9 +264,10 @@ def run_rounds(
                     kept.setdefault(name, []).append(float(value))
             return result
 
-        rows += run_trials(
-            phase, list(of), tracked, describe, base, total, label, first_index=len(owner)
-        )
+        with _keeping(rows):
+            rows += run_trials(
+                phase, list(of), tracked, describe, base, total, label, first_index=len(owner)
+            )
         owner += [of[v].name for v in of]
         for s in running if precision is not None and k >= 0 else ():
             done[s.name] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.gpu.profiles import COMPANION_CARD_MB
 from mateperf.model import KV_CACHE_TYPES
@@ -26,8 +27,12 @@ class TuneParams(Params):
         "the avatar's peer: python, or csharp (the C# core under Mono)",
         choices=PEER_KINDS,
     )
+    avatar: str = param("", AVATAR_HELP + " (--avatar); its frame p99 is the constraint")
     fps: float = param(
-        60.0, "the avatar's frame rate; its frame budget is 1000/fps + frame_slack_ms", above=0
+        60.0,
+        "the avatar's frame rate; its frame budget is 1000/fps + frame_slack_ms (an attached "
+        "avatar's own target frame rate where it reports one)",
+        above=0,
     )
     frame_slack_ms: float = param(
         1.0,
@@ -59,6 +64,8 @@ class TuneParams(Params):
 
     def check(self) -> None:
         self.axes()
+        if self.avatar:
+            parse_address(self.avatar)
 
     def axes(self) -> Axes:
         """The values tried of the settings a profile does not fix, parsed and checked."""

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import stats
-from mateperf.errors import ParameterError
+from mateperf.errors import ParameterError, RunAborted
 
 BETTER, WORSE = "better", "worse"
 
@@ -217,6 +217,8 @@ def _trial(
         for name in (objective, constraint):
             if name is not None and not math.isfinite(float(metrics.get(name, math.nan))):
                 raise ValueError(f"no finite {name} in the trial's metrics")
+    except RunAborted:
+        raise  # the avatar went away: the whole tune ends, not this trial
     except Exception as exc:
         return {}, f"{type(exc).__name__}: {exc}"
     return metrics, ""

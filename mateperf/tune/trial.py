@@ -12,6 +12,11 @@ memory used before the load, after it, and after the reply; `vram_delta_mb` is w
 added. The trial runs in this process, so a CUDA context an earlier trial created stays and is
 not counted again (the gpu phase, which isolates each trial in a child, measures it).
 
+Attached to a live avatar (`avatar`, HOST:PORT), the load streams to that avatar instead of a
+spawned peer and the frame figures are its own; where it reports FrameTimingManager's GPU frame
+time, `frame_gpu_p99_ms` (the larger of the frame interval p99 and the GPU frame time p99) is
+the constraint, so a setting that keeps the interval but not the GPU's frame does not pass.
+
 The objective, `reply_ms`: time to first token plus `reply_tokens` at the measured generation
 rate, the time to a reply of fixed length. A reply's own length differs between settings (a
 quantised KV cache may change the greedy text), so its raw wall time would rank lengths, not
@@ -32,6 +37,7 @@ from mateperf.tune.space import Setting
 
 OBJECTIVE = "reply_ms"
 CONSTRAINT = "frame_p99_ms"
+GPU_CONSTRAINT = "frame_gpu_p99_ms"  # where the avatar reports its GPU frame time
 WARMUP_PROMPT_TOKENS = 128
 
 
@@ -48,12 +54,13 @@ class Bench:
         reply_tokens: int,
         seed: int,
         vram: NvmlDevice | None = None,
+        avatar: str = "",
     ):
         self.model_path = model_path
         self.vram = vram  # an NvmlDevice without a device reads NaN
         self.reply_tokens = reply_tokens
         self.seed = seed
-        self.load = background("companion", peer, fps, frame_busy, command_hz)
+        self.load = background("companion", peer, fps, frame_busy, command_hz, avatar)
         self.trials = 0
         self.rng = np.random.default_rng(seed)
 
@@ -64,6 +71,16 @@ class Bench:
     def __exit__(self, *exc) -> None:
         self.load.__exit__(*exc)
 
+    @property
+    def identity(self):
+        """The attached avatar's identity (None for a spawned stand-in); after `__enter__`."""
+        return self.load.identity
+
+    def constraint(self, idle: dict) -> str:
+        """The race's constraint: the frame p99, or with it the GPU frame time where the
+        avatar reported one while idle."""
+        return GPU_CONSTRAINT if math.isfinite(idle.get("gpu_p99_ms", math.nan)) else CONSTRAINT
+
     def _vram_used_mb(self) -> float:
         return self.vram.memory_mb()[0] if self.vram is not None else math.nan
 
@@ -71,7 +88,7 @@ class Bench:
         """The avatar's figures with no model loaded: what the frame pacing alone gives here."""
         with self.load.window() as avatar:
             time.sleep(seconds)
-        return avatar.figures()
+        return _with_gpu(avatar.figures())
 
     def measure(self, setting: Setting) -> dict:
         """One trial; raises on a failed load or reply (the race records it and goes on)."""
@@ -99,5 +116,13 @@ class Bench:
             "pp_tps": reply["pp_tps"],
             "gen_tokens": reply["gen_tokens"],
             OBJECTIVE: reply["ttft_ms"] + 1e3 * self.reply_tokens / tg,
-            **avatar.figures(),
+            **_with_gpu(avatar.figures()),
         }
+
+
+def _with_gpu(figures: dict) -> dict:
+    """The window's figures and `frame_gpu_p99_ms`: the frame p99 or the GPU's, the larger."""
+    gpu = figures.get("gpu_p99_ms", math.nan)
+    frame = figures.get(CONSTRAINT, math.nan)
+    both = max(frame, gpu) if math.isfinite(gpu) else math.nan
+    return {**figures, GPU_CONSTRAINT: both}

@@ -22,7 +22,9 @@ from dataclasses import fields
 import numpy as np
 import pandas as pd
 
+from mateperf import avatar as avatar_mod
 from mateperf import model, progress, runner, stats, workloads
+from mateperf.errors import RunAborted
 from mateperf.gpu import calibration, estimate, profiles
 from mateperf.host import usable_cpus
 from mateperf.trackers.gpu import GpuMonitor, NvmlDevice
@@ -175,8 +177,6 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
     offload = workloads.gpu_offload_available()
     overhead, budget, basis = device(p, offload)
     usable = usable_cpus()
-    frame_ms = 1e3 / p.fps
-    budget_ms = frame_ms + p.frame_slack_ms
     axes = p.axes()
     plans = {
         rule.name: space.candidates(
@@ -194,9 +194,20 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
     frames, out = [], {}
     vram = NvmlDevice() if offload else None  # VRAM is read where layers can go to a GPU
     with Bench(
-        str(path), p.peer, p.fps, p.frame_busy, p.command_hz, p.reply_tokens, p.seed, vram
+        str(path), p.peer, p.fps, p.frame_busy, p.command_hz, p.reply_tokens, p.seed, vram, p.avatar
     ) as bench:
+        identity = bench.identity
+        # an attached avatar's own pacing target sets its frame budget where it reports one
+        fps = identity.frame_rate(p.fps) if identity is not None else p.fps
+        frame_ms = 1e3 / fps
+        budget_ms = frame_ms + p.frame_slack_ms
+        if identity is not None:
+            say(avatar_mod.describe(identity.as_dict()))
         idle = bench.idle_frames()
+        constraint = bench.constraint(idle)
+        if identity is not None and not identity.frame_stats:
+            constraint = None  # nothing to hold the settings to: the race is on speed alone
+            say(f"frame p99: {identity.frames_unavailable}; the race ranks by speed alone")
         say(
             f"frame budget {budget_ms:.2f} ms (1000/fps {frame_ms:.2f} + slack "
             f"{p.frame_slack_ms:g}); the avatar alone, no model: frame p99 "
@@ -208,12 +219,20 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
                 "this host cannot pace its frames within it, so every setting will be over"
             )
         memo = Memo(bench)
-        for rule in space.RULES:
-            entry, trials = _profile(
-                p, rule, plans[rule.name], memo, bench, usable, offload, budget_ms
-            )
-            out[rule.name] = entry
-            frames.append(trials)
+        try:
+            for rule in space.RULES:
+                entry, trials = _profile(
+                    p, rule, plans[rule.name], memo, bench, usable, offload, budget_ms, constraint
+                )
+                out[rule.name] = entry
+                frames.append(trials)
+        except RunAborted as exc:  # the trials measured so far are kept
+            kept = [
+                pd.DataFrame([{**r, "label": k} for r in rows]) for k, rows in memo.trials.items()
+            ]
+            partial = [pd.DataFrame(exc.rows)] if exc.rows else []  # a confirmation's
+            exc.frame = pd.concat([*frames, *kept, *partial], ignore_index=True, sort=False)
+            raise
         measured = memo.measured
     if vram is not None:
         vram.close()
@@ -227,6 +246,9 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         "frame_period_ms": round(frame_ms, 3),
         "frame_slack_ms": p.frame_slack_ms,
         "frame_p99_idle_ms": _num(idle[CONSTRAINT]),
+        "constraint": constraint,
+        "avatar": identity.as_dict() if identity is not None else None,
+        "avatar_unavailable": _unavailable(idle, identity),
         "reply_tokens": p.reply_tokens,
         "vram_budget_mb": budget,
         "vram_basis": basis,
@@ -238,7 +260,18 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
     return rec, pd.concat(frames, ignore_index=True, sort=False)
 
 
-def _profile(p, rule, plan, memo, bench, usable, offload, budget_ms) -> tuple[dict, pd.DataFrame]:
+def _unavailable(idle: dict, identity) -> list[str]:
+    """What the attached avatar could not report (nothing for a spawned stand-in)."""
+    if identity is None:
+        return []
+    if not identity.frame_stats:
+        return [f"frame figures: {identity.frames_unavailable}"]
+    return [idle["frame_note"]] if idle.get("frame_note") else []
+
+
+def _profile(
+    p, rule, plan, memo, bench, usable, offload, budget_ms, constraint=CONSTRAINT
+) -> tuple[dict, pd.DataFrame]:
     racing = [c for c in plan if not c.pruned]
     cands = [race_mod.Candidate(c.setting.label, c.setting.as_dict()) for c in racing]
     say(f"{rule.name}: {len(cands)} settings race ({len(plan) - len(cands)} pruned), {rule.note}")
@@ -247,8 +280,8 @@ def _profile(p, rule, plan, memo, bench, usable, offload, budget_ms) -> tuple[di
         memo.for_race(rule.name),
         OBJECTIVE,
         higher_is_better=False,
-        constraint=CONSTRAINT,
-        budget=budget_ms,
+        constraint=constraint,
+        budget=budget_ms if constraint else None,
         max_rounds=p.max_rounds,
         min_reps=min(p.min_reps, p.max_rounds),
         halve_every=1,
@@ -265,14 +298,15 @@ def _profile(p, rule, plan, memo, bench, usable, offload, budget_ms) -> tuple[di
         roles["companion"] = own
     checked = confirm(bench, roles, p.confirm_reps, p.seed + 1)
     ok = checked[(checked["role"] == "pick") & (checked["error"] == "")]
-    figures = {m: _num(ok[m].median()) if len(ok) else None for m in FIGURES}
+    measured = (*FIGURES, constraint) if constraint and constraint not in FIGURES else FIGURES
+    figures = {m: _num(ok[m].median()) if len(ok) else None for m in measured}
+    held = figures.get(constraint or CONSTRAINT)
     predicted = next(c.predicted_vram_mb for c in plan if c.setting == pick)
     entry = {
         "settings": pick.as_dict(),
         "measured": {**figures, **_vram(ok, pick, predicted)},
-        "meets_frame_budget": bool(
-            figures[CONSTRAINT] is not None and figures[CONSTRAINT] <= budget_ms
-        ),
+        "meets_frame_budget": bool(held is not None and held <= budget_ms),
+        "constraint": constraint,
         "rule": rule.note,
         "race": {
             "settings": len(plan),

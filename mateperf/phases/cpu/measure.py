@@ -27,7 +27,7 @@ def trial(setting: Setting, p: CpuParams, model_path: str, rng: np.random.Genera
         n_threads_batch=setting.n_threads_batch,
         seed=p.seed,
     )
-    load = background(setting.background, p.peer, p.fps, setting.frame_busy, p.command_hz)
+    load = background(setting.background, p.peer, p.fps, setting.frame_busy, p.command_hz, p.avatar)
     with load:
         llm, load_s = model.load(config)
         try:
@@ -57,7 +57,7 @@ def trial(setting: Setting, p: CpuParams, model_path: str, rng: np.random.Genera
     return row
 
 
-def _identity(setting: Setting, peer: str) -> dict:
+def _identity(setting: Setting, peer: str, avatar: str = "") -> dict:
     return {
         "scenario": SCENARIO,
         "n_threads": setting.n_threads,
@@ -67,7 +67,8 @@ def _identity(setting: Setting, peer: str) -> dict:
         "background": setting.background,
         "frame_busy": setting.frame_busy,
         "condition": recommend.condition_label(setting.background, setting.frame_busy),
-        "peer": peer if setting.background == "companion" else "",
+        # the companion background's peer: the stand-in's kind, or "live" for an attached avatar
+        "peer": ("live" if avatar else peer) if setting.background == "companion" else "",
     }
 
 
@@ -107,7 +108,7 @@ def run(**values) -> pd.DataFrame:
         user = companion.USER_TURNS[max(v.round, 0) % len(companion.USER_TURNS)]
         return trial(v.item, p, str(path), rng, user)
 
-    base = lambda v: _identity(v.item, p.peer)  # noqa: E731 - the runner's identity columns
+    base = lambda v: _identity(v.item, p.peer, p.avatar)  # noqa: E731 - the runner's identity columns
     if p.precision_pct and p.trials >= 2:  # a CI of a median needs two values
         precision = adaptive.Precision(
             p.precision_pct / 100, max(2, min(p.min_trials, p.trials)), p.trials

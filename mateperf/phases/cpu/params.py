@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass
 
 from mateperf import recommend
+from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.companion_load import BACKGROUNDS
 from mateperf.errors import ParameterError
@@ -161,6 +162,7 @@ class CpuParams(Params):
         choices=PEER_KINDS,
         variant=1,
     )
+    avatar: str = param("", AVATAR_HELP + "; the companion background then measures it")
     fps: float = param(60.0, "the peer's frame rate", above=0)
     command_hz: float = param(
         10.0, "emotion commands per second streamed to the peer during a trial", at_least=0
@@ -194,6 +196,8 @@ class CpuParams(Params):
 
         if self.tolerance >= 1:
             refuse("tolerance", self.tolerance, "must be a fraction below 1")
+        if self.avatar:
+            parse_address(self.avatar)
         if self.pp_tokens + self.tg_tokens > self.n_ctx:
             refuse(
                 "n_ctx",

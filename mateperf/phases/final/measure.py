@@ -222,6 +222,9 @@ def beat(step: int, emotion: str | None = None) -> list[tuple[str, dict]]:
     return commands
 
 
+LIVE_PEER = "live"  # the peer column of turns measured on an attached avatar
+
+
 def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram) -> dict:
     config = model.LlamaConfig(
         model_path=str(path),
@@ -237,7 +240,11 @@ def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram
         type_v=cfg.type_v,
         seed=p.seed,
     )
-    with CompanionLoad(peer, p.fps, p.frame_busy, command_hz=0) as avatar, PeakRss() as rss:
+    attached = p.avatar if peer == LIVE_PEER else ""
+    load = CompanionLoad(
+        "python" if attached else peer, p.fps, p.frame_busy, command_hz=0, avatar=attached
+    )
+    with load as avatar, PeakRss() as rss:
         vram.start_turn()
         llm, load_s = model.load(config)
         try:
@@ -275,6 +282,11 @@ def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram
         "beats": figures["beats"],
         "frame_p50_ms": figures["frame_p50_ms"],
         "frame_p99_ms": figures["frame_p99_ms"],
+        "frame_first": figures["frame_first"],
+        "frame_last": figures["frame_last"],
+        "cpu_main_p99_ms": figures["cpu_main_p99_ms"],
+        "gpu_p99_ms": figures["gpu_p99_ms"],
+        "frame_note": figures["frame_note"],
         "cmd_errors": figures["cmd_errors"],
         "peak_rss_mb": rss.peak_mb,
         "peak_vram_mb": peak_vram_mb,
@@ -326,7 +338,8 @@ def run(**values) -> pd.DataFrame:
     topo = cpu_detect.detect()
     configs, facts = arm_configs(p, path, topo.usable)
     chosen = parse_arms(p.arms)
-    peer_list = parse_peers(p.peers)
+    # attached to a live avatar, that avatar is the one peer (its `peer` column says so)
+    peer_list = [LIVE_PEER] if p.avatar else parse_peers(p.peers)
     visits = [(arm, peer) for peer in peer_list for arm in chosen]
     order = runner.interleaved(visits, p.trials, np.random.default_rng(p.seed))
     _progress(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.params import Params, param, refuse
 from mateperf.phases.llm.params import DEFAULT_MODEL
@@ -39,8 +40,9 @@ class FinalParams(Params):
         "baseline,threads,warmup,batching,profile,optimised", "baseline must be one of them"
     )
     peers: str = param(
-        "python", "avatar peer(s): python and/or csharp (the C# core under Mono)", variant=1
+        "python", "the avatar's peer(s): python and/or csharp (the C# core under Mono)", variant=1
     )
+    avatar: str = param("", AVATAR_HELP + "; replaces peers")
     frame_busy: float = param(
         0.5, "share of each frame the avatar's main thread is busy", at_least=0, variant=2
     )
@@ -59,6 +61,8 @@ class FinalParams(Params):
             refuse("frame_busy", self.frame_busy, "is not a share of a frame (0 to below 1)")
         parse_peers(self.peers)
         parse_arms(self.arms)
+        if self.avatar:
+            parse_address(self.avatar)
         if self.config:
             from mateperf import recommend
 

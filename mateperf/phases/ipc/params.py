@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.bridge.process import PEER_KINDS
 from mateperf.params import Params, param, refuse
 
@@ -63,6 +64,9 @@ class IpcParams(Params):
         choices=PEER_KINDS,
         variant=1,
     )
+    avatar: str = param(
+        "", AVATAR_HELP + ": the paced arms go to it, the arms it cannot take are left out"
+    )
     fps: int = param(
         60, "the paced peer's frame rate; an unpaced peer (fps 0) always runs beside it", at_least=0
     )
@@ -114,6 +118,8 @@ class IpcParams(Params):
         parse_sizes(self.sizes)
         parse_loads(self.frame_cost_loads)
         parse_scenarios(self.scenarios)
+        if self.avatar:
+            parse_address(self.avatar)
         if self.pin_cpu != -1:
             check_pin(self.pin_cpu)
 

@@ -46,5 +46,6 @@ COLUMNS = (
     "peer",
     "pin_cpu",
     "apply_delay_ms",
+    "skipped",  # an attached run: the scenarios it left out and why ("" otherwise)
     "error",
 )

@@ -2,6 +2,11 @@
 
 A scenario takes the trial's `Lab` and the run's parameters and yields one `Arm` per arm it
 measured: its request (or frame) rows and, where the arm has one, its whole-sequence figures.
+
+Attached to a live avatar (`avatar`, HOST:PORT), the lab spawns no peer: the paced arms go to
+that avatar (at its own target frame rate), the floor is still measured here, and the arms that
+need a peer of mateperf's own (unpaced, legacy-mode, non-reading client) or would send faster
+than one frame's work (pipelined floods) are left out; `skipped(p, identity)` says which and why.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from mateperf import progress
+from mateperf.avatar import AvatarIdentity
+from mateperf.bridge.attach import connect_avatar, leave_as_found
 from mateperf.bridge.client import Ack, BridgeError, UnityBridge
 from mateperf.bridge.floor import FloorClient
 from mateperf.bridge.process import PeerProcess, start_floor, start_peer
 from mateperf.bridge.protocol import encode_request
-from mateperf.phases.ipc.params import IpcParams, parse_loads, parse_sizes
+from mateperf.phases.ipc.params import IpcParams, parse_loads, parse_scenarios, parse_sizes
 from mateperf.phases.ipc.rows import (
     FRAME_COST_LOAD,
     FRAME_COST_NON_READING,
@@ -91,8 +98,43 @@ def _simple(i: int) -> tuple[str, dict]:
     return "set_expression", {"name": "happy", "value": (i % 101) / 100}
 
 
+# what a live avatar cannot be asked, scenario by scenario (attached runs leave them out)
+LIVE_SKIPS = {
+    "throughput": "pipelines up to `window` requests per frame, and an unpaced peer's flood: "
+    "more than a live avatar's frame budget is for",
+    "original_method": "sends 100 commands without waiting for any (a flood) to a legacy-mode "
+    "peer of mateperf's own",
+    "frame_cost": "needs a peer of its own, flooded by a client that never reads",
+}
+LEGACY_SKIPS = {
+    "message_sizes": "`echo` is a mateperf protocol command the legacy bridge does not know",
+    "batching": "`batch` is a mateperf protocol command the legacy bridge does not know",
+}
+
+
+def skipped(p: IpcParams, identity: AvatarIdentity | None) -> dict[str, str]:
+    """The chosen scenarios (and knobs) an attached run leaves out, with the reason."""
+    if identity is None:
+        return {}
+    chosen = set(parse_scenarios(p.scenarios))
+    out = {k: v for k, v in LIVE_SKIPS.items() if k in chosen}
+    if not identity.frame_stats:
+        out.update({k: v for k, v in LEGACY_SKIPS.items() if k in chosen})
+    if p.apply_delay_ms:
+        out["apply_delay_ms"] = (
+            f"{p.apply_delay_ms:g} ms per command is a knob of mateperf's own peers (a known "
+            "answer); a live avatar applies at its own speed"
+        )
+    if p.pin_cpu >= 0:
+        out["pin_cpu"] = "a live avatar's process is not pinned by mateperf: only the client is"
+    if "simple_commands" in chosen:
+        out["simple_commands: bridge_unpaced"] = "a live avatar is paced by its own frame loop"
+    return out
+
+
 class Lab:
-    """The processes of one trial: the floor, an unpaced peer, a paced peer, a legacy peer."""
+    """The processes of one trial: the floor, an unpaced peer, a paced peer, a legacy peer;
+    or, attached (`p.avatar`), the floor and one connection to the live avatar."""
 
     def __init__(self, stack: ExitStack, p: IpcParams):
         self.peer_kind = p.peer
@@ -103,6 +145,14 @@ class Lab:
         self.floor = stack.enter_context(FloorClient("127.0.0.1", self.floor_proc.port))
         self.peers: dict[float, PeerProcess] = {}
         self.bridges: dict[float, UnityBridge] = {}
+        self.identity: AvatarIdentity | None = None
+        self.legacy_peer = None
+        if p.avatar:
+            bridge, self.identity = connect_avatar(p.avatar, p.timeout_s)
+            stack.callback(leave_as_found, bridge)  # its expressions reset, then closed
+            self.fps = self.identity.frame_rate(self.fps)
+            self.bridges[self.fps] = bridge
+            return
         for f in dict.fromkeys((0.0, self.fps)):
             self.peers[f] = stack.enter_context(
                 start_peer(p.peer, fps=f, apply_delay_ms=p.apply_delay_ms)
@@ -113,8 +163,13 @@ class Lab:
             start_peer(p.peer, fps=self.fps, legacy=True, apply_delay_ms=p.apply_delay_ms)
         )
 
+    @property
+    def attached(self) -> bool:
+        return self.identity is not None
+
     def check_counters(self) -> None:
-        """Stop the peers and compare their counters with the clients'; raise on a mismatch."""
+        """Stop the peers and compare their counters with the clients'; raise on a mismatch.
+        A live avatar's counters count every client it has: not ours to check."""
         for fps, proc in self.peers.items():
             bridge = self.bridges[fps]
             client = bridge.counters.as_dict()
@@ -161,8 +216,9 @@ def _scenario_simple(lab: Lab, p: IpcParams) -> Iterator[Arm]:
     line_len = len(encode_request(*_simple(0), 1000))
     floor_line = b"x" * (line_len - 1) + b"\n"
     yield Arm("floor", 0.0, _mark_warmup(_floor_pingpong(lab, lambda i: floor_line, n), w))
-    rows = _requests(lab.bridges[0.0], [_simple(i) for i in range(n)])
-    yield Arm("bridge_unpaced", 0.0, _mark_warmup(rows, w))
+    if 0.0 in lab.bridges:  # a live avatar has no unpaced twin
+        rows = _requests(lab.bridges[0.0], [_simple(i) for i in range(n)])
+        yield Arm("bridge_unpaced", 0.0, _mark_warmup(rows, w))
     if lab.fps:
         wp = min(w, 5)
         commands = [_simple(i) for i in range(p.paced_requests + wp)]
@@ -182,8 +238,10 @@ def _scenario_sizes(lab: Lab, p: IpcParams) -> Iterator[Arm]:
         floor_line = b"x" * (size - 1) + b"\n"
         rows = _mark_warmup(_floor_pingpong(lab, lambda i, ln=floor_line: ln, n), w)
         yield Arm("floor", 0.0, rows, target_bytes=size)
-        rows = _mark_warmup(_requests(lab.bridges[0.0], [_echo_for_size(size)] * n), w)
-        yield Arm("bridge_unpaced", 0.0, rows, target_bytes=size)
+        # attached: the live avatar's paced connection, one request awaited at a time
+        fps = 0.0 if 0.0 in lab.bridges else lab.fps
+        rows = _mark_warmup(_requests(lab.bridges[fps], [_echo_for_size(size)] * n), w)
+        yield Arm(_fps_mode(fps), fps, rows, target_bytes=size)
 
 
 def _sequence(total_ns: int, count: int) -> dict[str, float]:
