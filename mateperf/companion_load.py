@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mateperf.avatar import AvatarIdentity
+from mateperf.avatar import AvatarIdentity, AvatarUnreachable
 from mateperf.bridge.attach import AvatarLost, connect_avatar, leave_as_found, open_bridge
 from mateperf.bridge.client import BridgeDisconnected, BridgeError, UnityBridge
 from mateperf.bridge.frames import check_frame_busy
@@ -126,11 +126,16 @@ class CompanionLoad:
 
     def __enter__(self) -> CompanionLoad:
         if self.avatar:
-            self._commands, self.identity = connect_avatar(self.avatar)
+            try:
+                self._commands, self.identity = connect_avatar(self.avatar)
+            except AvatarUnreachable as exc:  # it answered when the run began: it went away
+                raise AvatarLost(self.avatar, exc) from exc
             try:
                 self._stats = open_bridge(self.avatar)
-            except Exception:
+            except Exception as exc:
                 leave_as_found(self._commands)
+                if isinstance(exc, AvatarUnreachable):
+                    raise AvatarLost(self.avatar, exc) from exc
                 raise
         else:
             self._proc = start_peer(self.peer_kind, fps=self.fps, frame_busy=self.frame_busy)

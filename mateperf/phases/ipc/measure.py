@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import progress, runner
+from mateperf.avatar import AvatarUnreachable
 from mateperf.bridge.attach import AvatarLost
 from mateperf.bridge.client import BridgeDisconnected
 from mateperf.errors import RunAborted
@@ -83,7 +84,10 @@ def _trial(p: IpcParams, chosen: list[str], trial: int) -> list[dict]:
                 f"trial {trial + 1}/{p.trials}: starting floor and {p.peer} peers "
                 f"(fps 0 and {p.fps:g}{delay})"
             )
-        lab = Lab(stack, p)
+        try:
+            lab = Lab(stack, p)
+        except AvatarUnreachable as exc:  # it answered when the run began: it went away
+            raise AvatarLost(p.avatar, exc) from exc
         for scenario in chosen:
             _progress(f"{scenario} trial {trial + 1}/{p.trials}")
             try:
