@@ -22,6 +22,25 @@ def test_interleaved_rounds_visit_every_item_once_after_a_warm_up():
         assert sorted(v.item for v in order if v.round == k) == ["a", "b", "c"]
 
 
+def test_warm_every_warms_each_item_once_in_a_shuffled_round_of_its_own():
+    order = runner.interleaved(["a", "b", "c"], 2, np.random.default_rng(1), warm_every=True)
+    warm = [v for v in order if v.is_warmup]
+    assert sorted(v.item for v in warm) == ["a", "b", "c"] and order[:3] == warm
+    assert [v.position for v in warm] == [0, 1, 2]
+    assert len(order) == 9
+    # the same draws as one permutation per round, warm-up round first (stored runs' order)
+    rng = np.random.default_rng(1)
+    assert [v.item for v in order] == ["abc"[i] for _ in range(3) for i in rng.permutation(3)]
+
+
+def test_a_trial_that_records_its_own_failure_keeps_its_figures_and_error():
+    def trial(visit):
+        return {"ok": False, "load_s": 0.5, "error": "load: out of memory"}
+
+    rows = runner.run_trials("tiny", [runner.Visit(0, "x")], trial, lambda v, r: "")
+    assert rows[0]["error"] == "load: out of memory" and rows[0]["load_s"] == 0.5
+
+
 def test_abba_puts_each_arm_first_in_half_the_pairs():
     order = runner.abba("cold", "warm", 4)
     firsts = [v.item for v in order if v.position == 0 and not v.is_warmup]

@@ -6,7 +6,9 @@ Every phase that repeats runs its trials through `run_trials`:
   every setting once per round, each round in a seeded random order (or, for a pair of arms,
   in balanced ABBA order), so a drift of the host hits every setting alike.
 - **Warm-up**: the first visit (round `WARMUP_ROUND`, -1) warms the process and the page cache;
-  its row is kept, marked `is_warmup`, and left out of every statistic.
+  its row is kept, marked `is_warmup`, and left out of every statistic. Where each item pays
+  its own first cost (a different model file or layer split to map), the warm-up round visits
+  every item (`interleaved(..., warm_every=True)`).
 - **A failed trial** is recorded with its error ("Type: message" in `error`) and the run goes
   on; a run whose every trial failed is a failure (`require_some`). A `RunAborted` (an
   attached avatar that went away) ends the run instead: it is re-raised carrying every row so
@@ -48,10 +50,16 @@ class Visit(Generic[T]):
         return self.round < 0
 
 
-def interleaved(items: Sequence[T], rounds: int, rng: np.random.Generator) -> list[Visit[T]]:
-    """The first item as a warm-up, then every item once per round, each round shuffled."""
-    order = [Visit(WARMUP_ROUND, items[0])]
-    for k in range(rounds):
+def interleaved(
+    items: Sequence[T], rounds: int, rng: np.random.Generator, warm_every: bool = False
+) -> list[Visit[T]]:
+    """The first item as a warm-up, then every item once per round, each round shuffled.
+
+    `warm_every`: the warm-up round visits every item, shuffled like the others.
+    """
+    first = WARMUP_ROUND if warm_every else 0
+    order = [] if warm_every else [Visit(WARMUP_ROUND, items[0])]
+    for k in range(first, rounds):
         order += [Visit(k, items[i], pos) for pos, i in enumerate(rng.permutation(len(items)))]
     return order
 
@@ -97,6 +105,8 @@ def run_trials(
     `describe(visit, row)` is the progress line's text after "i/n label:" for a trial that
     succeeded; a failed one says FAILED and its error. `label(item)` names the item.
     `first_index`: the `visit` number of the first visit (a run made of several calls).
+    A row may carry its own `error` (a trial that records its failure with what it measured,
+    as the gpu phase's do); the runner's "" is only the default.
     """
     visits = list(visits)
     total = total if total is not None else first_index + len(visits)
@@ -121,7 +131,7 @@ def run_trials(
             rows.append({**ident, "error": error})
             continue
         produced = result if isinstance(result, list) else [result]
-        rows += [{**ident, **row, "error": ""} for row in produced]
+        rows += [{**ident, "error": "", **row} for row in produced]
         say(f"{i + 1}/{total} {name}: {describe(visit, produced[0] if produced else {})}")
     return rows
 

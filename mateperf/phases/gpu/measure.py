@@ -320,39 +320,40 @@ def _trials(
     arms: list[tuple[str, str, dict, float]],
 ) -> list[dict]:
     """A warm-up round, then `trials` rounds; each round visits every arm (scenario, profile,
-    load parameters, llama.cpp's projection plus overhead) in a seeded random order. A trial
-    that fails is a row like any other (`ok` False, its `stage` and `error`)."""
-    rng = np.random.default_rng(p.seed)
-    visits = [
-        runner.Visit(r, arm, position)
-        for r in range(runner.WARMUP_ROUND, p.trials)
-        for position, arm in enumerate([arms[int(i)] for i in rng.permutation(len(arms))])
-    ]
-    rows = []
-    for i, visit in enumerate(visits):
+    load parameters, llama.cpp's projection plus overhead) in a seeded random order. Every arm
+    is warmed up: each loads its own layer split, whose first mapping the warm-up pays for.
+    A trial that fails is a row like any other (`ok` False, its `stage` and `error`)."""
+    visits = runner.interleaved(arms, p.trials, np.random.default_rng(p.seed), warm_every=True)
+
+    def identity(visit: runner.Visit) -> dict:
         scenario, name, params, projected_mb = visit.item
+        meta = predictor.meta(params)
+        return {
+            "scenario": scenario,
+            "profile": name,
+            "round_position": visit.position,
+            **predict.cfg_columns(params, predictor.layout),
+            "pred_meta_total_mb": meta["meta_total_mb"],
+            "pred_meta_buffers_mb": meta["meta_buffers_mb"],
+            "pred_proj_total_mb": projected_mb,
+        }
+
+    def one(visit: runner.Visit) -> dict:
+        params = visit.item[2]
         work = trial.work_spec(p.max_tokens, p.pp_tokens, p.tg_tokens, visit.round + 1, p.seed)
         result, error = runner.attempt(bench.measure, params, work)
         if result is None:  # the trial's own failures are results; this one escaped it
             result = {**trial.empty_result(), "stage": "trial", "error": error}
-        meta = predictor.meta(params)
-        rows.append(
-            {
-                "scenario": scenario,
-                "profile": name,
-                "trial": visit.round,
-                "is_warmup": visit.is_warmup,
-                "round_position": visit.position,
-                **predict.cfg_columns(params, predictor.layout),
-                **{c: result.get(c) for c in _RESULT_COLUMNS},
-                "pred_meta_total_mb": meta["meta_total_mb"],
-                "pred_meta_buffers_mb": meta["meta_buffers_mb"],
-                "pred_proj_total_mb": projected_mb,
-            }
-        )
-        label = f"{scenario} {name}".strip() + (" (warm-up)" if visit.is_warmup else "")
-        _progress(f"{i + 1}/{len(visits)} {label}: {_describe(result)}")
-    return rows
+        return {c: result.get(c) for c in _RESULT_COLUMNS}
+
+    return runner.run_trials(
+        "gpu",
+        visits,
+        one,
+        lambda _visit, row: _describe(row),
+        base=identity,
+        label=lambda arm: f"{arm[0]} {arm[1]}".strip(),
+    )
 
 
 def _describe(result: dict) -> str:
