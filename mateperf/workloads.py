@@ -6,11 +6,13 @@
   (random tokens, KV cache cleared first, decode calls with no sampling), after
   `bench_warm_up`, llama-bench's own warm-up: one prompt of the measured size, then one
   generated token, on the same context;
-- `expression_sequence`: the avatar's emotion beat, as commands for the bridge.
+- `expression_sequence`: the avatar's emotion beat, as commands for the bridge, and
+  `reply_emotion`: the emotion a reply's tag names (the beat the companion plays after it).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -167,10 +169,23 @@ def bench_warm_up(llm, pp_tokens: int, n_batch: int, rng: np.random.Generator) -
     bench_tg(llm, 1, rng)
 
 
-def expression_sequence(step: int) -> Iterator[tuple[str, dict]]:
-    """A realistic emotion beat: ramp one expression up, hold, blink, ramp down, reset."""
+# the tags the companion's system prompt asks for (mateperf.companion), as its avatar reads them
+EMOTION_TAG = re.compile(r"\[(happy|sad|surprised|thinking|angry|relaxed)\]", re.I)
+
+
+def reply_emotion(text: str) -> str:
+    """The emotion a reply's tag names, "relaxed" where it has none."""
+    tag = EMOTION_TAG.search(text)
+    return tag.group(1).lower() if tag else "relaxed"
+
+
+def expression_sequence(step: int, name: str | None = None) -> Iterator[tuple[str, dict]]:
+    """A realistic emotion beat: ramp one expression up, hold, blink, ramp down, reset.
+
+    `name`: the expression (a reply's emotion); by default one of five, by `step`.
+    """
     names = ("happy", "sad", "angry", "surprised", "relaxed")
-    name = names[step % len(names)]
+    name = name or names[step % len(names)]
     yield "set_transition_speed", {"speed": 2.0 + step % 3}
     for i in range(1, 6):
         yield "set_expression", {"name": name, "value": i / 5}

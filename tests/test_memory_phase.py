@@ -26,7 +26,7 @@ from mateperf.errors import ParameterError
 from mateperf.phases import memory
 from mateperf.phases.memory import verdict
 from mateperf.reports import memory as memory_report
-from mateperf.trackers import memory as tracker
+from mateperf.trackers import heap
 
 THRESHOLD = memory.MemoryParams().leak_threshold_mb_per_msg
 
@@ -472,8 +472,8 @@ def test_reading_a_frame_needs_no_instrument():
             bad = [i for i in imported if i.startswith(forbidden)]
             assert not bad, f"{name} imports {bad}"
     # the heap status strings verdict repeats for old runs are the tracker's own
-    assert verdict.HEAP_READ == tracker.HEAP_READ
-    assert verdict.HEAP_UNAVAILABLE == tracker.HEAP_UNAVAILABLE
+    assert verdict.HEAP_READ == heap.HEAP_READ
+    assert verdict.HEAP_UNAVAILABLE == heap.HEAP_UNAVAILABLE
 
 
 @pytest.mark.parametrize(

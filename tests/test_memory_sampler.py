@@ -10,16 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from mateperf.trackers.memory import (
-    HEAP_STATUS,
-    GpuReader,
-    MemorySampler,
-    heap_available,
-    malloc_trim,
-    mapped_file_rss_mb,
-    read_rss,
-    read_uss,
-)
+from mateperf.trackers.heap import HEAP_STATUS, heap_available, malloc_trim
+from mateperf.trackers.memory import GpuReader, MemorySampler
+from mateperf.trackers.process_memory import mapped_file_rss_mb, read_rss, read_uss
 
 
 def test_samples_at_the_interval_with_uss_less_often():

@@ -38,8 +38,8 @@ from mateperf.bridge.client import UnityBridge
 from mateperf.errors import ParameterError
 from mateperf.phases import ipc
 from mateperf.reports import cpu as cpu_report
-from mateperf.trackers import cpu
-from mateperf.trackers import memory as mem
+from mateperf.trackers import cpu, heap, process_memory
+from mateperf.trackers.memory import MemorySampler
 from mateperf.trackers.thread_rules import heuristics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,16 +347,16 @@ def _windows_memory(monkeypatch, tmp_path, shape=_WindowsMem):
             return _WindowsMem(info.rss, info.vms, 0, 0, info.rss, 0, 0, 0, 0, private, 0, private)
         return _MacMem(info.rss, info.vms, 0, 0)
 
-    monkeypatch.setattr(mem, "PROC_SELF", str(tmp_path / "no-proc"))
+    monkeypatch.setattr(process_memory, "PROC_SELF", str(tmp_path / "no-proc"))
     monkeypatch.setattr(psutil.Process, "memory_info", windows_memory_info)
-    monkeypatch.setattr(mem, "_MALLINFO2", None)
-    monkeypatch.setattr(mem, "HEAP_STATUS", mem.HEAP_UNAVAILABLE)
+    monkeypatch.setattr(heap, "_MALLINFO2", None)
+    monkeypatch.setattr(heap, "HEAP_STATUS", heap.HEAP_UNAVAILABLE)
 
 
 def test_memory_sampler_on_windows_reads_private_bytes(monkeypatch, tmp_path):
     _windows_memory(monkeypatch, tmp_path)
-    assert mem.rss_status() == mem.RSS_FROM_PRIVATE
-    with mem.MemorySampler(interval_ms=10, gpu=False) as sampler:
+    assert process_memory.rss_status() == process_memory.RSS_FROM_PRIVATE
+    with MemorySampler(interval_ms=10, gpu=False) as sampler:
         sampler.mark("before")
         block = np.ones(96 * MB, dtype=np.uint8)  # a known answer: 96 MiB of private pages
         sampler.mark("after")
@@ -368,18 +368,18 @@ def test_memory_sampler_on_windows_reads_private_bytes(monkeypatch, tmp_path):
     assert df["rss_anon_mb"].notna().all()
     # working set minus commit is no figure: NaN, and the stored status says why
     assert df["rss_file_mb"].isna().all()
-    assert "file-backed RSS unavailable on this OS" in mem.RSS_FROM_PRIVATE
+    assert "file-backed RSS unavailable on this OS" in process_memory.RSS_FROM_PRIVATE
     assert df["heap_used_mb"].isna().all()
-    assert set(df["rss_status"]) == {mem.RSS_FROM_PRIVATE}
-    assert set(df["heap_status"]) == {mem.HEAP_UNAVAILABLE}
-    assert "unavailable on this OS" in mem.HEAP_UNAVAILABLE
+    assert set(df["rss_status"]) == {process_memory.RSS_FROM_PRIVATE}
+    assert set(df["heap_status"]) == {heap.HEAP_UNAVAILABLE}
+    assert "unavailable on this OS" in heap.HEAP_UNAVAILABLE
 
 
 def test_memory_without_any_anonymous_source_says_so(monkeypatch, tmp_path):
     _windows_memory(monkeypatch, tmp_path, shape=_MacMem)
-    assert mem.rss_status() == mem.RSS_ANON_UNAVAILABLE
-    assert "unavailable on this OS" in mem.RSS_ANON_UNAVAILABLE
-    rss, anon, file_backed = mem.read_rss()
+    assert process_memory.rss_status() == process_memory.RSS_ANON_UNAVAILABLE
+    assert "unavailable on this OS" in process_memory.RSS_ANON_UNAVAILABLE
+    rss, anon, file_backed = process_memory.read_rss()
     assert rss > 0 and np.isnan(anon) and np.isnan(file_backed)
 
 

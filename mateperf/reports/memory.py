@@ -20,7 +20,7 @@ from mateperf.phases import memory  # noqa: E402
 from mateperf.reports.declaration import PhaseReport  # noqa: E402
 from mateperf.reports.format import fmt, fmt_ci, save_figure, table  # noqa: E402
 from mateperf.reports.overview import CLAIMS, summary_row  # noqa: E402
-from mateperf.trackers.memory import RSS_FROM_STATM  # noqa: E402
+from mateperf.trackers.process_memory import RSS_FROM_STATM  # noqa: E402
 
 METRIC_LABELS = {
     "heap_live_mb": "live heap",

@@ -29,14 +29,12 @@ Units: `_mb` columns are MiB (2**20 bytes), as nvidia-smi counts.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
-from mateperf.trackers.rows import RowBlocks
+from mateperf.trackers.sampler import Sampler
 
 MB = float(1 << 20)
 NO_GPU_PREFIX = "no NVIDIA GPU"
@@ -279,11 +277,14 @@ def inventory(nvml=None) -> dict:
             r.close()
 
 
-class GpuMonitor:
+class GpuMonitor(Sampler):
     """NVML readings of one device, sampled in a background thread, with VRAM alerts.
 
-    It reads through `NvmlDevice` (`nvml` is passed on to it).
+    It reads through `NvmlDevice` (`nvml` is passed on to it); the thread, schedule and rows
+    are the sampler base's (mateperf.trackers.sampler). Without a GPU no thread starts.
     """
+
+    thread_name = "gpu-monitor"
 
     def __init__(
         self,
@@ -295,24 +296,18 @@ class GpuMonitor:
         nvml=None,
         block_samples: int = 65536,
     ):
-        if not interval_ms > 0:
-            raise ValueError(f"interval_ms={interval_ms} must be positive")
+        super().__init__(interval_ms, SAMPLE_COLUMNS, block_samples)
         if budget_mb is not None and not budget_mb > 0:
             raise ValueError(f"budget_mb={budget_mb} must be positive (or None: the card)")
-        self.interval_ms = float(interval_ms)
         self.device_index = int(device_index)
         self.thresholds = thresholds or Thresholds()
         self.budget_mb = float(budget_mb) if budget_mb else None
         self.callbacks = list(callbacks or [])
-        self._rows = RowBlocks(len(SAMPLE_COLUMNS), block_samples)
         self._alerts: list[dict] = []
         self._markers: list[dict] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._t0_ns = time.perf_counter_ns()
         self._level = OK
         self.reader = NvmlDevice(device_index, nvml)
+        self.now_s()  # the clock starts here: readings before the first start() have a time
 
     @property
     def available(self) -> bool:
@@ -384,16 +379,18 @@ class GpuMonitor:
         return event
 
     # -- sampling ------------------------------------------------------------------------------
-    def now_s(self) -> float:
-        return (time.perf_counter_ns() - self._t0_ns) / 1e9
+    def can_sample(self) -> bool:
+        return self.available
+
+    def tick(self, now_ns: int) -> None:
+        self.sample_now()
 
     def sample_now(self) -> dict:
         """One reading with its time, recorded and checked against the thresholds."""
         t_s = self.now_s()
         reading = self.read()
         if self.available:
-            with self._lock:
-                self._rows.append([t_s, *(reading[c] for c in SAMPLE_COLUMNS[1:])])
+            self.record([t_s, *(reading[c] for c in SAMPLE_COLUMNS[1:])])
             self.check(reading, t_s)
         return {"t_s": t_s, **reading}
 
@@ -404,58 +401,14 @@ class GpuMonitor:
             self._markers.append(row)
         return row
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> GpuMonitor:
-        if self.running or not self.available:
-            return self  # without a GPU there is nothing to sample: no thread at all
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="gpu-monitor", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> GpuMonitor:
-        thread = self._thread
-        if thread is not None:
-            self._stop.set()
-            thread.join()
-            self._thread = None
-        return self
-
     def close(self) -> None:
         self.stop()
         self.reader.close()
 
-    def __enter__(self) -> GpuMonitor:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _loop(self) -> None:
-        interval_ns = int(self.interval_ms * 1e6)
-        next_ns = time.perf_counter_ns()
-        while not self._stop.is_set():
-            self.sample_now()
-            next_ns += interval_ns
-            now = time.perf_counter_ns()
-            if next_ns < now:  # after a stall skip the missed ticks rather than burst
-                next_ns = now + interval_ns - (now - next_ns) % interval_ns
-            self._stop.wait((next_ns - now) / 1e9)
-
     # -- results -------------------------------------------------------------------------------
-    @property
-    def n_samples(self) -> int:
-        with self._lock:
-            return len(self._rows)
-
     def samples(self) -> pd.DataFrame:
         """Every recorded reading, oldest first (empty without a GPU)."""
-        with self._lock:
-            data = self._rows.array()
-        df = pd.DataFrame(data, columns=SAMPLE_COLUMNS)
+        df = self.rows_frame()
         df["gpu_status"] = self.status
         return df
 
@@ -473,8 +426,7 @@ class GpuMonitor:
 
     def peak_used_mb(self, t_from: float, t_to: float) -> float:
         """Highest device-used reading between two times on this monitor's clock."""
-        with self._lock:
-            data = self._rows.array()
+        data = self.rows()
         if not len(data):
             return _nan()
         t, used = data[:, 0], data[:, 1]

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 
 from mateperf import companion, host, model, progress, recommend, results, runner, workloads
 from mateperf.companion_load import CompanionLoad
@@ -26,11 +22,12 @@ from mateperf.phases.final.params import (
 from mateperf.runner import Visit
 from mateperf.trackers import cpu as cpu_detect
 from mateperf.trackers.gpu import GpuMonitor
+from mateperf.trackers.peaks import PeakRss, PeakVram
+from mateperf.workloads import expression_sequence
 
 SCENARIO = "turn"
 ORIGINAL_THREADS = 6
 ORIGINAL_GPU_LAYERS = 35  # the companion's `balanced` GPU profile
-EMOTION_TAG = re.compile(r"\[(happy|sad|surprised|thinking|angry|relaxed)\]", re.I)
 
 
 @dataclass(frozen=True)
@@ -183,49 +180,10 @@ def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, Turn
 # --- one turn ---------------------------------------------------------------------------------
 
 
-class PeakRss:
-    """This process's peak RSS over a block, sampled every `interval_s` in a thread."""
-
-    def __init__(self, interval_s: float = 0.02):
-        self.interval_s = interval_s
-        self.peak_mb = math.nan
-        self._stop = threading.Event()
-        self._proc = psutil.Process()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._read()
-            self._stop.wait(self.interval_s)
-
-    def _read(self) -> None:
-        rss = self._proc.memory_info().rss / 2**20
-        self.peak_mb = rss if math.isnan(self.peak_mb) else max(self.peak_mb, rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="peak-rss")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._read()
-
-
-def beat(step: int, emotion: str | None = None) -> list[tuple[str, dict]]:
-    """One emotion beat's commands (the ipc phase's sequence), for `emotion` when known."""
-    commands = list(workloads.expression_sequence(step))
-    if emotion:
-        commands = [
-            (c, {**d, "name": emotion}) if c == "set_expression" else (c, d) for c, d in commands
-        ]
-    return commands
-
-
 LIVE_PEER = "live"  # the peer column of turns measured on an attached avatar
 
 
-def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram) -> dict:
+def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram: PeakVram) -> dict:
     config = model.LlamaConfig(
         model_path=str(path),
         n_ctx=p.n_ctx,
@@ -244,30 +202,30 @@ def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram
     load = CompanionLoad(
         "python" if attached else peer, p.fps, p.frame_busy, command_hz=0, avatar=attached
     )
-    with load as avatar, PeakRss() as rss:
-        vram.start_turn()
-        llm, load_s = model.load(config)
-        try:
-            warmup_ms = workloads.warm_up(llm, p.warmup_tokens, p.seed) if cfg.warmup else 0.0
-            beats = []
+    rss = PeakRss()
+    with load as avatar, rss.track():
+        with vram.track():
+            llm, load_s = model.load(config)
+            try:
+                warmup_ms = 0.0
+                if cfg.warmup:
+                    warmup_ms = workloads.warm_up(llm, p.warmup_tokens, p.seed)
+                beats = []
 
-            def on_chunk(index: int, text: str) -> None:
-                if index % p.beat_chunks == 0:
-                    beats.append(index)
-                    avatar.send_beat(beat(len(beats)), cfg.batching)
+                def on_chunk(index: int, text: str) -> None:
+                    if index % p.beat_chunks == 0:
+                        beats.append(index)
+                        avatar.send_beat(list(expression_sequence(len(beats))), cfg.batching)
 
-            with avatar.window() as window:
-                reply = workloads.stream_reply(
-                    llm, companion.chat_messages(user), p.max_tokens, p.seed, on_chunk
-                )
-                tag = EMOTION_TAG.search(reply["reply_text"])
-                avatar.send_beat(
-                    beat(len(beats) + 1, tag.group(1).lower() if tag else "relaxed"),
-                    cfg.batching,
-                )
-        finally:
-            model.close(llm)
-        peak_vram_mb = vram.end_turn()
+                with avatar.window() as window:
+                    reply = workloads.stream_reply(
+                        llm, companion.chat_messages(user), p.max_tokens, p.seed, on_chunk
+                    )
+                    emotion = workloads.reply_emotion(reply["reply_text"])
+                    beat = list(expression_sequence(len(beats) + 1, emotion))
+                    avatar.send_beat(beat, cfg.batching)
+            finally:
+                model.close(llm)
     figures = window.figures()
     return {
         "load_s": load_s,
@@ -289,36 +247,8 @@ def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram
         "frame_note": figures["frame_note"],
         "cmd_errors": figures["cmd_errors"],
         "peak_rss_mb": rss.peak_mb,
-        "peak_vram_mb": peak_vram_mb,
+        "peak_vram_mb": vram.peak_mb,
     }
-
-
-class VramWatch:
-    """Peak VRAM of this process per turn where NVML sees a GPU; NaN and a reason otherwise."""
-
-    def __init__(self):
-        self.monitor = GpuMonitor(interval_ms=50)
-        self.status = self.monitor.status
-        self.available = self.monitor.available
-
-    def start_turn(self) -> None:
-        if self.available:
-            self.monitor.start()
-
-    def end_turn(self) -> float:
-        if not self.available:
-            return math.nan
-        self.monitor.stop()
-        samples = self.monitor.samples()
-        if samples.empty:
-            return math.nan
-        # this process's VRAM where NVML can attribute it (not inside a container), else the
-        # device's used VRAM (nothing else runs on a benchmark machine)
-        own = samples["vram_process_mb"].max()
-        return float(own if own > 0 else samples["vram_used_mb"].max())
-
-    def close(self) -> None:
-        self.monitor.close()
 
 
 # --- the phase --------------------------------------------------------------------------------
@@ -357,7 +287,7 @@ def run(**values) -> pd.DataFrame:
         user = companion.USER_TURNS[max(v.round, 0) % len(companion.USER_TURNS)]
         return turn(configs[arm], p, path, peer, user, vram)
 
-    vram = VramWatch()
+    vram = PeakVram()
     try:
         rows = runner.run_trials(
             "final", order, one, _figures, base=identity, label=lambda a: f"{a[0]} ({a[1]})"

@@ -15,7 +15,9 @@ import pandas as pd
 from mateperf import companion, model, progress
 from mateperf.metrics import WARMUP_FLAG
 from mateperf.phases.memory.params import MemoryParams
-from mateperf.trackers.memory import MemorySampler, malloc_trim, mapped_file_rss_mb
+from mateperf.trackers.heap import malloc_trim
+from mateperf.trackers.memory import MemorySampler
+from mateperf.trackers.process_memory import mapped_file_rss_mb
 
 # The companion's persona prompt and history handling come from mateperf.companion (shared by
 # every model phase). The turns here vary more in length than companion.USER_TURNS (from "lol" to

@@ -33,7 +33,7 @@ LEAK = "leak"
 BOUNDED = "bounded"
 FLAT = "flat"
 INCONCLUSIVE = "inconclusive"
-# heap_status as mateperf.trackers.memory stores it (HEAP_READ, HEAP_UNAVAILABLE), for runs
+# heap_status as mateperf.trackers.heap states it (HEAP_READ, HEAP_UNAVAILABLE), for runs
 # stored before the column was: repeated, not imported, so that reading a frame needs no
 # instrument; tests/test_memory_phase.py holds the two equal.
 HEAP_READ = "heap in use from glibc mallinfo2"
