@@ -7,7 +7,12 @@ C# core under Mono) spinning on its main thread for `frame_busy` of every frame,
 here sending emotion commands at `command_hz` and waiting for their completion acks.
 
 A measurement window (`window()`) says what the peer achieved meanwhile: its frame intervals
-(does the model's threading make the avatar stutter?) and the commands' round trips.
+(does the model's threading make the avatar stutter?), the commands' round trips, and what the
+stand-in really cost: how late its 1 ms sleeps end (`timer_overshoot_us`, and the
+`timer_resolution` it got), the share of the window its main thread was awake
+(`peer_awake_share`) and the CPU its process got (`peer_busy_share`): where the overshoot is
+comparable to the frame, the peer yields through every frame and the load is about a whole core,
+whatever `frame_busy` says (mateperf/avatar_pacing.py).
 
 Attached (`avatar="HOST:PORT"`): no peer is spawned; the load runs against an avatar that is
 already running (mateperf.bridge.attach), its frame figures come from that avatar's own
@@ -28,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 
 from mateperf.avatar import AvatarIdentity, AvatarUnreachable
 from mateperf.bridge.attach import AvatarLost, connect_avatar, leave_as_found, open_bridge
@@ -56,6 +62,12 @@ class WindowResult:
     cpu_main_ms: list[float] = field(default_factory=list)
     gpu_ms: list[float] = field(default_factory=list)
     note: str = ""  # why a frame figure is missing ("" when none is)
+    timer_overshoot_us: float = float("nan")  # the peer's measured 1 ms sleep overshoot
+    timer_resolution: str = ""  # what the peer got when it asked for a 1 ms timer
+    peer_busy_share: float = float("nan")  # the peer process's CPU time / the window's time
+    # the share of the window its main thread was not asleep (working, spinning or yielding):
+    # the core it asks for, whatever a loaded host gives it (NaN where the peer does not say)
+    peer_awake_share: float = float("nan")
 
     def figures(self) -> dict:
         """Per-window statistics: one value per trial for the phase's table."""
@@ -83,6 +95,10 @@ class WindowResult:
             "cmd_errors": self.command_errors,
             "beat_ms": q(np.asarray(self.beat_ms, float), 50),
             "beats": len(self.beat_ms),
+            "timer_overshoot_us": self.timer_overshoot_us,
+            "timer_resolution": self.timer_resolution,
+            "peer_busy_share": self.peer_busy_share,
+            "peer_awake_share": self.peer_awake_share,
         }
 
 
@@ -259,17 +275,53 @@ class CompanionLoad:
         self._take_commands()
         self._take_beats()
         result = WindowResult()
+        cpu_start_s, wall_start_s = self._peer_cpu_s(), time.perf_counter()
+        start = self._bridge_state()
         try:
             yield result
         finally:
             self.drain_beats()
             stats = self._query_frames()
             self._check_connected()
+            cpu_s, wall_s = self._peer_cpu_s() - cpu_start_s, time.perf_counter() - wall_start_s
+            result.peer_busy_share = cpu_s / wall_s if wall_s > 0 else float("nan")
+            bridge = self._bridge_state()
+            result.peer_awake_share = _awake_share(start, bridge)
+            overshoot = bridge.get("timer_overshoot_us")
+            result.timer_overshoot_us = float("nan") if overshoot is None else float(overshoot)
+            result.timer_resolution = str(bridge.get("timer_resolution") or "")
             rtts, errors = self._take_commands()
             result.beat_ms = self._take_beats()
             _fill_frames(result, stats, self.identity)
             result.command_rtt_ms = rtts
             result.command_errors = errors
+
+    def _bridge_state(self) -> dict:
+        """The peer's `stats` bridge state (its timer, its main thread's sleep); {} from an
+        avatar that answers no queries (the companion's legacy bridge)."""
+        if not self._frame_stats:
+            return {}
+        return self._stats.stats().get("bridge", {})
+
+    def _peer_cpu_s(self) -> float:
+        """The peer process's CPU time so far (user + system), NaN where it cannot be read."""
+        try:
+            times = psutil.Process(self._proc.proc.pid).cpu_times()
+        except (psutil.Error, AttributeError):
+            return float("nan")
+        return times.user + times.system
+
+
+def _awake_share(start: dict, end: dict) -> float:
+    """1 - the main thread's time asleep over the peer's clock between two stats replies."""
+    if None in (start.get("main_slept_s"), end.get("main_slept_s"), start.get("clock_s")):
+        return float("nan")
+    clock_s = end["clock_s"] - start["clock_s"]
+    return (
+        1.0 - (end["main_slept_s"] - start["main_slept_s"]) / clock_s
+        if clock_s > 0
+        else float("nan")
+    )
 
 
 def _fill_frames(result: WindowResult, stats: dict, identity: AvatarIdentity | None) -> None:

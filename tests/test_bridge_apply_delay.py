@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mateperf.bridge.client import UnityBridge
+from mateperf.bridge.pacing import SIMULATED_TIMER_ENV, SIMULATED_TIMER_FIXED_ENV
 from mateperf.bridge.process import start_peer
 
 DELAY_MS = 5.0
@@ -68,3 +69,30 @@ def test_a_negative_apply_delay_is_refused(kind, built_csharp_or_none):
 @pytest.fixture
 def built_csharp_or_none(kind, request):
     return request.getfixturevalue("built_csharp") if kind == "csharp" else None
+
+
+@pytest.mark.parametrize("fixed", ["1", "0"], ids=["timer-refused", "timer-1ms"])
+def test_the_apply_delay_holds_on_a_simulated_windows_timer(fixed):
+    """Windows' 15.6 ms timer, simulated for the Python peer (a test double of the OS sleep and
+    of timeBeginPeriod, see tests/test_bridge_pacing.py: a fault injection, Windows' timer cannot
+    be had here): a plain sleep of 5 ms would end on the next 15.6 ms tick, so the known answer
+    would read ~15.6 ms. Held by the pacer, it stays 5 ms whether the 1 ms timer is granted."""
+    env = {SIMULATED_TIMER_ENV: "15.625", SIMULATED_TIMER_FIXED_ENV: fixed}
+    with (
+        start_peer("python", fps=0, env=env) as plain_peer,
+        start_peer("python", fps=0, apply_delay_ms=DELAY_MS, env=env) as slow_peer,
+        UnityBridge(port=plain_peer.port) as plain,
+        UnityBridge(port=slow_peer.port) as slow,
+    ):
+        for _ in range(5):
+            plain.request(*SET)
+            slow.request(*SET)
+        base, delayed = [], []
+        for _ in range(30):
+            base.append(plain.request(*SET).rtt_ns / 1e6)
+            delayed.append(slow.request(*SET).rtt_ns / 1e6)
+        state = slow.stats()["bridge"]
+    rise = statistics.median(delayed) - statistics.median(base)
+    print(f"timer {state['timer_resolution']}: rise {rise:.2f} ms for {DELAY_MS:g} ms")
+    assert state["timer_resolution"].startswith("unavailable" if fixed == "1" else "1 ms")
+    assert 4.0 <= rise <= 9.0, (rise, base, delayed)

@@ -141,6 +141,7 @@ LAYERS = (
             "llama_features",
             "companion",
             "avatar",
+            "avatar_pacing",
         ),
     ),
     (

@@ -27,9 +27,10 @@ under the same rules as the C# core (unity/Runtime/Core/BridgeServer.cs):
 - state is bounded: duplicate ids are detected over the last ``id_window`` ids of a
   connection, closed connections are pruned, a failing accept backs off.
 
-Paced frames (``fps`` > 0) are timed by ``FramePacer`` (mateperf/bridge/pacing.py): sleep to a
-measured tail before the deadline, yield through the tail, so the rate holds where the OS timer
-is coarse (Windows with Python 3.10). The measured sleep overshoot and the tail are in ``stats``.
+Paced frames (``fps`` > 0) are timed by ``FramePacer`` (mateperf/bridge/pacing.py): a 1 ms timer
+asked of Windows while the peer runs, then sleep to a measured tail before the deadline and yield
+through the tail, so the rate holds where the OS timer is coarse (Windows with Python 3.10). The
+measured sleep overshoot, the tail and the timer resolution are in ``stats``.
 
 ``frame_busy`` (``--frame-busy``, a share of the frame period in [0, 1)) stands in for Unity's own
 work on its main thread: after each paced frame's tick the main thread busy-spins that share of
@@ -108,7 +109,10 @@ class FramePacedPeer:
     def _apply_command(self, command: str, data: dict) -> None:
         self.avatar.apply(command, data)
         if self.apply_delay_s:
-            time.sleep(self.apply_delay_s)
+            if self.pacer is not None:  # made for an apply delay: held to the µs, not to the
+                self.pacer.hold(self.apply_delay_s)  # timer's next tick (15.6 ms on Windows)
+            else:
+                time.sleep(self.apply_delay_s)
 
     def _bridge_state(self) -> dict:
         connections = self._intake.connections()
@@ -127,9 +131,15 @@ class FramePacedPeer:
             "queued_bytes": sum(q[1] for q in queued),
             "max_queued_requests": self.config.max_queued_requests,
             "max_queued_bytes": self.config.max_queued_bytes,
-            # paced frames: how late a 1 ms sleep ends here (median) and the yielding tail
+            # paced frames: how late a 1 ms sleep ends here (median), the yielding tail, and
+            # the timer resolution asked for (pacing.TimerResolution)
             "timer_overshoot_us": pacer.overshoot_median_ns / 1e3 if pacer else None,
             "spin_tail_us": pacer.spin_tail_ns / 1e3 if pacer else None,
+            "timer_resolution": pacer.resolution.status if pacer else None,
+            # the main thread's time asleep so far, on the peer's clock: a window's awake
+            # share is 1 - its difference over the clock's
+            "main_slept_s": pacer.slept_ns / 1e9 if pacer else None,
+            "clock_s": time.perf_counter(),
         }
 
     def _run(self, request: Request) -> dict[str, Any]:
@@ -268,7 +278,15 @@ class FramePacedPeer:
         """Run the main loop until `stop`; then close the frame log (its last lines written)."""
         self._intake.start()
         try:
-            self._loop()
+            if self.fps == 0 and not self.apply_delay_s:
+                self._loop()
+                return
+            # paced frames, or an apply delay held as exactly as a frame: a fine timer, measured
+            tail_us = self.config.spin_tail_us
+            tail_ns = None if tail_us is None else int(tail_us * 1e3)
+            with FramePacer(tail_ns, who="mateperf-python peer") as pacer:
+                self.pacer = pacer
+                self._loop()
         finally:
             self.close_frame_log()
 
@@ -284,9 +302,8 @@ class FramePacedPeer:
                     continue
                 self.tick(first=item)
             return
-        tail_us = self.config.spin_tail_us
-        tail_ns = None if tail_us is None else int(tail_us * 1e3)
-        self.pacer = pacer = FramePacer(tail_ns)
+        pacer = self.pacer
+        assert pacer is not None  # serve_forever made it
         period_ns = int(1e9 / self.fps)
         busy_ns = int(self.frame_busy * period_ns)
         next_frame = time.perf_counter_ns()

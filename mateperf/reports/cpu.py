@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, recommend, stats
+from mateperf import avatar_pacing, metrics, recommend, stats
 from mateperf.phases import cpu
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, repetition_note, save_figure, table
@@ -191,6 +191,32 @@ def _flips(d: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("–")
 
 
+def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
+    """The avatar stand-in's pacing per load, beside its frame figures: the timer overshoot it
+    measured, the share of a core its process used, and whether pacing held (avatar_pacing)."""
+    rows = d[d["background"] == "companion"]
+    if avatar_pacing.OVERSHOOT not in rows.columns or rows[avatar_pacing.OVERSHOOT].isna().all():
+        return []
+    table_rows, sentences = [], []
+    for busy, sub in rows.groupby("frame_busy", sort=True):
+        s = avatar_pacing.summary(sub, fps, float(busy))
+        table_rows.append(
+            {
+                "load": recommend.condition_label("companion", float(busy)),
+                "frame p50 ms": fmt(_median_at(sub, "frame_p50_ms")),
+                "frame p99 ms": fmt(_median_at(sub, "frame_p99_ms")),
+                "timer overshoot µs": fmt(s[avatar_pacing.OVERSHOOT], 0),
+                "peer main thread awake": fmt(s[avatar_pacing.AWAKE_SHARE], 2),
+                "peer CPU (cores)": fmt(s[avatar_pacing.BUSY_SHARE], 2),
+                "timer resolution": s[avatar_pacing.RESOLUTION] or "–",
+                "pacing": "holds" if s["holds"] else "cannot hold",
+            }
+        )
+        if not s["holds"] or not sentences:
+            sentences.append(avatar_pacing.sentence(s))
+    return [table(pd.DataFrame(table_rows)), "", *[f"- {t}" for t in sentences if t], ""]
+
+
 def _band(sub: pd.DataFrame, by: str, metric: str):
     xs, med, lo, hi = [], [], [], []
     for x, g in sub.groupby(by, sort=True):
@@ -329,6 +355,11 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         table(_flips(d)),
         "",
+        *(
+            ["### The avatar stand-in's pacing", "", *pacing]
+            if (pacing := _pacing(d, float(params.get("fps") or 60.0)))
+            else []
+        ),
         _plot_threads(d, rec, plots_dir, md_dir),
         "",
     ]

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, stats
+from mateperf import avatar_pacing, metrics, stats
 from mateperf.phases import final
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
@@ -131,6 +131,15 @@ def _plot_forest(ab: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
     return save_figure(fig, plots_dir, "final_vs_baseline", md_dir, "each arm against baseline")
 
 
+def _pacing(d: pd.DataFrame, params: dict) -> list[str]:
+    """The avatar stand-in's timer and CPU beside the frame figures (avatar_pacing)."""
+    s = avatar_pacing.summary(
+        d, float(params.get("fps") or 0), float(params.get("frame_busy", float("nan")))
+    )
+    line = avatar_pacing.sentence(s)
+    return [line, ""] if line else []
+
+
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     d = metrics.completed(df)
     params = info.get("params", {})
@@ -159,6 +168,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         table(_settings(df)),
         "",
+        *_pacing(d, params),
         "### Every arm (median [95% CI] over turns)",
         "",
         table(_medians(d)),

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mateperf import metrics  # noqa: E402
+from mateperf import avatar_pacing, metrics  # noqa: E402
 from mateperf.phases.ipc import analyse  # noqa: E402
 from mateperf.phases.ipc.rows import NON_READING_COMMANDS_PER_FRAME  # noqa: E402
 from mateperf.reports.declaration import PhaseReport  # noqa: E402
@@ -361,6 +361,11 @@ def _failed(failed: pd.DataFrame) -> list[str]:
     return [f"{len(failed)} trial(s) failed and are left out:", "", *lines, ""]
 
 
+def _pacing_of(df: pd.DataFrame, params: dict) -> dict:
+    """The paced peer's timer (stored per trial since the overshoot was recorded)."""
+    return avatar_pacing.summary(df, float(params.get("fps") or 0))
+
+
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     """The phase 3 markdown section; plots go to ``plots_dir`` as ipc_*.png."""
     df = _one_run(df)
@@ -405,6 +410,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "ratio compares per-trial values (`stats.compare`). A target is met or missed only "
         "when the ratio's whole 95% CI lies on one side of it; otherwise it is unclear.",
         "",
+        *([pacing, ""] if (pacing := avatar_pacing.sentence(_pacing_of(df, params))) else []),
         *_failed(analyse.failed_trials(df)),
         "### Headline",
         "",

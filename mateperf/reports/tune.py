@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from mateperf import avatar_pacing
 from mateperf.reports.format import fmt, fmt_p, save_figure, table
 from mateperf.tune.space import Setting
 
@@ -122,6 +123,10 @@ def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> s
         table(_profiles_table(rec)),
         "",
     ]
+    if rec.get("avatar_pacing"):  # tune runs from before the overshoot was recorded have none
+        idle = {k: float("nan") if v is None else v for k, v in rec["avatar_pacing"].items()}
+        if line := avatar_pacing.sentence(idle):
+            lines += [f"{line} (the avatar alone, before the race)", ""]
     notes = [f"- {n}: {e['note']}" for n, e in rec["profiles"].items() if e.get("note")]
     if notes:
         lines += ["**Frame budget not kept by the pick's confirmation trials:**", "", *notes, ""]

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import avatar as avatar_mod
-from mateperf import model, progress, runner, stats, workloads
+from mateperf import avatar_pacing, model, progress, runner, stats, workloads
 from mateperf.errors import RunAborted
 from mateperf.gpu import calibration, estimate, profiles
 from mateperf.host import usable_cpus
@@ -213,6 +213,9 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
             f"{p.frame_slack_ms:g}); the avatar alone, no model: frame p99 "
             f"{idle[CONSTRAINT]:.2f} ms over {idle['frames']} frames"
         )
+        pacing = avatar_pacing.summary(pd.DataFrame([idle]), fps, p.frame_busy)
+        if not pacing["holds"]:
+            say(f"WARNING: {avatar_pacing.sentence(pacing)}".replace("**", ""))
         if idle[CONSTRAINT] > budget_ms:
             say(
                 "WARNING: even with no model running the avatar's frame p99 is over the budget: "
@@ -249,6 +252,8 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         "constraint": constraint,
         "avatar": identity.as_dict() if identity is not None else None,
         "avatar_unavailable": _unavailable(idle, identity),
+        # the avatar stand-in's timer and CPU, alone (avatar_pacing: did its pacing hold?)
+        "avatar_pacing": {k: _num(v) if isinstance(v, float) else v for k, v in pacing.items()},
         "reply_tokens": p.reply_tokens,
         "vram_budget_mb": budget,
         "vram_basis": basis,

@@ -100,7 +100,7 @@ def _trial(p: IpcParams, chosen: list[str], trial: int) -> list[dict]:
             except Exception as exc:
                 raise ScenarioFailed(scenario, exc) from exc
         lab.check_counters()
-    return rows
+    return [{**row, **lab.pacing} for row in rows]
 
 
 def _frame(
@@ -122,4 +122,7 @@ def _frame(
     for col in (*METRICS, *REQUEST_FIELDS):
         df[col] = df[col].astype(float) if col in df else np.nan
     df["command"] = df["command"].fillna("") if "command" in df else ""
+    for col, empty in (("timer_overshoot_us", np.nan), ("timer_resolution", "")):
+        df[col] = df[col].fillna(empty) if col in df else empty
+    df["timer_overshoot_us"] = df["timer_overshoot_us"].astype(float)
     return df[list(COLUMNS)]

@@ -47,5 +47,7 @@ COLUMNS = (
     "pin_cpu",
     "apply_delay_ms",
     "skipped",  # an attached run: the scenarios it left out and why ("" otherwise)
+    "timer_overshoot_us",  # the paced peer's 1 ms sleep overshoot and timer (avatar_pacing)
+    "timer_resolution",
     "error",
 )

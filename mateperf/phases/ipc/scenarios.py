@@ -162,6 +162,8 @@ class Lab:
         self.legacy_peer = stack.enter_context(
             start_peer(p.peer, fps=self.fps, legacy=True, apply_delay_ms=p.apply_delay_ms)
         )
+        # what the paced peer's timer did (avatar_pacing's columns), read before it stops
+        self.pacing: dict = {"timer_overshoot_us": float("nan"), "timer_resolution": ""}
 
     @property
     def attached(self) -> bool:
@@ -172,6 +174,13 @@ class Lab:
         A live avatar's counters count every client it has: not ours to check."""
         for fps, proc in self.peers.items():
             bridge = self.bridges[fps]
+            if fps == self.fps:
+                state = bridge.stats()["bridge"]
+                overshoot = state.get("timer_overshoot_us")
+                self.pacing = {
+                    "timer_overshoot_us": float("nan") if overshoot is None else float(overshoot),
+                    "timer_resolution": str(state.get("timer_resolution") or ""),
+                }
             client = bridge.counters.as_dict()
             bridge.close()
             peer = proc.stop()
