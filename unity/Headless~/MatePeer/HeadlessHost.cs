@@ -9,6 +9,8 @@
 // --max-queued-requests N, --max-queued-bytes N: the incoming bound per connection.
 // --spin-tail-us US: paced frames yield through the last US µs before each frame instead of
 // sleeping (default: measured at start from how late Thread.Sleep(1) ends, see FramePacer).
+// On Windows the host asks for a 1 ms timer while it runs (WindowsTimer: timeBeginPeriod), and
+// says so in one line where it is refused; stats reports timer_resolution and main_slept_s.
 // --frame-log PATH: append every completed frame to PATH as CSV `frame,interval_us,tick_us`
 // (FrameLogFile: written off the main thread), the frames frame_stats reports, numbered alike.
 // The identity query answers peer "mateperf-headless", the pacing target as target_fps, and no
@@ -21,6 +23,7 @@ using System.Globalization;
 using System.IO;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Threading;
 using MatePerf.Bridge;
 using Newtonsoft.Json.Linq;
@@ -145,6 +148,8 @@ public static class HeadlessHost
         Console.Out.WriteLine(new JObject { ["event"] = "listening", ["peer"] = "csharp", ["port"] = server.Port }.ToString(Newtonsoft.Json.Formatting.None));
         Console.Out.Flush();
 
+        // Paced frames and the apply delay sleep: ask Windows for a 1 ms timer while we run.
+        bool timerAsked = (fps > 0 || applyDelayMs > 0) && WindowsTimer.Begin(server);
         if (fps <= 0)
         {
             while (!stop.IsSet)
@@ -157,6 +162,10 @@ public static class HeadlessHost
             var pacer = FramePacer.Measure(spinTailUs >= 0 ? spinTailUs : (double?)null);
             server.TimerOvershootMicros = pacer.OvershootMedianMicros;
             server.SpinTailMicros = pacer.SpinTailMicros;
+            if (server.TimerResolution != null && server.TimerResolution.StartsWith("unavailable", StringComparison.Ordinal))
+                server.Log("timer resolution " + server.TimerResolution + "; paced frames fall back to yielding through the last "
+                           + (pacer.SpinTailMicros / 1000).ToString("0.0", CultureInfo.InvariantCulture)
+                           + " ms of each frame, which keeps the main thread busy for most of every frame");
             long periodTicks = (long)(Stopwatch.Frequency / fps);
             long busyTicks = (long)(periodTicks * frameBusy);
             long next = Stopwatch.GetTimestamp();
@@ -164,6 +173,7 @@ public static class HeadlessHost
             {
                 long now = Stopwatch.GetTimestamp();
                 pacer.WaitUntil(next);
+                server.MainSleptSeconds = pacer.SleptSeconds;
                 next += periodTicks;
                 if (next < now) next = now + periodTicks;  // fell behind: skip, do not burst
                 server.Tick();
@@ -171,6 +181,7 @@ public static class HeadlessHost
                 if (busyTicks > 0) BusySpin(busyTicks);
             }
         }
+        if (timerAsked) WindowsTimer.End();
         server.Dispose();
         if (frameLog != null) frameLog.Dispose();
         Console.Out.WriteLine(new JObject { ["event"] = "stopped", ["counters"] = server.Counters.ToJson(), ["frames"] = server.Frame }.ToString(Newtonsoft.Json.Formatting.None));
@@ -242,11 +253,57 @@ sealed class FramePacer
         return sorted[Math.Max(0, (int)Math.Ceiling(quantile * sorted.Length) - 1)];
     }
 
+    long sleptTicks;  // main thread: its time inside Thread.Sleep so far
+
+    public double SleptSeconds { get { return (double)sleptTicks / Stopwatch.Frequency; } }
+
     public void WaitUntil(long deadline)
     {
-        long left = deadline - Stopwatch.GetTimestamp() - tailTicks;
+        long start = Stopwatch.GetTimestamp();
+        long left = deadline - start - tailTicks;
         long sleepMs = left * 1000 / Stopwatch.Frequency;  // whole ms: Thread.Sleep's unit
-        if (sleepMs > 0) Thread.Sleep((int)sleepMs);
+        if (sleepMs > 0)
+        {
+            Thread.Sleep((int)sleepMs);
+            sleptTicks += Stopwatch.GetTimestamp() - start;
+        }
         while (Stopwatch.GetTimestamp() < deadline) Thread.Yield();
     }
+}
+
+/// Windows' timer resolution for the life of the peer: timeBeginPeriod(1) from winmm, as
+/// Unity's player, browsers and media players ask for it, so that Thread.Sleep ends within about
+/// a millisecond instead of on the 15.6 ms system tick; timeEndPeriod(1) at exit. Elsewhere
+/// sleeps already end within µs and nothing is asked. The status goes to the stats reply.
+static class WindowsTimer
+{
+    const uint PeriodMs = 1, TimerrNoError = 0;
+
+    [DllImport("winmm.dll")] static extern uint timeBeginPeriod(uint uPeriod);
+    [DllImport("winmm.dll")] static extern uint timeEndPeriod(uint uPeriod);
+
+    /// True when the period was set (End must then be called).
+    public static bool Begin(BridgeServer server)
+    {
+        if (Environment.OSVersion.Platform != PlatformID.Win32NT)
+        {
+            server.TimerResolution = "not needed on this OS (sleeps end within µs)";
+            return false;
+        }
+        try
+        {
+            uint answer = timeBeginPeriod(PeriodMs);
+            server.TimerResolution = answer == TimerrNoError
+                ? "1 ms (timeBeginPeriod)"
+                : "unavailable: timeBeginPeriod(1) answered " + answer.ToString(CultureInfo.InvariantCulture);
+            return answer == TimerrNoError;
+        }
+        catch (Exception e) when (e is DllNotFoundException || e is EntryPointNotFoundException)
+        {
+            server.TimerResolution = "unavailable: winmm cannot be loaded (" + e.Message + ")";
+            return false;
+        }
+    }
+
+    public static void End() { timeEndPeriod(PeriodMs); }
 }

@@ -111,6 +111,11 @@ namespace MatePerf.Bridge
         /// (median, µs) and the tail it yields through before each frame. Null in Unity, whose
         /// player loop paces the frames.
         public double? TimerOvershootMicros, SpinTailMicros;
+        /// Set by such a host too: the timer resolution it asked the OS for ("1 ms
+        /// (timeBeginPeriod)", "unavailable: ...", "not needed on this OS"), and its main
+        /// thread's time asleep so far (s), so a client can tell the share it was awake.
+        public string TimerResolution;
+        public double? MainSleptSeconds;
         /// The frame budget: commands (a batch counts its commands) and µs of Tick; 0: no limit.
         public int MaxCommandsPerFrame;
         public double MaxTickMicros;
@@ -464,6 +469,9 @@ namespace MatePerf.Bridge
                 ["max_queued_bytes"] = MaxQueuedBytes,
                 ["timer_overshoot_us"] = TimerOvershootMicros,
                 ["spin_tail_us"] = SpinTailMicros,
+                ["timer_resolution"] = TimerResolution,
+                ["main_slept_s"] = MainSleptSeconds,
+                ["clock_s"] = (double)Stopwatch.GetTimestamp() / Stopwatch.Frequency,
             };
         }
 
