@@ -40,9 +40,8 @@ from mateperf.bridge.attach import AvatarLost, connect_avatar, leave_as_found, o
 from mateperf.bridge.client import BridgeDisconnected, BridgeError, UnityBridge
 from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.process import start_peer
+from mateperf.params import BACKGROUNDS
 from mateperf.workloads import expression_sequence  # the emotion beat
-
-BACKGROUNDS = ("idle", "companion")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Compare two runs of a phase: rows matched on what the user asked for, a verdict per metric.
+"""Compare two runs of a phase, or a sweep's points with its best: a verdict per metric.
 
 Like llama.cpp's compare-llama-bench.py, rows are matched on what identifies a test (the
 phase's declared identity columns, and any parameter that varies inside a run, such as a
@@ -11,6 +11,8 @@ value per trial; a run-level metric has one value per run, so two single runs ge
 ("not tested") and replicated runs (a sweep's rounds) do. Warm-up rows never count. Counts at
 which the rank test cannot reach the 5% level whatever the data (2+2, 3+3) are not tested either,
 and the verdict says what a test needs (stats.too_few_verdict).
+
+This module computes; `mateperf.reports.compare` formats its tables.
 """
 
 from __future__ import annotations
@@ -178,43 +180,86 @@ def called_different(table: pd.DataFrame) -> tuple[int, int, int]:
     return different, tested, untested
 
 
-def _untested_note(table: pd.DataFrame) -> str:
-    """Why the untested rows were not tested, and what would test them."""
-    one = int((table["verdict"] == stats.NOT_TESTED).sum())
-    few = int(table["verdict"].astype(str).str.startswith(stats.TOO_FEW).sum())
-    parts = []
-    if one:
-        parts.append(f"{one} not tested: one replicate per run (replicate with a sweep).")
-    if few:
-        k = stats.rank_test_min_n()
-        parts.append(
-            f"{few} not tested: too few trials for a rank test to reach the 5% level "
-            f"(it needs {k}+{k}; run more trials or rounds)."
+# --- a sweep's points -----------------------------------------------------------------------
+
+
+def _points(rows: pd.DataFrame, swept: list[str]):
+    for key, group in rows.groupby(swept, sort=True, dropna=False):
+        yield dict(zip(swept, key if isinstance(key, tuple) else (key,), strict=True)), group
+
+
+def metric_by_point(rows: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame:
+    """Median of the per-trial values of `metric` and its 95% CI for each swept combination.
+
+    Each trial (each round's trial) counts once: a request-level metric enters through its
+    per-trial median, so requests of one trial are never pooled as independent.
+    """
+    decl = metrics.find(metric)
+    out = []
+    for key, group in _points(rows, swept):
+        s = stats.summarize(trial_values(group, decl, "median"))
+        out.append({**key, **s})
+    return pd.DataFrame(out)
+
+
+def against_best(
+    rows: pd.DataFrame, swept: list[str], metric: str, summary: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The best point by median, and every other point's ratio to it with the compare verdict.
+
+    The same test as `mateperf compare`: per-trial values, ratio of medians with a bootstrap
+    CI, Mann–Whitney across trials; verdict words say how the point does against the best.
+    """
+    decl = metrics.find(metric)
+    if summary is None:
+        summary = metric_by_point(rows, swept, metric)
+    if summary.empty or summary["median"].isna().all():
+        return pd.DataFrame()
+    best = summary["median"].idxmax() if decl.higher_is_better else summary["median"].idxmin()
+    best_key = {p: summary.at[best, p] for p in swept}
+    groups = list(_points(rows, swept))
+    best_rows = next(g for k, g in groups if k == best_key)
+    out = []
+    for key, group in groups:
+        r = compare_metric(best_rows, group, decl, "median")
+        is_best = key == best_key
+        out.append(
+            {
+                **key,
+                "median": r.median_b,
+                "ratio_to_best": r.ratio,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "p": r.p_value,
+                "verdict": "best" if is_best else r.verdict,
+                "n": r.n_b,
+            }
         )
-    return " ".join(parts)
+    return pd.DataFrame(out)
 
 
-def format_comparison(table: pd.DataFrame, run_a: str, run_b: str) -> str:
-    from mateperf.reports.format import fmt, fmt_ci, fmt_p
+def run_level_specs(phase: str, df: pd.DataFrame, swept: list[str]) -> list:
+    """(label, rows, metric) for the phase's run-level metrics, one row per point and round.
 
-    if table.empty:
-        return f"A = {run_a}, B = {run_b}: nothing to compare"
-    shown = table.copy()
-    for col in shown.columns[: list(shown.columns).index("metric")]:
-        shown[col] = shown[col].fillna("")
-    shown["A"] = [fmt(v, 2) for v in table["A"]]
-    shown["B"] = [fmt(v, 2) for v in table["B"]]
-    shown["B/A [95% CI]"] = [
-        fmt_ci(r["B/A"], r["ci_low"], r["ci_high"], 3) for _, r in table.iterrows()
-    ]
-    shown["p"] = [fmt_p(p) for p in table["p"]]
-    shown = shown.drop(columns=["B/A", "ci_low", "ci_high"])
-    cols = [c for c in shown.columns if c not in ("verdict", "n")] + ["verdict", "n"]
-    different, tested, untested = called_different(table)
-    footer = (
-        f"\n\n{different} of {tested} tested comparisons called different at the 5% level "
-        "(Mann–Whitney across trials and a ratio CI excluding 1); n counts trials."
-    )
-    if untested:
-        footer += " " + _untested_note(table)
-    return f"A = `{run_a}`, B = `{run_b}`\n\n" + shown[cols].to_markdown(index=False) + footer
+    A memory session is one replicate; the phase derives its figures (leak slope, RSS at the
+    checkpoints) from each point-round's whole frame, and the rounds are the replicates.
+    """
+    declared = [m for m in metrics.for_phase(phase) if m.level == metrics.RUN]
+    derive = phases.declared(phase).trial_table
+    if not declared or derive is None or "point" not in df.columns or not swept:
+        return []
+    parts = []
+    for _, rows in df.groupby("point", sort=True):
+        table_ = derive(rows)
+        for name in swept:
+            table_[name] = rows[name].iloc[0]
+        parts.append(table_)
+    derived = pd.concat(parts, ignore_index=True)
+    return [(m.title, derived, m.name) for m in declared if m.name in derived.columns]
+
+
+def sweep_specs(phase: str, df: pd.DataFrame, swept: list[str]) -> list:
+    """(label, rows, metric) a sweep's section ranks: the phase's declared `sweep_metrics`,
+    then its run-level metrics (`run_level_specs`)."""
+    own = phases.declared(phase).sweep_metrics
+    return (own(df) if own is not None else []) + run_level_specs(phase, df, swept)

@@ -216,6 +216,13 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def one_run(df: pd.DataFrame) -> pd.DataFrame:
+    """The first run's rows of a frame that holds several (a phase's section shows one run)."""
+    if "run_id" in df.columns and df["run_id"].nunique() > 1:
+        df = df[df["run_id"] == df["run_id"].iloc[0]]
+    return df
+
+
 def replicate_keys(df: pd.DataFrame) -> list[str]:
     """The columns that name one independent replicate: a sweep's round, then the trial."""
     return [c for c in ("round", "trial") if c in df.columns]

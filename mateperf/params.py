@@ -22,6 +22,15 @@ from typing import Any
 
 from mateperf.errors import ParameterError
 
+# Values that phases' parameters and the instruments behind them share, stated once here
+# (below both): a phase's schema is read without importing what measures.
+DEFAULT_MODEL = "GGUF path; empty means $MATEPERF_MODEL, else the default Gemma 3 270M Q4_K_M"
+PEER_KINDS = ("python", "csharp")  # the avatar stand-ins (mateperf.bridge.process)
+BACKGROUNDS = ("idle", "companion")  # what runs beside the model (mateperf.companion_load)
+# KV cache element types a load may ask for, by llama.cpp's name (ggml type names).
+KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+UNQUANTISED = ("f16", "bf16", "f32")
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

@@ -87,7 +87,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from mateperf.compare import compare_runs, format_comparison
+    from mateperf.compare import compare_runs
+    from mateperf.reports.compare import format_comparison
 
     table, warnings = compare_runs(Path(args.run_a), Path(args.run_b))
     for w in warnings:

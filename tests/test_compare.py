@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mateperf import compare, metrics, stats
+from mateperf.reports.compare import format_comparison
 
 TRIALS, REQUESTS = 5, 100
 
@@ -140,7 +141,7 @@ def test_three_trials_a_side_are_too_few_to_test():
     row = table[table["metric"] == "ttft_ms"].iloc[0]
     assert row["verdict"] == "too few trials to test: 3+3, a rank test needs 4+4"
     assert compare.called_different(table) == (0, 0, 1)
-    text = compare.format_comparison(table, "a", "b")
+    text = format_comparison(table, "a", "b")
     assert "1 not tested: too few trials" in text and "needs 4+4" in text
     # a fourth trial a side, still completely separated: tested and called
     a4 = pd.concat([a, a.iloc[[0]].assign(trial=3, ttft_ms=53.0)], ignore_index=True)

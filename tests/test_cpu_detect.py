@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from mateperf.thread_rules import heuristics
 from mateperf.trackers import cpu
-from mateperf.trackers.thread_rules import heuristics
 
 
 def test_cpu_list_format():
@@ -26,7 +26,7 @@ def test_detection_follows_a_restricted_affinity_mask():
         "import json, os\n"
         f"os.sched_setaffinity(0, {{{first}}})\n"
         "from mateperf.trackers.cpu import detect\n"
-        "from mateperf.trackers.thread_rules import heuristics\n"
+        "from mateperf.thread_rules import heuristics\n"
         "t = detect()\n"
         "print(json.dumps({'topo': t.as_dict(), "
         "'rules': {h.name: h.on(t.usable) for h in heuristics(t)}}))\n"

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from mateperf import model
+from mateperf import gguf_file
 from mateperf.gpu import estimate, projection
 from mateperf.gpu.tinygguf import (
     MISTRAL_7B_SHAPES,
@@ -47,7 +47,7 @@ CHECKS = [
 
 
 def test_default_model_layout(layout, default_model):
-    meta = model.gguf_metadata(default_model)
+    meta = gguf_file.gguf_metadata(default_model)
     assert (layout.architecture, layout.n_layer, layout.n_embd) == ("gemma3", 18, 640)
     assert layout.n_vocab == 262144 and layout.tied_output
     assert layout.n_head_kv == (1,) * 18 and layout.head_dim_k == layout.head_dim_v == 256

@@ -13,6 +13,7 @@ import pytest
 from mateperf import results
 from mateperf.gpu import trial
 from mateperf.phases import gpu
+from mateperf.phases.gpu import predict
 from mateperf.reports import gpu as gpu_report
 from mateperf.trackers.gpu import GpuMonitor
 from tests.conftest import run_phase_once
@@ -94,7 +95,7 @@ def test_kv_types_and_the_target_card_are_in_every_run(small_run):
     gap = kv["kv_meta_kv_mb"] - kv["kv_proj_kv_mb"]
     assert ((gap >= 0) & (gap < 1.01)).all(), kv[["kv_type_k", "kv_meta_kv_mb", "kv_proj_kv_mb"]]
     grid, companion = gpu.fit_frames(small_run)
-    assert set(grid["n_ctx"]) == set(gpu.FIT_N_CTX) and len(companion) == 3
+    assert set(grid["n_ctx"]) == set(predict.FIT_N_CTX) and len(companion) == 3
     if not gpu_present():  # no budget and no GPU: the companion's 6 GB card, H200 overhead
         assert small_run["target_budget_mb"].iloc[0] == 6144
         assert "reference figures" in small_run["target_overhead_source"].iloc[0]

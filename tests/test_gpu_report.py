@@ -167,9 +167,9 @@ def test_target_card_for_a_7b_on_6_gb(layout_7b):
     """The companion's card: on 6144 MiB with a 512 MiB margin and the H200's overhead, a
     Q5_K_M 7B fits only part of its layers; a smaller KV cache type or context fits more."""
     o = estimate.REFERENCE_OVERHEAD
-    grid, companion = gpu.target_card(layout_7b, 6144, 512, o)
-    assert set(grid["n_ctx"]) == set(gpu.FIT_N_CTX)  # the 7B was trained on 32768
-    assert len(grid) == len(gpu.FIT_N_CTX) * len(gpu.FIT_KV) * 34
+    grid, companion = predict.target_card(layout_7b, 6144, 512, o)
+    assert set(grid["n_ctx"]) == set(predict.FIT_N_CTX)  # the 7B was trained on 32768
+    assert len(grid) == len(predict.FIT_N_CTX) * len(predict.FIT_KV) * 34
     best = estimate.largest_fit(grid).set_index(["type_k", "flash_attn", "n_ctx"]).sort_index()
     f16 = best.loc[("f16", False)]["max_gpu_layers"]
     assert f16.is_monotonic_decreasing and f16.loc[512] < 33  # not every layer fits
@@ -191,7 +191,7 @@ def test_target_card_for_a_7b_on_6_gb(layout_7b):
 
 
 def test_target_card_without_an_overhead_says_it_cannot_tell(layout_7b):
-    grid, companion = gpu.target_card(layout_7b, 6144, 512, estimate.Overhead())
+    grid, companion = predict.target_card(layout_7b, 6144, 512, estimate.Overhead())
     assert grid["fits"].isna().all() and companion["fits"].isna().all()
     best = estimate.largest_fit(grid)
     assert not best["known"].any() and (best["max_gpu_layers"] == -1).all()
@@ -201,7 +201,7 @@ def test_target_card_without_an_overhead_says_it_cannot_tell(layout_7b):
 def test_target_rows_survive_the_tidy_frame_and_render(layout_7b, tmp_path):
     """Stored as the phase stores them (renamed, beside the parameters of the same names), read
     back as target_card gave them, and rendered as the target-card tables."""
-    grid, companion = gpu.target_card(layout_7b, 6144, 512, estimate.REFERENCE_OVERHEAD)
+    grid, companion = predict.target_card(layout_7b, 6144, 512, estimate.REFERENCE_OVERHEAD)
     rows = [{"scenario": gpu.SCENARIO_FIT, **predict.fit_row(r)} for r in grid.to_dict("records")]
     rows += [
         {"scenario": gpu.SCENARIO_TARGET, **predict.fit_row(r)}
@@ -223,6 +223,6 @@ def test_target_rows_survive_the_tidy_frame_and_render(layout_7b, tmp_path):
     pd.testing.assert_frame_equal(g[cols], grid[cols], check_dtype=False)
     assert list(c["profile"]) == list(companion["profile"])
     fit, comp = gpu_tables.target_tables(df)
-    assert list(fit["n_ctx"]) == list(gpu.FIT_N_CTX)
+    assert list(fit["n_ctx"]) == list(predict.FIT_N_CTX)
     assert set(fit.columns) == {"n_ctx", "KV f16", "KV f16 FA", "KV q8_0 FA", "KV q4_0 FA"}
     assert list(comp["fits"]) == ["NO", "NO", "yes"]

@@ -8,6 +8,9 @@ moved into a function to dodge a cycle is still an arrow).
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mateperf"
@@ -33,6 +36,22 @@ def _target(name: str, known: dict[str, Path]) -> str | None:
     return None
 
 
+def _imported_names(node: ast.AST, package: str) -> list[str]:
+    """What an import statement names, one entry per imported name: `from mateperf import
+    phases, stats` names the submodules mateperf.phases and mateperf.stats, and
+    `from mateperf.stats import compare` names mateperf.stats.compare (resolved by `_target`
+    to the module mateperf.stats)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join([*anchor, base] if base else anchor)
+    return [f"{base}.{a.name}" for a in node.names]
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the mateperf modules it imports (module level and function bodies)."""
     known = _modules()
@@ -40,23 +59,12 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in known.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*anchor, base] if base else anchor)
-                # `from mateperf import phases` imports the submodule mateperf.phases
-                names = [f"{base}.{a.name}" for a in node.names] + [base]
-            for imported in names:
+            for imported in _imported_names(node, package):
                 if not imported.startswith("mateperf"):
                     continue
                 found = _target(imported, known)
                 if found and found != name:
                     graph[name].add(found)
-                    break
     return graph
 
 
@@ -142,6 +150,8 @@ LAYERS = (
             "companion",
             "avatar",
             "avatar_pacing",
+            "cpu_topology",
+            "thread_rules",
         ),
     ),
     (
@@ -149,6 +159,7 @@ LAYERS = (
         (
             "host",
             "results",
+            "gguf_file",
             "bridge",
             "trackers",
             "model",
@@ -159,8 +170,8 @@ LAYERS = (
             "recommend",
         ),
     ),
-    ("phases", ("phases", "tune")),
-    ("reports", ("reports", "report", "compare", "explore")),
+    ("phases", ("phases", "tune", "compare")),
+    ("reports", ("reports", "report", "explore")),
     (
         "drivers",
         ("notebook", "execute", "sweep", "command", "cli", "sweep_cli", "tune_cli", "__main__"),
@@ -175,7 +186,10 @@ MEASURING = (
     "mateperf.companion_load",
     "mateperf.gpu.trial",
     "mateperf.gpu.child",
+    "mateperf.runner",
 )
+# Extension modules that only measuring code may load.
+MEASURING_EXTERNAL = ("llama_cpp", "pynvml", "socket")
 
 
 def _layer(module: str) -> int:
@@ -214,6 +228,162 @@ def test_a_phase_analysis_imports_nothing_that_measures():
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
             if isinstance(node, ast.ImportFrom) and not node.level
         }
-        assert not external & {"llama_cpp", "socket", "pynvml", "psutil"}, module
+        assert not external & {*MEASURING_EXTERNAL, "psutil"}, module
         measuring = [b for b in graph[module] if b.startswith(MEASURING) or ".measure" in b]
         assert not measuring, f"{module} imports {measuring}"
+
+
+# --- what reads a stored run ---------------------------------------------------------------------
+# The report, the explorer and every module under reports/ format stored frames. What they load
+# is what Python runs when they are imported: their own imports (module level and function
+# bodies: a report function runs when the report does), then, transitively, the module-level
+# imports of everything loaded, and the package `__init__` above every loaded module (importing
+# mateperf.phases.ipc.analyse runs mateperf/phases/ipc/__init__.py first).
+READERS = ("mateperf.reports", "mateperf.report", "mateperf.explore")
+
+
+def _is_measuring(module: str) -> bool:
+    return module.startswith(MEASURING) or module.rpartition(".")[2] == "measure"
+
+
+def _imports(module: str, path: Path, function_bodies: bool) -> tuple[set[str], set[str]]:
+    """(mateperf modules, top-level external packages) `module` imports: at module level
+    (`if TYPE_CHECKING:` blocks left out: they never run), and in function bodies if asked."""
+    known = _modules()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    nodes: list[ast.AST] = []
+
+    def collect(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if function_bodies:
+                    nodes.extend(ast.walk(node))
+                continue
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+                collect(node.orelse)
+                continue
+            if isinstance(node, ast.ClassDef) and function_bodies:
+                nodes.extend(ast.walk(node))
+                continue
+            nodes.append(node)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                inner = getattr(node, field, None)
+                if isinstance(inner, list) and not isinstance(node, ast.ClassDef):
+                    collect(inner)
+
+    collect(ast.parse(path.read_text(encoding="utf-8")).body)
+    found, external = set(), set()
+    for node in nodes:
+        for imported in _imported_names(node, package):
+            if not imported.startswith("mateperf"):
+                external.add(imported.split(".")[0])
+                continue
+            target = _target(imported, known)
+            if target and target != module:
+                found.add(target)
+    return found, external
+
+
+def _with_packages(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def loaded_by(root: str) -> dict[str, str | None]:
+    """Every module (mateperf's, and `ext:<name>` for external packages) that importing and
+    running `root` loads -> the module that loads it (None for the root): to print a path."""
+    known = _modules()
+    came_from: dict[str, str | None] = {root: None}
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if module.startswith("ext:"):
+            continue
+        found, external = _imports(module, known[module], function_bodies=module == root)
+        for target in sorted(
+            set().union(*(_with_packages(f) for f in found)) | _with_packages(module)
+        ):
+            if target in known and target not in came_from:
+                came_from[target] = module
+                stack.append(target)
+        for name in external:
+            came_from.setdefault(f"ext:{name}", module)
+    return came_from
+
+
+def _path(came_from: dict[str, str | None], module: str) -> str:
+    chain = [module]
+    while came_from[chain[-1]] is not None:
+        chain.append(came_from[chain[-1]])
+    return " <- ".join(chain)
+
+
+def measuring_loads(roots: list[str]) -> list[str]:
+    """`what <- ... <- root` for every measuring module or extension a reader loads, and
+    every phase module a reader imports that is not the phase's analysis."""
+    problems = []
+    for root in roots:
+        came_from = loaded_by(root)
+        for module in sorted(came_from):
+            if module.startswith("ext:"):
+                if module[4:] in MEASURING_EXTERNAL:
+                    problems.append(_path(came_from, module))
+            elif _is_measuring(module):
+                problems.append(_path(came_from, module))
+        own, _ = _imports(root, _modules()[root], function_bodies=True)
+        for module in sorted(own):
+            parts = module.split(".")
+            if len(parts) > 3 and parts[1] == "phases" and parts[3] not in ("analyse", "verdict"):
+                problems.append(f"{module} <- {root} (a report imports a phase's analysis only)")
+    return problems
+
+
+def _readers() -> list[str]:
+    return sorted(m for m in _modules() if m.startswith(READERS))
+
+
+def test_reading_a_stored_run_loads_nothing_that_measures():
+    """Rendering a stored run needs no model, bridge, tracker, runner or measure module."""
+    problems = measuring_loads(_readers())
+    assert not problems, "readers of stored runs load measuring code:\n" + "\n".join(problems)
+
+
+def test_the_readers_rule_sees_a_measuring_import(tmp_path, monkeypatch):
+    """The rule finds a reader that imports measuring code, directly or through a phase package
+    whose `__init__` imports its measure module."""
+    report = PACKAGE / "reports" / "llm.py"
+    text = report.read_text(encoding="utf-8")
+    real_read = Path.read_text
+
+    def read_text(self, *args, **kwargs):
+        if self == report:
+            return text + "\nfrom mateperf.phases.llm import measure\n"
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    problems = measuring_loads(["mateperf.reports.llm"])
+    assert any(
+        p.startswith("mateperf.phases.llm.measure <- mateperf.reports.llm") for p in problems
+    )
+    assert any("ext:llama_cpp" in p or "mateperf.model" in p for p in problems), problems
+
+
+def test_importing_the_readers_loads_no_measuring_module():
+    """The same rule, run: import every reader in a fresh interpreter, then look at what loaded."""
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {_readers()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    loaded = json.loads(out)
+    measuring = [
+        m
+        for m in loaded
+        if (m.startswith("mateperf.") and _is_measuring(m))
+        or m.split(".")[0] in MEASURING_EXTERNAL[:2]
+    ]
+    assert not measuring, f"importing the readers loaded {measuring}"

@@ -37,10 +37,10 @@ from mateperf.bridge import peer as peer_mod
 from mateperf.bridge.client import UnityBridge
 from mateperf.errors import ParameterError
 from mateperf.phases import ipc
-from mateperf.reports import cpu as cpu_report
+from mateperf.phases.cpu import analyse as cpu_analyse
+from mateperf.thread_rules import heuristics
 from mateperf.trackers import cpu, heap, process_memory
 from mateperf.trackers.memory import MemorySampler
-from mateperf.trackers.thread_rules import heuristics
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -278,11 +278,11 @@ def test_a_stored_run_reads_its_own_os(monkeypatch, tmp_path):
     _windows_machine(monkeypatch, tmp_path)
     stored = _detect_as_windows(monkeypatch).as_dict()
     monkeypatch.undo()
-    topo = cpu_report.topology_from({"fingerprint": {"cpu_topology": stored}})
+    topo = cpu_analyse.topology_from({"fingerprint": {"cpu_topology": stored}})
     assert {h.name: h.n_threads for h in heuristics(topo)}["llama.cpp default"] == 14
     old = {k: v for k, v in stored.items() if k not in ("os_platform", "arch")}
     info = {"fingerprint": {"cpu_topology": old, "os": "Windows-10-10.0.22631-SP0"}}
-    assert cpu_report.topology_from(info).os_platform == "win32"
+    assert cpu_analyse.topology_from(info).os_platform == "win32"
 
 
 def test_without_core_records_physical_cores_still_cap_the_threads(monkeypatch, tmp_path):

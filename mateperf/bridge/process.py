@@ -20,8 +20,8 @@ from pathlib import Path
 
 from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.protocol import DEFAULT_HOST, MAX_LINE_BYTES
+from mateperf.params import PEER_KINDS
 
-PEER_KINDS = ("python", "csharp")
 # unity/ is a Unity package: the core (no UnityEngine) and PythonBridge.cs under Runtime/, and
 # the headless host under Headless~/ (a folder Unity ignores), with its .NET SDK projects
 UNITY_DIR = Path(__file__).resolve().parents[2] / "unity"

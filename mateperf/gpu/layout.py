@@ -15,7 +15,7 @@ from pathlib import Path
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mateperf.errors import ModelFileError
-from mateperf.model import GGUF_ARRAY, GGUF_SCALAR_FORMATS, GGUF_STRING
+from mateperf.gguf_file import GGUF_ARRAY, GGUF_SCALAR_FORMATS, GGUF_STRING
 
 _INPUT_PREFIXES = ("token_embd", "pos_embd", "token_types", "token_embd_norm")
 _OUTPUT_PREFIXES = ("output.", "output_norm.", "cls.", "cls_out.")

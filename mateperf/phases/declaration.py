@@ -12,6 +12,7 @@ above the phases, so the phase names its report module and never imports it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,3 +64,18 @@ class Phase:
         if self.number < 1:
             raise ValueError(f"phase {self.name}: number {self.number} must be at least 1")
         object.__setattr__(self, "round_split", tuple(self.round_split))
+
+
+def measured_by(module: str) -> Callable[..., Frame]:
+    """The `run(**params)` of a phase's measure module, imported on the first call.
+
+    A phase package names its measuring code instead of importing it, so reading a stored run
+    (its declaration, its analysis, its report) never loads the model, the bridge or the
+    trackers; `tests/test_import_graph.py` holds the reports to that.
+    """
+
+    def run(**params) -> Frame:
+        return importlib.import_module(module).run(**params)
+
+    run.__doc__ = f"Measure the phase: `{module}.run`."
+    return run

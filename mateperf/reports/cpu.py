@@ -8,13 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing, metrics, recommend, stats
-from mateperf.phases import cpu
+from mateperf import avatar_pacing, metrics, recommend
+from mateperf.cpu_topology import CpuTopology
+from mateperf.phases.cpu import analyse as cpu
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, repetition_note, save_figure, table
 from mateperf.reports.overview import CLAIMS, ab_row
-from mateperf.trackers.cpu import CpuTopology
-from mateperf.trackers.thread_rules import heuristics
 
 COLUMNS = (
     ("pp_tps", "pp tok/s", 0),
@@ -25,27 +24,6 @@ COLUMNS = (
     ("frame_p50_ms", "frame p50 ms", 1),
     ("frame_p99_ms", "frame p99 ms", 1),
 )
-
-
-def topology_from(info: dict) -> CpuTopology | None:
-    data = dict(info.get("fingerprint", {}).get("cpu_topology") or {})
-    if not data:
-        return None
-    for derived in ("usable", "physical_usable", "smt"):
-        data.pop(derived, None)
-    if not data.get("os_platform"):  # stored before the topology recorded its OS
-        data["os_platform"], data["arch"] = _platform_of(info.get("fingerprint", {}).get("os"))
-    return CpuTopology(**data)
-
-
-def _platform_of(os_text: str | None) -> tuple[str, str]:
-    """(sys.platform, machine) from a fingerprint's platform.platform() string, e.g.
-    "Linux-6.1.0-x86_64-with-glibc2.36" or "Windows-10-10.0.22631-SP0"."""
-    text = os_text or ""
-    name = {"Linux": "linux", "Windows": "win32", "macOS": "darwin", "Darwin": "darwin"}
-    os_platform = name.get(text.split("-", 1)[0], "")
-    arch = next((a for a in ("x86_64", "aarch64", "arm64") if a in text), "")
-    return os_platform, arch
 
 
 def _detection(topo: CpuTopology | None) -> list[str]:
@@ -122,70 +100,46 @@ def _evidence(rec: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _median_at(d: pd.DataFrame, metric: str, **where) -> float:
-    sub = d
-    for k, v in where.items():
-        sub = sub[sub[k] == v]
-    values = sub[metric].dropna()
-    return float(np.median(values)) if len(values) else float("nan")
-
-
 def _heuristics(d: pd.DataFrame, topo: CpuTopology | None, rec: dict) -> pd.DataFrame:
     """Each rule's thread counts, what runs here, and its measured tg/pp under the target load."""
     if topo is None:
         return pd.DataFrame()
-    target = d[d["background"] == rec["for"]]
     rows = []
-    candidates = [(h.name, h.n_threads, h.n_threads_batch, h.reasoning) for h in heuristics(topo)]
-    candidates.append(
-        ("**recommended**", rec["n_threads"], rec["n_threads_batch"], "this run's rule")
-    )
-    for name, t, tb, why in candidates:
-        t_here, tb_here = min(t, topo.usable), min(tb, topo.usable)
+    for r in cpu.rules_measured(d, topo, rec):
+        t, tb = r["n_threads"], r["n_threads_batch"]
         row = {
-            "rule": name,
+            "rule": r["rule"],
             "n_threads / batch": f"{t} / {tb}",
-            "runs here": f"{t_here} / {tb_here}"
-            + (" (clamped)" if (t, tb) != (t_here, tb_here) else ""),
+            "runs here": f"{r['runs'][0]} / {r['runs'][1]}"
+            + (" (clamped)" if (t, tb) != r["runs"] else ""),
         }
-        for cond, sub in target.groupby("condition", sort=True):
-            tg = _median_at(sub, "tg_tps", n_threads=t_here)
-            best = max(_median_at(sub, "tg_tps", n_threads=x) for x in sub["n_threads"].unique())
-            gap = recommend.worse_gap(tg, best, True)
+        for cond, m in r["loads"].items():
             row[f"tg tok/s, {cond} (gap to best)"] = (
-                f"{fmt(tg)} ({fmt(100 * gap)}%)" if not np.isnan(tg) else "not measured"
+                f"{fmt(m['tg_tps'])} ({fmt(100 * m['tg_gap'])}%)"
+                if not np.isnan(m["tg_tps"])
+                else "not measured"
             )
-            pp = _median_at(
-                sub,
-                "pp_tps",
-                n_threads_batch=tb_here,
-                n_batch=rec["n_batch"],
-                n_ubatch=rec["n_ubatch"],
-            )
-            row[f"pp tok/s, {cond}"] = fmt(pp, 0)
-        row["reasoning"] = why
+            row[f"pp tok/s, {cond}"] = fmt(m["pp_tps"], 0)
+        row["reasoning"] = r["reasoning"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _flips(d: pd.DataFrame) -> pd.DataFrame:
     """The best setting per load: where it flips as the avatar's frame gets busier."""
+    labels = {
+        "tg_tps": "best n_threads (tg)",
+        "pp_tps": "best n_threads_batch (pp)",
+        "e2e_ms": "best for the whole reply",
+    }
     rows = []
-    for (background, busy), sub in d.groupby(["background", "frame_busy"], sort=True):
-        row = {"load": recommend.condition_label(background, busy)}
-        for metric, by, label in (
-            ("tg_tps", ("n_threads",), "best n_threads (tg)"),
-            ("pp_tps", ("n_threads_batch",), "best n_threads_batch (pp)"),
-            ("e2e_ms", ("n_threads", "n_threads_batch"), "best for the whole reply"),
-        ):
-            t = recommend.evaluate(sub, metric, by)
-            if len(t):
-                best = t[t["best"]].iloc[0]
-                row[label] = ", ".join(f"{k}={int(best[k])}" for k in by)
-        if "frame_p99_ms" in sub.columns and sub["frame_p99_ms"].notna().any():
+    for load in cpu.best_per_load(d):
+        row = {"load": load["load"]}
+        for metric, best in load["best"].items():
+            row[labels[metric]] = ", ".join(f"{k}={v}" for k, v in best.items())
+        if "frame_p99_ms" in load:
             row["frame p99 ms by n_threads"] = ", ".join(
-                f"{int(t)}: {fmt(_median_at(sub, 'frame_p99_ms', n_threads=t))}"
-                for t in sorted(sub["n_threads"].unique())
+                f"{t}: {fmt(v)}" for t, v in load["frame_p99_ms"].items()
             )
         rows.append(row)
     return pd.DataFrame(rows).fillna("–")
@@ -203,8 +157,8 @@ def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
         table_rows.append(
             {
                 "load": recommend.condition_label("companion", float(busy)),
-                "frame p50 ms": fmt(_median_at(sub, "frame_p50_ms")),
-                "frame p99 ms": fmt(_median_at(sub, "frame_p99_ms")),
+                "frame p50 ms": fmt(cpu.median_at(sub, "frame_p50_ms")),
+                "frame p99 ms": fmt(cpu.median_at(sub, "frame_p99_ms")),
                 "timer overshoot µs": fmt(s[avatar_pacing.OVERSHOOT], 0),
                 "peer main thread awake": fmt(s[avatar_pacing.AWAKE_SHARE], 2),
                 "peer CPU (cores)": fmt(s[avatar_pacing.BUSY_SHARE], 2),
@@ -217,20 +171,6 @@ def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
     return [table(pd.DataFrame(table_rows)), "", *[f"- {t}" for t in sentences if t], ""]
 
 
-def _band(sub: pd.DataFrame, by: str, metric: str):
-    xs, med, lo, hi = [], [], [], []
-    for x, g in sub.groupby(by, sort=True):
-        values = g[metric].dropna()
-        if values.empty:
-            continue
-        s = stats.summarize(values)
-        xs.append(int(x))
-        med.append(s["median"])
-        lo.append(s["ci_low"] if not np.isnan(s["ci_low"]) else s["median"])
-        hi.append(s["ci_high"] if not np.isnan(s["ci_high"]) else s["median"])
-    return xs, med, lo, hi
-
-
 def _plot_threads(d: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     # prompt rows at the recommended batch pair, so batch sizes do not mix into the curve
@@ -241,7 +181,7 @@ def _plot_threads(d: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> 
     )
     for ax, rows, by, metric, title in panels:
         for cond, sub in rows.groupby("condition", sort=True):
-            xs, med, lo, hi = _band(sub, by, metric)
+            xs, med, lo, hi = cpu.band(sub, by, metric)
             (line,) = ax.plot(xs, med, marker="o", label=cond)
             ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.axvline(rec[by], color="black", linestyle="--", linewidth=1, label="recommended")
@@ -256,15 +196,7 @@ def _plot_threads(d: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> 
 
 
 def _plot_heatmap(d: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> str:
-    rows = d[d["background"] == rec["for"]]
-    batches = sorted(
-        {(int(b), int(u)) for b, u in zip(rows["n_batch"], rows["n_ubatch"], strict=True)}
-    )
-    threads = sorted(int(t) for t in rows["n_threads_batch"].unique())
-    grid = np.full((len(threads), len(batches)), np.nan)
-    for i, t in enumerate(threads):
-        for j, (b, u) in enumerate(batches):
-            grid[i, j] = _median_at(rows, "pp_tps", n_threads_batch=t, n_batch=b, n_ubatch=u)
+    threads, batches, grid = cpu.batch_grid(d, rec)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(batches), 1.4 + 0.9 * len(threads)))
     im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
     for i in range(len(threads)):
@@ -291,10 +223,10 @@ def _plot_frames(d: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for cond, sub in rows.groupby("condition", sort=True):
-        xs, med, lo, hi = _band(sub, "n_threads", "frame_p99_ms")
+        xs, med, lo, hi = cpu.band(sub, "n_threads", "frame_p99_ms")
         (line,) = ax.plot(xs, med, marker="o", label=f"{cond}, p99")
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-        xs, med, _, _ = _band(sub, "n_threads", "frame_p50_ms")
+        xs, med, _, _ = cpu.band(sub, "n_threads", "frame_p50_ms")
         ax.plot(xs, med, marker=".", linestyle=":", color=line.get_color(), label=f"{cond}, p50")
     fps = float(rows["fps"].iloc[0]) if "fps" in rows.columns else 60.0
     ax.axhline(1e3 / fps, color="grey", linestyle="--", linewidth=1, label=f"{fps:g} fps frame")
@@ -311,7 +243,7 @@ def _plot_frames(d: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     d = metrics.completed(df)
     params = info.get("params", {})
-    topo = topology_from(info)
+    topo = cpu.topology_from(info)
     failed = df[df.get("error", pd.Series("", index=df.index)).fillna("") != ""]
     rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
     conditions = ", ".join(sorted(d["condition"].unique()))
@@ -391,29 +323,18 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary rows: the recommended n_threads against the original 6."""
-    d = metrics.completed(df)
     rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
-    usable = int(d["usable_cpus"].iloc[0]) if "usable_cpus" in d else 1
-    original = min(6, usable)
     m = metrics.get("cpu", "tg_tps")
-    rows = []
-    for cond, sub in d[d["background"] == rec["for"]].groupby("condition", sort=True):
-        a = sub.loc[sub["n_threads"] == original, "tg_tps"]
-        b = sub.loc[sub["n_threads"] == rec["n_threads"], "tg_tps"]
-        if a.empty or b.empty:
-            continue
-        rows.append(
-            ab_row(
-                "cpu",
-                f"recommended n_threads={rec['n_threads']} instead of 6 (runs as {original}), "
-                f"{cond}",
-                m,
-                a,
-                b,
-                CLAIMS["threads"],
-            )
+    return [
+        ab_row(
+            "cpu",
+            f"recommended n_threads={rec['n_threads']} instead of 6 (runs as {original}), {cond}",
+            m,
+            r,
+            CLAIMS["threads"],
         )
-    return rows
+        for cond, original, r in cpu.against_original(df, rec)
+    ]
 
 
 def variant_row(df: pd.DataFrame, info: dict) -> dict:

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing, metrics, stats
-from mateperf.phases import final
+from mateperf import avatar_pacing, metrics
+from mateperf.phases.final import analyse as final
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
 from mateperf.reports.overview import CLAIMS, summary_row
@@ -56,19 +56,14 @@ def _settings(df: pd.DataFrame) -> pd.DataFrame:
 
 def _medians(d: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for (peer, arm), sub in d.groupby(["peer", "arm"], sort=False):
-        row = {"peer": peer, "arm": arm, "n": len(sub)}
-        for m in metrics.present("final", sub):
-            values = sub[m.name].dropna()
-            if values.empty:
-                continue
-            s = stats.summarize(values)
+    for (peer, arm), sub in final.arm_medians(d).groupby(["peer", "arm"], sort=False):
+        row = {"peer": peer, "arm": arm, "n": int(sub["n"].iloc[0])}
+        for _, r in sub.iterrows():
+            m = metrics.get("final", r["metric"])
             digits = 0 if m.unit in ("ms", "MiB") else 1
-            row[m.title] = fmt_ci(s["median"], s["ci_low"], s["ci_high"], digits)
+            row[m.title] = fmt_ci(r["median"], r["ci_low"], r["ci_high"], digits)
         rows.append(row)
-    out = pd.DataFrame(rows)
-    order = {a: i for i, a in enumerate(final.ARMS)}
-    return out.sort_values(["peer", "arm"], key=lambda c: c.map(order) if c.name == "arm" else c)
+    return pd.DataFrame(rows)
 
 
 def _vs_baseline(ab: pd.DataFrame) -> pd.DataFrame:

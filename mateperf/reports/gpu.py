@@ -6,20 +6,17 @@ section, the summary rows and the sweep's extra table together.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from mateperf import metrics, stats
-from mateperf.gpu import profiles
+from mateperf import metrics
 from mateperf.phases.gpu import analyse
 from mateperf.reports import gpu_plots, gpu_tables
 from mateperf.reports.declaration import PhaseReport
-from mateperf.reports.format import fmt, fmt_ci, table
+from mateperf.reports.format import fmt, table
 from mateperf.reports.gpu_tables import first, maybe_bool, mb
-from mateperf.reports.overview import CLAIMS, summary_row
+from mateperf.reports.overview import CLAIMS, ab_row, summary_row
 
 
 def _cpu_check(df: pd.DataFrame) -> list[str]:
@@ -172,35 +169,22 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
             )
         ]
     rows = []
-    d = analyse.measured(df)
     chosen = str(first(df, "selected_profile"))
-    prof = d[d["scenario"] == analyse.SCENARIO_PROFILE]
-    base = prof[prof["profile"] == profiles.CPU_FALLBACK]
-    best = prof[prof["profile"] == chosen]
-    if chosen != profiles.CPU_FALLBACK and len(base) and len(best):
-        for name in ("tg_tps", "vram_delta_mb"):
-            m = metrics.get("gpu", name)
-            r = stats.compare(
-                base[name], best[name], higher_is_better=m.higher_is_better, words=m.words
+    for name, r in analyse.selected_against_fallback(df).items():
+        m = metrics.get("gpu", name)
+        rows.append(
+            ab_row(
+                "gpu",
+                f"profile {chosen} instead of cpu_fallback",
+                m,
+                r,
+                CLAIMS["gpu"],
+                0 if name.endswith("mb") else 1,
             )
-            digits = 0 if name.endswith("mb") else 1
-            rows.append(
-                summary_row(
-                    "gpu",
-                    f"profile {chosen} instead of cpu_fallback",
-                    m.title,
-                    fmt(r.median_a, digits),
-                    fmt(r.median_b, digits),
-                    fmt_ci(r.ratio, r.ci_low, r.ci_high, 2),
-                    r.verdict,
-                    CLAIMS["gpu"],
-                )
-            )
-    vs = analyse.measured_vs_predicted(df)
-    if not vs.empty:
-        gpu_rows = vs[~vs.get("cfg_hide_gpu", pd.Series(False, index=vs.index)).astype(bool)]
-        known = [v for v in gpu_rows["meta_within_target"] if v is not None]
-        worst = gpu_rows["meta_error_mb"].abs().max() if len(gpu_rows) else math.nan
+        )
+    accuracy = analyse.prediction_accuracy(df)
+    if accuracy is not None:
+        worst, within, judged = accuracy
         rows.append(
             summary_row(
                 "gpu",
@@ -209,7 +193,7 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
                 "–",
                 f"worst error ±{fmt(worst, 0)}",
                 "–",
-                f"within 10% or 64 MiB at {sum(known)} of {len(known)} configurations",
+                f"within 10% or 64 MiB at {within} of {judged} configurations",
                 "—",
             )
         )
@@ -321,26 +305,21 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 def sweep_extra(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     """For a sweep's section: per point, measured VRAM against both predictions and tokens/s."""
     grid = [p for p in info.get("grid", {}) if p in df.columns]
-    d = analyse.measured(df)
-    d = d[d["scenario"] == analyse.SCENARIO_LAYERS]
-    if d.empty or not grid:
+    points = analyse.per_point(df, grid)
+    if points.empty:
         return ""
-    rows = []
-    for key, g in d.groupby(grid, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        vram = g["vram_delta_mb"].dropna()
-        m = float(np.median(vram)) if len(vram) else math.nan
-        rows.append(
-            {
-                **dict(zip(grid, key, strict=True)),
-                "layers on GPU (effective)": int(g["gpu_layers_effective"].iloc[0]),
-                "measured MiB": mb(m),
-                "metadata MiB": mb(g["pred_meta_total_mb"].iloc[0]),
-                "llama.cpp + overhead MiB": mb(g["pred_proj_total_mb"].iloc[0]),
-                "tg tokens/s (median)": fmt(float(g["tg_tps"].median())),
-                "trials": len(g),
-            }
-        )
+    rows = [
+        {
+            **{p: r[p] for p in grid},
+            "layers on GPU (effective)": int(r["gpu_layers_effective"]),
+            "measured MiB": mb(r["vram_delta_mb"]),
+            "metadata MiB": mb(r["pred_meta_total_mb"]),
+            "llama.cpp + overhead MiB": mb(r["pred_proj_total_mb"]),
+            "tg tokens/s (median)": fmt(r["tg_tps"]),
+            "trials": int(r["trials"]),
+        }
+        for _, r in points.iterrows()
+    ]
     note = (
         ""
         if analyse.gpu_measured(df)

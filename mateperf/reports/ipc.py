@@ -6,57 +6,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from mateperf import avatar_pacing, metrics  # noqa: E402
-from mateperf.phases.ipc import analyse  # noqa: E402
-from mateperf.phases.ipc.rows import NON_READING_COMMANDS_PER_FRAME  # noqa: E402
-from mateperf.reports.declaration import PhaseReport  # noqa: E402
-from mateperf.reports.format import fmt, fmt_ci, save_figure, table  # noqa: E402
-from mateperf.reports.overview import CLAIMS, ab_row, summary_row  # noqa: E402
-
-# the issue's targets, stated once
-TARGET_P50_OVER_FLOOR = 4.0
-TARGET_THROUGHPUT_SHARE = 0.25
-TARGET_BATCH_SPEEDUP = 5.0
-
-
-def _one_run(df: pd.DataFrame) -> pd.DataFrame:
-    if "run_id" in df.columns and df["run_id"].nunique() > 1:
-        df = df[df["run_id"] == df["run_id"].iloc[0]]
-    return df
-
-
-UNCLEAR = "unclear"
-
-
-def _verdict(ok: bool | str | None) -> str:
-    if isinstance(ok, str):
-        return ok
-    return "–" if ok is None else ("met" if ok else "missed")
-
-
-def _against(low: float, high: float, target: float, at_most: bool) -> bool | str:
-    """Met or missed only when the whole 95% CI is on one side of the target."""
-    if math.isnan(low) or math.isnan(high):
-        return UNCLEAR
-    if (high <= target) if at_most else (low >= target):
-        return True
-    if (low > target) if at_most else (high < target):
-        return False
-    return UNCLEAR
+from mateperf import avatar_pacing, metrics
+from mateperf.phases.ipc import analyse
+from mateperf.reports import ipc_plots
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, table
+from mateperf.reports.overview import CLAIMS, ab_row, summary_row
 
 
 def _headline_table(h: dict) -> pd.DataFrame:
     rows = []
+    verdicts = analyse.target_verdicts(h)
 
-    def add(figure: str, value: str, target: str, ok: bool | str | None) -> None:
-        rows.append({"figure": figure, "value": value, "target": target, "verdict": _verdict(ok)})
+    def add(figure: str, value: str, target: str, key: str | None) -> None:
+        verdict = verdicts.get(key, "–") if key else "–"
+        rows.append({"figure": figure, "value": value, "target": target, "verdict": verdict})
 
     if "bridge_p50_us" in h:
         ratio, (lo, hi) = h["bridge_over_floor_p50"], h["bridge_over_floor_ci"]
@@ -69,8 +36,8 @@ def _headline_table(h: dict) -> pd.DataFrame:
         add(
             f"bridge p50 ÷ floor p50 [95% CI], per-trial medians of {h['simple_trials']} trials",
             fmt_ci(ratio, lo, hi, 2),
-            f"≤ {TARGET_P50_OVER_FLOOR:g}×",
-            _against(lo, hi, TARGET_P50_OVER_FLOOR, at_most=True),
+            f"≤ {analyse.TARGET_P50_OVER_FLOOR:g}×",
+            "bridge_over_floor_p50",
         )
         add(
             "round trip p99, unpaced (µs): bridge / floor",
@@ -90,21 +57,20 @@ def _headline_table(h: dict) -> pd.DataFrame:
         add(
             "bridge throughput ÷ floor's [95% CI]",
             fmt_ci(share, *h["throughput_share_ci"], 2),
-            f"≥ {TARGET_THROUGHPUT_SHARE:g}",
-            _against(*h["throughput_share_ci"], TARGET_THROUGHPUT_SHARE, at_most=False),
+            f"≥ {analyse.TARGET_THROUGHPUT_SHARE:g}",
+            "throughput_share_of_floor",
         )
-    for tag in sorted(k[: -len("_frame_ms")] for k in h if k.endswith("_frame_ms")):
+    for tag in analyse.frame_tags(h):
         frame_ms = h[f"{tag}_frame_ms"]
         label = "unpaced" if tag == "unpaced" else f"at {tag.replace('fps', ' fps')}"
         single = h[f"{tag}_one_by_one_completion_p50_ms"]
         batched = h[f"{tag}_batched_completion_p50_ms"]
-        within = None if math.isnan(frame_ms) else bool(max(single, batched) <= frame_ms)
         add(
             f"per-command completion p50 {label} (ms): one by one / batched / pipelined",
             f"{fmt(single, 3)} / {fmt(batched, 3)} / "
             f"{fmt(h[f'{tag}_pipelined_completion_p50_ms'], 3)}",
-            "" if within is None else f"≤ one frame ({fmt(frame_ms, 2)} ms)",
-            within,
+            "" if math.isnan(frame_ms) else f"≤ one frame ({fmt(frame_ms, 2)} ms)",
+            f"{tag}_within_frame",
         )
         add(
             f"total time of the commands {label} (ms): one by one / batched / pipelined",
@@ -118,10 +84,8 @@ def _headline_table(h: dict) -> pd.DataFrame:
         add(
             f"one by one ÷ batched, total time {label} [95% CI]",
             fmt_ci(speedup, lo, hi, 1),
-            f"≥ {TARGET_BATCH_SPEEDUP:g}×" if tag != "unpaced" else "",
-            None
-            if tag == "unpaced" or math.isnan(speedup)
-            else _against(lo, hi, TARGET_BATCH_SPEEDUP, at_most=False),
+            f"≥ {analyse.TARGET_BATCH_SPEEDUP:g}×" if tag != "unpaced" else "",
+            f"{tag}_one_by_one_over_batched_total",
         )
     frame_us = h.get("frame_cost_frame_us")
     for tag, label in (
@@ -154,14 +118,10 @@ def _headline_table(h: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _rows(summary: pd.DataFrame, scenario: str, metric: str) -> pd.DataFrame:
-    return summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)]
-
-
 def _latency_table(summary: pd.DataFrame, scenario: str, metric: str, digits: int) -> pd.DataFrame:
     unit = {"us": "µs"}.get(metric.rsplit("_", 1)[-1], metric.rsplit("_", 1)[-1])
     rows = []
-    for _, r in _rows(summary, scenario, metric).iterrows():
+    for _, r in ipc_plots.rows_of(summary, scenario, metric).iterrows():
         row = {"mode": r["mode"], "fps": fmt(float(r["fps"]), 0)}
         if scenario == "message_sizes":
             row["size (bytes)"] = fmt(float(r["target_bytes"]), 0)
@@ -194,7 +154,7 @@ def _per_trial_table(summary: pd.DataFrame, scenario: str, metrics: list[str]) -
                 else "–"
             )
         if scenario == "batching":
-            comp = _rows(summary, scenario, "rtt_us")
+            comp = ipc_plots.rows_of(summary, scenario, "rtt_us")
             comp = comp[(comp["mode"] == mode) & (comp["fps"] == fps)]
             row["per-command completion p50 / p95 (ms)"] = (
                 f"{fmt(comp['median'].iloc[0] / 1e3, 3)} / {fmt(comp['p95'].iloc[0] / 1e3, 3)}"
@@ -226,76 +186,6 @@ def _frame_cost_table(cost: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _plot_cdf(requests: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
-    sel = requests[(requests["scenario"] == "simple_commands") & requests["rtt_us"].notna()]
-    if sel.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for mode, group in sel.groupby("mode", sort=True):
-        values = np.sort(group["rtt_us"].to_numpy())
-        ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=mode)
-    ax.set_xscale("log")
-    ax.set_xlabel("round trip, send to completion ack (µs, log)")
-    ax.set_ylabel("fraction of requests (all trials)")
-    ax.set_title("simple_commands: latency CDF per mode")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    return save_figure(fig, plots_dir, "ipc_latency_cdf", md_dir, "latency CDF per mode")
-
-
-def _plot_sizes(summary: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
-    sel = _rows(summary, "message_sizes", "rtt_us")
-    if sel.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for mode, group in sel.groupby("mode", sort=True):
-        group = group.sort_values("target_bytes")
-        med = group["median"].to_numpy()
-        ax.errorbar(
-            group["target_bytes"].to_numpy(),
-            med,
-            yerr=[med - group["p5"].to_numpy(), group["p95"].to_numpy() - med],
-            marker="o",
-            capsize=3,
-            label=mode,
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("request line size (bytes, log)")
-    ax.set_ylabel("round trip p50, bars p5–p95 (µs, log)")
-    ax.set_title("message_sizes: latency vs message size")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    return save_figure(fig, plots_dir, "ipc_latency_vs_size", md_dir, "latency vs message size")
-
-
-def _plot_batching(summary: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
-    sel = _rows(summary, "batching", "total_ms")
-    if sel.empty:
-        return None
-    fpss = sorted(sel["fps"].unique())
-    modes = ["one_by_one", "batched", "pipelined"]
-    fig, axes = plt.subplots(
-        1, len(fpss), figsize=(4.5 * len(fpss), 4), squeeze=False, layout="constrained"
-    )
-    for ax, fps in zip(axes[0], fpss, strict=True):
-        at = sel[sel["fps"] == fps].set_index("mode").reindex(modes)
-        meds = at["median"].to_numpy()
-        ax.bar(
-            modes,
-            meds,
-            yerr=[meds - at["min"].to_numpy(), at["max"].to_numpy() - meds],
-            capsize=4,
-            color=["#c44e52", "#4c72b0", "#55a868"],
-        )
-        ax.set_title("unpaced" if fps == 0 else f"{fps:g} fps")
-        if ax is axes[0][0]:
-            ax.set_ylabel("total time for all commands (ms), median of trials, bars min–max")
-        ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("batching: total time, one by one vs batched vs pipelined")
-    return save_figure(fig, plots_dir, "ipc_batching", md_dir, "batching bars")
-
-
 def _reading(h: dict) -> str:
     parts = []
     if "bridge_over_floor_p50" in h:
@@ -310,8 +200,7 @@ def _reading(h: dict) -> str:
             f"Pipelined, it sustains {fmt(h['bridge_throughput_cmd_per_s'], 0)} commands/s, "
             f"{fmt(h['throughput_share_of_floor'] * 100, 0)}% of the floor's."
         )
-    tags = [k[: -len("_frame_ms")] for k in h if k.endswith("_frame_ms")]
-    for tag in tags:
+    for tag in analyse.frame_tags(h):
         if tag == "unpaced":
             continue
         parts.append(
@@ -348,7 +237,7 @@ def _reading(h: dict) -> str:
             f"about the avatar, which had applied them all only after "
             f"{fmt(h['original_sendall_applied_ms'], 1)} ms. With the `sleep(0.001)` in the "
             f"timed loop the loop takes {fmt(slept, 1)} ms instead of {fmt(plain, 2)} ms: "
-            f"{fmt((slept - plain) / slept * 100, 0)}% of the old one-by-one figure was the "
+            f"{fmt(analyse.sleep_share_pct(h), 0)}% of the old one-by-one figure was the "
             f"sleep, not the bridge."
         )
     return " ".join(parts)
@@ -368,7 +257,7 @@ def _pacing_of(df: pd.DataFrame, params: dict) -> dict:
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     """The phase 3 markdown section; plots go to ``plots_dir`` as ipc_*.png."""
-    df = _one_run(df)
+    df = metrics.one_run(df)
     requests, _ = analyse.split_records(df)
     h = analyse.headline(df)
     summary = analyse.summarize(df)
@@ -443,15 +332,15 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             "From the peer's own frame log (`frame_stats`): p50 is the median across trials of "
             "each trial's median frame; p99 and max cover all frames of all trials. "
             "`non_reading_client`: a client whose socket is full sends "
-            f"{NON_READING_COMMANDS_PER_FRAME} commands per frame and reads nothing.",
+            f"{analyse.NON_READING_COMMANDS_PER_FRAME} commands per frame and reads nothing.",
             "",
             table(_frame_cost_table(cost)),
             "",
         ]
     plots = [
-        _plot_cdf(requests, plots_dir, md_dir),
-        _plot_sizes(summary, plots_dir, md_dir),
-        _plot_batching(summary, plots_dir, md_dir),
+        ipc_plots.latency_cdf(requests, plots_dir, md_dir),
+        ipc_plots.latency_vs_size(summary, plots_dir, md_dir),
+        ipc_plots.batching(summary, plots_dir, md_dir),
     ]
     plots = [p for p in plots if p]
     if plots:
@@ -461,7 +350,6 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary rows: the round trip, and batches against one by one."""
-    requests, trials = analyse.split_records(df)
     rows = []
     h = analyse.headline(df)
     if not math.isnan(h.get("bridge_p50_us", math.nan)):
@@ -477,23 +365,11 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
                 CLAIMS["ipc_latency"],
             )
         )
-    batching = trials[trials["scenario"] == "batching"] if "scenario" in trials else trials
-    for fps in sorted(set(batching.get("fps", pd.Series(dtype=float)))):
-        one = batching[(batching["fps"] == fps) & (batching["mode"] == "one_by_one")]
-        batched = batching[(batching["fps"] == fps) & (batching["mode"] == "batched")]
-        if one.empty or batched.empty:
-            continue
-        m = metrics.get("ipc", "total_ms")
+    m = metrics.get("ipc", "total_ms")
+    for fps, r in analyse.batching_comparisons(df):
         where = "unpaced" if fps == 0 else f"{fps:g} fps"
         rows.append(
-            ab_row(
-                "ipc",
-                f"batches instead of one by one ({where})",
-                m,
-                analyse.per_trial(one, "total_ms"),
-                analyse.per_trial(batched, "total_ms"),
-                CLAIMS["batching"],
-            )
+            ab_row("ipc", f"batches instead of one by one ({where})", m, r, CLAIMS["batching"])
         )
     return rows
 

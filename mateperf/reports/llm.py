@@ -242,23 +242,12 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary rows: the warm-up after load against none (TTFT, tg, load)."""
-    d = llm.kept(df)
-    first = d[d["scenario"] == llm.SCENARIO_FIRST_REPLY]
-    cold, warm = first[first["arm"] == llm.COLD], first[first["arm"] == llm.WARM]
+    claims = {"ttft_ms": "warmup_ttft", "tg_tps": "warmup_tg", "load_s": "warmup_load"}
     rows = []
-    for name, claim in (("ttft_ms", "warmup_ttft"), ("tg_tps", "warmup_tg"), ("load_s", None)):
+    for name, r in llm.warm_up_comparisons(df, tuple(claims)).items():
         m = metrics.get("llm", name)
-        rows.append(
-            ab_row(
-                "llm",
-                "warm-up after load",
-                m,
-                cold[name],
-                warm[name],
-                CLAIMS["warmup_load" if name == "load_s" else claim],
-                2 if name == "load_s" else 1,
-            )
-        )
+        digits = 2 if name == "load_s" else 1
+        rows.append(ab_row("llm", "warm-up after load", m, r, CLAIMS[claims[name]], digits))
     return rows
 
 

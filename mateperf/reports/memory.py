@@ -8,32 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from mateperf import metrics
+from mateperf.phases.memory import analyse as memory
+from mateperf.phases.memory import verdict
+from mateperf.reports import memory_plots
+from mateperf.reports.declaration import PhaseReport
+from mateperf.reports.format import fmt, fmt_ci, table
+from mateperf.reports.memory_plots import METRIC_LABELS
+from mateperf.reports.overview import CLAIMS, summary_row
 
-from mateperf.phases import memory  # noqa: E402
-from mateperf.reports.declaration import PhaseReport  # noqa: E402
-from mateperf.reports.format import fmt, fmt_ci, save_figure, table  # noqa: E402
-from mateperf.reports.overview import CLAIMS, summary_row  # noqa: E402
-from mateperf.trackers.process_memory import RSS_FROM_STATM  # noqa: E402
-
-METRIC_LABELS = {
-    "heap_live_mb": "live heap",
-    "rss_mb": "RSS",
-    "rss_anon_mb": "anonymous RSS",
-    "rss_file_mb": "file-backed RSS",
-    "uss_mb": "USS",
-    "heap_used_mb": "heap in use",
-    "heap_free_mb": "heap free (retained)",
-    "model_mapped_mb": "model file resident",
-    "vram_device_used_mb": "VRAM used (device)",
-    "vram_process_mb": "VRAM (this process)",
-}
 ROLES = {
     "heap_live_mb": "decides",
     "heap_used_mb": "flat or bounded",
@@ -41,37 +27,19 @@ ROLES = {
     "rss_anon_mb": "flat or bounded; leak with RSS when readings follow a collection",
     "uss_mb": "shown only",
 }
-SCENARIO_COLORS = {
-    "baseline": "#dddddd",
-    "load_model": "#fde2b8",
-    "chat_session": "#d4e8f7",
-    "memory_cleanup": "#d9f0d3",
-}
 
 
 def _rss_source(run) -> str:
-    """The anonymous-memory source where it is not Linux's /proc (runs before it was stored
-    came from /proc): on Windows it is private bytes, which the reader must know."""
+    """Where the anonymous memory was read (on Windows it is private bytes, which the reader
+    must know); runs stored before it was recorded read Linux's /proc."""
     status = str(run.get("rss_status", "") or "")
-    if not status or status == RSS_FROM_STATM:
-        return ""
-    return f"{status}. "
+    return f"{status}. " if status else ""
 
 
 def _uss_schedule(interval_ms: float) -> str:
     if interval_ms > 0:
         return f"USS and heap in use every {interval_ms:.0f} ms and at every marker"
     return "USS and heap in use at every marker (after each message)"
-
-
-def _one_run(df: pd.DataFrame) -> pd.DataFrame:
-    if "run_id" in df.columns and df["run_id"].nunique() > 1:
-        return df[df["run_id"] == df["run_id"].iloc[0]]
-    return df
-
-
-def _has_vram(df: pd.DataFrame) -> bool:
-    return "vram_device_used_mb" in df.columns and df["vram_device_used_mb"].notna().any()
 
 
 def _kib(mib: float, digits: int = 1) -> str:
@@ -114,26 +82,11 @@ def _leak_table(leak: pd.DataFrame) -> pd.DataFrame:
 def _gc_table(df: pd.DataFrame) -> pd.DataFrame:
     """The collections CPython ran on its own during the chat, and the two forced ones that
     open and close it (the per-reply ones of gc_every_message are summarised in the reading)."""
-    gcs = memory.collections(df)
-    msgs = memory.message_rows(df)
-    marks = df[df["record"] == "marker"]
-    loaded = marks.loc[marks["label"] == "model loaded", "t_s"]
-    closed = marks.loc[marks["label"] == "chat garbage collected", "t_s"]
-    if gcs.empty or msgs.empty or loaded.empty or closed.empty:
-        return pd.DataFrame()
-    forced = gcs["gc_forced"].fillna(False).astype(bool)
-    chat = (gcs["t_s"] > float(loaded.iloc[0])) & (gcs["t_s"] < float(closed.iloc[0]))
-    first, last = float(msgs["reply_start_s"].min()), float(msgs["t_s"].max())
-    around = forced & ((gcs["t_s"] < first) | (gcs["t_s"] > last))
     rows = []
-    for _, g in gcs[chat & (~forced | around)].iterrows():
-        if g["gc_forced"]:
-            when = "before message 1" if g["t_s"] < first else "after the last message"
-        else:
-            when = f"during message {int(g['gc_replies_done']) + 1}"
+    for _, g in verdict.chat_collections(df).iterrows():
         rows.append(
             {
-                "when": when,
+                "when": g["when"],
                 "kind": "forced" if g["gc_forced"] else "automatic",
                 "generation": int(g["gc_generation"]),
                 "objects collected": int(g["gc_collected"]),
@@ -174,124 +127,6 @@ def _cleanup_table(effects: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _automatic_collection_times(df: pd.DataFrame) -> np.ndarray:
-    gcs = memory.collections(df)
-    if gcs.empty:
-        return np.array([])
-    auto = gcs[~gcs["gc_forced"].fillna(False).astype(bool)]
-    return auto["t_s"].to_numpy(float)
-
-
-def _plot_timeline(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
-    samples = df[df["record"] == "sample"]
-    marks = df[df["record"] == "marker"]
-    vram = _has_vram(df)
-    fig, axes = plt.subplots(2 if vram else 1, 1, figsize=(10, 5.5 if vram else 4), sharex=True)
-    axes = np.atleast_1d(axes)
-    ax = axes[0]
-    t_end = float(df["t_s"].max())
-    starts = marks.drop_duplicates("scenario")[["scenario", "t_s"]].to_numpy().tolist()
-    for i, (scenario, t0) in enumerate(starts):
-        t1 = starts[i + 1][1] if i + 1 < len(starts) else t_end
-        for a in axes:
-            a.axvspan(t0, t1, color=SCENARIO_COLORS.get(scenario, "#eeeeee"), alpha=0.6, lw=0)
-    scenario_keys = [
-        Patch(color=SCENARIO_COLORS.get(s, "#eeeeee"), alpha=0.6, label=s) for s, _t in starts
-    ]
-    for metric, style in (("rss_mb", "-"), ("rss_anon_mb", "--"), ("rss_file_mb", ":")):
-        ax.plot(samples["t_s"], samples[metric], style, lw=1.2, label=METRIC_LABELS[metric])
-    uss = df[df["record"].isin(["sample", "marker", "message"])].dropna(subset=["uss_mb"])
-    ax.plot(uss["t_s"], uss["uss_mb"], ".", ms=2.5, label=METRIC_LABELS["uss_mb"])
-    auto = _automatic_collection_times(df)
-    if auto.size:
-        ax.plot(auto, np.zeros_like(auto), "v", color="tab:purple", ms=6, clip_on=False)
-        ax.plot([], [], "v", color="tab:purple", label="automatic gc")
-    for _, m in marks.dropna(subset=["checkpoint"]).iterrows():
-        for a in axes:
-            a.axvline(m["t_s"], color="black", lw=0.6, alpha=0.6)
-        ax.annotate(
-            m["checkpoint"],
-            (m["t_s"], m["rss_mb"]),
-            fontsize=7,
-            rotation=90,
-            xytext=(2, 4),
-            textcoords="offset points",
-            va="bottom",
-        )
-    ax.set_ylabel("MiB")
-    ax.set_ylim(bottom=0)
-    handles, _labels = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + scenario_keys, loc="upper left", fontsize=7, ncol=4)
-    ax.grid(alpha=0.3)
-    if vram:
-        axes[1].plot(samples["t_s"], samples["vram_device_used_mb"], label="device used")
-        axes[1].plot(samples["t_s"], samples["vram_process_mb"], "--", label="this process")
-        axes[1].set_ylabel("VRAM MiB")
-        axes[1].legend(loc="upper left", fontsize=8)
-        axes[1].grid(alpha=0.3)
-    axes[-1].set_xlabel("time since the sampler started (s)")
-    return save_figure(fig, plots_dir, "memory_timeline", md_dir, "memory timeline")
-
-
-def _collection_messages(df: pd.DataFrame) -> np.ndarray:
-    """Message positions (k - 0.5 = during message k) of the automatic collections."""
-    gcs = memory.collections(df)
-    if gcs.empty:
-        return np.array([])
-    auto = gcs[~gcs["gc_forced"].fillna(False).astype(bool)]
-    return auto["gc_replies_done"].astype(float).to_numpy() + 0.5
-
-
-def _plot_per_message(
-    df: pd.DataFrame, leak: pd.DataFrame, warmup: int, plots_dir: Path, md_dir: Path
-) -> str:
-    msgs = memory.message_rows(df)
-    metrics = list(leak["metric"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6))
-    axes = np.atleast_1d(axes)
-    at = _collection_messages(df)
-    for ax, metric in zip(axes, metrics, strict=True):
-        r = leak[leak["metric"] == metric].iloc[0]
-        x = msgs["message"].astype(float).to_numpy()
-        y = memory.series(df, metric).to_numpy(float)
-        ax.axvspan(0.5, warmup + 0.5, color="#eeeeee", lw=0, label="warm-up (not fitted)")
-        for i, m in enumerate(at):
-            ax.axvline(
-                m, color="tab:purple", lw=0.8, alpha=0.6, label="automatic gc" if not i else None
-            )
-        ax.plot(x, y, ".", ms=4, color="tab:blue")
-        fitted = (x > warmup) & np.isfinite(y)
-        if fitted.sum() >= 3 and np.isfinite(r["slope_mb_per_msg"]):
-            # The band pivots on the centroid: lines through (x̄, ȳ) with the CI's two slopes.
-            xf = x[fitted]
-            xbar = xf.mean()
-            ybar = r["intercept"] + r["slope_mb_per_msg"] * xbar
-            ax.plot(
-                xf,
-                ybar + r["slope_mb_per_msg"] * (xf - xbar),
-                color="tab:red",
-                label=f"slope {r['slope_kb_per_msg']:.1f} KiB/msg",
-            )
-            ax.fill_between(
-                xf,
-                ybar + r["ci_low"] * (xf - xbar),
-                ybar + r["ci_high"] * (xf - xbar),
-                color="tab:red",
-                alpha=0.2,
-                lw=0,
-                label="95% CI (HAC)",
-            )
-        ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_title(f"{METRIC_LABELS[metric]}: {r['growth']}", fontsize=9)
-        ax.set_xlabel("message")
-        ax.set_ylabel("MiB")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
-    fig.suptitle("Memory after each message; slope after the warm-up with its robust 95% CI")
-    fig.tight_layout()
-    return save_figure(fig, plots_dir, "memory_per_message", md_dir, "memory per message")
-
-
 def _verdict_lines(v: pd.Series, run: pd.Series) -> list[str]:
     threshold = float(v["threshold_kb_per_msg"])
     basis = METRIC_LABELS.get(v["decided_by"], v["decided_by"])
@@ -301,27 +136,27 @@ def _verdict_lines(v: pd.Series, run: pd.Series) -> list[str]:
         f"autocorrelation, messages {int(run.get('warmup_messages', 0)) + 1}–end)"
     )
     head = f"- Verdict: **{v['verdict']}**. "
-    if v["verdict"] == memory.LEAK:
+    if v["verdict"] == verdict.LEAK:
         why = (
             f"The {slope} lies above the {threshold:.1f} KiB/message threshold: growth that "
             "no collection returned."
         )
-    elif v["verdict"] == memory.BOUNDED:
+    elif v["verdict"] == verdict.BOUNDED:
         why = (
             f"The {slope} lies below the {threshold:.1f} KiB/message threshold, but memory "
             "rose and fell: growth that collections returned or that stopped (below)."
         )
-    elif v["verdict"] == memory.FLAT:
+    elif v["verdict"] == verdict.FLAT:
         why = (
             f"The {slope} lies below the {threshold:.1f} KiB/message threshold, and no "
             "series grew above it."
         )
-    elif v["verdict"] == memory.INCONCLUSIVE and v["decided_by"] != memory.LIVE:
+    elif v["verdict"] == verdict.INCONCLUSIVE and v["decided_by"] != memory.LIVE:
         why = (
             f"The live heap cannot be measured in this run, and RSS alone cannot tell garbage "
             f"awaiting collection from a leak: the {slope} grows, but either may be the cause."
         )
-    elif v["verdict"] == memory.INCONCLUSIVE:
+    elif v["verdict"] == verdict.INCONCLUSIVE:
         why = f"The {slope} does not lie wholly on either side of {threshold:.1f} KiB/message."
     else:
         why = f"Too few messages after the warm-up to fit a slope ({int(v['n'])})."
@@ -353,9 +188,7 @@ def _reading(
             f"- {v['heap_status']}: the heap each collection returned cannot be measured, and "
             "RSS alone cannot tell garbage awaiting collection from a leak."
         )
-    freed = [float(x) for x in memory.gc_summary(df)["freed_mb"]]
-    at = memory.gc_summary(df)["freed_at"]
-    returning = [(m, f) for m, f in zip(at, freed, strict=True) if np.isfinite(f) and f > 1.0]
+    returning = verdict.heap_returns(df, above_mb=1.0)
     if v["gc_events"] and int(v["collections"]) > 0:
         listed = ", ".join(f"{m} ({f:.1f} MiB)" for m, f in returning)
         lines.append(
@@ -412,12 +245,12 @@ def _reading(
 
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
-    df = _one_run(df)
+    df = metrics.one_run(df)
     run = df.iloc[0]
     params = info.get("params", {}) or {}
     cp = memory.checkpoints(df)
     leak = memory.summarize(df)
-    verdict = memory.verdict_table(df).iloc[0]
+    v = verdict.verdict_table(df).iloc[0]
     effects = memory.cleanup_effects(df).iloc[0]
     warmup = int(leak["warmup_messages"].iloc[0])
     msgs = memory.message_rows(df)
@@ -436,23 +269,23 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"injected leak {int(run.get('leak_kb_per_message', 0) or 0)} KiB/message. "
         f"RSS sampled every {fmt(float(run.get('sample_interval_ms', np.nan)), 0)} ms, "
         f"{_uss_schedule(float(run.get('uss_interval_ms', 0) or 0))}. "
-        f"GPU: {gpu_status or 'unknown'}. {verdict['heap_status']}. "
+        f"GPU: {gpu_status or 'unknown'}. {v['heap_status']}. "
         f"{_rss_source(run)}"
         "MiB = 2^20 bytes, KiB = 2^10 bytes.",
         "",
         "### Checkpoints",
         "",
-        table(_checkpoint_table(cp, _has_vram(df))),
+        table(_checkpoint_table(cp, verdict.has_vram(df))),
         "",
-        _plot_timeline(df, plots_dir, md_dir),
+        memory_plots.timeline(df, plots_dir, md_dir),
         "",
         "### Leak test",
         "",
-        *_verdict_lines(verdict, run),
+        *_verdict_lines(v, run),
         "",
         table(_leak_table(leak)),
         "",
-        _plot_per_message(df, leak, warmup, plots_dir, md_dir),
+        memory_plots.per_message(df, leak, warmup, plots_dir, md_dir),
         "",
         "### Garbage collections",
         "",
@@ -464,7 +297,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         "### Reading",
         "",
-        *_reading(df, cp, verdict, effects, run),
+        *_reading(df, cp, v, effects, run),
         "",
     ]
     return "\n".join(parts)
@@ -472,7 +305,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """FINAL_RESULTS.md's summary row: the leak check of a default chat."""
-    v = memory.verdict_table(df).iloc[0]
+    v = verdict.verdict_table(df).iloc[0]
     slope = fmt_ci(v["slope_kb_per_msg"], v["ci_low_kb_per_msg"], v["ci_high_kb_per_msg"])
     return [
         summary_row(
@@ -490,7 +323,7 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
 
 def variant_row(df: pd.DataFrame, info: dict) -> dict:
     """This run's columns in the table of the phase's variants."""
-    v = memory.verdict_table(df).iloc[0]
+    v = verdict.verdict_table(df).iloc[0]
     return {
         "verdict": v["verdict"],
         "live-heap growth KiB/msg [95% CI]": fmt_ci(

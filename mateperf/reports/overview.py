@@ -6,7 +6,7 @@ ratio with a 95% CI and the rank test's verdict, and what the original study cla
 A variants table puts the runs of one phase that differ in what they test (the IPC peer, the
 memory self-check) side by side, one row each, instead of repeating whole sections.
 
-Everything here reads stored frames through the phases' own functions; nothing is measured.
+Everything here formats what the phases' own analyses computed; nothing is measured or tested.
 A phase's rows and variant columns are declared by its report module (`REPORT`), which builds
 them with `summary_row`, `ab_row` and `CLAIMS` from here.
 """
@@ -46,9 +46,9 @@ def summary_row(phase, optimisation, metric, baseline, optimised, ratio, verdict
     }
 
 
-def ab_row(phase, optimisation, metric: metrics.Metric, a, b, claim, digits=1) -> dict:
-    """A summary row of B against A: medians, their ratio with its CI, the verdict."""
-    r = stats.compare(a, b, higher_is_better=metric.higher_is_better, words=metric.words)
+def ab_row(phase, optimisation, metric: metrics.Metric, r: stats.ABResult, claim, digits=1) -> dict:
+    """A summary row of a comparison the phase made (B against A): medians, their ratio with
+    its CI, the verdict."""
     return summary_row(
         phase,
         optimisation,

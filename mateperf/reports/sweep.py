@@ -8,65 +8,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mateperf import compare, metrics, phases, stats
+from mateperf import compare, stats
 from mateperf.reports import declaration
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
 from mateperf.reports.header import run_header
-
-
-def _points(rows: pd.DataFrame, swept: list[str]):
-    for key, group in rows.groupby(swept, sort=True, dropna=False):
-        yield dict(zip(swept, key if isinstance(key, tuple) else (key,), strict=True)), group
-
-
-def metric_by_point(rows: pd.DataFrame, swept: list[str], metric: str) -> pd.DataFrame:
-    """Median of the per-trial values of `metric` and its 95% CI for each swept combination.
-
-    Each trial (each round's trial) counts once: a request-level metric enters through its
-    per-trial median, so requests of one trial are never pooled as independent.
-    """
-    decl = metrics.find(metric)
-    out = []
-    for key, group in _points(rows, swept):
-        s = stats.summarize(compare.trial_values(group, decl, "median"))
-        out.append({**key, **s})
-    return pd.DataFrame(out)
-
-
-def against_best(
-    rows: pd.DataFrame, swept: list[str], metric: str, summary: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """The best point by median, and every other point's ratio to it with the compare verdict.
-
-    The same test as `mateperf compare`: per-trial values, ratio of medians with a bootstrap
-    CI, Mann–Whitney across trials; verdict words say how the point does against the best.
-    """
-    decl = metrics.find(metric)
-    if summary is None:
-        summary = metric_by_point(rows, swept, metric)
-    if summary.empty or summary["median"].isna().all():
-        return pd.DataFrame()
-    best = summary["median"].idxmax() if decl.higher_is_better else summary["median"].idxmin()
-    best_key = {p: summary.at[best, p] for p in swept}
-    groups = list(_points(rows, swept))
-    best_rows = next(g for k, g in groups if k == best_key)
-    out = []
-    for key, group in groups:
-        r = compare.compare_metric(best_rows, group, decl, "median")
-        is_best = key == best_key
-        out.append(
-            {
-                **key,
-                "median": r.median_b,
-                "ratio_to_best": r.ratio,
-                "ci_low": r.ci_low,
-                "ci_high": r.ci_high,
-                "p": r.p_value,
-                "verdict": "best" if is_best else r.verdict,
-                "n": r.n_b,
-            }
-        )
-    return pd.DataFrame(out)
 
 
 def _plot_against(summary: pd.DataFrame, swept: list[str], x: str, label: str, ax) -> None:
@@ -123,33 +68,11 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
     return text
 
 
-def run_level_specs(phase: str, df: pd.DataFrame, swept: list[str]) -> list:
-    """(label, rows, metric) for the phase's run-level metrics, one row per point and round.
-
-    A memory session is one replicate; the phase derives its figures (leak slope, RSS at the
-    checkpoints) from each point-round's whole frame, and the rounds are the replicates.
-    """
-    declared = [m for m in metrics.for_phase(phase) if m.level == metrics.RUN]
-    derive = phases.declared(phase).trial_table
-    if not declared or derive is None or "point" not in df.columns or not swept:
-        return []
-    parts = []
-    for _, rows in df.groupby("point", sort=True):
-        table_ = derive(rows)
-        for name in swept:
-            table_[name] = rows[name].iloc[0]
-        parts.append(table_)
-    derived = pd.concat(parts, ignore_index=True)
-    return [(m.title, derived, m.name) for m in declared if m.name in derived.columns]
-
-
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     phase = info["phase"]
     grid = info.get("grid", {})
     swept = [p for p in grid if p in df.columns]
-    own = phases.declared(phase).sweep_metrics
-    specs = own(df) if own is not None else []
-    specs += run_level_specs(phase, df, swept)
+    specs = compare.sweep_specs(phase, df, swept)
     parts = [
         f"## Sweep of phase {phase}: {' × '.join(f'{k} ∈ {v}' for k, v in grid.items())}",
         "",
@@ -166,7 +89,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     for i, (label, rows, metric) in enumerate(specs):
         if rows.empty or not swept:
             continue
-        summary = metric_by_point(rows, swept, metric)
+        summary = compare.metric_by_point(rows, swept, metric)
         if summary.empty:
             continue
         if numeric:
@@ -178,7 +101,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
             fig.suptitle(f"{label} across the sweep")
             name = f"sweep_{phase}_{i}_{metric}"
             parts += [save_figure(fig, plots_dir, name, md_dir, label), ""]
-        ranked = against_best(rows, swept, metric, summary)
+        ranked = compare.against_best(rows, swept, metric, summary)
         shown = ranked[swept].copy()
         shown[f"{label} median [95% CI]"] = [
             fmt_ci(r["median"], r["ci_low"], r["ci_high"]) for _, r in summary.iterrows()

@@ -11,6 +11,7 @@ import pandas as pd
 
 from mateperf import avatar_pacing
 from mateperf.reports.format import fmt, fmt_p, save_figure, table
+from mateperf.tune.race import raced_medians
 from mateperf.tune.space import Setting
 
 
@@ -80,13 +81,11 @@ def _pruned(rec: dict) -> list[str]:
 
 
 def _plot(trials: pd.DataFrame, rec: dict, plots_dir: Path, md_dir: Path) -> str:
-    race = trials[(trials["stage"] == "race") & (trials["error"].fillna("") == "")]
-    if race.empty:
+    if not ((trials["stage"] == "race") & (trials["error"].fillna("") == "")).any():
         return ""
     fig, axes = plt.subplots(1, len(rec["profiles"]), figsize=(5 * len(rec["profiles"]), 4))
     for ax, (name, e) in zip(np.atleast_1d(axes), rec["profiles"].items(), strict=True):
-        d = race[race["profile"] == name].groupby("candidate")[["reply_ms", "frame_p99_ms"]]
-        med = d.median()
+        med = raced_medians(trials, name)
         ax.scatter(med["frame_p99_ms"], med["reply_ms"], s=18, color="0.5", label="raced")
         label = Setting(**{k: v for k, v in e["settings"].items() if k != "n_ubatch"}).label
         pick = med.loc[[c for c in med.index if c == label]]

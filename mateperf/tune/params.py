@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mateperf.avatar import AVATAR_HELP, parse_address
-from mateperf.bridge.process import PEER_KINDS
 from mateperf.gpu.profiles import COMPANION_CARD_MB
-from mateperf.model import KV_CACHE_TYPES
-from mateperf.params import Params, param, refuse
-from mateperf.phases.llm.params import DEFAULT_MODEL
+from mateperf.params import DEFAULT_MODEL, KV_CACHE_TYPES, PEER_KINDS, Params, param, refuse
 from mateperf.tune.space import Axes, kv_choices
 
 

@@ -342,3 +342,11 @@ class _Board:
             f"round {r}/{max_rounds}: {len(alive)} left after {trials} trials, best {best} "
             f"({figure}){gone if out else ''}"
         )
+
+
+def raced_medians(trials: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """Per candidate raced for `profile` (its label): median reply ms and frame p99 ms over its
+    race trials that did not fail."""
+    race = trials[(trials["stage"] == "race") & (trials["error"].fillna("") == "")]
+    race = race[race["profile"] == profile]
+    return race.groupby("candidate")[["reply_ms", "frame_p99_ms"]].median()

@@ -14,9 +14,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from mateperf.gpu import estimate, profiles
-from mateperf.model import UNQUANTISED, LlamaConfig
+from mateperf.params import UNQUANTISED
+
+if TYPE_CHECKING:
+    from mateperf.model import LlamaConfig
 
 
 def kv_choices(types: list[str], flash: list[bool]) -> list[tuple[str, str, bool]]:
@@ -48,6 +52,8 @@ class Setting:
         )
 
     def config(self, model_path: str, seed: int = 1234) -> LlamaConfig:
+        from mateperf.model import LlamaConfig  # a stored tune run is read without the model
+
         return LlamaConfig(model_path, seed=seed, n_ubatch=self.n_batch, **asdict(self))
 
     def as_dict(self) -> dict:

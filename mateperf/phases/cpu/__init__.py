@@ -30,9 +30,8 @@ from mateperf.phases.cpu.analyse import (
     sweep_metrics,
     write_recommendation,
 )
-from mateperf.phases.cpu.measure import run
 from mateperf.phases.cpu.params import CpuParams
-from mateperf.phases.declaration import Phase
+from mateperf.phases.declaration import Phase, measured_by
 
 __all__ = [
     "per_condition",
@@ -42,6 +41,8 @@ __all__ = [
     "sweep_metrics",
     "write_recommendation",
 ]
+
+run = measured_by("mateperf.phases.cpu.measure")
 
 DECLARATION = Phase(
     name="cpu",

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 
 from mateperf import recommend
 from mateperf.avatar import AVATAR_HELP, parse_address
-from mateperf.bridge.process import PEER_KINDS
-from mateperf.companion_load import BACKGROUNDS
 from mateperf.errors import ParameterError
-from mateperf.params import Params, param, refuse
-from mateperf.phases.llm.params import DEFAULT_MODEL
+from mateperf.params import BACKGROUNDS, DEFAULT_MODEL, PEER_KINDS, Params, param, refuse
 
 
 @dataclass(frozen=True)

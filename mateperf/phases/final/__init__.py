@@ -27,12 +27,13 @@ show whether they add up to the combination.
 from __future__ import annotations
 
 from mateperf import metrics
-from mateperf.phases.declaration import Phase
+from mateperf.phases.declaration import Phase, measured_by
 from mateperf.phases.final.analyse import ADD_UP_METRICS, add_up, against_baseline
-from mateperf.phases.final.measure import run
 from mateperf.phases.final.params import ARMS, BASELINE, OPTIMISED, FinalParams
 
 __all__ = ["ADD_UP_METRICS", "ARMS", "BASELINE", "OPTIMISED", "add_up", "against_baseline", "run"]
+
+run = measured_by("mateperf.phases.final.measure")
 
 DECLARATION = Phase(
     name="final",

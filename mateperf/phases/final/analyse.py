@@ -75,3 +75,28 @@ def add_up(ab: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def arm_medians(d: pd.DataFrame) -> pd.DataFrame:
+    """Per peer, arm and declared metric: n, median and its 95% CI (arms in ARMS order)."""
+    rows = []
+    for (peer, arm), sub in d.groupby(["peer", "arm"], sort=False):
+        for m in metrics.present("final", sub):
+            values = sub[m.name].dropna()
+            if values.empty:
+                continue
+            s = stats.summarize(values)
+            rows.append(
+                {
+                    "peer": peer,
+                    "arm": arm,
+                    "n": len(sub),
+                    "metric": m.name,
+                    **{k: s[k] for k in ("median", "ci_low", "ci_high")},
+                }
+            )
+    out = pd.DataFrame(rows, columns=["peer", "arm", "n", "metric", "median", "ci_low", "ci_high"])
+    order = {a: i for i, a in enumerate(ARMS)}
+    return out.sort_values(
+        ["peer", "arm"], key=lambda c: c.map(order) if c.name == "arm" else c, kind="stable"
+    )

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mateperf.avatar import AVATAR_HELP, parse_address
-from mateperf.bridge.process import PEER_KINDS
-from mateperf.params import Params, param, refuse
-from mateperf.phases.llm.params import DEFAULT_MODEL
+from mateperf.params import DEFAULT_MODEL, PEER_KINDS, Params, param, refuse
 
 BASELINE, OPTIMISED = "baseline", "optimised"
 SINGLE = ("threads", "warmup", "batching", "profile")

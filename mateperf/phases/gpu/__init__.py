@@ -35,7 +35,7 @@ are the names the notebook, the tests and the device check use.
 
 from __future__ import annotations
 
-from mateperf.phases.declaration import Phase
+from mateperf.phases.declaration import Phase, measured_by
 from mateperf.phases.gpu.analyse import (
     MEASURED_SCENARIOS,
     SCENARIO_ALERT,
@@ -59,15 +59,11 @@ from mateperf.phases.gpu.analyse import (
     summarize,
     sweep_metrics,
 )
-from mateperf.phases.gpu.measure import _progress, run
 from mateperf.phases.gpu.params import GpuParams
-from mateperf.phases.gpu.predict import FIT_KV, FIT_N_CTX, target_card
 
 ROUND_SPLIT = ("trials",)  # what a sweep's rounds divide among them
 
 __all__ = [
-    "FIT_KV",
-    "FIT_N_CTX",
     "MEASURED_SCENARIOS",
     "ROUND_SPLIT",
     "SCENARIO_ALERT",
@@ -82,7 +78,6 @@ __all__ = [
     "SCENARIO_SELECTION",
     "SCENARIO_TARGET",
     "GpuParams",
-    "_progress",
     "check",
     "fit_frames",
     "measured",
@@ -93,8 +88,9 @@ __all__ = [
     "run",
     "summarize",
     "sweep_metrics",
-    "target_card",
 ]
+
+run = measured_by("mateperf.phases.gpu.measure")
 
 DECLARATION = Phase(
     name="gpu",

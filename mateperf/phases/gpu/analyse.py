@@ -251,3 +251,59 @@ def sweep_metrics(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame, str]]:
     if "vram_delta_mb" in layers and layers["vram_delta_mb"].notna().any():
         specs.append(("VRAM in use, NVML (MiB)", layers, "vram_delta_mb"))
     return [s for s in specs if s[2] in s[1] and s[1][s[2]].notna().any()]
+
+
+def selected_against_fallback(df: pd.DataFrame) -> dict[str, stats.ABResult]:
+    """Metric -> the selected profile against cpu_fallback (tg tokens/s, VRAM added); empty
+    where the selection was the fallback or either profile was not measured."""
+    d = measured(df)
+    chosen = str(d["selected_profile"].iloc[0]) if "selected_profile" in d and len(d) else ""
+    prof = d[d["scenario"] == SCENARIO_PROFILE]
+    base = prof[prof["profile"] == profiles.CPU_FALLBACK]
+    best = prof[prof["profile"] == chosen]
+    if chosen == profiles.CPU_FALLBACK or base.empty or best.empty:
+        return {}
+    out = {}
+    for name in ("tg_tps", "vram_delta_mb"):
+        m = metrics.get("gpu", name)
+        out[name] = stats.compare(
+            base[name], best[name], higher_is_better=m.higher_is_better, words=m.words
+        )
+    return out
+
+
+def per_point(df: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """A sweep's n_gpu_layers trials per point: effective layers on the GPU, median VRAM added
+    against both predictions, median tg tokens/s, trials (empty without such trials)."""
+    d = measured(df)
+    d = d[d["scenario"] == SCENARIO_LAYERS]
+    if d.empty or not grid:
+        return pd.DataFrame()
+    rows = []
+    for key, g in d.groupby(grid, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        vram = g["vram_delta_mb"].dropna()
+        rows.append(
+            {
+                **dict(zip(grid, key, strict=True)),
+                "gpu_layers_effective": int(g["gpu_layers_effective"].iloc[0]),
+                "vram_delta_mb": float(np.median(vram)) if len(vram) else math.nan,
+                "pred_meta_total_mb": g["pred_meta_total_mb"].iloc[0],
+                "pred_proj_total_mb": g["pred_proj_total_mb"].iloc[0],
+                "tg_tps": float(g["tg_tps"].median()),
+                "trials": len(g),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def prediction_accuracy(df: pd.DataFrame) -> tuple[float, int, int] | None:
+    """(worst |metadata prediction − NVML| in MiB, configurations within target, configurations
+    judged) over the GPU configurations measured; None where none was."""
+    vs = measured_vs_predicted(df)
+    if vs.empty:
+        return None
+    gpu_rows = vs[~vs.get("cfg_hide_gpu", pd.Series(False, index=vs.index)).astype(bool)]
+    known = [v for v in gpu_rows["meta_within_target"] if v is not None]
+    worst = float(gpu_rows["meta_error_mb"].abs().max()) if len(gpu_rows) else math.nan
+    return worst, int(sum(known)), len(known)

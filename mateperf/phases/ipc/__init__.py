@@ -52,9 +52,8 @@ lab of peers and what each scenario sends), `measure` (`run` and the trial loop)
 (everything read from a stored frame).
 """
 
-from mateperf.phases.declaration import Phase
+from mateperf.phases.declaration import Phase, measured_by
 from mateperf.phases.ipc.analyse import failed_trials, frame_cost_table, headline, summarize
-from mateperf.phases.ipc.measure import run
 from mateperf.phases.ipc.params import SCENARIOS, IpcParams
 from mateperf.phases.ipc.rows import (
     FRAME_COST_LOAD,
@@ -80,6 +79,8 @@ __all__ = [
     "run",
     "summarize",
 ]
+
+run = measured_by("mateperf.phases.ipc.measure")
 
 DECLARATION = Phase(
     name="ipc",

@@ -1,4 +1,5 @@
-"""Reading a stored ipc frame: its records, one value per trial, the summary, the headline.
+"""Reading a stored ipc frame: its records, one value per trial, the summary, the headline,
+and the headline's verdicts against the issue's targets.
 
 Requests of one trial share its conditions, so every comparison here is across trials:
 request metrics through their per-trial medians, trial metrics through their one value.
@@ -10,15 +11,22 @@ import numpy as np
 import pandas as pd
 
 from mateperf import metrics, stats
-from mateperf.phases.ipc.rows import (
+from mateperf.phases.ipc.rows import (  # noqa: F401 - the report states it; it reads analyse only
     FRAME_COST_LOAD,
     FRAME_COST_NON_READING,
     FRAME_ROW,
     IDENTITY,
+    NON_READING_COMMANDS_PER_FRAME,
     RECORD,
     REQUEST_ROW,
     TRIAL_ROW,
 )
+
+# the issue's targets, stated once
+TARGET_P50_OVER_FLOOR = 4.0
+TARGET_THROUGHPUT_SHARE = 0.25
+TARGET_BATCH_SPEEDUP = 5.0
+MET, MISSED, UNCLEAR = "met", "missed", "unclear"
 
 
 def split_records(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -190,3 +198,80 @@ def failed_trials(df: pd.DataFrame) -> pd.DataFrame:
     if "error" not in df.columns:
         return pd.DataFrame(columns=["trial", "error"])
     return df[df["error"].fillna("") != ""][["trial", "error"]].reset_index(drop=True)
+
+
+def against_target(low: float, high: float, target: float, at_most: bool) -> str:
+    """Met or missed only when the whole 95% CI is on one side of the target; else unclear."""
+    if np.isnan(low) or np.isnan(high):
+        return UNCLEAR
+    if (high <= target) if at_most else (low >= target):
+        return MET
+    if (low > target) if at_most else (high < target):
+        return MISSED
+    return UNCLEAR
+
+
+def frame_tags(h: dict) -> list[str]:
+    """The frame rates of the batching scenario in a headline: `unpaced`, `60fps`, ..."""
+    return sorted(k[: -len("_frame_ms")] for k in h if k.endswith("_frame_ms"))
+
+
+def target_verdicts(h: dict) -> dict[str, str]:
+    """Each headline figure that has a target -> met, missed or unclear, keyed as in `h`.
+
+    `<tag>_within_frame`: whether a command, one by one and batched, completes within one
+    frame at that frame rate (p50 against the frame period; no CI: a fact about medians).
+    """
+    out = {}
+    if "bridge_over_floor_ci" in h:
+        low, high = h["bridge_over_floor_ci"]
+        out["bridge_over_floor_p50"] = against_target(
+            low, high, TARGET_P50_OVER_FLOOR, at_most=True
+        )
+    if "throughput_share_ci" in h:
+        low, high = h["throughput_share_ci"]
+        out["throughput_share_of_floor"] = against_target(
+            low, high, TARGET_THROUGHPUT_SHARE, at_most=False
+        )
+    for tag in frame_tags(h):
+        frame_ms = h[f"{tag}_frame_ms"]
+        if not np.isnan(frame_ms):
+            slowest = max(
+                h[f"{tag}_one_by_one_completion_p50_ms"], h[f"{tag}_batched_completion_p50_ms"]
+            )
+            out[f"{tag}_within_frame"] = MET if slowest <= frame_ms else MISSED
+        speedup = h.get(f"{tag}_one_by_one_over_batched_total", float("nan"))
+        if tag != "unpaced" and not np.isnan(speedup):
+            low, high = h[f"{tag}_one_by_one_over_batched_ci"]
+            out[f"{tag}_one_by_one_over_batched_total"] = against_target(
+                low, high, TARGET_BATCH_SPEEDUP, at_most=False
+            )
+    return out
+
+
+def sleep_share_pct(h: dict) -> float:
+    """The share of the original one-by-one loop's time that was its `sleep(0.001)` (%)."""
+    plain = h.get("original_sendall_total_ms", float("nan"))
+    slept = h.get("original_sendall_sleep_1ms_total_ms", float("nan"))
+    return (slept - plain) / slept * 100
+
+
+def batching_comparisons(df: pd.DataFrame) -> list[tuple[float, stats.ABResult]]:
+    """(fps, batched against one by one in total time) per frame rate of the batching scenario."""
+    _requests, trials = split_records(df)
+    batching = trials[trials["scenario"] == "batching"] if "scenario" in trials else trials
+    m = metrics.get("ipc", "total_ms")
+    out = []
+    for fps in sorted(set(batching.get("fps", pd.Series(dtype=float)))):
+        one = batching[(batching["fps"] == fps) & (batching["mode"] == "one_by_one")]
+        batched = batching[(batching["fps"] == fps) & (batching["mode"] == "batched")]
+        if one.empty or batched.empty:
+            continue
+        r = stats.compare(
+            per_trial(one, "total_ms"),
+            per_trial(batched, "total_ms"),
+            higher_is_better=m.higher_is_better,
+            words=m.words,
+        )
+        out.append((float(fps), r))
+    return out

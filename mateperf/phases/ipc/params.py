@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mateperf.avatar import AVATAR_HELP, parse_address
-from mateperf.bridge.process import PEER_KINDS
-from mateperf.params import Params, param, refuse
+from mateperf.params import PEER_KINDS, Params, param, refuse
 
 SCENARIOS = (
     "simple_commands",

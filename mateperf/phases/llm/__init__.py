@@ -23,7 +23,7 @@ first-reply trial (or every throughput repetition) failed is a failure.
 
 from __future__ import annotations
 
-from mateperf.phases.declaration import Phase
+from mateperf.phases.declaration import Phase, measured_by
 from mateperf.phases.llm.analyse import (
     COLD,
     FIRST_REPLY_METRICS,
@@ -38,22 +38,7 @@ from mateperf.phases.llm.analyse import (
     summarize,
     sweep_metrics,
 )
-from mateperf.phases.llm.measure import (
-    copy_bandwidth_gbps,
-    first_reply_trial,
-    run,
-    throughput_trial,
-)
 from mateperf.phases.llm.params import LlmParams
-
-# The cpu and final phases read these here until they import mateperf.workloads themselves.
-from mateperf.workloads import (
-    bench_pp,
-    bench_tg,
-    gpu_offload_available,
-    stream_reply,
-    warm_up,
-)
 
 ROUND_SPLIT = ("trials", "bench_reps")  # what a sweep's rounds divide among them, primary first
 
@@ -67,20 +52,14 @@ __all__ = [
     "SCENARIO_TG",
     "WARM",
     "bandwidth_bound",
-    "bench_pp",
-    "bench_tg",
     "cold_vs_warm",
-    "copy_bandwidth_gbps",
-    "first_reply_trial",
-    "gpu_offload_available",
     "kept",
     "run",
-    "stream_reply",
     "summarize",
     "sweep_metrics",
-    "throughput_trial",
-    "warm_up",
 ]
+
+run = measured_by("mateperf.phases.llm.measure")
 
 DECLARATION = Phase(
     name="llm",

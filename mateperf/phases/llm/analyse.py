@@ -50,17 +50,24 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
-    """A/B of the warm arm against the cold one, per metric (the trial is the replicate)."""
+def warm_up_comparisons(df: pd.DataFrame, names=COLD_VS_WARM_METRICS) -> dict[str, stats.ABResult]:
+    """Metric -> the warm arm against the cold one (the trial is the replicate)."""
     d = kept(df)
     first = d[d["scenario"] == SCENARIO_FIRST_REPLY]
     cold, warm = first[first["arm"] == COLD], first[first["arm"] == WARM]
-    rows = []
-    for name in COLD_VS_WARM_METRICS:
+    out = {}
+    for name in names:
         metric = metrics.get("llm", name)
-        r = stats.compare(
+        out[name] = stats.compare(
             cold[name], warm[name], higher_is_better=metric.higher_is_better, words=metric.words
         )
+    return out
+
+
+def cold_vs_warm(df: pd.DataFrame) -> pd.DataFrame:
+    """A/B of the warm arm against the cold one, per metric (the trial is the replicate)."""
+    rows = []
+    for name, r in warm_up_comparisons(df).items():
         rows.append(
             {
                 "metric": name,

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, model, progress, runner, workloads
+from mateperf import companion, gguf_file, model, progress, runner, workloads
 from mateperf.phases.llm.analyse import (
     COLD,
     SCENARIO_FIRST_REPLY,
@@ -152,7 +152,7 @@ def run(**values) -> pd.DataFrame:
     """Phase 2: first replies cold and warm, throughput and bandwidth; one row per trial."""
     p = LlmParams.from_values(values, what="llm")
     path = model.resolve_model(p.model or None)  # validates the file
-    meta = model.gguf_metadata(path)
+    meta = gguf_file.gguf_metadata(path)
     config = model.LlamaConfig(
         model_path=str(path),
         n_ctx=p.n_ctx,

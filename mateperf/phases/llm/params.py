@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mateperf.params import Params, param
-
-DEFAULT_MODEL = "GGUF path; empty means $MATEPERF_MODEL, else the default Gemma 3 270M Q4_K_M"
+from mateperf.params import DEFAULT_MODEL, Params, param
 
 
 @dataclass(frozen=True)

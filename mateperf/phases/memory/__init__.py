@@ -38,7 +38,7 @@ per message: a real leak of known size.
 
 from __future__ import annotations
 
-from mateperf.phases.declaration import Phase
+from mateperf.phases.declaration import Phase, measured_by
 from mateperf.phases.memory.analyse import (  # noqa: F401 - re-exported
     ABOVE,
     CHECKPOINTS,
@@ -55,7 +55,6 @@ from mateperf.phases.memory.analyse import (  # noqa: F401 - re-exported
     series,
     summarize,
 )
-from mateperf.phases.memory.measure import run
 from mateperf.phases.memory.params import MemoryParams
 from mateperf.phases.memory.verdict import (  # noqa: F401 - re-exported
     BOUNDED,
@@ -67,6 +66,8 @@ from mateperf.phases.memory.verdict import (  # noqa: F401 - re-exported
     trial_table,
     verdict_table,
 )
+
+run = measured_by("mateperf.phases.memory.measure")
 
 DECLARATION = Phase(
     name="memory",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mateperf.params import Params, param, refuse
-from mateperf.phases.llm.params import DEFAULT_MODEL
+from mateperf.params import DEFAULT_MODEL, Params, param, refuse
 
 
 @dataclass(frozen=True)

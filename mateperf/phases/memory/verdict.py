@@ -226,3 +226,55 @@ def trial_table(df: pd.DataFrame) -> pd.DataFrame:
                 row[name] = rep[name].iloc[0]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def chat_collections(df: pd.DataFrame) -> pd.DataFrame:
+    """The collections CPython ran on its own during the chat, and the two forced ones that
+    open and close it (the per-reply ones of gc_every_message are summarised by gc_summary),
+    in time order, each with `when` it ran (empty where collections were not recorded)."""
+    gcs = collections(df)
+    msgs = message_rows(df)
+    marks = df[df["record"] == "marker"]
+    loaded = marks.loc[marks["label"] == "model loaded", "t_s"]
+    closed = marks.loc[marks["label"] == "chat garbage collected", "t_s"]
+    if gcs.empty or msgs.empty or loaded.empty or closed.empty:
+        return gcs.iloc[0:0].assign(when=pd.Series(dtype=str))
+    forced = gcs["gc_forced"].fillna(False).astype(bool)
+    chat = (gcs["t_s"] > float(loaded.iloc[0])) & (gcs["t_s"] < float(closed.iloc[0]))
+    first, last = float(msgs["reply_start_s"].min()), float(msgs["t_s"].max())
+    around = forced & ((gcs["t_s"] < first) | (gcs["t_s"] > last))
+    out = gcs[chat & (~forced | around)].copy()
+    out["when"] = [
+        ("before message 1" if g["t_s"] < first else "after the last message")
+        if g["gc_forced"]
+        else f"during message {int(g['gc_replies_done']) + 1}"
+        for _, g in out.iterrows()
+    ]
+    return out.reset_index(drop=True)
+
+
+def automatic_collections(df: pd.DataFrame) -> pd.DataFrame:
+    """The collections CPython ran on its own (not forced), with `at_message`: k − 0.5 for one
+    that ran during message k."""
+    gcs = collections(df)
+    if gcs.empty:
+        return gcs.assign(at_message=pd.Series(dtype=float))
+    auto = gcs[~gcs["gc_forced"].fillna(False).astype(bool)].copy()
+    auto["at_message"] = auto["gc_replies_done"].astype(float) + 0.5
+    return auto
+
+
+def heap_returns(df: pd.DataFrame, above_mb: float = 1.0) -> list[tuple[str, float]]:
+    """(message, heap returned in MiB) of each automatic collection that returned more than
+    `above_mb` during the chat."""
+    summary = gc_summary(df)
+    return [
+        (m, float(f))
+        for m, f in zip(summary["freed_at"], summary["freed_mb"], strict=True)
+        if np.isfinite(float(f)) and float(f) > above_mb
+    ]
+
+
+def has_vram(df: pd.DataFrame) -> bool:
+    """Whether the run read VRAM (an NVIDIA GPU was there to read)."""
+    return "vram_device_used_mb" in df.columns and df["vram_device_used_mb"].notna().any()

@@ -1,6 +1,6 @@
 """The usual thread-count rules, each computed the way its source computes it on each OS.
 
-Pure: a rule reads a detected `CpuTopology` (mateperf/trackers/cpu.py) and nothing else, so a
+Pure: a rule reads a detected `CpuTopology` (mateperf/cpu_topology.py) and nothing else, so a
 stored run's report computes the same candidates from its fingerprint as the run saw.
 
 llama.cpp's own default (`llama_cpp_default_threads`) follows `common/common.cpp`: read in
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mateperf.trackers.cpu import CpuTopology
+from mateperf.cpu_topology import CpuTopology
 
 ORIGINAL_HARD_CODED_THREADS = 6
 X86_64 = {"x86_64", "amd64"}  # platform.machine() on Linux / on Windows
