@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -31,11 +32,13 @@ import pandas as pd
 import psutil
 import pytest
 
-from mateperf import results
+from mateperf import llama_features, results
 from mateperf.bridge import connection as connection_mod
 from mateperf.bridge import peer as peer_mod
+from mateperf.bridge import process
 from mateperf.bridge.client import UnityBridge
 from mateperf.errors import ParameterError
+from mateperf.gpu import projection
 from mateperf.phases import ipc
 from mateperf.phases.cpu import analyse as cpu_analyse
 from mateperf.thread_rules import heuristics
@@ -543,3 +546,121 @@ def test_console_on_a_legacy_code_page_does_not_fail(tmp_path):
         cwd=tmp_path,
     )
     assert cli.returncode == 0, cli.stderr
+
+
+# -- the test command itself: every module collects without fcntl, resource or Mono ----------
+
+
+def test_the_whole_suite_collects_as_on_windows(tmp_path):
+    """`python -m pytest` on Windows stops at the first module that cannot be imported: with
+    the POSIX-only modules unimportable from this repository and no Mono on PATH
+    (scripts/collect_as_windows.py), every test module must still collect."""
+    no_tools = tmp_path / "bin"
+    no_tools.mkdir()
+    env = {**os.environ, "PATH": str(no_tools)}
+    script = REPO / "scripts" / "collect_as_windows.py"
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600
+    )
+    summary = result.stdout.strip().splitlines()[-1]
+    print(result.stdout.splitlines()[0], "|", summary)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "no Mono on PATH" in result.stdout
+    assert re.fullmatch(r"\d+ tests collected in [\d.]+s", summary), summary
+    assert int(summary.split()[0]) > 500
+
+
+# -- os.name "nt": the Windows branches of the bridge and the GPU projection ------------------
+
+
+class _ExclusiveOnlySocket(socket.socket):
+    """Linux has no SO_EXCLUSIVEADDRUSE: this socket records the option and does not pass it
+    to the kernel, where a listening socket without SO_REUSEADDR is already exclusive. Every
+    other call is the real socket's."""
+
+    options: list[tuple[int, int, int]] = []
+
+    def setsockopt(self, level, option, value, *rest):
+        if option == _SO_EXCLUSIVEADDRUSE:
+            self.options.append((level, option, value))
+            return None
+        return super().setsockopt(level, option, value, *rest)
+
+
+_SO_EXCLUSIVEADDRUSE = ~socket.SO_REUSEADDR  # winsock2.h: ((int)(~SO_REUSEADDR)), i.e. -5
+
+
+def test_the_peer_listens_exclusively_on_windows(monkeypatch):
+    _ExclusiveOnlySocket.options = []
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        m.setattr(socket, "SO_EXCLUSIVEADDRUSE", _SO_EXCLUSIVEADDRUSE, raising=False)
+        m.setattr(socket, "socket", _ExclusiveOnlySocket)
+        first = connection_mod.listen("127.0.0.1", 0)
+        port = first.getsockname()[1]
+        with pytest.raises(OSError) as taken:  # a second peer on the same port is refused
+            connection_mod.listen("127.0.0.1", port)
+    try:
+        assert _ExclusiveOnlySocket.options == [(socket.SOL_SOCKET, _SO_EXCLUSIVEADDRUSE, 1)] * 2
+        assert taken.value.errno == errno.EADDRINUSE
+        assert first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)  # it does listen
+        accepted, _ = first.accept()
+        accepted.close()
+        client.close()
+    finally:
+        first.close()
+
+
+def test_a_built_peer_starts_as_windows_starts_it(monkeypatch):
+    exe, dll = Path("C:/mateperf/MatePeer.exe"), Path("C:/mateperf/MatePeer.dll")
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        assert process.csharp_peer_command(exe) == [str(exe)]  # an .exe runs as itself
+        assert process.csharp_peer_command(dll) == ["dotnet", str(dll)]
+    assert process.csharp_peer_command(exe)[0] == "mono"
+
+
+def test_the_projection_library_loads_with_windows_dll_folders(monkeypatch):
+    """On Windows the common library's dependencies (llama.dll, ggml*.dll) are found only in
+    folders added with os.add_dll_directory, which Linux does not have: recorded here; then
+    the real library is loaded (by this OS's loader: LoadLibrary cannot run here) and its
+    common_fit_print looked up."""
+    pytest.importorskip("llama_cpp")  # loads llama and ggml first, as the projection's child does
+    library = llama_features.common_library()
+    if library is None:
+        pytest.skip("no llama-common library in this llama-cpp-python build")
+    candidates = projection.candidate_libraries()
+    added: list[str] = []
+    monkeypatch.setattr(llama_features, "common_library", lambda: library)
+    monkeypatch.setattr(projection, "candidate_libraries", lambda: candidates)
+    monkeypatch.setattr(os, "add_dll_directory", added.append, raising=False)
+    real_os_name = os.name
+
+    def load_with_this_os_loader(name):  # LoadLibrary cannot run here: dlopen loads it
+        with monkeypatch.context() as loader:
+            loader.setattr(os, "name", real_os_name)
+            return ctypes.CDLL(name)
+
+    windows_ctypes = types.SimpleNamespace(CDLL=load_with_this_os_loader)
+    with monkeypatch.context() as m:
+        m.setattr(os, "name", "nt")
+        lib_path, fit_print, why = projection._load_fit_print(windows_ctypes)
+    assert (lib_path, why) == (library, "")
+    assert callable(fit_print)
+    folders = {str(p.parent) for p in [library, *candidates] if p.parent.is_dir()}
+    assert sorted(added) == sorted(folders) and str(library.parent) in added
+
+
+# -- the measurement lock through filelock's Windows class ----------------------------------
+
+
+def test_the_lock_on_windows_is_filelocks_windows_class(tmp_path):
+    """On Windows filelock's FileLock is its WindowsFileLock (LockFileEx on the handle msvcrt
+    gives it), which measurement_lock takes; two real processes then wait for each other.
+    Only where msvcrt imports: the class is not defined elsewhere (not run on Linux)."""
+    pytest.importorskip("msvcrt", reason="filelock's Windows lock needs msvcrt: Windows only")
+    import filelock
+
+    assert filelock.FileLock is filelock.WindowsFileLock
+    test_measurement_lock_works_without_fcntl(tmp_path)
