@@ -18,7 +18,7 @@ from mateperf import phases, results
 from mateperf.host import format_fingerprint
 from mateperf.reports import declaration, sweep
 from mateperf.reports.format import table
-from mateperf.reports.header import reproduce_command
+from mateperf.reports.header import avatar_line, reproduce_command
 from mateperf.reports.overview import summary_rows, variant_label, variant_row
 
 FINAL_NAME = results.FINAL_NAME
@@ -256,7 +256,8 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
                 _variants_table(r.phase, vs, host_names, frame),
                 "",
             ]
-        parts += [body, ""]
+        live = avatar_line(r.info)
+        parts += [*([f"**{live[0].upper()}{live[1:]}.**", ""] if live else []), body, ""]
         parts += [
             f"_Source: [`{r.run_id}`]({r.run_id}/{r.phase}.md) on {host_names[r.run_id]}; "
             f"reproduce with `{reproduce_command(r.info)}`._",

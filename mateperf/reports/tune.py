@@ -109,6 +109,26 @@ def _budget_basis(rec: dict) -> str:
     return f" (1000/fps {rec['frame_period_ms']:.2f} + slack {rec['frame_slack_ms']:g}{alone})"
 
 
+CONSTRAINTS = {
+    "frame_p99_ms": "its frame interval p99",
+    "frame_gpu_p99_ms": "the larger of its frame interval p99 and its GPU frame time p99",
+}
+
+
+def _avatar_lines(rec: dict) -> list[str]:
+    """Attached to a live avatar: what held the settings, and what it could not report."""
+    if not rec.get("avatar"):
+        return []
+    who = rec["avatar"]
+    held = CONSTRAINTS.get(rec.get("constraint") or "", "nothing (no frame figures)")
+    missing = "; ".join(rec.get("avatar_unavailable") or []) or "nothing"
+    return [
+        f"Attached avatar: {who.get('peer')} at {who.get('address')}; the constraint was "
+        f"{held}. What it could not report: {missing}.",
+        "",
+    ]
+
+
 def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
     lines = [
         "## Tuned settings per companion profile",
@@ -121,6 +141,7 @@ def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> s
         "",
         table(_profiles_table(rec)),
         "",
+        *_avatar_lines(rec),
     ]
     if rec.get("avatar_pacing"):  # tune runs from before the overshoot was recorded have none
         idle = {k: float("nan") if v is None else v for k, v in rec["avatar_pacing"].items()}
