@@ -13,12 +13,14 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mateperf.avatar import LEGACY_FRAMES
+from mateperf.bridge.attach import connect_avatar
 from mateperf.bridge.client import UnityBridge
 from mateperf.bridge.frames import read_frame_log
 from mateperf.bridge.process import start_peer
@@ -67,6 +69,36 @@ def _check_frames_against_log(df: pd.DataFrame, log_path) -> int:
         assert row.frame_p99_ms == pytest.approx(np.percentile(intervals_ms, 99), rel=1e-9)
         assert row.frame_p50_ms == pytest.approx(np.percentile(intervals_ms, 50), rel=1e-9)
     return len(windows)
+
+
+@pytest.mark.parametrize("kind", ["python", "csharp"])
+def test_both_peers_answer_identity_and_number_their_frames(kind, request, tmp_path):
+    """The wire additions both peers share: identity, frame numbers, the frame log file."""
+    if kind == "csharp":
+        request.getfixturevalue("built_csharp")
+    log = tmp_path / "frames.csv"
+    with start_peer(kind, fps=60, frame_log=log) as peer:
+        bridge, identity = connect_avatar(f"127.0.0.1:{peer.port}")
+        try:
+            assert (
+                identity.peer == {"python": "mateperf-python", "csharp": "mateperf-headless"}[kind]
+            )
+            assert identity.target_fps == 60.0 and identity.run_in_background is True
+            assert identity.unity_version is None and identity.graphics_device is None
+            assert identity.frame_timing.startswith("unavailable: headless peer")
+            bridge.frame_stats(reset=True)
+            time.sleep(0.5)
+            reply = bridge.frame_stats(reset=True)
+            later = bridge.frame_stats(reset=True)
+        finally:
+            bridge.close()
+    first, last = reply["first_frame"], reply["last_frame"]
+    assert last - first + 1 == reply["frames"] == len(reply["frame_interval_us"]) >= 10
+    assert later["first_frame"] == last + 1  # never reset, never skipped
+    assert "cpu_main_us" not in reply and reply["frame_timing"].startswith("unavailable")
+    frames = read_frame_log(log)
+    assert [frames[f][0] for f in range(first, last + 1)] == reply["frame_interval_us"]
+    assert [frames[f][1] for f in range(first, last + 1)] == reply["tick_us"]
 
 
 def test_bad_avatar_address_and_nothing_listening_are_one_line_exit_2(cli):

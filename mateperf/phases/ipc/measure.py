@@ -18,9 +18,10 @@ from mateperf.avatar import AvatarUnreachable
 from mateperf.bridge.attach import AvatarLost
 from mateperf.bridge.client import BridgeDisconnected
 from mateperf.errors import RunAborted
+from mateperf.phases.ipc.lab import Lab, skipped
 from mateperf.phases.ipc.params import IpcParams, parse_scenarios
 from mateperf.phases.ipc.rows import COLUMNS, METRICS, PHASE, REQUEST_FIELDS
-from mateperf.phases.ipc.scenarios import SCENARIO_RUNNERS, Lab, skipped
+from mateperf.phases.ipc.scenarios import SCENARIO_RUNNERS
 from mateperf.trackers import cpu as cpu_tracker
 
 _progress = progress.reporter(PHASE)
