@@ -93,6 +93,6 @@ def sentence(s: dict) -> str:
     return (
         f"**Pacing cannot hold here:** a 1 ms sleep of the avatar stand-in ended "
         f"{overshoot / 1e3:.1f} ms late{resolution}, comparable to its {frame_ms:.1f} ms frame, "
-        f"so it kept its rate only by yielding through most of every frame{used}{asked}: "
+        f"so it had to yield through most of every frame to keep its rate{used}{asked}: "
         "measurements under the avatar's load had about one core less than the parameters say."
     )
