@@ -217,6 +217,18 @@ def test_report_section_is_deterministic_with_relative_plot_links(small_run, tmp
     assert "% of 16.7 ms" in first and "non_reading_client" in first
 
 
+def test_the_paced_peers_timer_is_stored_beside_the_frames_and_reported(small_run, tmp_path):
+    """Both peers ask for no timer resolution here (not Windows) and measure their overshoot;
+    every row of a trial carries it, and the report says how late a sleep ended."""
+    assert set(small_run["timer_resolution"]) == {"not needed on this OS (sleeps end within µs)"}
+    overshoot = small_run["timer_overshoot_us"]
+    assert overshoot.notna().all() and (overshoot >= 0).all()
+    assert small_run.groupby("trial")["timer_overshoot_us"].nunique().eq(1).all()
+    info = {"params": {"fps": 60, "trials": 2}, "run_id": "r", "fingerprint": {}}
+    text = ipc_report.section(small_run, info, tmp_path / "plots", tmp_path)
+    assert "Avatar stand-in's timer: a 1 ms sleep ended" in text or "Pacing cannot hold" in text
+
+
 def test_parameters_cell_is_the_schema_and_bad_values_are_refused():
     schema = phases.parameters("ipc")
     assert list(schema)[-1] == "run_dir"

@@ -7,8 +7,8 @@ wakes up to a tick late and runs at 30-40 fps.
 
 Two remedies, in this order:
 - ``TimerResolution`` asks Windows for a 1 ms timer while a paced peer runs
-  (``timeBeginPeriod(1)`` from winmm, undone by ``timeEndPeriod(1)``, as media players, browsers
-  and Unity's own player do): sleeps then end within about a millisecond. Where Windows refuses
+  (``timeBeginPeriod(1)`` from winmm, undone by ``timeEndPeriod(1)``, as media players and
+  browsers do): sleeps then end within about a millisecond. Where Windows refuses
   (``TIMERR_NOCANDO``) or winmm cannot be loaded, the peer says so in one line on stderr and
   falls back to the next remedy. Other OSes need nothing.
 - ``FramePacer`` measures, once at start and after the resolution was asked for, how late a

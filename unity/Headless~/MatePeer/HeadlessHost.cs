@@ -272,7 +272,7 @@ sealed class FramePacer
 }
 
 /// Windows' timer resolution for the life of the peer: timeBeginPeriod(1) from winmm, as
-/// Unity's player, browsers and media players ask for it, so that Thread.Sleep ends within about
+/// browsers and media players ask for it, so that Thread.Sleep ends within about
 /// a millisecond instead of on the 15.6 ms system tick; timeEndPeriod(1) at exit. Elsewhere
 /// sleeps already end within µs and nothing is asked. The status goes to the stats reply.
 static class WindowsTimer
