@@ -353,6 +353,15 @@ class NoLoad:
         yield None
 
 
+def avatar_alone(load, seconds: float = 3.0) -> dict:
+    """The avatar's figures over `seconds` with no model working: what its frame pacing alone
+    gives on this host (measured before any setting, so the frame rule can tell a host that
+    cannot pace its frames from a setting that breaks them)."""
+    with load.window() as avatar:
+        time.sleep(seconds)
+    return avatar.figures()
+
+
 def background(
     kind: str,
     peer: str = "python",

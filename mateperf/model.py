@@ -260,6 +260,13 @@ def quiet_llama_logs() -> None:
     llama_cpp.llama_log_set(to_run_log, ctypes.c_void_p(0))
 
 
+def restore_llama_log() -> None:
+    """mateperf's log callback back in place after someone else's (a read-back of the log)."""
+    global _LOG_CALLBACK
+    _LOG_CALLBACK = None
+    quiet_llama_logs()
+
+
 def load(config: LlamaConfig):
     """Construct the Llama object; returns (llm, load_s) with load_s the wall clock around it."""
     import llama_cpp

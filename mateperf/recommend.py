@@ -16,6 +16,11 @@ The combined recommendation must hold under the companion's load: a setting is a
 passes the rule at every measured companion load (frame_busy level); measured idle only, it is
 chosen from idle and says so.
 
+The avatar's frame comes first: only settings that keep it (mateperf.frame_budget, the rule
+`mateperf tune` races with: frame p99 within 1000/fps + slack at every measured load) are
+candidates, and a faster setting that breaks it is named in the notes as not picked. Where no
+setting keeps it, the least overrun is chosen and the notes say so in tune's words.
+
 recommended.json records the settings, the evidence and the host it was measured on; loading
 it on a host that differs (another CPU, another CPU budget) is refused, naming the difference.
 
@@ -34,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, stats
+from mateperf import companion_loader, frame_budget, metrics, stats
 from mateperf.errors import BadInput
+from mateperf.frame_budget import FrameBudget
 
 FORMAT = 1
 TUNED_FORMAT = 2
@@ -177,8 +183,18 @@ def _setting_text(row, by) -> str:
     return ", ".join(f"{k}={int(row[k])}" for k in by)
 
 
-def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, tolerance: float):
-    """The smallest setting that passes the rule in every condition of `target` background."""
+def _pick(
+    df: pd.DataFrame,
+    metric: str,
+    by: tuple[str, ...],
+    target: str,
+    tolerance: float,
+    allowed: set | None = None,
+):
+    """The smallest setting that passes the rule in every condition of `target` background,
+    among the `allowed` ones (those that keep the avatar's frame; None: all). The best is
+    judged among every setting measured, so a setting kept for the frame says how far it is
+    from the fastest."""
     levels = [c for c in conditions(df) if c[0] == target]
     tables = [evaluate(_rows(df, *c), metric, by, tolerance) for c in levels]
     tables = [t for t in tables if len(t)]
@@ -186,10 +202,14 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
         return None, []
     indexed = [{tuple(int(r[k]) for k in by): r for r in t.to_dict("records")} for t in tables]
     keys = sorted(set.intersection(*[set(t) for t in indexed]))
+    if allowed is not None:
+        keys = [k for k in keys if k in allowed] or keys
     worst = {k: max(float(t[k]["gap_pct"]) for t in indexed) for k in keys}
     passing = [k for k in keys if all(bool(t[k]["passes"]) for t in indexed)]
     if passing:
         chosen = passing[0]
+    elif allowed is not None and len(keys) == 1:
+        chosen = keys[0]
     else:  # the smallest setting whose worst gap is within the tolerance of the least worst
         least = min(worst.values())
         chosen = next(k for k in keys if worst[k] <= least + 100 * tolerance)
@@ -216,7 +236,7 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
         )
     note = (
         ""
-        if passing
+        if passing or len(keys) == 1
         else (
             f"no setting passes for {metric} at every {target} load: the smallest whose "
             f"worst-case gap ({worst[chosen]:.1f}%) is within the tolerance of the least"
@@ -225,23 +245,32 @@ def _pick(df: pd.DataFrame, metric: str, by: tuple[str, ...], target: str, toler
     return (dict(zip(by, map(int, chosen), strict=True)), note), evidence
 
 
-def _frame_note(d: pd.DataFrame, target: str, n_threads: int) -> str:
-    """What the recommendation costs the avatar: its frame p99 against the fewest threads'."""
-    if "frame_p99_ms" not in d.columns:
-        return ""
-    rows = d[(d["background"] == target) & d["frame_p99_ms"].notna()]
-    fewest = int(rows["n_threads"].min()) if len(rows) else n_threads
-    if rows.empty or fewest == n_threads:
-        return ""
-    parts = []
-    for busy, sub in rows.groupby("frame_busy", sort=True):
-        at = sub.loc[sub["n_threads"] == n_threads, "frame_p99_ms"].median()
-        low = sub.loc[sub["n_threads"] == fewest, "frame_p99_ms"].median()
-        parts.append(f"{at:.1f} vs {low:.1f} ms at {busy:.0%}")
-    return (
-        f"the avatar's frame p99 with n_threads={n_threads} against n_threads={fewest}: "
-        + ", ".join(parts)
-    )
+def _frame_choice(d: pd.DataFrame, target: str) -> tuple[FrameBudget, dict, set | None, str]:
+    """The budget, every setting's frame p99, the settings that keep it (None: no frame was
+    measured, no constraint) and what the recommendation must say."""
+    budget = frame_budget.from_frame(d)
+    p99 = frame_budget.worst_by_setting(d[d["background"] == target], SETTINGS)
+    if not p99:
+        return budget, p99, None, ""
+    kept = {k for k, v in p99.items() if budget.keeps(v)}
+    if kept:
+        return budget, p99, kept, ""
+    least = min(p99, key=lambda k: (budget.overrun_ms(p99[k]), k))
+    return budget, p99, {least}, budget.none_kept()
+
+
+def _fastest(d: pd.DataFrame, target: str, tolerance: float) -> tuple:
+    """The speed rule alone, without the frame: what a recommender blind to the avatar picks."""
+    out: dict = {}
+    for metric, by in COMBINED:
+        picked, _ = _pick(d, metric, by, target, tolerance)
+        if picked is not None:
+            out.update(picked[0])
+    return tuple(int(out[k]) for k in SETTINGS)
+
+
+def _text(key: tuple) -> str:
+    return ", ".join(f"{k}={v}" for k, v in zip(SETTINGS, key, strict=True))
 
 
 def _num(value) -> float | None:
@@ -261,10 +290,20 @@ def recommend(
     if "error" in d.columns:
         d = d[d["error"].isna() | (d["error"] == "")]
     target = "companion" if (d["background"] == "companion").any() else "idle"
+    budget, frame_p99, kept, frame_note = _frame_choice(d, target)
     chosen: dict = {}
-    evidence, notes = [], []
+    evidence, notes = [], [frame_note] if frame_note else []
+    if budget.idle_over:
+        notes.append(budget.idle_warning())
     for metric, by in COMBINED:
-        picked, ev = _pick(d, metric, by, target, tolerance)
+        allowed = None
+        if kept is not None:  # the frame rule first: only settings that keep the frame
+            allowed = {
+                tuple(k[SETTINGS.index(b)] for b in by)
+                for k in kept
+                if all(k[SETTINGS.index(c)] == v for c, v in chosen.items())
+            }
+        picked, ev = _pick(d, metric, by, target, tolerance, allowed)
         if picked is None:
             raise ValueError(f"no {metric} measurements to recommend from")
         setting, note = picked
@@ -272,6 +311,13 @@ def recommend(
         evidence += ev
         if note:
             notes.append(note)
+    pick_key = tuple(int(chosen[k]) for k in SETTINGS)
+    fastest = _fastest(d, target, tolerance) if kept is not None else pick_key
+    if fastest != pick_key and fastest in frame_p99 and not budget.keeps(frame_p99[fastest]):
+        notes.append(
+            f"{_text(fastest)} is faster but its frame p99 ({frame_p99[fastest]:.2f} ms) is "
+            f"over the {budget.budget_ms:.2f} ms budget: not picked"
+        )
     if target == "idle":
         notes.append(
             "measured idle only: the companion's load may change the answer "
@@ -282,9 +328,6 @@ def recommend(
     )
     if untested:
         notes.append("not significance-tested, decided on the gap alone: " + "; ".join(untested))
-    frames = _frame_note(d, target, int(chosen["n_threads"]))
-    if frames:
-        notes.append(frames)
     loads = sorted({float(f) for f in d.loc[d["background"] == target, "frame_busy"]})
     return {
         "format": FORMAT,
@@ -293,11 +336,24 @@ def recommend(
         "frame_busy": loads,
         "tolerance_pct": 100 * tolerance,
         "rule": (
-            "per metric, the smallest setting within the tolerance of the best median and not "
+            "the settings that keep the avatar's frame (frame p99 within 1000/fps + slack at "
+            "every measured load: mateperf.frame_budget, the rule tune uses); among them, per "
+            "metric, the smallest setting within the tolerance of the best median and not "
             "significantly worse (Mann–Whitney), at every measured load of the target background"
         ),
         "notes": notes,
         "evidence": evidence,
+        **budget.record(),
+        "frame_p99_ms": _num(frame_p99.get(pick_key, math.nan)),
+        "meets_frame_budget": budget.keeps(frame_p99.get(pick_key)) if frame_p99 else None,
+        "frame_p99_by_setting": [
+            {
+                **dict(zip(SETTINGS, k, strict=True)),
+                "frame_p99_ms": _num(v),
+                "kept": budget.keeps(v),
+            }
+            for k, v in sorted(frame_p99.items())
+        ],
         "host": host_key(fingerprint),
         "hostname": fingerprint.get("hostname"),
         **source,
@@ -376,7 +432,17 @@ def as_params(rec: dict, profile: str | None = None) -> dict:
 
 
 def tuned(profiles: dict, fingerprint: dict, **source) -> dict:
-    """recommended.json (format 2) from `mateperf tune`'s result, with the host it holds for."""
+    """recommended.json (format 2) from `mateperf tune`'s result, with the host it holds for,
+    and per profile how the companion loads it (`companion`: its GPU_PROFILES entry, and which
+    settings need the one added line in its loader: mateperf.companion_loader)."""
+    logical = fingerprint.get("cores_logical")
+    profiles = {
+        **profiles,
+        "profiles": {
+            name: {**entry, "companion": companion_loader.loader(entry["settings"], logical)}
+            for name, entry in profiles["profiles"].items()
+        },
+    }
     return {
         "format": TUNED_FORMAT,
         **profiles,

@@ -152,6 +152,8 @@ LAYERS = (
             "avatar_pacing",
             "cpu_topology",
             "thread_rules",
+            "frame_budget",
+            "companion_loader",
         ),
     ),
     (
@@ -166,6 +168,7 @@ LAYERS = (
             "gpu",
             "workloads",
             "companion_load",
+            "companion_readback",
             "runner",
             "recommend",
         ),

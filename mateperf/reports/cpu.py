@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing, metrics, recommend
+from mateperf import avatar_pacing, frame_budget, metrics, recommend
 from mateperf.cpu_topology import CpuTopology
 from mateperf.phases.cpu import analyse as cpu
 from mateperf.reports.declaration import PhaseReport
@@ -228,8 +228,14 @@ def _plot_frames(d: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         xs, med, _, _ = cpu.band(sub, "n_threads", "frame_p50_ms")
         ax.plot(xs, med, marker=".", linestyle=":", color=line.get_color(), label=f"{cond}, p50")
-    fps = float(rows["fps"].iloc[0]) if "fps" in rows.columns else 60.0
-    ax.axhline(1e3 / fps, color="grey", linestyle="--", linewidth=1, label=f"{fps:g} fps frame")
+    budget = frame_budget.from_frame(rows)
+    ax.axhline(
+        budget.budget_ms,
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"frame budget {budget.budget_ms:.2f} ms",
+    )
     ax.set_xlabel("n_threads")
     ax.set_xticks(sorted(int(t) for t in rows["n_threads"].unique()))
     ax.set_ylabel("avatar frame interval (ms)")
@@ -238,6 +244,20 @@ def _plot_frames(d: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, plots_dir, "cpu_frame_time", md_dir, "avatar frame time vs threads")
+
+
+def _frame_line(rec: dict) -> list[str]:
+    """The pick's frame p99 against the budget the recommender kept it within."""
+    if rec.get("meets_frame_budget") is None:
+        return []
+    budget = frame_budget.FrameBudget(
+        1e3 / rec["frame_period_ms"], rec["frame_slack_ms"], rec.get("frame_p99_idle_ms")
+    )
+    verdict = "kept" if rec["meets_frame_budget"] else "**over**"
+    return [
+        f"- avatar frame p99 at the pick {fmt(rec['frame_p99_ms'], 2)} ms: {verdict} "
+        f"({budget.describe()}; the rule `mateperf tune` uses)"
+    ]
 
 
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
@@ -275,6 +295,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"`{info.get('run_id', '?')}/recommended.json`; load it with "
         "`mateperf run PHASE --config PATH` or `LlamaConfig.from_recommended(PATH, model)`.",
         "",
+        *_frame_line(rec),
         *[f"- {note}" for note in rec["notes"]],
         "",
         table(_evidence(rec)),

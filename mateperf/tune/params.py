@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mateperf.avatar import AVATAR_HELP, parse_address
+from mateperf.frame_budget import DEFAULT_SLACK_MS, SLACK_HELP
 from mateperf.gpu.profiles import COMPANION_CARD_MB
 from mateperf.params import DEFAULT_MODEL, KV_CACHE_TYPES, PEER_KINDS, Params, param, refuse
 from mateperf.tune.space import Axes, kv_choices
@@ -31,12 +32,7 @@ class TuneParams(Params):
         "avatar's own target frame rate where it reports one)",
         above=0,
     )
-    frame_slack_ms: float = param(
-        1.0,
-        "how far a frame p99 may pass 1000/fps and still count as kept: a timer-paced loop's "
-        "own jitter (the peer alone measured 16.7-17.7 ms at 60 fps on a 2-vCPU VM); 0: strict",
-        at_least=0,
-    )
+    frame_slack_ms: float = param(DEFAULT_SLACK_MS, SLACK_HELP, at_least=0)
     frame_busy: float = param(
         0.5, "share of each frame the avatar's main thread is busy", at_least=0, at_most=0.95
     )

@@ -26,12 +26,11 @@ speeds.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 
 from mateperf import companion, model, workloads
-from mateperf.companion_load import background
+from mateperf.companion_load import avatar_alone, background
 from mateperf.trackers.gpu import NvmlDevice
 from mateperf.tune.space import Setting
 
@@ -86,9 +85,7 @@ class Bench:
 
     def idle_frames(self, seconds: float = 3.0) -> dict:
         """The avatar's figures with no model loaded: what the frame pacing alone gives here."""
-        with self.load.window() as avatar:
-            time.sleep(seconds)
-        return _with_gpu(avatar.figures())
+        return _with_gpu(avatar_alone(self.load, seconds))
 
     def measure(self, setting: Setting) -> dict:
         """One trial; raises on a failed load or reply (the race records it and goes on)."""

@@ -25,6 +25,7 @@ import pandas as pd
 from mateperf import avatar as avatar_mod
 from mateperf import avatar_pacing, model, progress, runner, stats, workloads
 from mateperf.errors import RunAborted
+from mateperf.frame_budget import FrameBudget
 from mateperf.gpu import calibration, estimate, profiles
 from mateperf.host import usable_cpus
 from mateperf.trackers.gpu import GpuMonitor, NvmlDevice
@@ -199,8 +200,6 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         identity = bench.identity
         # an attached avatar's own pacing target sets its frame budget where it reports one
         fps = identity.frame_rate(p.fps) if identity is not None else p.fps
-        frame_ms = 1e3 / fps
-        budget_ms = frame_ms + p.frame_slack_ms
         if identity is not None:
             say(avatar_mod.describe(identity.as_dict()))
         idle = bench.idle_frames()
@@ -208,24 +207,18 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         if identity is not None and not identity.frame_stats:
             constraint = None  # nothing to hold the settings to: the race is on speed alone
             say(f"frame p99: {identity.frames_unavailable}; the race ranks by speed alone")
-        say(
-            f"frame budget {budget_ms:.2f} ms (1000/fps {frame_ms:.2f} + slack "
-            f"{p.frame_slack_ms:g}); the avatar alone, no model: frame p99 "
-            f"{idle[CONSTRAINT]:.2f} ms over {idle['frames']} frames"
-        )
+        frame = FrameBudget(fps, p.frame_slack_ms, idle[CONSTRAINT])
+        say(f"{frame.describe()} over {idle['frames']} frames")
         pacing = avatar_pacing.summary(pd.DataFrame([idle]), fps, p.frame_busy)
         if not pacing["holds"]:
             say(f"WARNING: {avatar_pacing.sentence(pacing)}".replace("**", ""))
-        if idle[CONSTRAINT] > budget_ms:
-            say(
-                "WARNING: even with no model running the avatar's frame p99 is over the budget: "
-                "this host cannot pace its frames within it, so every setting will be over"
-            )
+        if frame.idle_over:
+            say(f"WARNING: {frame.idle_warning()}")
         memo = Memo(bench)
         try:
             for rule in space.RULES:
                 entry, trials = _profile(
-                    p, rule, plans[rule.name], memo, bench, usable, offload, budget_ms, constraint
+                    p, rule, plans[rule.name], memo, bench, usable, offload, frame, constraint
                 )
                 out[rule.name] = entry
                 frames.append(trials)
@@ -245,10 +238,7 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         "profiles": out,
         "default_profile": profiles.BALANCED,
         "model_file": path.name,
-        "frame_budget_ms": round(budget_ms, 3),
-        "frame_period_ms": round(frame_ms, 3),
-        "frame_slack_ms": p.frame_slack_ms,
-        "frame_p99_idle_ms": _num(idle[CONSTRAINT]),
+        **frame.record(),
         "constraint": constraint,
         "avatar": identity.as_dict() if identity is not None else None,
         "avatar_unavailable": _unavailable(idle, identity),
@@ -275,7 +265,7 @@ def _unavailable(idle: dict, identity) -> list[str]:
 
 
 def _profile(
-    p, rule, plan, memo, bench, usable, offload, budget_ms, constraint=CONSTRAINT
+    p, rule, plan, memo, bench, usable, offload, frame, constraint=CONSTRAINT
 ) -> tuple[dict, pd.DataFrame]:
     racing = [c for c in plan if not c.pruned]
     cands = [race_mod.Candidate(c.setting.label, c.setting.as_dict()) for c in racing]
@@ -286,7 +276,7 @@ def _profile(
         OBJECTIVE,
         higher_is_better=False,
         constraint=constraint,
-        budget=budget_ms if constraint else None,
+        budget=frame.budget_ms if constraint else None,
         max_rounds=p.max_rounds,
         min_reps=min(p.min_reps, p.max_rounds),
         halve_every=1,
@@ -310,7 +300,7 @@ def _profile(
     entry = {
         "settings": pick.as_dict(),
         "measured": {**figures, **_vram(ok, pick, predicted)},
-        "meets_frame_budget": bool(held is not None and held <= budget_ms),
+        "meets_frame_budget": frame.keeps(held),
         "constraint": constraint,
         "rule": rule.note,
         "race": {
@@ -333,15 +323,12 @@ def _profile(
         "companion_profile": own_note,
     }
     if not result.met_constraint:
-        entry["note"] = (
-            f"no setting kept the avatar's frame p99 within {budget_ms:.2f} ms in the race on "
-            "this host: the least overrun was chosen"
-        )
+        entry["note"] = frame.none_kept("in the race")
     elif not entry["meets_frame_budget"]:
         entry["note"] = (
-            f"the pick kept {budget_ms:.2f} ms by its race trials' median, but its confirmation "
-            f"trials' median frame p99 is {figures[CONSTRAINT]} ms: it sits at the edge of the "
-            "budget on this host"
+            f"the pick kept {frame.budget_ms:.2f} ms by its race trials' median, but its "
+            f"confirmation trials' median frame p99 is {figures[CONSTRAINT]} ms: it sits at the "
+            "edge of the budget on this host"
         )
     trials = pd.concat(
         [result.trials.assign(stage="race"), checked.assign(stage="confirm")],

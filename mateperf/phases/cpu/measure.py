@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import companion, model, progress, recommend, runner, workloads
-from mateperf.companion_load import background
+from mateperf.companion_load import avatar_alone, background
 from mateperf.phases.cpu.params import CpuParams, Setting, settings
 from mateperf.runner import Visit, adaptive
 from mateperf.trackers import cpu as cpu_detect
@@ -55,6 +55,17 @@ def trial(setting: Setting, p: CpuParams, model_path: str, rng: np.random.Genera
     if avatar is not None:
         row.update(avatar.figures())
     return row
+
+
+def avatar_alone_p99(p: CpuParams, visit: list[Setting]) -> dict[float, float]:
+    """Per companion load, the avatar's frame p99 with no model working, measured before any
+    setting (the frame rule's idle reading, mateperf.frame_budget)."""
+    out = {}
+    for busy in sorted({s.frame_busy for s in visit if s.background == "companion"}):
+        with background("companion", p.peer, p.fps, busy, p.command_hz, p.avatar) as load:
+            out[busy] = avatar_alone(load)["frame_p99_ms"]
+        _progress(f"the avatar alone at {busy:.0%} busy, no model: frame p99 {out[busy]:.2f} ms")
+    return out
 
 
 def _identity(setting: Setting, peer: str, avatar: str = "") -> dict:
@@ -104,6 +115,8 @@ def run(**values) -> pd.DataFrame:
         f"CPUs, seed {p.seed}"
     )
 
+    alone = avatar_alone_p99(p, visit)
+
     def one(v: Visit[Setting]) -> dict:
         user = companion.USER_TURNS[max(v.round, 0) % len(companion.USER_TURNS)]
         return trial(v.item, p, str(path), rng, user)
@@ -123,4 +136,9 @@ def run(**values) -> pd.DataFrame:
     runner.require_some(df, "trial")
     df["model_file"] = path.name
     df["usable_cpus"] = topo.usable
+    # the frame rule's idle reading, per load: a column, as every condition of a trial is
+    df["frame_p99_idle_ms"] = [
+        alone.get(float(b), float("nan")) if bg == "companion" else float("nan")
+        for bg, b in zip(df["background"], df["frame_busy"], strict=True)
+    ]
     return df

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mateperf import recommend
 from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.errors import ParameterError
+from mateperf.frame_budget import DEFAULT_SLACK_MS, SLACK_HELP
 from mateperf.params import BACKGROUNDS, DEFAULT_MODEL, PEER_KINDS, Params, param, refuse
 
 
@@ -160,7 +161,12 @@ class CpuParams(Params):
         variant=1,
     )
     avatar: str = param("", AVATAR_HELP + "; the companion background then measures it")
-    fps: float = param(60.0, "the peer's frame rate", above=0)
+    fps: float = param(
+        60.0,
+        "the peer's frame rate; the avatar's frame budget is 1000/fps + frame_slack_ms",
+        above=0,
+    )
+    frame_slack_ms: float = param(DEFAULT_SLACK_MS, SLACK_HELP, at_least=0)
     command_hz: float = param(
         10.0, "emotion commands per second streamed to the peer during a trial", at_least=0
     )
