@@ -46,7 +46,10 @@ def _with_model(phase: str, overrides: dict, model: str | None) -> dict:
 
 def _print_outcome(outcome) -> None:
     status = "ok" if outcome.ok else "FAILED"
-    print(f"{outcome.run.run_id}: {status} in {outcome.seconds:.1f} s -> {outcome.run.path}")
+    print(
+        f"{outcome.run.run_id}: {status} in {outcome.seconds:.1f} s -> "
+        f"{results.shown_path(outcome.run.path)}"
+    )
     if outcome.error:
         e = outcome.error
         print(
@@ -68,7 +71,9 @@ def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
     check_llama(phase)
     params = phases.resolve_params(phase, overrides)
     run = results.RunDir.create(phase, params, root=root, command=command)
-    print(f"mateperf: running phase {phase} -> {run.path}", file=sys.stderr)
+    print(
+        f"mateperf: running phase {phase} -> {results.shown_path(run.path, root)}", file=sys.stderr
+    )
     return execute_phase(phase, params, run)
 
 
@@ -113,6 +118,37 @@ def cmd_run(args) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
+def _tune_step(args, step: str) -> Path | None:
+    """`mateperf tune` inside `all`: its recommended.json for the final phase, or None (failed,
+    said on the console; the final phase then takes the newest tune or cpu run's)."""
+    values = {} if args.model is None else {"model": args.model}
+    command = "mateperf tune" + (f" --model {shlex.quote(args.model)}" if args.model else "")
+    if args.avatar is not None:  # the same live avatar the phases measured
+        values["avatar"] = args.avatar
+        command += f" --avatar {shlex.quote(args.avatar)}"
+    print(f"mateperf: {step} tune: the companion's settings per profile", file=sys.stderr)
+    try:
+        _run, path = tune_cli.run_tune(values, args.results, command)
+    except BadInput:
+        raise
+    except Exception as exc:  # the run directory records it; the job goes on to final
+        print(f"mateperf: tune FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    return path
+
+
+def plan_all(available: list[str], with_tune: bool) -> list[str]:
+    """The steps of `mateperf all`: the phases in order, with `tune` after cpu and gpu and
+    before final (whose tuned arms take its recommended.json), or last without a final."""
+    steps = list(available)
+    if with_tune:
+        steps.insert(steps.index("final") if "final" in steps else len(steps), TUNE_STEP)
+    return steps
+
+
+TUNE_STEP = "tune"
+
+
 def cmd_all(args) -> int:
     import time
 
@@ -126,7 +162,18 @@ def cmd_all(args) -> int:
     if args.avatar is not None:
         with_avatar(available[0], {}, args.avatar, required=False)  # HOST:PORT, one line
         check_avatar(args.avatar)
-    for i, phase in enumerate(available, 1):
+    steps = plan_all(available, args.tune)
+    seconds: dict[str, float] = {}
+    tuned: Path | None = None
+    for i, phase in enumerate(steps, 1):
+        step = f"[{i}/{len(steps)}]"
+        if phase == TUNE_STEP:
+            began = time.perf_counter()
+            tuned = _tune_step(args, step)
+            seconds[TUNE_STEP] = time.perf_counter() - began
+            if tuned is None:
+                failed.append(TUNE_STEP)
+            continue
         overrides = {}
         if args.model is not None and "model" in phases.defaults(phase):
             overrides["model"] = args.model
@@ -136,17 +183,22 @@ def cmd_all(args) -> int:
         # the first phase's call refuses a file for another host before anything is measured
         configured = with_config(phase, overrides, args.config, required=False)
         if configured != overrides:
-            command += f" --config {shlex.quote(str(Path(args.config).resolve()))}"
+            command += f" --config {shlex.quote(args.config)}"  # as the user typed it
+        elif tuned is not None and "config" in phases.defaults(phase):
+            # the final phase's tuned arms: this job's own tune
+            configured = {**overrides, "config": str(tuned)}
+            command += f" --config {shlex.quote(results.command_path(tuned, args.results))}"
         attached = with_avatar(phase, configured, args.avatar, required=False)
         if attached != configured:
             command += f" --avatar {shlex.quote(args.avatar)}"
         configured = attached
-        print(f"mateperf: [{i}/{len(available)}] {phase}: {phases.title(phase)}", file=sys.stderr)
+        print(f"mateperf: {step} {phase}: {phases.title(phase)}", file=sys.stderr)
         outcome = run_phase(phase, configured, args.results, command)
         _print_outcome(outcome)
+        seconds[phase] = outcome.seconds
         elapsed = time.perf_counter() - start
         print(
-            f"mateperf: [{i}/{len(available)}] {phase} "
+            f"mateperf: {step} {phase} "
             f"{'ok' if outcome.ok else 'FAILED'} in {outcome.seconds:.0f} s; "
             f"{elapsed / 60:.1f} min so far",
             file=sys.stderr,
@@ -160,9 +212,13 @@ def cmd_all(args) -> int:
     print()
     print(summary_section(out.read_text(encoding="utf-8")))
     print()
-    print(f"report: {out} ({(time.perf_counter() - start) / 60:.1f} min in all)")
+    print("time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    print(
+        f"report: {results.shown_path(out, args.results)} "
+        f"({(time.perf_counter() - start) / 60:.1f} min in all)"
+    )
     if failed:
-        print(f"mateperf: failed phases: {', '.join(failed)}", file=sys.stderr)
+        print(f"mateperf: failed: {', '.join(failed)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -177,7 +233,7 @@ def cmd_report(args) -> int:
         out = write_final([Path(p) for p in args.runs] or None, args.results)
     except FileNotFoundError as exc:
         raise BadInput(str(exc)) from None
-    print(out)
+    print(results.shown_path(out, args.results))
     return EXIT_OK
 
 
@@ -216,10 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("all", help="every built phase with defaults, then the report")
+    p = sub.add_parser(
+        "all",
+        help="every built phase with defaults, `mateperf tune` before the final phase, the report",
+    )
     p.add_argument("--model")
     p.add_argument("--config", metavar="PATH", help=CONFIG_HELP)
     p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
+    p.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_false",
+        help="leave `mateperf tune` out (the final phase then takes the newest tune or cpu "
+        "run's recommended.json)",
+    )
     p.set_defaults(func=cmd_all)
 
     p = sub.add_parser("report", help="regenerate results/FINAL_RESULTS.md from stored runs")

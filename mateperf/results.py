@@ -38,6 +38,33 @@ def default_root() -> Path:
     return Path(env).resolve() if env else host.REPO_ROOT / "results"
 
 
+def shown_path(path: str | Path, root: Path | None = None) -> str:
+    """A path as a report prints it: relative to the results root (`<run_id>/recommended.json`),
+    else to the repository, else its name alone; never the absolute path of the machine that
+    ran it."""
+    if not str(path):
+        return ""
+    path = Path(path).expanduser()
+    for base in (Path(root) if root else default_root(), host.REPO_ROOT):
+        try:
+            return path.resolve().relative_to(Path(base).resolve()).as_posix()
+        except (ValueError, OSError):
+            continue
+    return path.name
+
+
+def command_path(path: str | Path, root: Path | None = None) -> str:
+    """A path as a stored command names it: from the repository root (`results/<run_id>/...`)
+    where it lies under the results root, else as `shown_path` names it."""
+    root = Path(root) if root else default_root()
+    shown = shown_path(path, root)
+    try:
+        Path(path).expanduser().resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return shown
+    return f"{root.name}/{shown}"
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from mateperf import results
 from mateperf import sweep as sweep_mod
 from mateperf.command import (
     AVATAR_FLAG_HELP,
@@ -37,7 +38,7 @@ def cmd_sweep(args) -> int:
         sw = sweep_mod.Sweep.open(Path(args.resume))
         if sw.run.phase != args.phase:
             raise BadInput(f"{args.resume} is a sweep of phase {sw.run.phase}, not {args.phase}")
-        print(f"mateperf: resuming sweep {sw.run.path}", file=sys.stderr)
+        print(f"mateperf: resuming sweep {results.shown_path(sw.run.path)}", file=sys.stderr)
     else:
         grid_raw = sweep_mod.parse_grid(args.grid)
         fixed_raw = parse_assignments(args.param)
@@ -58,7 +59,7 @@ def cmd_sweep(args) -> int:
         m = sw.manifest()
         print(
             f"mateperf: sweep of {len(m['points'])} points x {m['rounds']} rounds "
-            f"(order seed {m['order_seed']}) -> {sw.run.path}",
+            f"(order seed {m['order_seed']}) -> {results.shown_path(sw.run.path)}",
             file=sys.stderr,
         )
     manifest = sw.execute()
@@ -74,7 +75,7 @@ def cmd_sweep(args) -> int:
         f"{sw.run.run_id}: {ok}/{len(units)} point-rounds ok ({len(manifest['points'])} points "
         f"x {manifest['rounds']} rounds); this invocation ran {len(sw.executed)} "
         f"point-round(s) in {wall:.1f} s, measured work {ov['measured_s']:.1f} s, "
-        f"outside it {ov['overhead_share'] * 100:.1f}% -> {sw.run.path}"
+        f"outside it {ov['overhead_share'] * 100:.1f}% -> {results.shown_path(sw.run.path)}"
     )
     for u in failed:
         e = u["error"] or {}

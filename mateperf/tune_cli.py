@@ -27,28 +27,28 @@ from mateperf.tune.params import TuneParams
 TUNE = "tune"
 
 
-def cmd_tune(args) -> int:
+def run_tune(values: dict, root, command: str):
+    """Tune with `values` (`-p`, --model, --avatar) into a new run directory; returns (run, the
+    path of its recommended.json), the path None where the attached avatar went away (the
+    trials so far kept, said in one line). Bad input raises before anything runs; any other
+    failure marks the run failed and raises."""
     from mateperf import llama_features
     from mateperf.reports.format import fmt
     from mateperf.reports.header import run_header
     from mateperf.reports.tune import section
     from mateperf.tune.tuner import tune
 
-    values = parse_assignments(args.param)
-    if args.model is not None:
-        values["model"] = args.model
-    if args.avatar is not None:
-        values["avatar"] = args.avatar
     p = TuneParams.from_values(values, what=TUNE)
     llama_features.check_supported()
     from mateperf.model import resolve_model
 
     resolve_model(p.model or None)  # a missing or corrupt file: one line before anything runs
     check_avatar(p.avatar)  # nothing answers there: one line before anything runs
-    run = results.RunDir.create(TUNE, p.as_dict(), root=args.results, command=command_line())
-    print(f"mateperf: tuning -> {run.path}", file=sys.stderr)
+    run = results.RunDir.create(TUNE, p.as_dict(), root=root, command=command)
+    shown = results.shown_path(run.path, root)
+    print(f"mateperf: tuning -> {shown}", file=sys.stderr)
     try:
-        with measurement_lock(args.results or results.default_root()):
+        with measurement_lock(root or results.default_root()):
             rec, trials = tune(p)
     except RunAborted as exc:  # the avatar went away: the trials so far kept, one line
         if exc.frame is not None and len(exc.frame):
@@ -56,8 +56,8 @@ def cmd_tune(args) -> int:
         rows = 0 if exc.frame is None else len(exc.frame)
         run.update(aborted=str(exc), rows_kept=rows)
         run.finish(results.STATUS_FAILED, f"{type(exc).__name__}: {exc}")
-        print(f"mateperf: tune failed: {exc}; {rows} rows kept in {run.path}", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"mateperf: tune failed: {exc}; {rows} rows kept in {shown}", file=sys.stderr)
+        return run, None
     except BaseException as exc:
         run.finish(results.STATUS_FAILED, f"{type(exc).__name__}: {exc}")
         raise
@@ -79,8 +79,18 @@ def cmd_tune(args) -> int:
             f"{fmt(m['tg_tps'])} tok/s, frame p99 {fmt(m['frame_p99_ms'], 2)} ms"
             f"{'' if entry['meets_frame_budget'] else ' (over budget)'}"
         )
-    print(f"{path} ({rec['wall_s']:.0f} s)")
-    return EXIT_OK
+    print(f"{results.shown_path(path, root)} ({rec['wall_s']:.0f} s)")
+    return run, path
+
+
+def cmd_tune(args) -> int:
+    values = parse_assignments(args.param)
+    if args.model is not None:
+        values["model"] = args.model
+    if args.avatar is not None:
+        values["avatar"] = args.avatar
+    _run, path = run_tune(values, args.results, command_line())
+    return EXIT_OK if path is not None else EXIT_FAILED
 
 
 def add_commands(sub) -> None:

@@ -8,6 +8,8 @@ it never invents a measurement.
 
 from __future__ import annotations
 
+from pathlib import PurePath, PureWindowsPath
+
 import pandas as pd
 
 from mateperf import metrics
@@ -22,7 +24,27 @@ def upgrade(df: pd.DataFrame, phase: str = "") -> pd.DataFrame:
     df = _warmup_flag(df)
     if phase == "ipc" and "record" not in df.columns:
         df = _ipc_trial_rows(df)
+    if phase == "final" and "threads_source" in df.columns:
+        df = _relative_source(df)
     return df
+
+
+def _relative_source(df: pd.DataFrame) -> pd.DataFrame:
+    """final runs stored before sources were named relative to the results root held the
+    absolute path of the recommended.json on the machine that ran them: `<run_id>/<file>`."""
+
+    def relative(text) -> str:
+        text = str(text)
+        parts = PurePath(text).parts
+        if not PurePath(text).is_absolute() and not PureWindowsPath(text).is_absolute():
+            return text
+        parts = PureWindowsPath(text).parts if "\\" in text else parts
+        return "/".join(parts[-2:])
+
+    values = df["threads_source"].map(relative)
+    if values.equals(df["threads_source"]):
+        return df
+    return df.assign(threads_source=values)
 
 
 def _warmup_flag(df: pd.DataFrame) -> pd.DataFrame:

@@ -36,7 +36,7 @@ RUN_DIR_HELP = "set by `mateperf run`; empty makes a new run directory under res
 NOQA = re.compile(r"\s*#\s*noqa.*$")
 # Parameters that name a file. A kernel runs with the run directory as its working directory,
 # so a relative path that was right where the command was typed is wrong there.
-PATH_PARAMS = ("model",)
+PATH_PARAMS = ("model", "config")
 
 
 def check_phase(phase: str) -> str:

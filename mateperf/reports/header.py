@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from mateperf import phases
+from mateperf import phases, results
 from mateperf.avatar import RUN_INFO_KEY, describe
 from mateperf.host import format_fingerprint
 
@@ -30,8 +30,10 @@ def reproduce_command(info: dict) -> str:
     given = set(re.findall(r"-p (\w+)=", command)) | {"model"}
     if "--avatar " in command:
         given.add("avatar")
+    if " --config " in command:
+        given.add("config")
     extra = [
-        f"-p {shlex.quote(f'{k}={v}')}"
+        f"-p {shlex.quote(f'{k}={_shown(k, v)}')}"
         for k, v in params.items()
         if k in current and k not in given and current[k] != v
     ]
@@ -45,6 +47,13 @@ def avatar_line(info: dict) -> str:
         return describe(info[RUN_INFO_KEY])
     address = (info.get("params") or {}).get("avatar")
     return f"measured on a live avatar at {address}" if address else ""
+
+
+def _shown(name: str, value):
+    """A path parameter (stored absolute, for the kernel) as the results root names it."""
+    if name in phases.PATH_PARAMS and isinstance(value, str) and value:
+        return results.command_path(value)
+    return value
 
 
 def run_header(info: dict) -> str:

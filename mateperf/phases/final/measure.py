@@ -60,7 +60,7 @@ def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
         path = run.path / recommend.FILE_NAME
         if run.info.get("status") == results.STATUS_OK and path.is_file():
             try:
-                return recommend.load(path), str(path)
+                return recommend.load(path), results.shown_path(path, root)
             except recommend.ConfigError as exc:
                 return None, f"the newest {run.phase} run's recommendation does not fit: {exc}"
     return None, "no tune or cpu run with a recommended.json under the results root"
@@ -129,7 +129,7 @@ def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, Turn
         profile="balanced (original: n_gpu_layers 35)",
     )
     if p.config:
-        rec, rec_source = recommend.load(p.config), str(Path(p.config).resolve())
+        rec, rec_source = recommend.load(p.config), results.shown_path(p.config)
     else:
         rec, rec_source = latest_recommendation()
     tuned = baseline
