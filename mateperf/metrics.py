@@ -243,3 +243,49 @@ GPU_METRICS = (
     _m("vram_peak_delta_mb", "MiB", LOWER, TRIAL, MEMORY, "peak VRAM during the trial (NVML)"),
 )
 declare("gpu", GPU_METRICS, identity=("scenario", "profile"))
+
+
+# -- tune ---------------------------------------------------------------------------------------
+# One row per trial of `mateperf tune` (stage race or confirm, per profile): a fresh load of one
+# setting and one companion reply under the avatar's load. reply_ms is the objective, the frame
+# p99 the constraint (mateperf.frame_budget).
+TUNE_METRICS = (
+    _m("reply_ms", "ms", LOWER, TRIAL, SPEED, "time to a fixed-length reply"),
+    _m("ttft_ms", "ms", LOWER, TRIAL, SPEED, "time to first token"),
+    _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation tokens/s"),
+    _m("pp_tps", "tokens/s", HIGHER, TRIAL, SPEED, "prompt tokens/s"),
+    _m("load_s", "s", LOWER, TRIAL, SPEED, "model load"),
+    _m("frame_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p99"),
+    _m("vram_delta_mb", "MiB", LOWER, TRIAL, MEMORY, "VRAM the trial added (NVML)"),
+)
+declare("tune", TUNE_METRICS, identity=("profile", "stage", "candidate", "role"))
+
+# What a person may group a phase's rows by (explore's "by" and "hue"): its identity, the
+# settings its runs and sweeps vary, and which run and host. Listed coarse to fine: the finest
+# a metric varies over is explore's default series.
+_COMMON_FACTORS = ("host", "run_id", "round")
+_LOAD_SETTINGS = (
+    "n_threads",
+    "n_threads_batch",
+    "n_batch",
+    "n_ubatch",
+    "n_gpu_layers",
+    "n_ctx",
+    "flash_attn",
+    "type_k",
+)
+FACTORS: dict[str, tuple[str, ...]] = {
+    "memory": (*_COMMON_FACTORS, "scenario", "collect_every", "leak_kb_per_msg"),
+    "llm": (*_COMMON_FACTORS, *_LOAD_SETTINGS, "scenario", "arm"),
+    "ipc": (*_COMMON_FACTORS, "peer", "fps", "scenario", "mode", "batch_size", "target_bytes"),
+    "cpu": (*_COMMON_FACTORS, "background", "frame_busy", "condition", *_LOAD_SETTINGS),
+    "gpu": (*_COMMON_FACTORS, *_LOAD_SETTINGS, "scenario", "profile"),
+    "final": (*_COMMON_FACTORS, "peer", "arm"),
+    "tune": (*_COMMON_FACTORS, "profile", "stage", "role", *_LOAD_SETTINGS, "candidate"),
+}
+
+
+def factors(phase: str, df: pd.DataFrame | None = None) -> list[str]:
+    """The phase's declared factors (FACTORS), those `df` has where one is given."""
+    declared_ = FACTORS.get(phase, (*_COMMON_FACTORS, *IDENTITY.get(phase, ())))
+    return [f for f in declared_ if df is None or f in df.columns]
