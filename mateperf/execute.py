@@ -144,7 +144,7 @@ def execute_phase(
 def _echo_llama_log(path: Path) -> None:
     """`mateperf -v`: llama.cpp's own lines, kept out of the executed notebook, on the console."""
     if path.is_file():
-        print(f"llama.cpp log ({path}):", file=sys.stderr)
+        print(f"llama.cpp log ({results.shown_path(path)}):", file=sys.stderr)
         print(path.read_text(encoding="utf-8", errors="replace"), end="", file=sys.stderr)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, progress, recommend, stats
+from mateperf import metrics, progress, recommend, results, stats
 from mateperf.cpu_topology import CpuTopology
 from mateperf.thread_rules import ORIGINAL_HARD_CODED_THREADS, heuristics
 
@@ -67,7 +67,13 @@ def write_recommendation(run, df: pd.DataFrame) -> Path:
     path = recommend.write(run.path / "recommended.json", rec)
     say = progress.reporter("cpu")
     chosen = ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS)
-    say(f"recommended for {rec['for']}: {chosen} -> {path}")
+    frame = (
+        ""
+        if rec.get("meets_frame_budget") is None
+        else f"; frame p99 {rec['frame_p99_ms']:.2f} ms, budget {rec['frame_budget_ms']:.2f} ms"
+        + ("" if rec["meets_frame_budget"] else " (over)")
+    )
+    say(f"recommended for {rec['for']}: {chosen}{frame} -> {results.shown_path(path)}")
     for note in rec["notes"]:
         say(f"note: {note}")
     return path
