@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from mateperf import phases, results, sweep_cli, tune_cli
+from mateperf import explore_cli, phases, results, sweep_cli, tune_cli
 from mateperf.command import (
     AVATAR_FLAG_HELP,
     CONFIG_HELP,
@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep_cli.add_commands(sub)
     tune_cli.add_commands(sub)
+    explore_cli.add_commands(sub)
     return parser
 
 

@@ -125,6 +125,7 @@ def execute_phase(
             "evalue": str(exc)[:500],
         }
     seconds = time.perf_counter() - start
+    collapse_parameters(output)
     if show_progress and loud:
         _echo_llama_log(run.path / LLAMA_LOG_NAME)
     if error is None and not run.frame_path(phase).is_file():
@@ -139,6 +140,26 @@ def execute_phase(
     run.info["execution_s"] = round(seconds, 3)
     run.finish(results.STATUS_FAILED if error else results.STATUS_OK, error)
     return ExecutionResult(run, error is None, seconds, error)
+
+
+PARAMETER_TAGS = ("parameters", "injected-parameters")
+
+
+def collapse_parameters(path: Path) -> None:
+    """The executed notebook opens on its results: the parameters cells (the defaults and
+    papermill's injected values, ~40 lines) collapsed, as JupyterLab hides a cell's input."""
+    import nbformat
+
+    if not path.is_file():
+        return
+    nb = nbformat.read(str(path), as_version=4)
+    changed = False
+    for cell in nb.cells:
+        if set(cell.get("metadata", {}).get("tags", [])) & set(PARAMETER_TAGS):
+            cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+            changed = True
+    if changed:
+        results.atomic_write_text(path, nbformat.writes(nb))
 
 
 def _echo_llama_log(path: Path) -> None:

@@ -289,3 +289,50 @@ def factors(phase: str, df: pd.DataFrame | None = None) -> list[str]:
     """The phase's declared factors (FACTORS), those `df` has where one is given."""
     declared_ = FACTORS.get(phase, (*_COMMON_FACTORS, *IDENTITY.get(phase, ())))
     return [f for f in declared_ if df is None or f in df.columns]
+
+
+# Decimals a table shows per unit: what the measurement resolves, not float noise.
+UNIT_DECIMALS = {
+    "ms": 1,
+    "µs": 0,
+    "s": 2,
+    "tokens/s": 1,
+    "tokens": 0,
+    "GB/s": 2,
+    "MiB": 1,
+    "KiB/message": 1,
+    "commands/s": 0,
+    "CPU ms/token": 2,
+}
+# Undeclared columns by their name's unit suffix (medians, CIs and gaps of a metric).
+SUFFIX_DECIMALS = (
+    ("_ms", 1),
+    ("_us", 0),
+    ("_s", 2),
+    ("_tps", 1),
+    ("_mb", 1),
+    ("_kb", 1),
+    ("_pct", 1),
+    ("_gbps", 2),
+)
+
+
+def decimals(column: str) -> int:
+    """The decimals a table shows for `column`: its declared unit's, else its name's unit's,
+    p-values 4, anything else 3."""
+    declared_ = find(column)
+    if declared_ is not None and declared_.unit in UNIT_DECIMALS:
+        return UNIT_DECIMALS[declared_.unit]
+    for suffix, n in SUFFIX_DECIMALS:
+        if column.endswith(suffix):
+            return n
+    return 4 if column in ("p", "p_value") else 3
+
+
+def rounded(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each float column rounded to its unit's precision (for display only)."""
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].round(decimals(str(col)))
+    return out

@@ -76,8 +76,29 @@ class PhaseRun:
             display(Image(filename=str(png)))
 
 
+def round_tables() -> None:
+    """In a notebook, DataFrames display rounded to their unit's precision (metrics.rounded):
+    a table of medians in ms shows 207.4, not 207.41873340000002."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from mateperf import metrics
+
+    html = shell.display_formatter.formatters["text/html"]
+    html.for_type(pd.DataFrame, lambda d: metrics.rounded(d).to_html(max_rows=60, max_cols=30))
+    text = shell.display_formatter.formatters["text/plain"]
+    text.for_type(
+        pd.DataFrame, lambda d, p, cycle: p.text(metrics.rounded(d).to_string(max_rows=60))
+    )
+
+
 def open_phase(phase: str, run_dir: str, namespace: dict) -> PhaseRun:
     """Collect the parameters cell's values from the notebook's namespace and open the run."""
+    round_tables()
     params = {name: namespace[name] for name in phases.defaults(phase)}
     phases.validate(phase, params)
     if run_dir:

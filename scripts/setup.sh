@@ -51,4 +51,8 @@ spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"
 "$PY" -m pip install -q -e "$spec"
 "$PY" -m ipykernel install --sys-prefix --name python3 >/dev/null
+# JupyterLab in this environment opens Markdown (FINAL_RESULTS.md, each run's report) as a
+# rendered preview on double-click: the project's settings override, not the user's settings.
+mkdir -p "$VENV/share/jupyter/lab/settings"
+cp scripts/jupyterlab/overrides.json "$VENV/share/jupyter/lab/settings/overrides.json"
 echo "setup: ready ($VENV)"

@@ -177,7 +177,17 @@ LAYERS = (
     ("reports", ("reports", "report", "explore")),
     (
         "drivers",
-        ("notebook", "execute", "sweep", "command", "cli", "sweep_cli", "tune_cli", "__main__"),
+        (
+            "notebook",
+            "execute",
+            "sweep",
+            "command",
+            "cli",
+            "sweep_cli",
+            "tune_cli",
+            "explore_cli",
+            "__main__",
+        ),
     ),
 )
 # What reads stored frames imports nothing that measures.

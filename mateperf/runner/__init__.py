@@ -187,9 +187,12 @@ def run_until_precise(
         return result
 
     rows: list[dict] = []
+    # the progress total is fixed from the start: the most trials the cap allows (a total that
+    # grew round by round, 1/1, 2/5, ..., told a person nothing about how long is left)
+    cap = 1 + len(items) * precision.max_reps
     with _keeping(rows):
         rows += run_trials(
-            phase, [Visit(WARMUP_ROUND, items[0])], tracked, describe, base, label=label
+            phase, [Visit(WARMUP_ROUND, items[0])], tracked, describe, base, total=cap, label=label
         )
     owner = {0: label(items[0])}
     k = 0
@@ -204,11 +207,13 @@ def run_until_precise(
                 tracked,
                 describe,
                 base,
-                total=first + len(visits),
+                total=cap,
                 label=label,
                 first_index=first,
             )
         k += 1
+    if len(owner) < cap:
+        progress.say(phase, f"{len(owner)} of at most {cap} trials: the rest were precise already")
     stops = {name: adaptive.decision(v, precision) for name, v in values.items()}
     for row in rows:
         stop = stops[owner[row["visit"]]]
