@@ -2,7 +2,7 @@
 
 `load_like_companion` builds `Llama` with the arguments of Desktop-Mate's
 `ModelManager.load_model` (its five profile keys, verbose off) and, with `loader_line`, the
-profile's `llama_kwargs` too (mateperf.companion_loader.LOADER_LINE). `readback` asks llama.cpp,
+profile's `llama_kwargs` too (mateperf.companion_config.LOADER_LINE). `readback` asks llama.cpp,
 not the Python object, what the context runs with: threads, batch threads, batch and micro-
 batch sizes and context from its getters (`llama_n_threads`, ...), flash attention and the K/V
 cache types from the lines llama.cpp logs while it builds the context (it has no getter for
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import re
 
-from mateperf.companion_loader import GGML_TYPES
+from mateperf.companion_config import GGML_TYPES
 
 _TYPE_NAMES = {v: k for k, v in GGML_TYPES.items()}
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mateperf import companion_loader, frame_budget, metrics, stats
+from mateperf import companion_config, frame_budget, metrics, stats
 from mateperf.errors import BadInput
 from mateperf.frame_budget import FrameBudget
 
@@ -434,12 +434,12 @@ def as_params(rec: dict, profile: str | None = None) -> dict:
 def tuned(profiles: dict, fingerprint: dict, **source) -> dict:
     """recommended.json (format 2) from `mateperf tune`'s result, with the host it holds for,
     and per profile how the companion loads it (`companion`: its GPU_PROFILES entry, and which
-    settings need the one added line in its loader: mateperf.companion_loader)."""
+    settings need the one added line in its loader: mateperf.companion_config)."""
     logical = fingerprint.get("cores_logical")
     profiles = {
         **profiles,
         "profiles": {
-            name: {**entry, "companion": companion_loader.loader(entry["settings"], logical)}
+            name: {**entry, "companion": companion_config.loader(entry["settings"], logical)}
             for name, entry in profiles["profiles"].items()
         },
     }

@@ -153,7 +153,7 @@ LAYERS = (
             "cpu_topology",
             "thread_rules",
             "frame_budget",
-            "companion_loader",
+            "companion_config",
         ),
     ),
     (

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from mateperf import companion_loader, model, recommend
+from mateperf import companion_config, model, recommend
 from mateperf.companion_readback import expected, load_like_companion, readback
 from mateperf.host import fingerprint
 
@@ -63,7 +63,7 @@ def test_recommended_json_says_which_settings_need_the_loader_line(tmp_path):
     fp = fingerprint()
     rec = json.loads(tuned_file(tmp_path, fp).read_text(encoding="utf-8"))
     loader = rec["profiles"]["balanced"]["companion"]
-    assert loader["loader_line"] == companion_loader.LOADER_LINE
+    assert loader["loader_line"] == companion_config.LOADER_LINE
     assert set(loader["needs_loader_line"]) == {
         "n_threads_batch",
         "n_ubatch",
