@@ -208,3 +208,24 @@ def test_avatar_killed_mid_run_ends_with_one_line_exit_1_rows_kept(results_root,
     done = df[df["error"] == ""]
     assert set(done["trial"]) >= {0} and len(done) > 0
     assert math.isfinite(done["rtt_us"].median())
+
+
+def test_final_phase_turns_attached_to_the_avatar(cli, results_root, avatar):
+    peer, log = avatar
+    r = cli(
+        "run",
+        "final",
+        "--avatar",
+        f"127.0.0.1:{peer.port}",
+        *("-p", "arms=baseline,batching", "-p", "trials=1", "-p", "max_tokens=8"),
+        *("-p", "n_ctx=512", "-p", "beat_chunks=2"),
+    )
+    assert r.rc == 0, r.stderr[-3000:]
+    run_dir = _run_dir(results_root)
+    df = pd.read_parquet(run_dir / "final.parquet")
+    assert set(df["peer"]) == {"live"}
+    assert (df["beats"] > 0).all() and df["beat_ms"].notna().all()
+    assert _expressions(peer.port) == {}  # the beats' expressions reset at the end
+    peer.stop()
+    assert _check_frames_against_log(df, log) == len(df)
+    assert "Measured on a live avatar" in (run_dir / "final.md").read_text(encoding="utf-8")

@@ -240,6 +240,7 @@ def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram
         "beats": figures["beats"],
         "frame_p50_ms": figures["frame_p50_ms"],
         "frame_p99_ms": figures["frame_p99_ms"],
+        "frames": figures["frames"],
         "frame_first": figures["frame_first"],
         "frame_last": figures["frame_last"],
         "cpu_main_p99_ms": figures["cpu_main_p99_ms"],
