@@ -26,6 +26,8 @@ def upgrade(df: pd.DataFrame, phase: str = "") -> pd.DataFrame:
         df = _ipc_trial_rows(df)
     if phase == "final" and "threads_source" in df.columns:
         df = _relative_source(df)
+    if phase == "gpu":
+        df = _gpu_profile_names(df)
     return df
 
 
@@ -45,6 +47,31 @@ def _relative_source(df: pd.DataFrame) -> pd.DataFrame:
     if values.equals(df["threads_source"]):
         return df
     return df.assign(threads_source=values)
+
+
+# mateperf's own 81%-of-the-layers profile was called `balanced` (as the companion's profile,
+# whose 35 layers are all of a 32-block model) until 2026-12-06.
+OLD_PROFILE_NAMES = {"balanced": "layers_81pct"}
+# The scenarios whose `profile` is mateperf's own (the target-card rows name the companion's).
+_OWN_PROFILE_SCENARIOS = ("selection", "attempt", "profile")
+
+
+def _gpu_profile_names(df: pd.DataFrame) -> pd.DataFrame:
+    own = [c for c in ("selected_profile", "final_profile") if c in df.columns]
+    scenario = df["scenario"] if "scenario" in df.columns else None
+    rows_named = "profile" in df.columns and scenario is not None
+    old = set(OLD_PROFILE_NAMES)
+    if not any(df[c].isin(old).any() for c in own) and not (
+        rows_named and (df["profile"].isin(old) & scenario.isin(_OWN_PROFILE_SCENARIOS)).any()
+    ):
+        return df
+    out = df.copy()
+    for c in own:
+        out[c] = out[c].replace(OLD_PROFILE_NAMES)
+    if rows_named:
+        mine = scenario.isin(_OWN_PROFILE_SCENARIOS)
+        out.loc[mine, "profile"] = out.loc[mine, "profile"].replace(OLD_PROFILE_NAMES)
+    return out
 
 
 def _warmup_flag(df: pd.DataFrame) -> pd.DataFrame:

@@ -70,11 +70,11 @@ def test_without_a_gpu_the_selection_ends_at_cpu_fallback(small_run):
     status = first["gpu_status"]
     assert first["selected_profile"] == "cpu_fallback" and first["final_profile"] == "cpu_fallback"
     sel = small_run[small_run["scenario"] == gpu.SCENARIO_SELECTION].set_index("profile")
-    assert list(sel.index) == ["performance", "balanced", "low_memory", "cpu_fallback"]
+    assert list(sel.index) == ["performance", "layers_81pct", "low_memory", "cpu_fallback"]
     assert bool(sel.loc["cpu_fallback", "chosen"]) and not sel.loc["performance", "fits"]
     if not first["gpu_available"]:
         assert status.startswith("no NVIDIA GPU: ")
-        assert (sel.loc[["performance", "balanced", "low_memory"], "reason"] == status).all()
+        assert (sel.loc[["performance", "layers_81pct", "low_memory"], "reason"] == status).all()
         assert first["overhead_source"] == f"not measured: {status}"
     attempts = small_run[small_run["scenario"] == gpu.SCENARIO_ATTEMPT]
     assert len(attempts) == 1 and bool(attempts["attempt_ok"].iloc[0])

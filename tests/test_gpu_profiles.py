@@ -8,7 +8,7 @@ caused for real. The phase test walks the chain for real on this machine's CPU.
 import math
 
 from mateperf.gpu import profiles
-from mateperf.gpu.profiles import BALANCED, CPU_FALLBACK, LOW_MEMORY, PERFORMANCE
+from mateperf.gpu.profiles import CPU_FALLBACK, LAYERS_81PCT, LOW_MEMORY, PERFORMANCE
 
 BASE = {"n_ctx": 2048, "n_batch": 512, "n_ubatch": 0, "n_threads": 1, "n_gpu_layers": -1}
 ALL = 19  # the default model: 18 layers + output
@@ -16,7 +16,7 @@ ALL = 19  # the default model: 18 layers + output
 
 def candidates(perf=1400.0, bal=1350.0, low=1100.0):
     resolved = {n: profiles.resolve(p, ALL, BASE) for n, p in profiles.PROFILES.items()}
-    need = {PERFORMANCE: perf, BALANCED: bal, LOW_MEMORY: low, CPU_FALLBACK: math.nan}
+    need = {PERFORMANCE: perf, LAYERS_81PCT: bal, LOW_MEMORY: low, CPU_FALLBACK: math.nan}
     return [profiles.Candidate(n, resolved[n], need[n], need[n] - 20) for n in profiles.ORDER]
 
 
@@ -29,7 +29,7 @@ def select(free_mb, budget_mb=None, margin_mb=512, **kw):
 def test_profiles_resolve_for_the_model():
     r = {n: profiles.resolve(p, ALL, BASE) for n, p in profiles.PROFILES.items()}
     assert r[PERFORMANCE]["n_gpu_layers"] == -1 and r[PERFORMANCE]["offload_kqv"]
-    assert r[BALANCED]["n_gpu_layers"] == round(35 / 43 * ALL)  # the companion's 35 of 43
+    assert r[LAYERS_81PCT]["n_gpu_layers"] == round(35 / 43 * ALL)  # the companion's 35 of 43
     assert r[LOW_MEMORY]["n_gpu_layers"] == 10 and not r[LOW_MEMORY]["offload_kqv"]
     assert (r[LOW_MEMORY]["n_ctx"], r[LOW_MEMORY]["n_batch"]) == (1024, 256)
     assert r[CPU_FALLBACK]["n_gpu_layers"] == 0 and not r[CPU_FALLBACK]["flash_attn"]
@@ -39,12 +39,12 @@ def test_fastest_profile_that_fits_is_chosen():
     assert select(free_mb=70000).chosen == PERFORMANCE
     # 1400 + 512 > 1880, but 1350 + 512 <= 1880
     s = select(free_mb=1880)
-    assert s.chosen == BALANCED
+    assert s.chosen == LAYERS_81PCT
     rows = {r["profile"]: r for r in s.rows}
     assert (
         not rows[PERFORMANCE]["fits"] and "1400 + 512 margin > 1880" in rows[PERFORMANCE]["reason"]
     )
-    assert rows[BALANCED]["chosen"] and sum(r["chosen"] for r in s.rows) == 1
+    assert rows[LAYERS_81PCT]["chosen"] and sum(r["chosen"] for r in s.rows) == 1
     assert select(free_mb=1000).chosen == CPU_FALLBACK
 
 
@@ -59,7 +59,7 @@ def test_the_larger_prediction_decides():
     c = candidates()
     c[0].projected_mb = 5000.0  # llama.cpp sees more than the metadata for performance
     s = profiles.select_profile(c, 2500, None, 512, "GPU 0", True, True)
-    assert s.chosen == BALANCED
+    assert s.chosen == LAYERS_81PCT
 
 
 def test_no_gpu_or_no_offload_ends_at_cpu_fallback():
@@ -131,8 +131,8 @@ def test_walk_leaves_a_step_that_exceeds_the_budget():
         k = ALL if params["n_gpu_layers"] < 0 else params["n_gpu_layers"]
         return {"ok": True, "vram_delta_mb": 1200.0 if k > 1 else 0.0}
 
-    params = profiles.resolve(profiles.PROFILES[BALANCED], ALL, BASE)
-    chain = profiles.fallback_chain(BALANCED, params, ALL)
+    params = profiles.resolve(profiles.PROFILES[LAYERS_81PCT], ALL, BASE)
+    chain = profiles.fallback_chain(LAYERS_81PCT, params, ALL)
     unknown = profiles.StepPrediction(math.nan)
     attempts = profiles.walk(chain, attempt, lambda p: unknown, limit_mb=1000)
     assert attempts[0].reason == "measured 1200 MiB of VRAM > 1000 MiB available"
@@ -209,6 +209,6 @@ def test_without_the_overhead_the_buffers_alone_decide_a_skip():
 def test_companion_profiles_are_its_config():
     assert profiles.COMPANION_PROFILES == {
         PERFORMANCE: (-1, 4096, 512),
-        BALANCED: (35, 2048, 256),
+        "balanced": (35, 2048, 256),  # the companion's name, not ours
         CPU_FALLBACK: (0, 2048, 128),
     }

@@ -5,8 +5,10 @@
   and a device overhead measured once per device).
 - `projection`: llama.cpp's own projection, from a no-allocation dry run in a child process.
 - `calibration`: the device overhead (CUDA context, cuBLAS, pools), measured and stored.
-- `profiles`: low_memory / balanced / performance / cpu_fallback, the selection, the fallback
+- `profiles`: performance / layers_81pct / low_memory / cpu_fallback, the selection, the fallback
   chain that records every attempt.
+- `companion_profiles`: the companion's own GPU_PROFILES as llama.cpp loads them, against
+  what their comments say (one sentence with the figures where they differ).
 - `trial`: one measured load-and-generate of a configuration, optionally in a child process.
 - `tinygguf`: a small llama-architecture GGUF written with the `gguf` package.
 

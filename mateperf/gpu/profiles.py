@@ -1,9 +1,12 @@
 """GPU profiles, the choice among them, and a load that falls back instead of crashing.
 
 The companion defines GPU_PROFILES performance / balanced / cpu_fallback with n_gpu_layers
--1 / 35 / 0 for a 43-layer model; the original plan added low_memory. Here a profile is a set
-of load parameters with its layer count as a share of the model's layers (so it means the
-same on any model), listed fastest first as the plan assumed; the phase measures whether the
+-1 / 35 / 0, its comment saying "35 of 43 layers" (on its 32-block Zephyr-7B, 35 is every
+layer: `mateperf.gpu.companion_profiles`); the original plan added low_memory. Here a profile
+is a set of load parameters with its layer count as a share of the model's layers (so it means
+the same on any model), named for what it loads: performance (all), layers_81pct (81% of them,
+the share the companion's balanced comment intended), low_memory (half, KV cache in RAM) and
+cpu_fallback (none), listed fastest first as the plan assumed; the phase measures whether the
 order holds.
 
 `select_profile` takes the fastest profile whose predicted VRAM plus a margin fits what is
@@ -19,9 +22,10 @@ step predicted to fit that still fails, or measures more than is available, fall
 the next. Where the device overhead was never measured, the buffers alone are a lower bound:
 a step is skipped only if even they do not fit.
 
-`COMPANION_PROFILES` are Desktop-Mate's own GPU_PROFILES (src/ai/config.py) as absolute
-settings, for the target-card table: on a CUDA build its cpu_fallback (n_gpu_layers 0, GPU
-visible) still holds the CUDA context and op_offload's compute buffer on the device.
+`COMPANION_PROFILES` are Desktop-Mate's own GPU_PROFILES (src/ai/config.py,
+`companion_profiles.PROFILES`) as absolute settings, for the target-card table: on a CUDA
+build its cpu_fallback (n_gpu_layers 0, GPU visible) still holds the CUDA context and
+op_offload's compute buffer on the device.
 """
 
 from __future__ import annotations
@@ -30,12 +34,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-PERFORMANCE, BALANCED, LOW_MEMORY, CPU_FALLBACK = (
+from mateperf.gpu import companion_profiles
+
+PERFORMANCE, LAYERS_81PCT, LOW_MEMORY, CPU_FALLBACK = (
     "performance",
-    "balanced",
+    "layers_81pct",
     "low_memory",
     "cpu_fallback",
 )
+# The companion's profile names (its GPU_PROFILES keys), which tune answers for.
+BALANCED = companion_profiles.BALANCED
 MIN_FALLBACK_CTX = 512
 
 
@@ -55,8 +63,10 @@ PROFILES: dict[str, Profile] = {
     PERFORMANCE: Profile(
         PERFORMANCE, 1.0, True, True, note="every layer and the KV cache on the GPU (-1)"
     ),
-    BALANCED: Profile(
-        BALANCED, 35 / 43, True, True, note="the companion's 35 of 43 layers, as a share"
+    # the share the companion's balanced comment states (35 of 43); its 35 itself is every
+    # layer of a 32-block 7B (companion_profiles says so with the figures)
+    LAYERS_81PCT: Profile(
+        LAYERS_81PCT, 35 / 43, True, True, note="81% of the model's layers (35/43, as a share)"
     ),
     LOW_MEMORY: Profile(
         LOW_MEMORY,
@@ -71,17 +81,15 @@ PROFILES: dict[str, Profile] = {
     # buffer): the fallback hides the GPU from llama.cpp instead
     CPU_FALLBACK: Profile(CPU_FALLBACK, 0.0, False, False, hide_gpu=True, note="no GPU at all"),
 }
-ORDER = (PERFORMANCE, BALANCED, LOW_MEMORY, CPU_FALLBACK)  # fastest first, as assumed
+ORDER = (PERFORMANCE, LAYERS_81PCT, LOW_MEMORY, CPU_FALLBACK)  # fastest first, as assumed
 
 # Desktop-Mate's GPU_PROFILES: (n_gpu_layers, n_ctx, n_batch); llama-cpp-python 0.3.16 there
 # leaves flash attention off and the KV cache with the offloaded layers.
 COMPANION_PROFILES: dict[str, tuple[int, int, int]] = {
-    PERFORMANCE: (-1, 4096, 512),
-    BALANCED: (35, 2048, 256),
-    CPU_FALLBACK: (0, 2048, 128),
+    name: (p.n_gpu_layers, p.n_ctx, p.n_batch) for name, p in companion_profiles.PROFILES.items()
 }
 # The companion's card: an RTX 4050 laptop GPU, 6 GB.
-COMPANION_CARD_MB = 6144
+COMPANION_CARD_MB = companion_profiles.CARD_MB
 
 
 def resolve(profile: Profile, all_layers: int, base: dict) -> dict:

@@ -235,10 +235,14 @@ def write_tiny_gguf(path: str | os.PathLike, spec: TinySpec | None = None) -> Pa
     return path
 
 
-def write_shape_gguf(path: str | os.PathLike, spec: TinySpec) -> Path:
+def write_shape_gguf(path: str | os.PathLike, spec: TinySpec, extend: bool = True) -> Path:
     """The model's header (hyperparameters, vocabulary, tensor shapes and types) and no tensor
     data: the file is extended to its full size as a sparse file, so llama.cpp's bounds checks
-    pass and a dry run or the metadata estimate sees the real model's sizes. Atomic."""
+    pass and a dry run or the metadata estimate sees the real model's sizes. Atomic.
+
+    extend=False leaves the header alone (a few MiB): enough for the metadata estimate, which
+    reads only the header, and safe where a filesystem would allocate the extension (NTFS
+    without the sparse flag); llama.cpp refuses such a file."""
     _check(spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,9 +259,10 @@ def write_shape_gguf(path: str | os.PathLike, spec: TinySpec) -> Path:
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     writer.close()
-    with tmp.open("r+b") as fh:
-        fh.seek(0, os.SEEK_END)
-        start = -(-fh.tell() // writer.data_alignment) * writer.data_alignment
-        fh.truncate(start + data_bytes)
+    if extend:
+        with tmp.open("r+b") as fh:
+            fh.seek(0, os.SEEK_END)
+            start = -(-fh.tell() // writer.data_alignment) * writer.data_alignment
+            fh.truncate(start + data_bytes)
     os.replace(tmp, path)
     return path

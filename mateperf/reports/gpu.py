@@ -148,6 +148,33 @@ def _target_lines(df: pd.DataFrame) -> list[str]:
         "",
         table(comp),
         "",
+        *analyse.intent_sentences(
+            df[df["scenario"] == analyse.SCENARIO_TARGET], "intent_differs", "intent_sentence"
+        ),
+        "",
+    ]
+
+
+def companion_model_lines(df: pd.DataFrame) -> list[str]:
+    """ "For the companion's model": its three profiles on Zephyr-7B Q5_K_M (or the file given),
+    flash attention off and on, against its 6 GB card less the avatar's reserve."""
+    rows = analyse.companion_model(df)
+    if rows.empty:
+        return []
+    r = rows.iloc[0]
+    return [
+        "### For the companion's model",
+        "",
+        f"Model: {first(df, 'cm_source')}. The companion's GPU_PROFILES as llama.cpp loads them, "
+        f"predicted on its {mb(r['cm_card_mb'])} MiB card less {mb(r['cm_reserve_mb'])} MiB "
+        f"for the avatar (Unity and the VRM on the same card; an allowance, not measured: "
+        f"`-p avatar_reserve_mb`) = {mb(r['cm_available_mb'])} MiB. Device overhead: "
+        f"{first(df, 'cm_overhead_source')}.",
+        "",
+        table(gpu_tables.companion_model_table(rows)),
+        "",
+        *analyse.intent_sentences(rows, "cm_layers_differ", "cm_sentence"),
+        "",
     ]
 
 
@@ -252,6 +279,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "",
         *_kv_lines(df),
         *_target_lines(df),
+        *companion_model_lines(df),
         "### Profile selection",
         "",
         f"Available: {mb(first(df, 'vram_available_mb'))} MiB "

@@ -311,3 +311,34 @@ def alerts_table(df: pd.DataFrame) -> pd.DataFrame:
             ],
         }
     )
+
+
+def companion_model_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The companion's profiles on its model: loaded layers, VRAM with flash attention off and
+    on against the card less the avatar's reserve, and the most layers that fit instead."""
+
+    def fits(value) -> str:
+        v = maybe_bool(value)
+        return "?" if v is None else ("yes" if v else "NO")
+
+    def most(k, mib) -> str:
+        k = int(k)
+        return "none" if k < 0 else f"{k}: {mb(mib)} MiB"
+
+    out = []
+    for _, r in rows.iterrows():
+        out.append(
+            {
+                "profile": r["cm_profile"],
+                "n_gpu_layers → loaded": f"{int(r['cm_n_gpu_layers'])} → "
+                + layers_label(int(r["cm_gpu_layers"]), int(r["cm_all_layers"])),
+                "n_ctx / n_batch": f"{int(r['cm_n_ctx'])} / {int(r['cm_n_batch'])}",
+                "FA off MiB": f"{mb(r['cm_fa_off_mb'])} ({fits(r['cm_fa_off_fits'])})",
+                "FA on MiB": f"{mb(r['cm_fa_on_mb'])} ({fits(r['cm_fa_on_fits'])})",
+                "most layers that fit, FA off / on": (
+                    f"{most(r['cm_fa_off_max_layers'], r['cm_fa_off_max_mb'])} / "
+                    f"{most(r['cm_fa_on_max_layers'], r['cm_fa_on_max_mb'])}"
+                ),
+            }
+        )
+    return pd.DataFrame(out)

@@ -72,7 +72,8 @@ class ProfileRule:
 
 # The companion's three profiles (src/ai/config.py GPU_PROFILES): their contexts, and what each
 # is for. performance may fill the card; balanced leaves half of it to the rest of the desktop
-# (the companion's 35 of 43 layers was that intent, by hand); cpu_fallback uses no GPU at all.
+# (the companion's "35 of 43 layers" was that intent, by hand: on its 32-block model 35 is every
+# layer, `companion_profiles`); cpu_fallback uses no GPU at all.
 RULES = (
     ProfileRule(profiles.PERFORMANCE, 4096, 1.0, "the fastest that fits the card"),
     ProfileRule(profiles.BALANCED, 2048, 0.5, "the fastest within half of the card"),
@@ -93,8 +94,9 @@ def thread_pairs(usable: int) -> list[tuple[int, int]]:
 
 
 def layer_choices(all_layers: int) -> list[int]:
-    """0, the companion's balanced share of the layers, and all of them (-1)."""
-    share = round(profiles.PROFILES[profiles.BALANCED].layer_share * all_layers)
+    """0, 81% of the layers (the share the companion's balanced comment states), and all of
+    them (-1)."""
+    share = round(profiles.PROFILES[profiles.LAYERS_81PCT].layer_share * all_layers)
     return sorted({0, share, -1}, key=lambda k: (k < 0, k))
 
 

@@ -19,6 +19,7 @@ SCENARIO_CPU_CHECK = "cpu_check"
 SCENARIO_KV_CHECK = "kv_check"
 SCENARIO_FIT = "fit"
 SCENARIO_TARGET = "target"
+SCENARIO_COMPANION_MODEL = "companion_model"
 SCENARIO_SELECTION = "selection"
 SCENARIO_ATTEMPT = "attempt"
 SCENARIO_LAYERS = "layers"
@@ -70,6 +71,22 @@ def fit_frames(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         out.append(rows.reset_index(drop=True))
     return out[0], out[1]
+
+
+def companion_model(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows "for the companion's model" (its profiles on Zephyr-7B, or the file given)."""
+    if "scenario" not in df:
+        return df.iloc[:0]
+    return df[df["scenario"] == SCENARIO_COMPANION_MODEL].reset_index(drop=True)
+
+
+def intent_sentences(rows: pd.DataFrame, differs: str, sentence: str) -> list[str]:
+    """The stored sentences of the companion's profiles whose layers are not what their
+    comment says (`mateperf.gpu.companion_profiles`), in the rows' order."""
+    if rows.empty or differs not in rows or sentence not in rows:
+        return []
+    flagged = rows[rows[differs].map(lambda v: False if pd.isna(v) else bool(v))]
+    return [str(s) for s in flagged[sentence]]
 
 
 def kept(df: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,7 @@ scenarios the package docstring lists.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mateperf.phases.gpu.analyse import (
     MEASURED_SCENARIOS,
     SCENARIO_ALERT,
     SCENARIO_ATTEMPT,
+    SCENARIO_COMPANION_MODEL,
     SCENARIO_FIT,
     SCENARIO_LAYERS,
     SCENARIO_PROFILE,
@@ -278,7 +280,13 @@ def _target_card(
     rows += [
         {"scenario": SCENARIO_TARGET, **predict.fit_row(r)} for r in companion.to_dict("records")
     ]
+    with tempfile.TemporaryDirectory(prefix="mateperf-shape-") as work:
+        cm_rows, cm_facts = predict.companion_model_rows(
+            p.companion_model, Path(work), plan_overhead, p.avatar_reserve_mb
+        )
+    rows += [{"scenario": SCENARIO_COMPANION_MODEL, **r} for r in cm_rows]
     facts = {
+        **cm_facts,
         "target_budget_mb": float(budget),
         "target_margin_mb": float(p.margin_mb),
         "target_card": card,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from mateperf.gpu import profiles
+from mateperf.gpu import companion_profiles, profiles
 from mateperf.params import DEFAULT_MODEL, Params, param, refuse
 
 
@@ -22,7 +23,7 @@ class GpuParams(Params):
     n_threads: int = param(0, "0 means the CPUs this process may use", at_least=0)
     profile: str = param(
         "auto",
-        "auto, or force performance / balanced / low_memory / cpu_fallback",
+        "auto, or force performance / layers_81pct / low_memory / cpu_fallback",
         choices=("auto", *profiles.PROFILES),
         variant=2,
     )
@@ -34,6 +35,16 @@ class GpuParams(Params):
     )
     margin_mb: int = param(
         512, "VRAM kept free beyond the prediction when choosing a profile", at_least=0
+    )
+    companion_model: str = param(
+        "",
+        "GGUF of the companion's model for its section; empty: the generated Zephyr-7B Q5_K_M "
+        "shape",
+    )
+    avatar_reserve_mb: int = param(
+        companion_profiles.AVATAR_RESERVE_MB,
+        "VRAM of the companion's 6 GB card kept for the avatar (Unity and the VRM; not measured)",
+        at_least=0,
     )
     warn_pct: float = param(80.0, "VRAM alert levels, percent of the card or of the budget")
     critical_pct: float = param(90.0, "VRAM critical level, percent of the card or of the budget")
@@ -61,4 +72,6 @@ class GpuParams(Params):
                 f"and critical_pct={self.critical_pct} must satisfy "
                 "0 < warn_pct <= critical_pct <= 100",
             )
+        if self.companion_model and not Path(self.companion_model).is_file():
+            refuse("companion_model", self.companion_model, "is not a file")
         LlamaConfig.check_params(self)

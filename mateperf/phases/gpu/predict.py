@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mateperf.gpu import estimate, profiles, projection
+from mateperf.gpu import companion_profiles, estimate, profiles, projection, tinygguf
 from mateperf.phases.gpu.analyse import (
     FIT_COLUMNS,
     SCENARIO_CPU_CHECK,
@@ -228,6 +228,7 @@ def target_card(
     grid = estimate.fit_grid(layout, budget_mb, margin_mb, overhead, n_ctxs, list(FIT_KV), n_ubatch)
     rows = []
     for name, (ngl, n_ctx, n_batch) in profiles.COMPANION_PROFILES.items():
+        effect = companion_profiles.effect(companion_profiles.PROFILES[name], layout, overhead)
         k = layout.resolve_layers(ngl)
         s = estimate.Settings(n_ctx=n_ctx, n_ubatch=n_batch)
         meta = estimate.predict(layout, k, s, overhead)
@@ -249,9 +250,35 @@ def target_card(
                 "budget_mb": budget_mb,
                 "margin_mb": margin_mb,
                 "fits": None if math.isnan(total) else bool(total + margin_mb <= budget_mb),
+                "intent_layers": effect.intent_layers,
+                "intent_differs": effect.layers_differ,
+                "intent_sentence": effect.sentence,
             }
         )
     return grid, pd.DataFrame(rows)
+
+
+def companion_model_rows(
+    model_path: str, work_dir: Path, overhead: estimate.Overhead, reserve_mb: float
+) -> tuple[list[dict], dict]:
+    """ "For the companion's model": its profiles as loaded, predicted with flash attention off
+    and on, against the companion's 6 GB card less the avatar's reserve. From `model_path`
+    (a real zephyr-7b-beta Q5_K_M, or any GGUF) where given, else from the generated Zephyr-7B
+    Q5_K_M shape (its header alone, written into `work_dir` and removed after reading)."""
+    if model_path:
+        layout = estimate.read_layout(model_path)
+        source = f"{Path(model_path).name} (the file given)"
+    else:
+        shape = tinygguf.write_shape_gguf(
+            Path(work_dir) / "zephyr-7b-q5_k_m-shape.gguf", tinygguf.MISTRAL_7B_SHAPES, extend=False
+        )
+        try:
+            layout = estimate.read_layout(shape)
+        finally:
+            shape.unlink(missing_ok=True)
+        source = "the generated Zephyr-7B Q5_K_M shape (Mistral-7B, 32 blocks; header only)"
+    rows = companion_profiles.model_rows(layout, overhead, reserve_mb=reserve_mb)
+    return rows, {"cm_source": source, "cm_overhead_source": overhead.source}
 
 
 @dataclasses.dataclass(frozen=True)
