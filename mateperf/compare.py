@@ -150,7 +150,7 @@ def compare_runs(path_a, path_b) -> tuple[pd.DataFrame, list[str]]:
     if run_a.phase != run_b.phase:
         raise BadInput(f"cannot compare phase {run_a.phase} with phase {run_b.phase}")
     for run in (run_a, run_b):
-        if not run.frame_path().is_file():
+        if not run.has_frame():
             raise BadInput(
                 f"{run.path} has no {run.phase}.parquet (status {run.info.get('status')})"
             )

@@ -244,6 +244,26 @@ GPU_METRICS = (
 )
 declare("gpu", GPU_METRICS, identity=("scenario", "profile"))
 
+# -- phase 7, live ------------------------------------------------------------------------------
+# One row per model call of a real companion session (mateperf.live). A call is one value of
+# each metric; two sessions compare call against call as replicates, which holds only where they
+# ran the same kind of turns. prompt_eval_ms and eval_ms are llama.cpp's own counters over the
+# call; wall_ms is what the user waits for. The recorder's own time (overhead_us) is not a metric
+# of the companion.
+LIVE_METRICS = (
+    _m("wall_ms", "ms", LOWER, TRIAL, SPEED, "whole call (wall)"),
+    _m("prompt_eval_ms", "ms", LOWER, TRIAL, SPEED, "prompt eval (llama.cpp)"),
+    _m("eval_ms", "ms", LOWER, TRIAL, SPEED, "generation (llama.cpp)"),
+    _m("pp_tps", "tokens/s", HIGHER, TRIAL, SPEED, "prompt tokens/s"),
+    _m("tg_tps", "tokens/s", HIGHER, TRIAL, SPEED, "generation tokens/s"),
+    _m("prompt_tokens", "tokens", LOWER, TRIAL, TOKENS, "prompt tokens"),
+    _m("completion_tokens", "tokens", LOWER, TRIAL, TOKENS, "completion tokens"),
+    _m("rss_mb", "MiB", LOWER, TRIAL, MEMORY, "RSS after the call"),
+    _m("vram_used_mb", "MiB", LOWER, TRIAL, MEMORY, "device VRAM used after the call (NVML)"),
+    _m("frame_p99_ms", "ms", LOWER, TRIAL, SPEED, "avatar frame interval p99 during the call"),
+)
+declare("live", LIVE_METRICS, identity=("method",))
+
 
 # -- tune ---------------------------------------------------------------------------------------
 # One row per trial of `mateperf tune` (stage race or confirm, per profile): a fresh load of one

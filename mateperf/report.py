@@ -61,7 +61,7 @@ def select_runs(
         return [results.RunDir.open(p) for p in paths]
     listed = results.list_runs(root) if listed is None else listed
     found = []
-    for phase in phases.available_phases():
+    for phase in phases.reported_phases():
         own = phases.declared(phase).representative or (lambda info: True)
         defaults = phases.defaults(phase)
 
@@ -93,7 +93,7 @@ def collect_variants(
             run.phase == phase
             and run.info.get("status") in (results.STATUS_OK, results.STATUS_PARTIAL)
             and run.info.get("kind", "run") in ("run", "notebook")
-            and run.frame_path().is_file()
+            and run.has_frame()
         ):
             newest[variant_label(phase, run.info.get("params", {}), defaults)] = run
     mine = variant_label(phase, representative.info.get("params", {}), defaults)
@@ -141,7 +141,9 @@ def _not_measured(runs: list[results.RunDir], members: dict) -> list[str]:
     present = {r.phase for r in runs}
     for phase in phases.PHASES:
         if phase not in present:
-            lines.append(f"- **{phase}**: no stored run (`mateperf run {phase}`).")
+            by = phases.recorded_by(phase)
+            how = f"recorded by {by}" if by else f"`mateperf run {phase}`"
+            lines.append(f"- **{phase}**: no stored run ({how}).")
     no_gpu: dict[str, list[str]] = {}
     for host, (text, *_ids) in members.items():
         gpu_line = next((ln for ln in text.splitlines() if ln.startswith("GPU: ")), "")

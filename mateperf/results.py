@@ -6,6 +6,13 @@ atomic (temp file in the same directory, fsync, rename; a rename Windows refuses
 program holds the file is retried briefly) so a killed run never leaves a half-written file that
 a later report would read, and a new run directory is created with an
 exclusive mkdir so two runs can never share (and overwrite) one.
+
+A run recorded as it goes (the live phase: a companion that may be killed at any moment)
+appends its rows to a journal, `<phase>.jsonl`, one JSON object per line, each line one
+write() to a file opened for appending: a killed process keeps every line it wrote, and a line
+cut short (the machine stopped mid-write) is left out on reading. A later line with the same
+`trial` completes that row (figures known only after the call). The frame is read from the
+parquet where the run finished and wrote one, else from the journal.
 """
 
 from __future__ import annotations
@@ -253,9 +260,22 @@ class RunDir:
         atomic_write_parquet(path, df)
         return path
 
+    def journal_path(self, phase: str | None = None) -> Path:
+        return self.path / f"{phase or self.phase}.jsonl"
+
+    def has_frame(self, phase: str | None = None) -> bool:
+        """A parquet, or a journal of rows appended as they went."""
+        return self.frame_path(phase).is_file() or self.journal_path(phase).is_file()
+
     def read_frame(self, phase: str | None = None) -> pd.DataFrame:
-        """The stored frame, upgraded to the current format (mateperf.upgrade)."""
-        return upgrade(pd.read_parquet(self.frame_path(phase)), phase or self.phase)
+        """The stored frame (the parquet, else the journal), upgraded to the current format
+        (mateperf.upgrade)."""
+        path = self.frame_path(phase)
+        if not path.is_file() and self.journal_path(phase).is_file():
+            frame = journal_frame(self.journal_path(phase))
+        else:
+            frame = pd.read_parquet(path)
+        return upgrade(frame, phase or self.phase)
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
@@ -265,6 +285,40 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / "plots"
+
+
+def append_journal(path: Path, row: dict) -> None:
+    """Append one row as one line: a single write() to a file opened for appending, so a
+    process killed after it returns keeps the line (a power cut may not: no fsync per row)."""
+    line = (json.dumps(row, default=str, allow_nan=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Every complete line of a journal; a line cut short (no newline, or not JSON) is left
+    out."""
+    rows = []
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                rows.append(json.loads(raw.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+    return rows
+
+
+def journal_frame(path: Path) -> pd.DataFrame:
+    """A journal as a frame: one row per `trial`, later lines completing earlier ones."""
+    merged: dict = {}
+    for row in read_journal(path):
+        merged.setdefault(row.get("trial"), {}).update(row)
+    return pd.DataFrame(list(merged.values()))
 
 
 def tidy(df: pd.DataFrame, run_id: str, phase: str, params: dict) -> pd.DataFrame:
@@ -314,7 +368,7 @@ def latest_run(
         for r in listed
         if r.info.get("status") in (STATUS_OK, STATUS_PARTIAL)
         and r.info.get("kind", "run") in kinds
-        and r.frame_path().is_file()
+        and r.has_frame()
         and (accept is None or accept(r.info))
     ]
     return done[-1] if done else None

@@ -173,7 +173,7 @@ LAYERS = (
             "recommend",
         ),
     ),
-    ("phases", ("phases", "tune", "compare")),
+    ("phases", ("phases", "tune", "compare", "live")),
     ("reports", ("reports", "report", "explore")),
     (
         "drivers",

@@ -180,7 +180,7 @@ def test_every_phase_prints_progress_through_the_one_helper(capsys):
 
     from mateperf import execute, progress
 
-    for name in phases.PHASES:
+    for name in phases.available_phases():  # a recorded phase prints in no console of ours
         importlib.import_module(f"mateperf.phases.{name}.measure")._progress("step 1 of 2")
         out, err = capsys.readouterr()
         assert (out, err) == (f"[{name}] step 1 of 2\n", "")

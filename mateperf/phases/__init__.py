@@ -26,7 +26,7 @@ from mateperf.host import REPO_ROOT
 from mateperf.params import Params
 from mateperf.phases.declaration import Phase
 
-PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6}
+PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6, "live": 7}
 PHASES = tuple(PHASE_NUMBERS)
 # Phases declared outside this package (`register`), by name.
 _REGISTERED: dict[str, Phase] = {}
@@ -36,7 +36,7 @@ RUN_DIR_HELP = "set by `mateperf run`; empty makes a new run directory under res
 NOQA = re.compile(r"\s*#\s*noqa.*$")
 # Parameters that name a file. A kernel runs with the run directory as its working directory,
 # so a relative path that was right where the command was typed is wrong there.
-PATH_PARAMS = ("model", "config")
+PATH_PARAMS = ("model", "config", "companion_model")
 
 
 def check_phase(phase: str) -> str:
@@ -74,12 +74,27 @@ def notebook_path(phase: str) -> Path | None:
 def require_notebook(phase: str) -> Path:
     path = notebook_path(phase)
     if path is None:
+        by = recorded_by(phase)
+        if by:
+            raise PhaseError(f"phase {phase!r} has no notebook to run: it is recorded by {by}")
         raise PhaseError(f"phase {phase!r} is not built yet (no notebooks/0N_*.ipynb)")
     return path
 
 
+def recorded_by(phase: str) -> str:
+    """What records a phase that no notebook runs ("" for the phases `mateperf run` runs)."""
+    return declared(phase).recorded_by
+
+
 def available_phases() -> list[str]:
+    """The phases `mateperf run` can run: those with a notebook."""
     return [p for p in PHASES if notebook_path(p) is not None]
+
+
+def reported_phases() -> list[str]:
+    """The phases whose stored runs reports read: those with a notebook, and those recorded
+    by another process (the live phase)."""
+    return [p for p in PHASES if notebook_path(p) is not None or recorded_by(p)]
 
 
 def schema(phase: str) -> type[Params]:
@@ -137,9 +152,15 @@ def notebook_help(phase: str) -> list[tuple[str, str, str, str]]:
 
 
 def title(phase: str) -> str:
-    """The first heading of the phase's notebook, e.g. "Phase 4 — CPU threads ..."."""
+    """The first heading of the phase's notebook, e.g. "Phase 4 — CPU threads ..."; for a
+    recorded phase, the first line of its declaring module's docstring."""
     path = notebook_path(phase)
     if path is None:
+        if recorded_by(phase):
+            if phase in _REGISTERED:
+                return f"Phase {PHASE_NUMBERS[phase]} — {phase}"
+            doc = importlib.import_module(f"mateperf.phases.{phase}").__doc__ or phase
+            return doc.strip().splitlines()[0].rstrip(".")
         return "not built yet"
     for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
         if cell["cell_type"] == "markdown":

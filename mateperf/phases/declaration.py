@@ -43,6 +43,10 @@ class Phase:
     - `representative(run_info)`: whether a run may stand for the phase in FINAL_RESULTS
       (the memory phase keeps its self-check runs out); `None` accepts every run.
     - `report`: the module that declares `REPORT`, how this phase's runs are formatted.
+    - `recorded_by`: what records the phase where no notebook runs it (the live phase: the
+      companion's own process, through `mateperf.live`); such a phase has no notebook
+      (`notebook` None and no notebooks/NN_*.ipynb), `mateperf run` refuses it saying this,
+      and its `run` raises the same. "" for a phase `mateperf run` executes.
     """
 
     name: str
@@ -56,6 +60,7 @@ class Phase:
     sweep_metrics: Callable[[Frame], list[tuple[str, Frame, str]]] | None
     representative: Callable[[dict], bool] | None
     report: str
+    recorded_by: str = ""
 
     def __post_init__(self) -> None:
         # lowercase: the console keeps a phase's progress lines by progress.LINE
@@ -64,6 +69,8 @@ class Phase:
         if self.number < 1:
             raise ValueError(f"phase {self.name}: number {self.number} must be at least 1")
         object.__setattr__(self, "round_split", tuple(self.round_split))
+        if self.recorded_by and self.notebook is not None:
+            raise ValueError(f"phase {self.name}: a recorded phase has no notebook")
 
 
 def measured_by(module: str) -> Callable[..., Frame]:

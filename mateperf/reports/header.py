@@ -18,6 +18,9 @@ def reproduce_command(info: dict) -> str:
     """
     command = info.get("command", "")
     phase = info.get("phase", "?")
+    if phase in phases.PHASE_NUMBERS and phases.recorded_by(phase):
+        # a session the companion recorded: what ran it, not a mateperf command
+        return command or f"a session recorded by {phases.recorded_by(phase)}"
     if not command.startswith("mateperf "):
         command = f"mateperf run {phase}"
     if info.get("kind") == "sweep":

@@ -129,7 +129,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 def write_markdown(run) -> None:
     """The sweep's `<phase>.md` beside its combined frame (nothing when no point-round ran)."""
-    if not run.frame_path(run.phase).is_file():
+    if not run.has_frame(run.phase):
         return
     df = run.read_frame(run.phase)
     md = run_header(run.info) + "\n" + section(df, run.info, run.plots_dir, run.path)

@@ -150,11 +150,17 @@ def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> s
     notes = [f"- {n}: {e['note']}" for n, e in rec["profiles"].items() if e.get("note")]
     if notes:
         lines += ["**Frame budget not kept by the pick's confirmation trials:**", "", *notes, ""]
+    intent = [e["companion_intent"] for e in rec["profiles"].values() if e.get("companion_intent")]
     lines += [
         "### Evidence (interleaved confirmation trials)",
         "",
         table(_evidence_table(rec)),
         "",
+        *(
+            ["The companion's own profile, as llama.cpp loads it on this model:", *intent, ""]
+            if intent
+            else []
+        ),
         "### The race",
         "",
         *_pruned(rec),

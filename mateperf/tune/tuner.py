@@ -26,7 +26,7 @@ from mateperf import avatar as avatar_mod
 from mateperf import avatar_pacing, model, progress, runner, stats, workloads
 from mateperf.errors import RunAborted
 from mateperf.frame_budget import FrameBudget
-from mateperf.gpu import calibration, estimate, profiles
+from mateperf.gpu import calibration, companion_profiles, estimate, profiles
 from mateperf.host import usable_cpus
 from mateperf.trackers.gpu import GpuMonitor, NvmlDevice
 from mateperf.tune import race as race_mod
@@ -192,6 +192,8 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         f"{total} settings over {len(plans)} profiles; {pruned} pruned before loading; "
         f"{len(racing)} distinct settings race; VRAM: {basis}"
     )
+    # the companion's profiles whose layers are not what their comments say, on this model
+    intent = companion_profiles.intent_sentences(layout, overhead)
     frames, out = [], {}
     vram = NvmlDevice() if offload else None  # VRAM is read where layers can go to a GPU
     with Bench(
@@ -220,6 +222,8 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
                 entry, trials = _profile(
                     p, rule, plans[rule.name], memo, bench, usable, offload, frame, constraint
                 )
+                if rule.name in intent:
+                    entry["companion_intent"] = intent[rule.name]
                 out[rule.name] = entry
                 frames.append(trials)
         except RunAborted as exc:  # the trials measured so far are kept
