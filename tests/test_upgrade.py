@@ -43,3 +43,19 @@ def test_an_old_ipc_run_gets_its_trial_rows_on_load():
     copied = [m.name for m in metrics.IPC_METRICS if m.level == metrics.TRIAL and m.name in raw]
     assert df.loc[df["record"] == "request", copied].isna().all().all()
     assert trials[copied].notna().any(axis=1).all()
+
+
+def test_mateperfs_own_balanced_profile_reads_as_layers_81pct():
+    """Our 81% profile was called `balanced`, as the companion's, whose 35 layers are all of a
+    32-block model; the target-card rows name the companion's profile and keep its name."""
+    old = pd.DataFrame(
+        {
+            "scenario": ["selection", "attempt", "profile", "target"],
+            "profile": ["balanced"] * 4,
+            "selected_profile": ["balanced"] * 4,
+        }
+    )
+    new = upgrade(old, "gpu")
+    assert list(new["profile"]) == ["layers_81pct"] * 3 + ["balanced"]
+    assert (new["selected_profile"] == "layers_81pct").all()
+    assert upgrade(old, "llm") is old

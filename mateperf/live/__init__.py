@@ -19,7 +19,7 @@ explore notebook read a session like any run, a killed one too. docs/live.md.
 
 from __future__ import annotations
 
-from mateperf.live.avatar import parse_address
+from mateperf.avatar import parse_address
 from mateperf.live.session import ENV_AVATAR, LiveLlama, Session, record
 
 __all__ = ["ENV_AVATAR", "LiveLlama", "Session", "parse_address", "record"]

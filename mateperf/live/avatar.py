@@ -7,9 +7,11 @@ reads the window (and resets it again), and hands the call's figures back; the c
 puts two items on a queue. The window starts up to one frame after the call and ends up to one
 frame after it.
 
+The connection and the identity query are `mateperf.bridge.attach`'s (what `--avatar` uses).
 A legacy bridge (no `frame_stats`), an avatar that cannot be reached or one that drops the
 connection: the figures are NaN and `frame_status` says which, once per call; the companion's
-calls go on unrecorded by the avatar, never failed by it.
+calls go on unrecorded by the avatar, never failed by it. Nothing is sent to the avatar but
+the frame queries: it is left as it was found.
 """
 
 from __future__ import annotations
@@ -21,18 +23,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mateperf.bridge.client import BridgeError, UnityBridge
-from mateperf.errors import BadInput
+from mateperf.avatar import AvatarUnreachable, parse_address
+from mateperf.bridge.attach import connect_avatar
+from mateperf.bridge.client import BridgeError
+from mateperf.errors import RunAborted
 
 OK = "ok"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT (the port 1..65535); BadInput naming the value otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadInput(f"avatar address {text!r} must be HOST:PORT (e.g. 127.0.0.1:5555)")
-    return host, int(port)
 
 
 def figures(stats: dict) -> dict:
@@ -49,17 +45,17 @@ class AvatarFrames:
     receives {frames, frame_p99_ms, frame_status} for each call that ended."""
 
     def __init__(self, address: str, on_figures: Callable[[int, dict], None]):
-        host, port = parse_address(address)
+        host, port = parse_address(address)  # AvatarAddressError: bad input, one line
         self.address = f"{host}:{port}"
         self._on_figures = on_figures
         self._queue: queue.Queue = queue.Queue()
-        self._bridge = UnityBridge(host, port, connect_attempts=1, auto_reconnect=False)
+        self._bridge = None
+        self.identity: dict = {}
         try:
-            self._bridge.connect()
-            self.status = OK
-            if self._bridge.legacy:
-                self.status = "unavailable from this avatar (a legacy bridge has no frame_stats)"
-        except (BridgeError, OSError) as exc:
+            self._bridge, identity = connect_avatar(self.address)
+            self.identity = identity.as_dict()
+            self.status = identity.frames_unavailable or OK
+        except (AvatarUnreachable, RunAborted, BridgeError, OSError) as exc:
             self.status = f"avatar {self.address} unreachable: {exc}"
         self._thread = threading.Thread(target=self._loop, name="mateperf-live-avatar", daemon=True)
         self._thread.start()
@@ -74,7 +70,8 @@ class AvatarFrames:
         """Let the worker finish what is queued (a call's last read), then disconnect."""
         self._queue.put(("stop", -1))
         self._thread.join(timeout_s)
-        self._bridge.close()
+        if self._bridge is not None:
+            self._bridge.close()
 
     def _loop(self) -> None:
         while True:

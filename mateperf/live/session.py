@@ -18,12 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from mateperf import avatar as avatar_info
 from mateperf import results
 from mateperf.live.avatar import AvatarFrames
 from mateperf.live.counters import UNREAD, Counters
 from mateperf.phases.live.params import LiveParams
 from mateperf.trackers.gpu import NvmlDevice
-from mateperf.trackers.memory import read_rss
+from mateperf.trackers.process_memory import read_rss
 
 ENV_AVATAR = "MATEPERF_AVATAR"
 PHASE = "live"
@@ -79,7 +80,8 @@ class Session:
                     "gpu": self._gpu.status,
                     "avatar": self._avatar.status if self._avatar else "none attached",
                     "pid": os.getpid(),
-                }
+                },
+                **({avatar_info.RUN_INFO_KEY: self._avatar.identity} if self._avatar else {}),
             },
         )
         self.journal = self.run.journal_path(PHASE)

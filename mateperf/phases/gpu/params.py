@@ -38,12 +38,11 @@ class GpuParams(Params):
     )
     companion_model: str = param(
         "",
-        "GGUF of the companion's model for its section; empty: the generated Zephyr-7B Q5_K_M "
-        "shape",
+        "the companion's model file; empty: the generated Zephyr-7B Q5_K_M shape",
     )
     avatar_reserve_mb: int = param(
         companion_profiles.AVATAR_RESERVE_MB,
-        "VRAM of the companion's 6 GB card kept for the avatar (Unity and the VRM; not measured)",
+        "MiB of the companion's 6 GB card left to the avatar (an allowance)",
         at_least=0,
     )
     warn_pct: float = param(80.0, "VRAM alert levels, percent of the card or of the budget")
