@@ -18,7 +18,7 @@ from mateperf import phases, results
 from mateperf.host import format_fingerprint
 from mateperf.reports import declaration, sweep
 from mateperf.reports.format import table
-from mateperf.reports.header import avatar_line, reproduce_command
+from mateperf.reports.header import avatar_line, reproduce_command, run_header
 from mateperf.reports.overview import summary_rows, variant_label, variant_row
 
 FINAL_NAME = results.FINAL_NAME
@@ -243,6 +243,11 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
     missing = _not_measured(runs, members)
     if missing:
         parts += ["### Not measured", "", *missing, ""]
+    for r in runs:
+        if phases.recorded_by(r.phase) and r.info.get("kind") != "sweep":
+            # no notebook wrote this run's own report: it is written here, from its rows so far
+            own = phase_section(r.phase, r, r.plots_dir, r.path, frame(r))
+            r.write_text(f"{r.phase}.md", run_header(r.info) + "\n" + own)
     for r in runs:
         # one folder per run: two runs of a phase must not overwrite each other's plots
         heading, body = _demote(phase_section(r.phase, r, plots_root / r.run_id, root, frame(r)))

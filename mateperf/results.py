@@ -272,7 +272,13 @@ class RunDir:
         (mateperf.upgrade)."""
         path = self.frame_path(phase)
         if not path.is_file() and self.journal_path(phase).is_file():
-            frame = journal_frame(self.journal_path(phase))
+            # the run never finished: its journal, with the context a parquet's rows carry
+            frame = tidy(
+                journal_frame(self.journal_path(phase)),
+                self.run_id,
+                phase or self.phase,
+                self.info.get("params", {}),
+            )
         else:
             frame = pd.read_parquet(path)
         return upgrade(frame, phase or self.phase)

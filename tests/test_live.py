@@ -20,7 +20,7 @@ import llama_cpp
 import pytest
 from llama_cpp import Llama
 
-from mateperf import live, results
+from mateperf import explore, live, results
 from mateperf.bridge.process import start_peer
 from mateperf.companion import SYSTEM_PROMPT, USER_TURNS
 from mateperf.errors import BadInput
@@ -160,10 +160,12 @@ def test_a_session_killed_mid_call_keeps_its_earlier_calls(default_model, result
     # llama.cpp counts the one token it re-evaluates as eval, not prompt eval
     assert (df["completion_tokens"] > 0).all() and (df["eval_ms"] > 0).all()
     assert df["prompt_eval_tokens"].tolist()[1] == 0 < df["prompt_eval_tokens"].tolist()[0]
+    assert explore.declared(explore.load([run_dir]))[:3] == ["wall_ms", "prompt_eval_ms", "eval_ms"]
     r = cli("report", run_dir)
     assert r.rc == 0, r.stderr
     text = (results_root / "FINAL_RESULTS.md").read_text(encoding="utf-8")
     assert "not closed (the companion was killed, or is still running)" in text
+    assert "Phase 7 — live" in (run.path / "live.md").read_text(encoding="utf-8")
 
 
 def test_a_cut_line_is_left_out_and_a_later_line_completes_its_call(tmp_path):
