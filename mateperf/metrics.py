@@ -302,6 +302,7 @@ FACTORS: dict[str, tuple[str, ...]] = {
     "gpu": (*_COMMON_FACTORS, *_LOAD_SETTINGS, "scenario", "profile"),
     "final": (*_COMMON_FACTORS, "peer", "arm"),
     "tune": (*_COMMON_FACTORS, "profile", "stage", "role", *_LOAD_SETTINGS, "candidate"),
+    "live": (*_COMMON_FACTORS, "model_file", *_LOAD_SETTINGS, "method", "finish_reason"),
 }
 
 
