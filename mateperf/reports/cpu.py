@@ -145,6 +145,11 @@ def _flips(d: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("–")
 
 
+def _share(value: float) -> str:
+    """A share as a percentage ("100%": a bare 1.00 would be read back as the number 1)."""
+    return "–" if not np.isfinite(value) else f"{value:.0%}"
+
+
 def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
     """The avatar stand-in's pacing per load, beside its frame figures: the timer overshoot it
     measured, the share of a core its process used, and whether pacing held (avatar_pacing)."""
@@ -160,7 +165,7 @@ def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
                 "frame p50 ms": fmt(cpu.median_at(sub, "frame_p50_ms")),
                 "frame p99 ms": fmt(cpu.median_at(sub, "frame_p99_ms")),
                 "timer overshoot µs": fmt(s[avatar_pacing.OVERSHOOT], 0),
-                "peer main thread awake": fmt(s[avatar_pacing.AWAKE_SHARE], 2),
+                "peer main thread awake": _share(s[avatar_pacing.AWAKE_SHARE]),
                 "peer CPU (cores)": fmt(s[avatar_pacing.BUSY_SHARE], 2),
                 "timer resolution": s[avatar_pacing.RESOLUTION] or "–",
                 "pacing": "holds" if s["holds"] else "cannot hold",
