@@ -16,7 +16,7 @@ import pandas as pd
 
 from mateperf import phases, results
 from mateperf.host import format_fingerprint
-from mateperf.reports import declaration, sweep
+from mateperf.reports import companion_settings, declaration, sweep
 from mateperf.reports.format import table
 from mateperf.reports.header import avatar_line, reproduce_command, run_header
 from mateperf.reports.overview import summary_rows, variant_label, variant_row
@@ -171,12 +171,61 @@ def _demote(section: str) -> tuple[str, str]:
     return "", section.strip()
 
 
+TUNE_QUESTION = "which settings keep the avatar's frame, per companion profile?"
+# Per phase, the subsections FINAL_RESULTS.md keeps beside the section's lead (the rest is in
+# the run's own report, one link away): what answers the phase's question.
+IN_BRIEF = {
+    "memory": ("Leak test",),
+    "llm": ("Cold vs warm first reply",),
+    "ipc": ("Headline",),
+    "cpu": ("Recommendation",),
+    "gpu": ("Profile selection",),
+    "final": ("Every arm",),
+}
+
+
+def in_brief(body: str, keep: tuple[str, ...]) -> str:
+    """A phase section's lead (the text before its first `### `) and the subsections named in
+    `keep`; a sweep's section keeps its lead and first subsection."""
+    blocks = re.split(r"(?m)^(?=### )", body.strip())
+    lead, rest = blocks[0], blocks[1:]
+    if not keep:
+        rest = rest[:1]
+    else:
+        rest = [b for b in rest if any(b[4:].startswith(k) for k in keep)]
+    return "\n".join(b.rstrip() + "\n" for b in [lead, *rest] if b.strip()).rstrip()
+
+
+def latest_tune(root: Path, listed: list) -> tuple[results.RunDir, dict] | None:
+    """The newest finished `mateperf tune` run under `root` and its recommended.json."""
+    import json
+
+    for run in sorted((r for r in listed if r.phase == "tune"), key=lambda r: r.run_id)[::-1]:
+        path = run.path / "recommended.json"
+        if run.info.get("status") == results.STATUS_OK and path.is_file():
+            return run, json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
+def _hosts_line(members: dict) -> str:
+    """Every host in one line (its fingerprint in `## Hosts` at the end)."""
+    named = []
+    for host, (text, *ids) in members.items():
+        first = text.splitlines()[0] if text else "?"
+        cpu = first.removeprefix("CPU: ").split(", affinity")[0]
+        gpu = next((ln[5:] for ln in text.splitlines() if ln.startswith("GPU: ")), "?")
+        gpu = "no GPU" if gpu.startswith("none") else gpu.split(" (")[0]
+        named.append(f"**{host}**: {cpu}, {gpu} ({len(ids)} run(s))")
+    return "Hosts: " + "; ".join(named) + " — fingerprints under [Hosts](#hosts)."
+
+
 def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Path:
     """Regenerate results/FINAL_RESULTS.md and results/plots/ from stored runs.
 
-    First screen: what was measured, on which host (printed once), and the summary table; then
-    one section per phase: its variants side by side, the representative run's tables and
-    plots, a link to each run's own report. Byte-identical when regenerated.
+    First screen: the hosts in one line, the summary table, then "Settings for the companion"
+    (the newest `mateperf tune` run's answer); then the runs, each phase in brief (its lead,
+    its variants side by side and the subsections in IN_BRIEF, its full report one link away),
+    and the hosts' fingerprints last. Byte-identical when regenerated.
     """
     root = Path(root) if root else results.default_root()
     listed = results.list_runs(root)
@@ -202,33 +251,20 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         return frames[run.run_id]
 
     variants = {r.phase: (collect_variants(listed, r) if not paths else [r]) for r in plain}
+    tuned = latest_tune(root, listed) if not paths else None
     every = runs + [v for vs in variants.values() for v in vs if v not in runs]
-    host_names, members = _host_names(every)
+    host_names, members = _host_names(every + ([tuned[0]] if tuned else []))
+    rows = []
+    for r in plain:
+        rows += summary_rows(r.phase, frame(r), r.info)
+    # First screen: the hosts in one line, the summary, the companion's settings; the runs,
+    # each phase in brief (its full report one link away) and the hosts' fingerprints after.
     parts = [
         "# Desktop-Mate performance — final results",
         "",
         "Generated from stored run directories; do not edit by hand. Regenerate with "
-        f"`{_report_command(paths, root)}` (no measuring; the same bytes every time).",
-        "",
-        "## What was measured, and where",
-        "",
-        "| phase | question | run | host | code | status |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in runs:
-        kind = " (sweep)" if r.info.get("kind") == "sweep" else ""
-        commit = str(r.info.get("fingerprint", {}).get("git_commit", "?"))
-        code = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
-        parts.append(
-            f"| {r.phase}{kind} | {phases.title(r.phase)} | [`{r.run_id}`]({r.run_id}/"
-            f"{r.phase}.md) | {host_names[r.run_id]} | `{code}` | {r.info.get('status')} |"
-        )
-    for host, (text, *ids) in members.items():
-        parts += ["", f"**{host}** ({len(ids)} run(s)):", "", "```", text, "```"]
-    rows = []
-    for r in plain:
-        rows += summary_rows(r.phase, frame(r), r.info)
-    parts += [
+        f"`{_report_command(paths, root)}` (no measuring; the same bytes every time). "
+        + _hosts_line(members),
         "",
         "## Summary",
         "",
@@ -240,9 +276,26 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         table(pd.DataFrame(rows)) if rows else "_(no phase run yet)_",
         "",
     ]
+    if tuned:
+        parts += [companion_settings.section(tuned[1], tuned[0].run_id), ""]
     missing = _not_measured(runs, members)
     if missing:
         parts += ["### Not measured", "", *missing, ""]
+    parts += [
+        "## What was measured, and where",
+        "",
+        "| phase | question | run | host | code | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs + ([tuned[0]] if tuned else []):
+        kind = " (sweep)" if r.info.get("kind") == "sweep" else ""
+        commit = str(r.info.get("fingerprint", {}).get("git_commit", "?"))
+        code = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+        question = phases.title(r.phase) if r.phase in phases.PHASES else TUNE_QUESTION
+        parts.append(
+            f"| {r.phase}{kind} | {question} | [`{r.run_id}`]({r.run_id}/"
+            f"{r.phase}.md) | {host_names[r.run_id]} | `{code}` | {r.info.get('status')} |"
+        )
     for r in runs:
         if phases.recorded_by(r.phase) and r.info.get("kind") != "sweep":
             # no notebook wrote this run's own report: it is written here, from its rows so far
@@ -264,12 +317,17 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
                 "",
             ]
         live = avatar_line(r.info)
-        parts += [*([f"**{live[0].upper()}{live[1:]}.**", ""] if live else []), body, ""]
+        keep = IN_BRIEF.get(r.phase, ()) if r.info.get("kind") != "sweep" else ()
+        parts += [*([f"**{live[0].upper()}{live[1:]}.**", ""] if live else [])]
+        parts += [in_brief(body, keep), ""]
         parts += [
-            f"_Source: [`{r.run_id}`]({r.run_id}/{r.phase}.md) on {host_names[r.run_id]}; "
-            f"reproduce with `{reproduce_command(r.info)}`._",
+            f"_In full: [`{r.run_id}/{r.phase}.md`]({r.run_id}/{r.phase}.md) on "
+            f"{host_names[r.run_id]}; reproduce with `{reproduce_command(r.info)}`._",
             "",
         ]
+    parts += ["## Hosts", ""]
+    for host, (text, *ids) in members.items():
+        parts += [f"**{host}** ({len(ids)} run(s)):", "", "```", text, "```", ""]
     out = root / FINAL_NAME
     results.atomic_write_text(out, "\n".join(parts).rstrip() + "\n")
     return out
