@@ -68,6 +68,7 @@ def cmd_info(args) -> int:
 
 def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
     phases.check_phase(phase)
+    phases.require_notebook(phase)  # a recorded phase (live) is refused before any run dir
     check_llama(phase)
     params = phases.resolve_params(phase, overrides)
     run = results.RunDir.create(phase, params, root=root, command=command)

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from mateperf import results
+from mateperf import phases, results
 from mateperf import sweep as sweep_mod
 from mateperf.command import (
     AVATAR_FLAG_HELP,
@@ -25,6 +25,8 @@ from mateperf.errors import BadInput
 
 def cmd_sweep(args) -> int:
     start = time.perf_counter()
+    phases.check_phase(args.phase)
+    phases.require_notebook(args.phase)  # a recorded phase (live) has nothing to sweep
     check_llama(args.phase)
     if args.resume:
         if args.grid or args.param or args.model is not None or args.config is not None:

@@ -184,3 +184,10 @@ def test_a_bad_avatar_address_is_one_clear_line():
     with pytest.raises(BadInput, match="'localhost': expected HOST:PORT"):
         live.record(object(), avatar="localhost")
     assert live.parse_address("127.0.0.1:5555") == ("127.0.0.1", 5555)
+
+
+def test_mateperf_run_live_refuses_before_making_a_run(cli, results_root):
+    for args in (("run", "live"), ("sweep", "live", "--grid", "label=a,b")):
+        r = cli(*args)
+        assert r.rc == 2 and "it is recorded by mateperf.live" in r.stderr, r.stderr
+    assert not list(results_root.glob("*/run.json"))
