@@ -261,7 +261,24 @@ def plot_metric(
         ax.text(0.5, 0.5, f"no data for {metric}", transform=ax.transAxes, ha="center")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
+    # what was chosen, for a caption beside the image (the notebook's widgets show it)
+    fig.explore_choice = {
+        "metric": metric,
+        "by": by,
+        "hue": hue_name,
+        "series": [str(name) for name, _ in series],
+        "host": ", ".join(hosts) if host == ALL_HOSTS else (host or (hosts[0] if hosts else "")),
+    }
     return fig
+
+
+def caption(fig) -> str:
+    """One line saying what a plot_metric figure shows: metric, x, series and host."""
+    c = getattr(fig, "explore_choice", None)
+    if not c:
+        return ""
+    series = f"; series {c['hue']}: {', '.join(c['series'])}" if c["hue"] else ""
+    return f"{c['metric']} by {c['by']}{series}; host: {c['host'] or '?'}"
 
 
 def _order(value):

@@ -1,10 +1,11 @@
 """The explore notebook as a person sees it: a real JupyterLab, driven in headless Chromium.
 
 JupyterLab serves the repository root from the project's venv, on loopback with a token, the
-way the README starts it; Chromium is Debian's `chromium` (scripts/test-apt-packages.txt),
-driven by Playwright's Python package pointed at that binary (no downloaded browser). The
-notebook reads the runs committed under results/ and writes nothing; autosave is switched off
-and the test checks that the notebook file is left as it was.
+way the README starts it, with the settings override scripts/setup.sh ships into the venv;
+Chromium is Debian's `chromium` (scripts/test-apt-packages.txt), driven by Playwright's Python
+package pointed at that binary (no downloaded browser). Autosave is on, as JupyterLab's default:
+the explore notebook is run from the copy `mateperf explore` makes, and the tracked notebook
+must be left as committed after JupyterLab's autosave interval has passed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from mateperf import explore_cli
 from mateperf.host import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -38,11 +40,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# JupyterLab settings for the test's own user: no autosave (running cells makes the notebook
-# dirty, and the tracked file must stay as committed), and every cell in the DOM (by default
-# cells scrolled out of view are not rendered, so their widgets could not be found).
+# JupyterLab settings for the test's own user: autosave on every 120 s (JupyterLab's default,
+# said here so the test does not depend on it), and every cell in the DOM (by default cells
+# scrolled out of view are not rendered, so their widgets could not be found).
+AUTOSAVE_S = 120
 LAB_SETTINGS = {
-    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {
+        "autosave": True,
+        "autosaveInterval": AUTOSAVE_S,
+    },
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
         "fetchNews": "false",
@@ -238,46 +244,86 @@ def test_opening_the_phase_notebooks_leaves_them_unmodified(jupyterlab, chromium
         assert path.read_bytes() == committed
 
 
+def test_final_results_opens_as_a_preview_by_double_click(jupyterlab, chromium_page, tmp_path):
+    """The project's settings override (scripts/jupyterlab/overrides.json, installed into the
+    venv by setup.sh): a double-click on a Markdown file renders it."""
+    override = Path(sys.prefix) / "share/jupyter/lab/settings/overrides.json"
+    assert override.is_file(), f"{override} missing: run scripts/setup.sh"
+    base, token = jupyterlab
+    page = chromium_page
+    open_lab(page, base, token)
+    page.evaluate("window.jupyterapp.commands.execute('filebrowser:activate')")
+    page.evaluate(
+        "async () => { await window.jupyterapp.commands.execute("
+        "'filebrowser:go-to-path', {path: 'results/'}); }"
+    )
+    item = page.locator(".jp-DirListing-item", has_text="FINAL_RESULTS.md").first
+    item.wait_for(timeout=30_000)
+    item.dblclick()
+    page.wait_for_function(
+        f"() => {PANEL} && {PANEL}.context && {PANEL}.context.path === 'results/FINAL_RESULTS.md'",
+        timeout=30_000,
+    )
+    viewer = page.locator(".jp-MarkdownViewer:not(.lm-mod-hidden) .jp-RenderedMarkdown h1")
+    viewer.first.wait_for(timeout=30_000)
+    assert "final results" in viewer.first.inner_text()
+    assert page.locator(".jp-FileEditor:not(.lm-mod-hidden)").count() == 0  # not the source
+    page.screenshot(path=str(tmp_path / "final_results_preview.png"))
+    page.evaluate(f"{PANEL}.dispose()")
+
+
+# The caption the explore widgets write under the plot (explore.caption): what it shows.
+CAPTION = ".jp-Notebook .jp-CodeCell .widget-html-content code"
+
+
 def test_explore_notebook_runs_in_jupyterlab(jupyterlab, chromium_page, tmp_path):
     base, token = jupyterlab
     page = chromium_page
-    notebook = REPO_ROOT / NOTEBOOK
-    committed = notebook.read_bytes()
+    tracked = REPO_ROOT / NOTEBOOK
+    committed = tracked.read_bytes()
+    copy = explore_cli.fresh_copy()  # what `mateperf explore` opens
+    path = copy.relative_to(REPO_ROOT).as_posix()
     started = time.perf_counter()
-
-    open_lab(page, base, token)
-    open_unmodified(page, NOTEBOOK, committed)
-
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_function(ALL_RAN, timeout=RUN_S * 1000, polling=500)
-
-    assert page.evaluate(ERRORS) == []
-    assert page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0
-    # the newest reports, linked for JupyterLab to open
-    assert page.locator('.jp-RenderedMarkdown a[href*="FINAL_RESULTS.md"]').count() == 1
-
-    # the three dropdowns of the last cell render as widgets, and so does its plot
-    last = page.locator(".jp-Notebook .jp-CodeCell").last
-    selects = last.locator(".widget-dropdown select")
-    selects.first.wait_for(timeout=30_000)
-    assert selects.count() == 3
-    plot = last.locator(".jp-OutputArea-output img").first
     try:
-        plot.wait_for(timeout=30_000)
-    except Exception:
-        page.screenshot(path=str(tmp_path / "no_plot.png"))  # what a person would have seen
-        raise
-    before = plot.get_attribute("src")
-    assert before and before.startswith("data:image/png")
-    # a static plot of the default metric too (the cell above the widgets)
-    assert page.locator(".jp-Notebook .jp-CodeCell img").count() >= 2
+        open_lab(page, base, token)
+        open_unmodified(page, path, copy.read_bytes())
 
-    # another metric, then another x: the widget redraws its plot each time
-    metric, by = selects.nth(0), selects.nth(1)
-    options = metric.locator("option").all_text_contents()
-    assert "ttft_ms" in options and metric.input_value() != "ttft_ms"
-    for select, value in ((metric, "ttft_ms"), (by, "n_batch")):
-        select.select_option(value)
+        page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_function(ALL_RAN, timeout=RUN_S * 1000, polling=500)
+        ran = time.monotonic()
+
+        assert page.evaluate(ERRORS) == []
+        assert page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').count() == 0
+        # the newest reports, linked for JupyterLab to open
+        assert page.locator('.jp-RenderedMarkdown a[href*="FINAL_RESULTS.md"]').count() == 1
+
+        # the run picker, the four dropdowns and the plot of the last cell render as widgets
+        last = page.locator(".jp-Notebook .jp-CodeCell").last
+        selects = last.locator(".widget-dropdown select")
+        selects.first.wait_for(timeout=30_000)
+        assert selects.count() == 4
+        assert last.locator(".widget-select-multiple select option").count() >= 1
+        plot = last.locator(".jp-OutputArea-output img").first
+        try:
+            plot.wait_for(timeout=30_000)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "no_plot.png"))  # what a person would have seen
+            raise
+        before = plot.get_attribute("src")
+        assert before and before.startswith("data:image/png")
+        assert page.locator(".jp-Notebook .jp-CodeCell img").count() >= 2  # the static one too
+
+        metric, by = selects.nth(0), selects.nth(1)
+        # "by" offers the phase's declared factors, not every column
+        factors = by.locator("option").all_text_contents()
+        print(f"by offers: {factors}")
+        assert {"run_id", "host", "scenario", "arm"} <= set(factors)
+        assert not {"error", "reply_text", "model_file", "seed", "trial"} & set(factors)
+
+        # ttft_ms by default: cold and warm apart (the series the caption names)
+        options = metric.locator("option").all_text_contents()
+        assert "ttft_ms" in options and metric.input_value() != "ttft_ms"
+        metric.select_option("ttft_ms")
         page.wait_for_function(
             """([cell, before]) => {
                  const img = cell.querySelector('.jp-OutputArea-output img');
@@ -286,14 +332,29 @@ def test_explore_notebook_runs_in_jupyterlab(jupyterlab, chromium_page, tmp_path
             arg=[last.element_handle(), before],
             timeout=30_000,
         )
-        before = plot.get_attribute("src")
-    assert page.evaluate(ERRORS) == []
-    elapsed = time.perf_counter() - started
+        caption = page.locator(CAPTION).last
+        page.wait_for_function(
+            "sel => { const c = document.querySelectorAll(sel); "
+            "return c.length && c[c.length - 1].textContent.startsWith('ttft_ms'); }",
+            arg=CAPTION,
+            timeout=30_000,
+        )
+        print(f"ttft_ms by default: {caption.inner_text()}")
+        assert "series arm: cold, warm" in caption.inner_text()
+        assert page.evaluate(ERRORS) == []
+        elapsed = time.perf_counter() - started
 
-    last.scroll_into_view_if_needed()
-    shot = tmp_path / "explore_notebook.png"
-    page.screenshot(path=str(shot))
-    assert shot.stat().st_size > 10_000
-    print(f"explore notebook in JupyterLab: {elapsed:.1f} s; screenshot {shot}")
-    # nothing saved: the tracked notebook is byte for byte as committed
-    assert notebook.read_bytes() == committed
+        last.scroll_into_view_if_needed()
+        shot = tmp_path / "explore_notebook.png"
+        page.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"explore notebook in JupyterLab: {elapsed:.1f} s; screenshot {shot}")
+
+        # JupyterLab's autosave has had its interval and more: it saved the copy, outputs and
+        # all, and never wrote the tracked notebook
+        page.wait_for_timeout(max(0.0, AUTOSAVE_S + 10 - (time.monotonic() - ran)) * 1000)
+        saved = json.loads(copy.read_text(encoding="utf-8"))
+        assert any(c.get("outputs") for c in saved["cells"]), "autosave did not run"
+        assert tracked.read_bytes() == committed
+    finally:
+        copy.unlink(missing_ok=True)
