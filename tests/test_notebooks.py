@@ -91,3 +91,37 @@ def test_llama_cpp_lines_go_to_the_run_directory_not_the_notebook(
     assert "llama_model_loader" in log and "full-size SWA cache" in log
     out, err = capfd.readouterr()
     assert "llama" not in out + err
+
+
+def test_executed_notebooks_open_on_their_results(tmp_path):
+    """The parameters cells (the defaults and papermill's injected values) are collapsed."""
+    import nbformat
+
+    from mateperf.execute import collapse_parameters
+    from mateperf.host import REPO_ROOT
+
+    path = tmp_path / "executed.ipynb"
+    nb = nbformat.read(str(REPO_ROOT / "notebooks" / "04_cpu_threads.ipynb"), as_version=4)
+    injected = nbformat.v4.new_code_cell("n_threads = '1'")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(2, injected)
+    nbformat.write(nb, str(path))
+    collapse_parameters(path)
+    cells = nbformat.read(str(path), as_version=4).cells
+    hidden = [c.metadata.get("jupyter", {}).get("source_hidden", False) for c in cells]
+    tagged = [
+        bool({"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))) for c in cells
+    ]
+    assert hidden == tagged and sum(hidden) == 2
+
+
+def test_tables_round_to_their_units_precision():
+    import pandas as pd
+
+    from mateperf import metrics
+
+    df = pd.DataFrame(
+        {"ttft_ms": [207.41873340000002], "tg_tps": [44.5678], "p_value": [0.012345], "x": [1 / 3]}
+    )
+    out = metrics.rounded(df).iloc[0].to_dict()
+    assert out == {"ttft_ms": 207.4, "tg_tps": 44.6, "p_value": 0.0123, "x": 0.333}
