@@ -42,8 +42,8 @@ def _report_command(paths: list[Path] | None, root: Path) -> str:
         p = Path(p).resolve()
         try:
             shown.append(str(Path(root.name) / p.relative_to(root.resolve())))
-        except ValueError:
-            shown.append(str(p))
+        except ValueError:  # outside the results root: never the machine's absolute path
+            shown.append(results.shown_path(p, root))
     return "mateperf report " + " ".join(shown)
 
 

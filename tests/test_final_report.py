@@ -137,3 +137,11 @@ def test_the_summary_stays_on_the_first_screen_with_more_hosts(final_text, tmp_p
     lines = report.write_final(None, more).read_text(encoding="utf-8").splitlines()
     assert lines[2].count("**host ") >= 7
     assert lines.index("## Summary") < FIRST_SCREEN
+
+
+def test_the_regenerate_command_names_no_absolute_path(tmp_path):
+    root = tmp_path / "results"
+    elsewhere = tmp_path / "other" / "results-fixed1" / "20261206T223542Z-cpu-3d75"
+    command = report._report_command([root / "run-a", elsewhere], root)
+    assert command == "mateperf report results/run-a 20261206T223542Z-cpu-3d75"
+    assert str(tmp_path) not in command
