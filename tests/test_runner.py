@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from mateperf import runner
+from mateperf.errors import RunAborted
 from mateperf.runner.adaptive import CAP, PRECISE, Precision
 
 
@@ -67,6 +68,30 @@ def test_a_failed_trial_is_recorded_and_the_run_goes_on(capsys):
     runner.require_some(df, "trial")
     with pytest.raises(RuntimeError, match="every trial failed"):
         runner.require_some(df[df["error"] != ""], "trial")
+
+
+def test_a_run_aborted_ends_the_run_with_every_row_so_far(capsys):
+    """An attached avatar that went away is not one failed trial: the run ends, and the rows
+    of the trials before it (and the failed one's) leave with the exception."""
+
+    def trial(visit):
+        if visit.round == 1:
+            raise RunAborted("the avatar at 127.0.0.1:5555 dropped the connection")
+        return {"figure": float(visit.round)}
+
+    visits = [runner.Visit(k, "x") for k in range(3)]
+    with pytest.raises(RunAborted) as info:
+        runner.run_trials("tiny", visits, trial, lambda v, r: "")
+    rows = info.value.rows
+    assert [r["trial"] for r in rows] == [0, 1]
+    assert rows[0]["figure"] == 0.0 and rows[0]["error"] == ""
+    assert rows[1]["error"].startswith("RunAborted: the avatar")
+    assert "ABORTED" in capsys.readouterr().out
+
+    streams = [runner.Stream("s", lambda k: [runner.Visit(k, "x")], lambda v, r: {}, 3)]
+    with pytest.raises(RunAborted) as info:
+        runner.run_rounds("tiny", streams, trial, lambda v, r: "")
+    assert [r["trial"] for r in info.value.rows] == [-1, 0, 1]  # earlier rounds' rows first
 
 
 def test_adaptive_repetition_stops_each_item_by_its_own_precision():
