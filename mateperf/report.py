@@ -179,8 +179,9 @@ IN_BRIEF = {
     "llm": ("Cold vs warm first reply",),
     "ipc": ("Headline",),
     "cpu": ("Recommendation",),
-    "gpu": ("Profile selection",),
+    "gpu": ("For the companion's model", "Profile selection"),
     "final": ("Every arm",),
+    "live": ("Summary",),
 }
 
 

@@ -110,8 +110,10 @@ def test_ten_turns_recorded_with_llama_cpps_own_counters(default_model, results_
     assert r.rc == 0, r.stderr
     text = (results_root / "FINAL_RESULTS.md").read_text(encoding="utf-8")
     assert "Phase 7 — live: a real companion session" in text
-    assert "prompt eval ms (llama.cpp)" in text and "closed: 10 calls" in text
-    assert f"{df['prompt_eval_ms'].iloc[3]:.1f}" in text  # call 3's own figure, in the table
+    assert "closed: 10 calls" in text and "### Summary" in text
+    own = (run_dir / "live.md").read_text(encoding="utf-8")  # the session's own report
+    assert "prompt eval ms (llama.cpp)" in own
+    assert f"{df['prompt_eval_ms'].iloc[3]:.1f}" in own  # call 3's own figure, in the table
 
 
 KILLED_SESSION = textwrap.dedent(

@@ -91,10 +91,6 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"llama.cpp's counters: {s.get('counters', '?')}. GPU: {s.get('gpu', '?')}. Avatar: "
         f"{s.get('avatar', '?')}.",
         "",
-        table(_calls_table(df)),
-        "",
-        table(_summary_table(df)),
-        "",
         "- llama.cpp's prompt-eval and eval time account for all but "
         f"{fmt(float(outside.median()), 1)} ms of a call's wall time (median; the rest is "
         "tokenising, sampling, detokenising and Python).",
@@ -102,6 +98,18 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"{fmt(float(d['overhead_us'].median()), 0)} µs per call, {fmt(share * 100, 3)}% of a "
         "call's wall time (its journal append aside: `benchmarks/live_overhead.py` measures "
         "the whole).",
+        "",
+        "### Summary",
+        "",
+        "Per declared metric over the completed calls: median with its 95% CI.",
+        "",
+        table(_summary_table(df)),
+        "",
+        "### Calls",
+        "",
+        "Each call as recorded, beside llama.cpp's own counters over it.",
+        "",
+        table(_calls_table(df)),
         "",
     ]
     return "\n".join(lines)
