@@ -95,7 +95,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         f"{fmt(float(outside.median()), 1)} ms of a call's wall time (median; the rest is "
         "tokenising, sampling, detokenising and Python).",
         f"- The recorder's own time on the companion's thread: median "
-        f"{fmt(float(d['overhead_us'].median()), 0)} µs per call, {fmt(share * 100, 3)}% of a "
+        f"{fmt(float(d['overhead_us'].median()), 0)} µs per call, {share * 100:.2g}% of a "
         "call's wall time (its journal append aside: `benchmarks/live_overhead.py` measures "
         "the whole).",
         "",
