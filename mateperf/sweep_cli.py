@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from mateperf import phases, results
-from mateperf import sweep as sweep_mod
 from mateperf.command import (
     AVATAR_FLAG_HELP,
     CONFIG_HELP,
@@ -21,6 +20,9 @@ from mateperf.command import (
     with_config,
 )
 from mateperf.errors import BadInput
+from mateperf.sweep.execute import execute
+from mateperf.sweep.manifest import FAILED, OK, Sweep, overhead
+from mateperf.sweep.plan import parse_grid, plan
 
 
 def cmd_sweep(args) -> int:
@@ -37,12 +39,12 @@ def cmd_sweep(args) -> int:
             raise BadInput("--resume takes no --avatar: the sweep keeps its own")
         if args.rounds is not None or args.seed is not None:
             raise BadInput("--resume takes no --rounds or --seed: the sweep keeps its own")
-        sw = sweep_mod.Sweep.open(Path(args.resume))
+        sw = Sweep.open(Path(args.resume))
         if sw.run.phase != args.phase:
             raise BadInput(f"{args.resume} is a sweep of phase {sw.run.phase}, not {args.phase}")
         print(f"mateperf: resuming sweep {results.shown_path(sw.run.path)}", file=sys.stderr)
     else:
-        grid_raw = sweep_mod.parse_grid(args.grid)
+        grid_raw = parse_grid(args.grid)
         fixed_raw = parse_assignments(args.param)
         if args.model is not None:
             fixed_raw["model"] = args.model
@@ -54,8 +56,8 @@ def cmd_sweep(args) -> int:
         }
         fixed_raw = with_avatar(args.phase, fixed_raw, args.avatar)
         check_avatar(args.avatar)
-        grid, fixed, schema = sweep_mod.plan(args.phase, grid_raw, fixed_raw)
-        sw = sweep_mod.Sweep.create(
+        grid, fixed, schema = plan(args.phase, grid_raw, fixed_raw)
+        sw = Sweep.create(
             args.phase, grid, fixed, schema, command_line(), rounds=args.rounds, seed=args.seed
         )
         m = sw.manifest()
@@ -64,15 +66,15 @@ def cmd_sweep(args) -> int:
             f"(order seed {m['order_seed']}) -> {results.shown_path(sw.run.path)}",
             file=sys.stderr,
         )
-    manifest = sw.execute()
+    manifest = execute(sw)
     from mateperf.reports.sweep import write_markdown  # matplotlib: only once something ran
 
     write_markdown(sw.run)
     wall = time.perf_counter() - start
-    ov = sweep_mod.overhead(manifest, wall, only=sw.executed)
+    ov = overhead(manifest, wall, only=sw.executed)
     units = manifest["point_rounds"]
-    ok = sum(u["status"] == sweep_mod.OK for u in units)
-    failed = [u for u in units if u["status"] == sweep_mod.FAILED]
+    ok = sum(u["status"] == OK for u in units)
+    failed = [u for u in units if u["status"] == FAILED]
     print(
         f"{sw.run.run_id}: {ok}/{len(units)} point-rounds ok ({len(manifest['points'])} points "
         f"x {manifest['rounds']} rounds); this invocation ran {len(sw.executed)} "

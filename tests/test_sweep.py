@@ -17,9 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mateperf import phases, sweep
+from mateperf import phases
+from mateperf.errors import ParameterError
 from mateperf.execute import absolute_environment
 from mateperf.host import REPO_ROOT
+from mateperf.sweep import plan
+from mateperf.sweep.manifest import FAILED, RUNNING, Sweep
 from tests.conftest import small_llm_args
 
 slow = pytest.mark.slow
@@ -83,7 +86,7 @@ def test_round_shares_add_up_and_never_drop_to_zero(total):
     for rounds in range(1, total + 1):
         params = {"trials": total, "bench_reps": 1}
         shares = [
-            sweep.round_shares(params, ("trials", "bench_reps"), rounds, r) for r in range(rounds)
+            plan.round_shares(params, ("trials", "bench_reps"), rounds, r) for r in range(rounds)
         ]
         assert sum(s["trials"] for s in shares) == total
         assert min(s["trials"] for s in shares) >= 1
@@ -96,20 +99,20 @@ def test_default_rounds_spread_the_trials():
     assert phases.round_split("llm") == ("trials", "bench_reps")
     assert phases.round_split("ipc") == ("trials",)
     assert phases.round_split("memory") == ()
-    assert sweep.choose_rounds("llm", [llm], None) == min(llm["trials"], 3)
-    assert sweep.choose_rounds("llm", [{**llm, "trials": 2}], None) == 2
-    assert sweep.choose_rounds("llm", [{**llm, "trials": 1}, {**llm, "trials": 9}], None) == 1
-    assert sweep.choose_rounds("memory", [phases.defaults("memory")], None) == 1
-    assert sweep.choose_rounds("memory", [phases.defaults("memory")], 4) == 4  # replicates
-    with pytest.raises(sweep.ParameterError, match="--rounds 3 is more than trials=2"):
-        sweep.choose_rounds("llm", [{**llm, "trials": 2}], 3)
+    assert plan.choose_rounds("llm", [llm], None) == min(llm["trials"], 3)
+    assert plan.choose_rounds("llm", [{**llm, "trials": 2}], None) == 2
+    assert plan.choose_rounds("llm", [{**llm, "trials": 1}, {**llm, "trials": 9}], None) == 1
+    assert plan.choose_rounds("memory", [phases.defaults("memory")], None) == 1
+    assert plan.choose_rounds("memory", [phases.defaults("memory")], 4) == 4  # replicates
+    with pytest.raises(ParameterError, match="--rounds 3 is more than trials=2"):
+        plan.choose_rounds("llm", [{**llm, "trials": 2}], 3)
 
 
 def test_every_round_visits_every_point_in_a_seeded_order():
-    orders = sweep.visit_order(5, 4, seed=7)
+    orders = plan.visit_order(5, 4, seed=7)
     assert all(sorted(o) == list(range(5)) for o in orders)
-    assert orders == sweep.visit_order(5, 4, seed=7)
-    assert orders != sweep.visit_order(5, 4, seed=8)
+    assert orders == plan.visit_order(5, 4, seed=7)
+    assert orders != plan.visit_order(5, 4, seed=8)
     assert len({tuple(o) for o in orders}) > 1  # rounds are shuffled independently
 
 
@@ -133,7 +136,7 @@ def test_resume_settles_every_state_a_kill_can_leave(tmp_path, monkeypatch):
     """
     monkeypatch.setenv("MATEPERF_RESULTS", str(tmp_path))
     grid = {"n_threads": [1, 2, 3, 4, 5]}
-    sw = sweep.Sweep.create("llm", grid, {"trials": 2}, phases.defaults("llm"), "test", rounds=1)
+    sw = Sweep.create("llm", grid, {"trials": 2}, phases.defaults("llm"), "test", rounds=1)
     m = sw.manifest()
     finished, failed, cut, moved, never = m["point_rounds"]
 
@@ -150,11 +153,11 @@ def test_resume_settles_every_state_a_kill_can_leave(tmp_path, monkeypatch):
             if parquet:
                 (d / "llm.parquet").write_bytes(b"")
 
-    started(finished, sweep.RUNNING, "ok", parquet=True)  # done, manifest not yet told
-    started(failed, sweep.RUNNING, "failed")  # failed, manifest not yet told
-    started(cut, sweep.RUNNING, "running")  # the kernel was killed
-    started(moved, sweep.FAILED, "failed", where=sw.attempt_dir(moved, 1))  # moved, not saved
-    started(never, sweep.RUNNING)  # killed before its directory existed
+    started(finished, RUNNING, "ok", parquet=True)  # done, manifest not yet told
+    started(failed, RUNNING, "failed")  # failed, manifest not yet told
+    started(cut, RUNNING, "running")  # the kernel was killed
+    started(moved, FAILED, "failed", where=sw.attempt_dir(moved, 1))  # moved, not saved
+    started(never, RUNNING)  # killed before its directory existed
     sw.save_manifest(m)
 
     for _ in range(2):  # a kill during recovery: recovering again gives the same state
