@@ -80,7 +80,7 @@ def run_phase(phase: str, overrides: dict, root: Path | None, command: str):
 
 def phases_help() -> str:
     lines = ["phases:"]
-    for phase in phases.PHASES:
+    for phase in phases.names():
         lines.append(f"  {phase:<8} {phases.title(phase)}")
     lines.append("`mateperf run PHASE --help` lists a phase's parameters.")
     return "\n".join(lines)
@@ -107,7 +107,7 @@ def phase_help(phase: str) -> str:
 def cmd_run(args) -> int:
     if args.help or args.phase is None:
         if args.phase is None and not args.help:
-            raise BadInput("run: which phase? " + ", ".join(phases.PHASES))
+            raise BadInput("run: which phase? " + ", ".join(phases.names()))
         print(phase_help(args.phase) if args.phase else phases_help())
         return EXIT_OK
     overrides = _with_model(args.phase, parse_assignments(args.param), args.model)
@@ -176,7 +176,7 @@ def cmd_all(args) -> int:
                 failed.append(TUNE_STEP)
             continue
         overrides = {}
-        if args.model is not None and "model" in phases.defaults(phase):
+        if args.model is not None and phases.declared(phase).uses_model:
             overrides["model"] = args.model
         command = f"mateperf run {phase}" + (
             f" --model {shlex.quote(args.model)}" if "model" in overrides else ""
@@ -206,7 +206,7 @@ def cmd_all(args) -> int:
         )
         if not outcome.ok:
             failed.append(phase)
-    not_built = [p for p in phases.PHASES if p not in available]
+    not_built = [p for p in phases.names() if p not in available]
     if not_built:
         print(f"mateperf: phases not built yet: {', '.join(not_built)}", file=sys.stderr)
     out = write_final(None, args.results)

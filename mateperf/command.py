@@ -76,9 +76,9 @@ def with_config(phase: str, overrides: dict, config: str | None, required: bool 
     from mateperf import recommend  # the CLI starts without pandas until a file is read
 
     rec = recommend.load(config)
-    schema = phases.defaults(phase)
-    if "config" in schema:  # the phase reads the file itself (final: the tuned arms)
+    if phases.declared(phase).reads_config:  # the phase reads the file (final: the tuned arms)
         return {"config": os.path.abspath(config), **overrides}
+    schema = phases.defaults(phase)
     taken = {k: str(v) for k, v in recommend.as_params(rec).items() if k in schema}
     if not taken:
         if required:
@@ -93,7 +93,7 @@ def with_config(phase: str, overrides: dict, config: str | None, required: bool 
 def check_llama(phase: str) -> None:
     """A phase that loads the model refuses a llama-cpp-python it cannot run with (older than
     llama_features.MINIMUM_VERSION, or lacking a required binding): one line, exit code 2."""
-    if "model" in phases.defaults(phase):
+    if phases.declared(phase).uses_model:
         from mateperf import llama_features
 
         llama_features.check_supported()

@@ -12,7 +12,8 @@ import atexit
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mateperf.errors import ParameterError
@@ -136,21 +137,21 @@ class LlamaConfig:
         return asdict(self)
 
     @classmethod
-    def check_params(cls, params: dict) -> LlamaConfig:
+    def from_params(cls, params: Mapping, **overrides) -> LlamaConfig:
+        """The load settings among a phase's parameters (or any mapping of them): every field
+        of LlamaConfig that `params` holds, `model` as `model_path`, then `overrides`, which
+        win and must be fields. The one way a phase builds its load from what it was given."""
+        names = {f.name for f in fields(cls)}
+        values = {k: params[k] for k in params if k in names}
+        if "model" in params:
+            values["model_path"] = str(params["model"])
+        return cls(**{**values, **overrides})
+
+    @classmethod
+    def check_params(cls, params: Mapping) -> LlamaConfig:
         """The load settings among a phase's parameters, checked (ParameterError if impossible;
         FeatureUnavailable if this llama-cpp-python build lacks what a setting needs)."""
-        names = (
-            "n_ctx",
-            "n_batch",
-            "n_ubatch",
-            "n_threads",
-            "n_threads_batch",
-            "n_gpu_layers",
-            "flash_attn",
-            "type_k",
-            "type_v",
-        )
-        config = cls(model_path="-", **{k: params[k] for k in names if k in params})
+        config = cls.from_params(params, model_path="-")
         require_features(params)
         return config
 

@@ -171,3 +171,31 @@ def refuse(name: str, value: Any, rule: str) -> None:
     """Raise the one-line error of a rule: `parameter name=value rule` (or `...value: rule`)."""
     gap = "" if rule.startswith(":") else " "
     raise ParameterError(f"parameter {name}={value!r}{gap}{rule}")
+
+
+# --- the model's parameters, shared by the phases that load it -----------------------------------
+
+
+def model_param(variant: int = 0) -> Any:
+    """`model`: the GGUF file (empty: $MATEPERF_MODEL, else the default model)."""
+    return param("", DEFAULT_MODEL, variant=variant)
+
+
+def n_ctx_param(default: int = 2048, at_least: int = 1) -> Any:
+    """`n_ctx`: the context window in tokens."""
+    return param(default, "context window in tokens", at_least=at_least)
+
+
+def n_threads_param(variant: int = 0) -> Any:
+    """`n_threads`: generation threads, 0 for the CPUs this process may use."""
+    return param(
+        0,
+        "0 means the CPUs this process may use (affinity and cgroup quota)",
+        at_least=0,
+        variant=variant,
+    )
+
+
+def n_gpu_layers_param(variant: int = 0) -> Any:
+    """`n_gpu_layers`: layers offloaded to the GPU, -1 for all."""
+    return param(0, "-1 means all layers", at_least=-1, variant=variant)

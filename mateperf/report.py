@@ -139,7 +139,7 @@ def _host_names(runs: list[results.RunDir]) -> tuple[dict[str, str], dict[str, l
 def _not_measured(runs: list[results.RunDir], members: dict) -> list[str]:
     lines = []
     present = {r.phase for r in runs}
-    for phase in phases.PHASES:
+    for phase in phases.names():
         if phase not in present:
             by = phases.recorded_by(phase)
             how = f"recorded by {by}" if by else f"`mateperf run {phase}`"
@@ -237,7 +237,7 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
     plots_root = root / "plots"
     if plots_root.is_dir():
         shutil.rmtree(plots_root)
-    order = {p: i for i, p in enumerate(phases.PHASES)}
+    order = {p: i for i, p in enumerate(phases.names())}
     runs = sorted(
         runs,
         key=lambda r: (order.get(r.phase, 99), r.info.get("kind") == "sweep", r.run_id),
@@ -292,7 +292,7 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         kind = " (sweep)" if r.info.get("kind") == "sweep" else ""
         commit = str(r.info.get("fingerprint", {}).get("git_commit", "?"))
         code = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
-        question = phases.title(r.phase) if r.phase in phases.PHASES else TUNE_QUESTION
+        question = phases.title(r.phase) if r.phase in phases.names() else TUNE_QUESTION
         parts.append(
             f"| {r.phase}{kind} | {question} | [`{r.run_id}`]({r.run_id}/"
             f"{r.phase}.md) | {host_names[r.run_id]} | `{code}` | {r.info.get('status')} |"

@@ -8,6 +8,7 @@ sweeps and FINAL_RESULTS.md to treat it as a phase.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 from mateperf import phases, report, results
-from mateperf.errors import ParameterError
+from mateperf.errors import ParameterError, PhaseError
 from mateperf.params import Params, param
 from mateperf.phases.declaration import Phase
 from mateperf.reports.declaration import PhaseReport
@@ -70,14 +71,14 @@ def _notebook(folder: Path) -> Path:
 
 @pytest.fixture()
 def tiny(tmp_path, monkeypatch) -> Phase:
-    monkeypatch.setattr(phases, "PHASE_NUMBERS", dict(phases.PHASE_NUMBERS))
-    monkeypatch.setattr(phases, "PHASES", phases.PHASES)
     monkeypatch.setattr(phases, "_REGISTERED", {})
     declaration = Phase(
         name="tiny",
         number=7,
         notebook=_notebook(tmp_path),
         params=TinyParams,
+        uses_model=False,
+        reads_config=False,
         run=_tiny_run,
         summarize=_tiny_summary,
         round_split=("n",),
@@ -91,7 +92,7 @@ def tiny(tmp_path, monkeypatch) -> Phase:
 
 
 def test_a_phase_is_picked_up_from_its_declaration_alone(tiny, tmp_path):
-    assert phases.PHASES[-1] == "tiny" and "tiny" in phases.available_phases()
+    assert phases.names()[-1] == "tiny" and "tiny" in phases.available_phases()
     assert phases.declared("tiny") is tiny
     assert phases.title("tiny") == "Phase 7 — tiny"
     assert phases.resolve_params("tiny", {"n": "5"}) == {"n": 5}
@@ -111,11 +112,32 @@ def test_a_phase_is_picked_up_from_its_declaration_alone(tiny, tmp_path):
 
 
 def test_every_phase_declares_every_hook():
-    for name in phases.PHASES:
+    numbers = phases.numbers()
+    assert sorted(numbers.values()) == list(range(1, len(numbers) + 1))  # one each, no gap
+    for name in phases.names():
         d = phases.declared(name)
-        assert (d.name, d.number) == (name, phases.PHASE_NUMBERS[name])
+        assert (d.name, d.number) == (name, numbers[name])
+        notebook = phases.notebook_path(name)
+        assert notebook.name.startswith(f"{d.number:02d}_") if notebook else d.recorded_by
         assert d.report == f"mateperf.reports.{name}"
         assert d.round_split == tuple(d.round_split)
+
+
+def test_a_declaration_states_its_abilities_and_they_are_checked(tiny):
+    """What the CLI asks (does it load the model, does it read a recommended.json) is declared,
+    and a declaration whose parameters contradict it fails when it is made."""
+    assert [p for p in phases.names() if phases.declared(p).uses_model] == [
+        "memory",
+        "llm",
+        "cpu",
+        "gpu",
+        "final",
+    ]
+    assert [p for p in phases.names() if phases.declared(p).reads_config] == ["final"]
+    with pytest.raises(ValueError, match="declared with parameter 'model', but its params lack"):
+        dataclasses.replace(tiny, uses_model=True)
+    with pytest.raises(PhaseError, match="number 3 is phase 'ipc'"):
+        phases.register(dataclasses.replace(tiny, name="clash", number=3))
 
 
 def test_the_gpu_phase_has_summary_rows():

@@ -17,7 +17,7 @@ def test_the_notebook_cell_states_the_dataclass(phase):
     assert phases.parameters_source(phase).strip() == phases.parameters_cell(phase).strip()
 
 
-@pytest.mark.parametrize("phase", phases.PHASES)
+@pytest.mark.parametrize("phase", phases.names())
 def test_the_defaults_are_valid_and_frozen(phase):
     schema = phases.schema(phase)
     p = schema()

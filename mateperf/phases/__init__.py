@@ -26,8 +26,9 @@ from mateperf.host import REPO_ROOT
 from mateperf.params import Params
 from mateperf.phases.declaration import Phase
 
-PHASE_NUMBERS = {"memory": 1, "llm": 2, "ipc": 3, "cpu": 4, "gpu": 5, "final": 6, "live": 7}
-PHASES = tuple(PHASE_NUMBERS)
+# The phase packages under mateperf/phases. Each declares its number (`Phase.number`), the one
+# source of the phases' order (`names()`) and of their notebooks' NN_ prefix.
+BUILT_IN = ("memory", "llm", "ipc", "cpu", "gpu", "final", "live")
 # Phases declared outside this package (`register`), by name.
 _REGISTERED: dict[str, Phase] = {}
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -40,23 +41,40 @@ PATH_PARAMS = ("model", "config", "companion_model")
 
 
 def check_phase(phase: str) -> str:
-    if phase not in PHASE_NUMBERS:
-        raise PhaseError(f"unknown phase {phase!r} (phases: {', '.join(PHASES)})")
+    if phase not in BUILT_IN and phase not in _REGISTERED:
+        raise PhaseError(f"unknown phase {phase!r} (phases: {', '.join(names())})")
     return phase
+
+
+def numbers() -> dict[str, int]:
+    """Phase -> its number, as each declaration states it (built-in and registered)."""
+    found = {name: declared(name).number for name in BUILT_IN}
+    found.update((name, d.number) for name, d in _REGISTERED.items())
+    return found
+
+
+def names() -> tuple[str, ...]:
+    """Every phase, in the order of their numbers."""
+    found = numbers()
+    return tuple(sorted(found, key=found.__getitem__))
 
 
 def register(declaration: Phase) -> None:
     """Add a phase declared outside mateperf.phases; it is then a phase like the six."""
-    global PHASES
-    if declaration.name in PHASE_NUMBERS and declaration.name not in _REGISTERED:
+    if declaration.name in BUILT_IN:
         raise PhaseError(f"phase {declaration.name!r} is declared already")
+    taken = {n: name for name, n in numbers().items() if name != declaration.name}
+    if declaration.number in taken:
+        raise PhaseError(
+            f"phase {declaration.name!r}: number {declaration.number} is phase "
+            f"{taken[declaration.number]!r}'s"
+        )
     _REGISTERED[declaration.name] = declaration
-    PHASE_NUMBERS[declaration.name] = declaration.number
-    PHASES = tuple(sorted(PHASE_NUMBERS, key=PHASE_NUMBERS.__getitem__))
 
 
 def declared(phase: str) -> Phase:
-    """The phase's declaration (importing its module: only when it is about to be used)."""
+    """The phase's declaration (importing its package: its parameters and its analysis, never
+    its measuring code, which `run` imports when it is called)."""
     if check_phase(phase) in _REGISTERED:
         return _REGISTERED[phase]
     return importlib.import_module(f"mateperf.phases.{phase}").DECLARATION
@@ -67,7 +85,7 @@ def notebook_path(phase: str) -> Path | None:
     if phase in _REGISTERED and _REGISTERED[phase].notebook is not None:
         path = _REGISTERED[phase].notebook
         return path if path.is_file() else None
-    found = sorted(NOTEBOOK_DIR.glob(f"{PHASE_NUMBERS[phase]:02d}_*.ipynb"))
+    found = sorted(NOTEBOOK_DIR.glob(f"{declared(phase).number:02d}_*.ipynb"))
     return found[0] if found else None
 
 
@@ -88,13 +106,13 @@ def recorded_by(phase: str) -> str:
 
 def available_phases() -> list[str]:
     """The phases `mateperf run` can run: those with a notebook."""
-    return [p for p in PHASES if notebook_path(p) is not None]
+    return [p for p in names() if notebook_path(p) is not None]
 
 
 def reported_phases() -> list[str]:
     """The phases whose stored runs reports read: those with a notebook, and those recorded
     by another process (the live phase)."""
-    return [p for p in PHASES if notebook_path(p) is not None or recorded_by(p)]
+    return [p for p in names() if notebook_path(p) is not None or recorded_by(p)]
 
 
 def schema(phase: str) -> type[Params]:
@@ -158,7 +176,7 @@ def title(phase: str) -> str:
     if path is None:
         if recorded_by(phase):
             if phase in _REGISTERED:
-                return f"Phase {PHASE_NUMBERS[phase]} — {phase}"
+                return f"Phase {declared(phase).number} — {phase}"
             doc = importlib.import_module(f"mateperf.phases.{phase}").__doc__ or phase
             return doc.strip().splitlines()[0].rstrip(".")
         return "not built yet"
@@ -211,17 +229,17 @@ def defaults(phase: str) -> dict:
 def resolve_params(phase: str, overrides: dict) -> dict:
     """Defaults with overrides applied, cast and validated; unknown names refused."""
     values = schema(phase).from_values(overrides, what=phase).as_dict()
-    _check_model(values)
+    _check_model(phase, values)
     return absolute_paths(values)
 
 
 def validate(phase: str, params: dict) -> None:
     """The phase's checks of impossible values, and the model file for phases with one."""
-    _check_model(schema(phase).from_values(params, what=phase))
+    _check_model(phase, schema(phase).from_values(params, what=phase))
 
 
-def _check_model(values) -> None:
-    if "model" in values:
+def _check_model(phase: str, values) -> None:
+    if declared(phase).uses_model:
         from mateperf.model import resolve_model
 
         resolve_model(values["model"] or None)

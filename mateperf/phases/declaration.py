@@ -30,8 +30,14 @@ class Phase:
 
     - `notebook`: the notebook `mateperf run` executes; `None` means `notebooks/NN_*.ipynb`
       with NN the phase's number (found without importing the phase's module).
+    - `number`: its place in the study (1-6 for the built-in phases): the order of `phases.names()`,
+      of FINAL_RESULTS.md's sections, and its notebook's `NN_` prefix.
     - `params`: the phase's `mateperf.params.Params` subclass, the one schema of what it
       accepts (types, defaults, ranges, help); building it is the validation.
+    - `uses_model`: it loads the GGUF model (its parameter `model`): `--model` applies, the
+      model file and llama-cpp-python are checked before it runs.
+    - `reads_config`: it reads a recommended.json itself (its parameter `config`: the final
+      phase's tuned arms) instead of taking the file's settings as parameters.
     - `run(**params)`: measures and returns the tidy frame.
     - `summarize(frame)`: the phase's summary table (per scenario, arm and metric: median, CI
       and the rest; the final phase's is each arm against the baseline).
@@ -53,6 +59,8 @@ class Phase:
     number: int
     notebook: Path | None
     params: type[Params]
+    uses_model: bool
+    reads_config: bool
     run: Callable[..., Frame]
     summarize: Callable[[Frame], Frame]
     round_split: tuple[str, ...]
@@ -71,6 +79,13 @@ class Phase:
         object.__setattr__(self, "round_split", tuple(self.round_split))
         if self.recorded_by and self.notebook is not None:
             raise ValueError(f"phase {self.name}: a recorded phase has no notebook")
+        names = self.params.defaults()
+        for flag, param in ((self.uses_model, "model"), (self.reads_config, "config")):
+            if flag != (param in names):
+                raise ValueError(
+                    f"phase {self.name}: declared {'with' if flag else 'without'} parameter "
+                    f"{param!r}, but its params {'lack' if flag else 'have'} it"
+                )
 
 
 def measured_by(module: str) -> Callable[..., Frame]:

@@ -18,7 +18,7 @@ def reproduce_command(info: dict) -> str:
     """
     command = info.get("command", "")
     phase = info.get("phase", "?")
-    if phase in phases.PHASE_NUMBERS and phases.recorded_by(phase):
+    if phase in phases.names() and phases.recorded_by(phase):
         # a session the companion recorded: what ran it, not a mateperf command
         return command or f"a session recorded by {phases.recorded_by(phase)}"
     if not command.startswith("mateperf "):

@@ -59,7 +59,7 @@ def plan(phase: str, grid_raw: dict[str, list[str]], fixed_raw: dict[str, str]) 
     fixed = phases.absolute_paths(
         {name: coerce(name, v, schema[name]) for name, v in fixed_raw.items()}
     )
-    if "model" in schema and "model" not in grid:  # one file for every point: check it now
+    if phases.declared(phase).uses_model and "model" not in grid:  # one file for every point
         from mateperf.model import resolve_model
 
         resolve_model(fixed.get("model") or schema.get("model") or None)

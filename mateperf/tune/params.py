@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.frame_budget import DEFAULT_SLACK_MS, SLACK_HELP
 from mateperf.gpu.profiles import COMPANION_CARD_MB
-from mateperf.params import DEFAULT_MODEL, KV_CACHE_TYPES, PEER_KINDS, Params, param, refuse
+from mateperf.params import KV_CACHE_TYPES, PEER_KINDS, Params, model_param, param, refuse
 from mateperf.tune.space import Axes, kv_choices
 
 
 @dataclass(frozen=True)
 class TuneParams(Params):
-    model: str = param("", DEFAULT_MODEL)
+    model: str = model_param()
     vram_budget_mb: int = param(
         COMPANION_CARD_MB,
         "the card to fit (MiB): 6144 is the companion's RTX 4050; 0 means this GPU's free VRAM",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -18,15 +19,7 @@ SCENARIO = "threads"
 
 def trial(setting: Setting, p: CpuParams, model_path: str, rng: np.random.Generator, user: str):
     """Load, warm up as llama-bench does, then pp, tg and one reply inside the load's window."""
-    config = model.LlamaConfig(
-        model_path=model_path,
-        n_ctx=p.n_ctx,
-        n_batch=setting.n_batch,
-        n_ubatch=setting.n_ubatch,
-        n_threads=setting.n_threads,
-        n_threads_batch=setting.n_threads_batch,
-        seed=p.seed,
-    )
+    config = model.LlamaConfig.from_params({**p, **asdict(setting)}, model_path=model_path)
     load = background(setting.background, p.peer, p.fps, setting.frame_busy, p.command_hz, p.avatar)
     with load:
         llm, load_s = model.load(config)

@@ -8,13 +8,13 @@ the dataclass checks that they expand.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from mateperf import recommend
 from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.errors import ParameterError
 from mateperf.frame_budget import DEFAULT_SLACK_MS, SLACK_HELP
-from mateperf.params import BACKGROUNDS, DEFAULT_MODEL, PEER_KINDS, Params, param, refuse
+from mateperf.params import BACKGROUNDS, PEER_KINDS, Params, model_param, n_ctx_param, param, refuse
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def settings(params: dict, usable: int) -> list[Setting]:
 
 @dataclass(frozen=True)
 class CpuParams(Params):
-    model: str = param("", DEFAULT_MODEL)
+    model: str = model_param()
     n_threads: str = param(
         "auto", "generation threads: auto (1 to the usable CPUs) or a list such as 1,2"
     )
@@ -185,7 +185,7 @@ class CpuParams(Params):
     pp_tokens: int = param(128, "prompt-processing test size per trial (random tokens)", at_least=1)
     tg_tokens: int = param(48, "generation test size per trial", at_least=1)
     max_tokens: int = param(24, "length cap of the companion reply per trial", at_least=1)
-    n_ctx: int = param(1024, "context window in tokens", at_least=1)
+    n_ctx: int = n_ctx_param(1024)
     tolerance: float = param(
         recommend.DEFAULT_TOLERANCE,
         "recommender: within this fraction of the best median",
@@ -208,4 +208,4 @@ class CpuParams(Params):
                 f"is too small for pp_tokens + tg_tokens = {self.pp_tokens + self.tg_tokens}",
             )
         for s in settings(self, cpu_detect.detect().usable):  # n_ubatch <= n_batch, ...
-            LlamaConfig("-", n_batch=s.n_batch, n_ubatch=s.n_ubatch, n_threads=s.n_threads)
+            LlamaConfig.from_params(asdict(s), model_path="-")

@@ -184,20 +184,7 @@ LIVE_PEER = "live"  # the peer column of turns measured on an attached avatar
 
 
 def turn(cfg: TurnConfig, p: FinalParams, path: Path, peer: str, user: str, vram: PeakVram) -> dict:
-    config = model.LlamaConfig(
-        model_path=str(path),
-        n_ctx=p.n_ctx,
-        n_batch=cfg.n_batch,
-        n_ubatch=cfg.n_ubatch,
-        n_threads=cfg.n_threads,
-        n_threads_batch=cfg.n_threads_batch,
-        n_gpu_layers=cfg.n_gpu_layers,
-        offload_kqv=cfg.offload_kqv,
-        flash_attn=cfg.flash_attn,
-        type_k=cfg.type_k,
-        type_v=cfg.type_v,
-        seed=p.seed,
-    )
+    config = model.LlamaConfig.from_params({**p, **dataclasses.asdict(cfg)}, model_path=str(path))
     attached = p.avatar if peer == LIVE_PEER else ""
     load = CompanionLoad(
         "python" if attached else peer, p.fps, p.frame_busy, command_hz=0, avatar=attached

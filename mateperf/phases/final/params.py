@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mateperf.avatar import AVATAR_HELP, parse_address
-from mateperf.params import DEFAULT_MODEL, PEER_KINDS, Params, param, refuse
+from mateperf.params import PEER_KINDS, Params, model_param, n_ctx_param, param, refuse
 
 BASELINE, OPTIMISED = "baseline", "optimised"
 SINGLE = ("threads", "warmup", "batching", "profile")
@@ -30,7 +30,7 @@ def parse_peers(text) -> list[str]:
 
 @dataclass(frozen=True)
 class FinalParams(Params):
-    model: str = param("", DEFAULT_MODEL)
+    model: str = model_param()
     config: str = param(
         "", "recommended.json (tune or cpu); empty means the newest tune or cpu run's"
     )
@@ -51,7 +51,7 @@ class FinalParams(Params):
     beat_chunks: int = param(
         8, "an emotion beat every this many pieces of streamed text", at_least=1
     )
-    n_ctx: int = param(2048, "context window in tokens", at_least=1)
+    n_ctx: int = n_ctx_param()
     seed: int = param(1234, "order of the arms in each round")
 
     def check(self) -> None:

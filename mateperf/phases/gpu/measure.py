@@ -255,7 +255,7 @@ def _run(
         "vram_available_mb": selection.available_mb,
         "final_profile": attempts[-1].profile if attempts else "",
         "final_ok": bool(attempts and attempts[-1].ok),
-        "threads_used": model.LlamaConfig(model_path="-", n_threads=p.n_threads).threads,
+        "threads_used": model.LlamaConfig.from_params(p, model_path="-").threads,
     }
     return rows, facts
 

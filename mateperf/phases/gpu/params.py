@@ -6,21 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mateperf.gpu import companion_profiles, profiles
-from mateperf.params import DEFAULT_MODEL, Params, param, refuse
+from mateperf.params import Params, model_param, n_ctx_param, n_threads_param, param, refuse
 
 
 @dataclass(frozen=True)
 class GpuParams(Params):
-    model: str = param("", DEFAULT_MODEL)
+    model: str = model_param()
     n_gpu_layers: int = param(
         -1, "the configuration measured; -1 means all (the output layer goes first)", at_least=-1
     )
-    n_ctx: int = param(2048, "context window in tokens", at_least=1)
+    n_ctx: int = n_ctx_param()
     n_batch: int = param(512, "logical batch size", at_least=1)
     n_ubatch: int = param(0, "0 means the same as n_batch", at_least=0)
     offload_kqv: bool = param(True, "KV cache of offloaded layers on the GPU")
     flash_attn: bool = param(False, "flash attention")
-    n_threads: int = param(0, "0 means the CPUs this process may use", at_least=0)
+    n_threads: int = n_threads_param()
     profile: str = param(
         "auto",
         "auto, or force performance / layers_81pct / low_memory / cpu_fallback",

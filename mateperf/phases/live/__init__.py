@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from mateperf.errors import PhaseError
 from mateperf.phases.declaration import Phase
-from mateperf.phases.live.analyse import calls, overhead_share, summarize
+from mateperf.phases.live.analyse import (  # noqa: F401 - re-exported
+    calls,
+    overhead_share,
+    summarize,
+)
 from mateperf.phases.live.params import LiveParams
-
-__all__ = ["calls", "overhead_share", "summarize"]
 
 RECORDED_BY = "mateperf.live (one line in the companion's process: docs/live.md)"
 
@@ -33,6 +35,8 @@ DECLARATION = Phase(
     run=run,
     summarize=summarize,
     params=LiveParams,
+    uses_model=False,
+    reads_config=False,
     round_split=(),
     trial_table=None,
     sweep_metrics=None,

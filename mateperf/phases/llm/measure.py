@@ -153,17 +153,7 @@ def run(**values) -> pd.DataFrame:
     p = LlmParams.from_values(values, what="llm")
     path = model.resolve_model(p.model or None)  # validates the file
     meta = gguf_file.gguf_metadata(path)
-    config = model.LlamaConfig(
-        model_path=str(path),
-        n_ctx=p.n_ctx,
-        n_batch=p.n_batch,
-        n_ubatch=p.n_ubatch,
-        n_threads=p.n_threads,
-        n_threads_batch=p.n_threads_batch,
-        n_gpu_layers=p.n_gpu_layers,
-        flash_attn=p.flash_attn,
-        seed=p.seed,
-    )
+    config = model.LlamaConfig.from_params(p, model_path=str(path))
     offload = workloads.gpu_offload_available()
     if p.n_gpu_layers != 0 and not offload:
         _progress(

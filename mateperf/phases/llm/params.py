@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mateperf.params import DEFAULT_MODEL, Params, param
+from mateperf.params import (
+    Params,
+    model_param,
+    n_ctx_param,
+    n_gpu_layers_param,
+    n_threads_param,
+    param,
+)
 
 
 @dataclass(frozen=True)
 class LlmParams(Params):
-    model: str = param("", DEFAULT_MODEL, variant=3)
-    n_threads: int = param(
-        0,
-        "0 means the CPUs this process may use (affinity and cgroup quota)",
-        at_least=0,
-        variant=1,
-    )
+    model: str = model_param(variant=3)
+    n_threads: int = n_threads_param(variant=1)
     n_threads_batch: int = param(0, "0 means the same as n_threads", at_least=0)
-    n_ctx: int = param(2048, "context window in tokens", at_least=1)
+    n_ctx: int = n_ctx_param()
     n_batch: int = param(512, "logical batch size", at_least=1)
     n_ubatch: int = param(0, "physical batch; 0 means the same as n_batch", at_least=0)
-    n_gpu_layers: int = param(0, "-1 means all layers", at_least=-1, variant=2)
+    n_gpu_layers: int = n_gpu_layers_param(variant=2)
     flash_attn: bool = param(False, "flash attention")
     trials: int = param(
         5, "per arm, at most (fewer once precise), after one warm-up pair (left out)", at_least=1

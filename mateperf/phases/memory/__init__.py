@@ -76,6 +76,8 @@ DECLARATION = Phase(
     run=run,
     summarize=summarize,
     params=MemoryParams,
+    uses_model=True,
+    reads_config=False,
     # A sweep's rounds each run the whole session again: no repetition parameter to divide.
     round_split=(),
     trial_table=trial_table,

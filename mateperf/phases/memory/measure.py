@@ -88,13 +88,7 @@ def run(settle_s: float = 0.5, progress: bool = True, **values) -> pd.DataFrame:
 
         # -- load_model
         sampler.mark("load start", scenario="load_model")
-        config = model.LlamaConfig(
-            model_path=str(model_path),
-            n_ctx=p.n_ctx,
-            n_threads=p.n_threads,
-            n_gpu_layers=p.n_gpu_layers,
-            seed=p.seed,
-        )
+        config = model.LlamaConfig.from_params(p, model_path=str(model_path))
         llm, load_s = model.load(config)
         time.sleep(settle_s)
         loaded = sampler.mark(

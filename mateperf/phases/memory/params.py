@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mateperf.params import DEFAULT_MODEL, Params, param, refuse
+from mateperf.params import (
+    Params,
+    model_param,
+    n_ctx_param,
+    n_gpu_layers_param,
+    n_threads_param,
+    param,
+    refuse,
+)
 
 
 @dataclass(frozen=True)
 class MemoryParams(Params):
-    model: str = param("", DEFAULT_MODEL)
+    model: str = model_param()
     messages: int = param(100, "chat messages (user turn + reply each)", at_least=1)
     warmup_messages: int = param(
         20, "first messages left out of the slope fit (KV and buffers filling up)", at_least=0
@@ -38,11 +46,9 @@ class MemoryParams(Params):
     history_messages: int = param(
         10, "history kept by the companion (user and assistant messages)", at_least=0
     )
-    n_ctx: int = param(2048, "context window in tokens", at_least=64)
-    n_threads: int = param(
-        0, "0 means the CPUs this process may use (affinity and cgroup quota)", at_least=0
-    )
-    n_gpu_layers: int = param(0, "-1 means all layers", at_least=-1)
+    n_ctx: int = n_ctx_param(at_least=64)
+    n_threads: int = n_threads_param()
+    n_gpu_layers: int = n_gpu_layers_param()
     seed: int = param(1234, "random seed of the sampler")
 
     def check(self) -> None:
