@@ -23,7 +23,7 @@ trial is recorded with its error.
 from __future__ import annotations
 
 from mateperf import metrics
-from mateperf.phases.cpu.analyse import (
+from mateperf.phases.cpu.analyse import (  # noqa: F401 - re-exported
     per_condition,
     recommendation,
     summarize,
@@ -32,15 +32,6 @@ from mateperf.phases.cpu.analyse import (
 )
 from mateperf.phases.cpu.params import CpuParams
 from mateperf.phases.declaration import Phase, measured_by
-
-__all__ = [
-    "per_condition",
-    "recommendation",
-    "run",
-    "summarize",
-    "sweep_metrics",
-    "write_recommendation",
-]
 
 run = measured_by("mateperf.phases.cpu.measure")
 

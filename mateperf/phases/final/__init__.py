@@ -28,10 +28,8 @@ from __future__ import annotations
 
 from mateperf import metrics
 from mateperf.phases.declaration import Phase, measured_by
-from mateperf.phases.final.analyse import ADD_UP_METRICS, add_up, against_baseline
-from mateperf.phases.final.params import ARMS, BASELINE, OPTIMISED, FinalParams
-
-__all__ = ["ADD_UP_METRICS", "ARMS", "BASELINE", "OPTIMISED", "add_up", "against_baseline", "run"]
+from mateperf.phases.final.analyse import ADD_UP_METRICS, add_up, against_baseline  # noqa: F401 - re-exported
+from mateperf.phases.final.params import ARMS, BASELINE, OPTIMISED, FinalParams  # noqa: F401 - re-exported
 
 run = measured_by("mateperf.phases.final.measure")
 

@@ -36,7 +36,7 @@ are the names the notebook, the tests and the device check use.
 from __future__ import annotations
 
 from mateperf.phases.declaration import Phase, measured_by
-from mateperf.phases.gpu.analyse import (
+from mateperf.phases.gpu.analyse import (  # noqa: F401 - re-exported
     MEASURED_SCENARIOS,
     SCENARIO_ALERT,
     SCENARIO_ATTEMPT,
@@ -63,32 +63,6 @@ from mateperf.phases.gpu.params import GpuParams
 
 ROUND_SPLIT = ("trials",)  # what a sweep's rounds divide among them
 
-__all__ = [
-    "MEASURED_SCENARIOS",
-    "ROUND_SPLIT",
-    "SCENARIO_ALERT",
-    "SCENARIO_ATTEMPT",
-    "SCENARIO_CPU_CHECK",
-    "SCENARIO_FIT",
-    "SCENARIO_KV_CHECK",
-    "SCENARIO_LAYERS",
-    "SCENARIO_PREDICTION",
-    "SCENARIO_PROFILE",
-    "SCENARIO_SAMPLE",
-    "SCENARIO_SELECTION",
-    "SCENARIO_TARGET",
-    "GpuParams",
-    "check",
-    "fit_frames",
-    "measured",
-    "measured_at_base",
-    "measured_vs_predicted",
-    "prediction_table",
-    "profile_comparison",
-    "run",
-    "summarize",
-    "sweep_metrics",
-]
 
 run = measured_by("mateperf.phases.gpu.measure")
 

@@ -53,9 +53,14 @@ lab of peers and what each scenario sends), `measure` (`run` and the trial loop)
 """
 
 from mateperf.phases.declaration import Phase, measured_by
-from mateperf.phases.ipc.analyse import failed_trials, frame_cost_table, headline, summarize
-from mateperf.phases.ipc.params import SCENARIOS, IpcParams
-from mateperf.phases.ipc.rows import (
+from mateperf.phases.ipc.analyse import (  # noqa: F401 - re-exported
+    failed_trials,
+    frame_cost_table,
+    headline,
+    summarize,
+)
+from mateperf.phases.ipc.params import SCENARIOS, IpcParams  # noqa: F401 - re-exported
+from mateperf.phases.ipc.rows import (  # noqa: F401 - re-exported
     FRAME_COST_LOAD,
     FRAME_COST_NON_READING,
     IDENTITY,
@@ -63,22 +68,6 @@ from mateperf.phases.ipc.rows import (
     REQUEST_METRICS,
     TRIAL_METRICS,
 )
-
-__all__ = [
-    "FRAME_COST_LOAD",
-    "FRAME_COST_NON_READING",
-    "IDENTITY",
-    "METRICS",
-    "REQUEST_METRICS",
-    "SCENARIOS",
-    "TRIAL_METRICS",
-    "IpcParams",
-    "failed_trials",
-    "frame_cost_table",
-    "headline",
-    "run",
-    "summarize",
-]
 
 run = measured_by("mateperf.phases.ipc.measure")
 

@@ -24,7 +24,7 @@ first-reply trial (or every throughput repetition) failed is a failure.
 from __future__ import annotations
 
 from mateperf.phases.declaration import Phase, measured_by
-from mateperf.phases.llm.analyse import (
+from mateperf.phases.llm.analyse import (  # noqa: F401 - re-exported
     COLD,
     FIRST_REPLY_METRICS,
     SCENARIO_FIRST_REPLY,
@@ -42,22 +42,6 @@ from mateperf.phases.llm.params import LlmParams
 
 ROUND_SPLIT = ("trials", "bench_reps")  # what a sweep's rounds divide among them, primary first
 
-__all__ = [
-    "COLD",
-    "DECLARATION",
-    "FIRST_REPLY_METRICS",
-    "SCENARIO_FIRST_REPLY",
-    "SCENARIO_MEMBW",
-    "SCENARIO_PP",
-    "SCENARIO_TG",
-    "WARM",
-    "bandwidth_bound",
-    "cold_vs_warm",
-    "kept",
-    "run",
-    "summarize",
-    "sweep_metrics",
-]
 
 run = measured_by("mateperf.phases.llm.measure")
 
