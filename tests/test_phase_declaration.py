@@ -40,7 +40,7 @@ class TinyParams(Params):
 
 
 def _tiny_section(df, info, plots_dir, md_dir) -> str:
-    return f"## Phase 7 — tiny\n\nThe tiny phase counted {len(df)} trials.\n"
+    return f"## Phase 8 — tiny\n\nThe tiny phase counted {len(df)} trials.\n"
 
 
 def _tiny_rows(df, info) -> list[dict]:
@@ -53,9 +53,9 @@ REPORT = PhaseReport(
 
 
 def _notebook(folder: Path) -> Path:
-    path = folder / "07_tiny.ipynb"
+    path = folder / "08_tiny.ipynb"
     cells = [
-        {"cell_type": "markdown", "metadata": {}, "source": ["# Phase 7 — tiny\n"]},
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Phase 8 — tiny\n"]},
         {
             "cell_type": "code",
             "metadata": {"tags": ["parameters"]},
@@ -74,7 +74,7 @@ def tiny(tmp_path, monkeypatch) -> Phase:
     monkeypatch.setattr(phases, "_REGISTERED", {})
     declaration = Phase(
         name="tiny",
-        number=7,
+        number=8,
         notebook=_notebook(tmp_path),
         params=TinyParams,
         uses_model=False,
@@ -94,7 +94,7 @@ def tiny(tmp_path, monkeypatch) -> Phase:
 def test_a_phase_is_picked_up_from_its_declaration_alone(tiny, tmp_path):
     assert phases.names()[-1] == "tiny" and "tiny" in phases.available_phases()
     assert phases.declared("tiny") is tiny
-    assert phases.title("tiny") == "Phase 7 — tiny"
+    assert phases.title("tiny") == "Phase 8 — tiny"
     assert phases.resolve_params("tiny", {"n": "5"}) == {"n": 5}
     with pytest.raises(ParameterError, match="n=0 must be at least 1"):
         phases.resolve_params("tiny", {"n": "0"})
