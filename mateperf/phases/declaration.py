@@ -29,8 +29,8 @@ class Phase:
     """One phase of the study: how it runs, how its frame is read, and where it is formatted.
 
     - `notebook`: the notebook `mateperf run` executes; `None` means `notebooks/NN_*.ipynb`
-      with NN the phase's number (found without importing the phase's module).
-    - `number`: its place in the study (1-6 for the built-in phases): the order of `phases.names()`,
+      with NN the phase's number.
+    - `number`: its place in the study (1-7 for the built-in phases): the order of `phases.names()`,
       of FINAL_RESULTS.md's sections, and its notebook's `NN_` prefix.
     - `params`: the phase's `mateperf.params.Params` subclass, the one schema of what it
       accepts (types, defaults, ranges, help); building it is the validation.
