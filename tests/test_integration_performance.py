@@ -37,6 +37,9 @@ def test_every_arm_against_the_baseline(cli, results_root):
     # the avatar was driven during every reply and the peer kept reporting frames
     assert (kept["beats"] >= 2).all() and (kept["cmd_errors"] == 0).all()
     assert kept["frame_p99_ms"].notna().all() and kept["peak_rss_mb"].gt(0).all()
+    # beside the frames: the stand-in's timer and what its main thread and process cost
+    assert kept["timer_overshoot_us"].ge(0).all() and kept["timer_resolution"].ne("").all()
+    assert kept["peer_awake_share"].between(0, 1.01).all() and kept["peer_busy_share"].gt(0).all()
     # arms differ where they should: warm-up only where it is on, batching changes commands
     assert (kept.loc[kept["cfg_warmup"], "warmup_ms"] > 0).all()
     assert (kept.loc[~kept["cfg_warmup"], "warmup_ms"] == 0).all()
@@ -51,6 +54,7 @@ def test_every_arm_against_the_baseline(cli, results_root):
     assert len(final.add_up(ab)) == len(final.ADD_UP_METRICS)
 
     md = (run_dir / "final.md").read_text(encoding="utf-8")
+    assert "Avatar stand-in's timer: a 1 ms sleep ended" in md or "Pacing cannot hold" in md
     for needle in ("Against the baseline", "Do they add up", "no GPU was measured"):
         assert needle in md or (needle == "no GPU was measured" and df["gpu_offload"].all())
     assert (run_dir / "plots" / "final_vs_baseline.png").is_file()

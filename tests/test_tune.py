@@ -210,6 +210,9 @@ def test_mateperf_tune_writes_profiles_the_companion_loads(tmp_path):
     rec = recommend.load(run / recommend.FILE_NAME)
     assert rec["frame_budget_ms"] == pytest.approx(1000 / 60 + 1.0, abs=1e-3)
     assert rec["frame_p99_idle_ms"] > 0 and rec["frame_slack_ms"] == 1.0
+    pacing = rec["avatar_pacing"]  # the idle stand-in's timer, and whether its pacing held
+    assert pacing["timer_resolution"] == "not needed on this OS (sleeps end within µs)"
+    assert pacing["timer_overshoot_us"] >= 0 and 0 <= pacing["peer_awake_share"] <= 1.01
     assert set(rec["profiles"]) == {"performance", "balanced", "cpu_fallback"}
     for name, entry in rec["profiles"].items():
         assert entry["settings"]["n_gpu_layers"] == 0, name  # a CPU build runs no layers on a GPU
