@@ -152,6 +152,7 @@ def test_small_tune_attached_holds_the_avatars_frames(cli, results_root, avatar)
         *("-p", "n_batch=64", "-p", "kv_types=f16", "-p", "flash_attn=off"),
         *("-p", "max_rounds=2", "-p", "min_reps=2", "-p", "confirm_reps=2"),
         *("-p", "reply_tokens=4", "-p", "frame_slack_ms=1000"),
+        timeout=1800,  # ~28 model loads: about 2 min on an idle 2-core host, 10+ when shared
     )
     assert r.rc == 0, r.stderr[-3000:]
     run_dir = _run_dir(results_root)

@@ -61,6 +61,21 @@ def avatar_alone_p99(p: CpuParams, visit: list[Setting]) -> dict[float, float]:
     return out
 
 
+def _check_frame_rate(p: CpuParams) -> None:
+    """The frame rule's budget is 1000/`fps`: an attached avatar paced at another rate is
+    judged against the wrong frame unless `fps` says its rate (stated, not silently fixed)."""
+    from mateperf.bridge.attach import connect_avatar
+
+    bridge, identity = connect_avatar(p.avatar)
+    bridge.close()
+    target = identity.target_fps
+    if target is not None and abs(target - p.fps) > 1e-6:
+        _progress(
+            f"WARNING: the avatar paces at {target:g} fps, the frame budget is 1000/{p.fps:g}: "
+            f"rerun with -p fps={target:g} for its own frame"
+        )
+
+
 def _identity(setting: Setting, peer: str, avatar: str = "") -> dict:
     return {
         "scenario": SCENARIO,
@@ -108,6 +123,8 @@ def run(**values) -> pd.DataFrame:
         f"CPUs, seed {p.seed}"
     )
 
+    if p.avatar:
+        _check_frame_rate(p)
     alone = avatar_alone_p99(p, visit)
 
     def one(v: Visit[Setting]) -> dict:
