@@ -111,3 +111,9 @@ def test_the_gpu_report_says_it(tmp_path):
     balanced = next(ln for ln in text.splitlines() if ln.startswith("| balanced"))
     assert "35 → 33 (all)" in balanced and "5864 (NO)" in balanced and "26: 5069 MiB" in balanced
     assert "balanced: 35 layers on a 32-block model is full offload (all 33 layers)" in text
+
+
+def test_the_sentence_reads_on_the_default_models_18_blocks(default_model):
+    e = cp.effect(cp.PROFILES["balanced"], estimate.read_layout(default_model), REF)
+    assert e.sentence.startswith("balanced: 35 layers on an 18-block model is full offload")
+    assert e.intent_layers == 15  # round(35 / 43 × 18)

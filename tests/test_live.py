@@ -113,7 +113,8 @@ def test_ten_turns_recorded_with_llama_cpps_own_counters(default_model, results_
     assert "closed: 10 calls" in text and "### Summary" in text
     own = (run_dir / "live.md").read_text(encoding="utf-8")  # the session's own report
     assert "prompt eval ms (llama.cpp)" in own
-    assert f"{df['prompt_eval_ms'].iloc[3]:.1f}" in own  # call 3's own figure, in the table
+    # call 3's own figure in the table (2 decimals; the table drops a trailing 0)
+    assert f"{df['prompt_eval_ms'].iloc[3]:.2f}".rstrip("0") in own
 
 
 KILLED_SESSION = textwrap.dedent(

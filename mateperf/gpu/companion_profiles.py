@@ -142,7 +142,8 @@ class Effect:
         if self.past_the_model:
             share = self.intent_layers / self.n_layer if self.n_layer else math.nan
             return (
-                f"{self.profile}: {self.asked_layers} layers on a {self.n_layer}-block model is "
+                f"{self.profile}: {self.asked_layers} layers on {_a(self.n_layer)} "
+                f"{self.n_layer}-block model is "
                 f"full offload (all {self.all_layers} layers), {gib}{vs}; "
                 f"{self.intent_layers} layers is {share:.0%}"
                 + (
@@ -160,6 +161,11 @@ class Effect:
             share = self.loaded_layers / self.n_layer
             which += f" ({share:.0%} of the {self.n_layer} blocks, as its comment intends)"
         return f"{self.profile}: {which}, {gib}{vs}."
+
+
+def _a(n: int) -> str:
+    """The article before a number said aloud: an 8, an 11, an 18, an 80-something; a 32."""
+    return "an" if n in (11, 18) or str(n).startswith("8") else "a"
 
 
 def intent_layers(profile: CompanionProfile, layout: estimate.Layout) -> int:
