@@ -34,20 +34,13 @@ def trial_values(rows: pd.DataFrame, metric: Metric, stat: str | None = None) ->
     `stat` reduces a request-level metric's rows of one trial (median, p95, p99); a
     trial-level metric has one row per trial (its median is taken should a trial have more).
     """
-    if metric.name not in rows.columns:
-        return np.array([], float)
-    keys = metrics.replicate_keys(rows)
-    values = rows[[*keys, metric.name]].dropna(subset=[metric.name])
-    if values.empty:
-        return np.array([], float)
-    if not keys:  # no trial column: the run is one replicate of a request-level metric
-        series = values[metric.name].astype(float)
-        if metric.level == metrics.REQUEST:
-            return np.array([np.percentile(series, _PERCENTILES[stat or "median"])])
-        return series.to_numpy()
+    if metric.level != metrics.REQUEST and not metrics.replicate_keys(rows):
+        # no trial column: each row of a trial-level metric is a replicate of its own
+        if metric.name not in rows.columns:
+            return np.array([], float)
+        return rows[metric.name].dropna().astype(float).to_numpy()
     q = _PERCENTILES[stat or "median"] if metric.level == metrics.REQUEST else 50
-    grouped = values.groupby(keys, sort=True)[metric.name]
-    return grouped.quantile(q / 100).astype(float).to_numpy()
+    return metrics.per_replicate(rows, metric.name, q)
 
 
 def statistics_for(metric: Metric) -> tuple[str | None, ...]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 LOWER, HIGHER = "lower", "higher"  # which direction is better
@@ -226,6 +227,21 @@ def one_run(df: pd.DataFrame) -> pd.DataFrame:
 def replicate_keys(df: pd.DataFrame) -> list[str]:
     """The columns that name one independent replicate: a sweep's round, then the trial."""
     return [c for c in ("round", "trial") if c in df.columns]
+
+
+def per_replicate(rows: pd.DataFrame, column: str, percentile: float = 50) -> np.ndarray:
+    """One value of `column` per replicate (sorted by round and trial): a percentile of its
+    rows (a trial's requests, or a trial row's own value); a frame without replicate columns
+    is one replicate. Trials, not requests, are what repeat independently."""
+    if column not in rows.columns:
+        return np.array([], float)
+    keys = replicate_keys(rows)
+    values = rows[[*keys, column]].dropna(subset=[column])
+    if values.empty:
+        return np.array([], float)
+    if not keys:
+        return np.array([np.percentile(values[column].astype(float), percentile)])
+    return values.groupby(keys, sort=True)[column].quantile(percentile / 100).to_numpy(float)
 
 
 # -- phase 5, gpu -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mateperf import metrics, stats
+from mateperf.metrics import per_replicate
 from mateperf.phases.ipc.rows import (  # noqa: F401 - the report states it; it reads analyse only
     FRAME_COST_LOAD,
     FRAME_COST_NON_READING,
@@ -37,21 +38,6 @@ def split_records(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[df[RECORD].isin((REQUEST_ROW, FRAME_ROW))], df[df[RECORD] == TRIAL_ROW]
 
 
-def per_trial(rows: pd.DataFrame, metric: str, percentile: float = 50) -> np.ndarray:
-    """One value of `metric` per trial (sorted by trial): a percentile of the trial's requests,
-    or the trial row's own value. Trials, not requests, are what repeat independently."""
-    if metric not in rows.columns:
-        return np.array([], float)
-    keys = metrics.replicate_keys(rows)
-    values = rows[[*keys, metric]].dropna(subset=[metric])
-    if values.empty:
-        return np.array([], float)
-    if not keys:
-        return np.array([np.percentile(values[metric], percentile)])
-    grouped = values.groupby(keys, sort=True)[metric]
-    return grouped.quantile(percentile / 100).to_numpy(float)
-
-
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per arm (its identity columns) and declared metric, warm-ups left out.
 
@@ -72,7 +58,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             for metric in names:
                 if metric not in group or group[metric].isna().all():
                     continue
-                medians = per_trial(group, metric)
+                medians = per_replicate(group, metric)
                 row = {**dict(zip(keys, key, strict=True)), "metric": metric, "level": level}
                 row["trials"] = len(medians)
                 row.update(stats.summarize(group[metric]))
@@ -141,18 +127,18 @@ def headline(df: pd.DataFrame) -> dict:
     floor = _arm(requests, "simple_commands", "floor")
     bridge = _arm(requests, "simple_commands", "bridge_unpaced")
     if floor["rtt_us"].notna().any() and bridge["rtt_us"].notna().any():
-        ab = stats.compare(per_trial(floor, "rtt_us"), per_trial(bridge, "rtt_us"))
+        ab = stats.compare(per_replicate(floor, "rtt_us"), per_replicate(bridge, "rtt_us"))
         out["simple_trials"] = min(ab.n_a, ab.n_b)
         out["floor_p50_us"] = ab.median_a
         out["bridge_p50_us"] = ab.median_b
-        out["floor_p99_us"] = _median(per_trial(floor, "rtt_us", 99))
-        out["bridge_p99_us"] = _median(per_trial(bridge, "rtt_us", 99))
+        out["floor_p99_us"] = _median(per_replicate(floor, "rtt_us", 99))
+        out["bridge_p99_us"] = _median(per_replicate(bridge, "rtt_us", 99))
         out["bridge_over_floor_p50"] = ab.ratio
         out["bridge_over_floor_ci"] = (ab.ci_low, ab.ci_high)
         out["bridge_over_floor_verdict"] = ab.verdict
         out["bridge_completion_p50_ms"] = ab.median_b / 1e3
-    tp_floor = per_trial(_arm(trials, "throughput", "floor"), "throughput_cmd_per_s")
-    tp_bridge = per_trial(_arm(trials, "throughput", "bridge_unpaced"), "throughput_cmd_per_s")
+    tp_floor = per_replicate(_arm(trials, "throughput", "floor"), "throughput_cmd_per_s")
+    tp_bridge = per_replicate(_arm(trials, "throughput", "bridge_unpaced"), "throughput_cmd_per_s")
     if len(tp_floor) and len(tp_bridge):
         ab = stats.compare(tp_floor, tp_bridge, higher_is_better=True)
         out["floor_throughput_cmd_per_s"] = ab.median_a
@@ -166,9 +152,9 @@ def headline(df: pd.DataFrame) -> dict:
         tag = "unpaced" if fps == 0 else f"{fps:g}fps"
         totals = {}
         for mode in ("one_by_one", "batched", "pipelined"):
-            rtt = per_trial(_arm(requests, "batching", mode, fps=fps), "rtt_us")
+            rtt = per_replicate(_arm(requests, "batching", mode, fps=fps), "rtt_us")
             out[f"{tag}_{mode}_completion_p50_ms"] = _median(rtt) / 1e3
-            totals[mode] = per_trial(_arm(trials, "batching", mode, fps=fps), "total_ms")
+            totals[mode] = per_replicate(_arm(trials, "batching", mode, fps=fps), "total_ms")
             out[f"{tag}_{mode}_total_ms"] = _median(totals[mode])
         out[f"{tag}_frame_ms"] = 1000.0 / fps if fps else float("nan")
         if len(totals["batched"]) and len(totals["one_by_one"]):
@@ -185,11 +171,11 @@ def headline(df: pd.DataFrame) -> dict:
             out[f"frame_cost_{tag}_{stat}_share_pct"] = r[f"tick_{stat}_share_pct"]
         out["frame_cost_frame_us"] = r["frame_us"]
     for mode in ("sendall", "sendall_sleep_1ms"):
-        sent = per_trial(_arm(requests, "original_method", mode), "sendall_us")
+        sent = per_replicate(_arm(requests, "original_method", mode), "sendall_us")
         out[f"original_{mode}_p50_us"] = _median(sent)
         sequence = _arm(trials, "original_method", mode)
-        out[f"original_{mode}_total_ms"] = _median(per_trial(sequence, "total_ms"))
-        out[f"original_{mode}_applied_ms"] = _median(per_trial(sequence, "applied_ms"))
+        out[f"original_{mode}_total_ms"] = _median(per_replicate(sequence, "total_ms"))
+        out[f"original_{mode}_applied_ms"] = _median(per_replicate(sequence, "applied_ms"))
     return out
 
 
@@ -268,8 +254,8 @@ def batching_comparisons(df: pd.DataFrame) -> list[tuple[float, stats.ABResult]]
         if one.empty or batched.empty:
             continue
         r = stats.compare(
-            per_trial(one, "total_ms"),
-            per_trial(batched, "total_ms"),
+            per_replicate(one, "total_ms"),
+            per_replicate(batched, "total_ms"),
             higher_is_better=m.higher_is_better,
             words=m.words,
         )
