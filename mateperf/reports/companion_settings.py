@@ -32,10 +32,14 @@ def _vram(m: dict) -> str:
 
 
 def _against_own(entry: dict) -> str:
-    """The pick against the companion's own profile: reply time and frame p99, ratio [CI]."""
+    """The pick against the companion's own profile: reply time and frame p99, ratio [CI]
+    (the runner-up's evidence where the companion's own setting is the runner-up)."""
+    role = entry.get("companion_role", "companion")
+    if role == "pick":
+        return f"the pick is the companion's own ({entry.get('companion_profile', '')})"
     parts = []
     for ev in entry.get("evidence", []):
-        if ev.get("against") != "companion":
+        if ev.get("against") != role:
             continue
         low, high = ev["ratio_ci95"]
         what = "reply" if ev["metric"] == "reply_ms" else "frame p99"
@@ -43,10 +47,8 @@ def _against_own(entry: dict) -> str:
             f"{what} ×{fmt(ev['ratio_pick_over_other'], 2)} [{fmt(low, 2)}, {fmt(high, 2)}] "
             f"{ev['verdict']}"
         )
-    if parts:
-        return "; ".join(parts)
-    own = entry.get("companion_profile", "")
-    return f"the pick is the companion's own ({own})" if own else "–"
+    same = " (its own is the runner-up here)" if role == "runner_up" and parts else ""
+    return "; ".join(parts) + same if parts else "–"
 
 
 def section(rec: dict, run_id: str) -> str:

@@ -325,6 +325,8 @@ def _profile(
             for metric, higher in ((OBJECTIVE, False), (CONSTRAINT, False))
         ],
         "companion_profile": own_note,
+        # which confirmed role the companion's own setting is (the pick or runner-up when equal)
+        "companion_role": next(r for r, st in roles.items() if st.label == own.label),
     }
     if not result.met_constraint:
         entry["note"] = frame.none_kept("in the race")
