@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from mateperf import avatar_pacing, metrics
 from mateperf.phases.final import analyse as final
+from mateperf.reports.axes import finite_range, ratio_axis
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, fmt_ci, fmt_p, save_figure, table
 from mateperf.reports.overview import CLAIMS, summary_row
@@ -100,29 +101,49 @@ def _add_up(ab: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plot_forest(ab: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
+    """One panel per metric (four to a row), each arm's ratio to the baseline with its CI on
+    a log axis labelled in plain ratios; the peers' key below the panels, off the data."""
     if ab.empty:
         return None
     names = [m.name for m in metrics.for_phase("final") if m.name in set(ab["metric"])]
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.8), sharey=True)
-    axes = np.atleast_1d(axes)
     arms = [a for a in final.ARMS if a in set(ab["arm"])]
-    for ax, name in zip(axes, names, strict=True):
+    peers = sorted(ab["peer"].unique())
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(2.7 * cols, 0.9 + (0.3 * len(arms) + 0.9) * rows),
+        sharey=True,
+        squeeze=False,
+    )
+    for ax, name in zip(axes.flat[: len(names)], names, strict=True):
         sub = ab[ab["metric"] == name]
-        for j, peer in enumerate(sorted(sub["peer"].unique())):
-            rows = sub[sub["peer"] == peer].set_index("arm")
-            ys = [i + 0.15 * j for i, a in enumerate(arms) if a in rows.index]
-            r = rows.loc[[a for a in arms if a in rows.index]]
+        for j, peer in enumerate(peers):
+            r = sub[sub["peer"] == peer].set_index("arm")
+            r = r.loc[[a for a in arms if a in r.index]]
+            ys = [arms.index(a) + 0.15 * j for a in r.index]
             err = [r["ratio"] - r["ci_low"], r["ci_high"] - r["ratio"]]
-            ax.errorbar(r["ratio"], ys, xerr=err, fmt="o", capsize=3, label=peer)
+            ax.errorbar(r["ratio"], ys, xerr=err, fmt="o", ms=4, capsize=3, label=peer)
         ax.axvline(1.0, color="grey", linewidth=1)
-        ax.set_xscale("log")
+        ratio_axis(ax, *finite_range(sub["ci_low"], sub["ratio"], sub["ci_high"]))
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_title(metrics.get("final", name).label, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_yticks(range(len(arms)), arms)
-    axes[0].invert_yaxis()
-    axes[-1].legend(fontsize=8)
+    axes[0, 0].set_yticks(range(len(arms)), arms)
+    axes[0, 0].invert_yaxis()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    key = {"title": "peer", "fontsize": 8, "title_fontsize": 8}
+    spare = axes.flat[len(names) :]
+    for ax in spare:
+        ax.axis("off")
     fig.suptitle("arm / baseline (median ratio, 95% CI; left of 1 = lower)", fontsize=10)
-    fig.tight_layout()
+    if len(spare):  # the peers' key in a spare cell of the grid, off every panel's data
+        spare[0].legend(handles, labels, loc="center", **key)
+        fig.tight_layout()
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=len(peers), **key)
+        fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
     return save_figure(fig, plots_dir, "final_vs_baseline", md_dir, "each arm against baseline")
 
 

@@ -12,6 +12,7 @@ from matplotlib.patches import Patch
 
 from mateperf.phases.memory import analyse as memory
 from mateperf.phases.memory import verdict
+from mateperf.reports.axes import stagger_labels
 from mateperf.reports.format import save_figure
 
 METRIC_LABELS = {
@@ -58,29 +59,26 @@ def timeline(df: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str:
     if auto.size:
         ax.plot(auto, np.zeros_like(auto), "v", color="tab:purple", ms=6, clip_on=False)
         ax.plot([], [], "v", color="tab:purple", label="automatic gc")
-    for _, m in marks.dropna(subset=["checkpoint"]).iterrows():
-        for a in axes:
-            a.axvline(m["t_s"], color="black", lw=0.6, alpha=0.6)
-        ax.annotate(
-            m["checkpoint"],
-            (m["t_s"], m["rss_mb"]),
-            fontsize=7,
-            rotation=90,
-            xytext=(2, 4),
-            textcoords="offset points",
-            va="bottom",
-        )
     ax.set_ylabel("MiB")
     ax.set_ylim(bottom=0)
     handles, _labels = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + scenario_keys, loc="upper left", fontsize=7, ncol=4)
+    # beside the axes: inside, any corner covers the RSS curve or a checkpoint
+    ax.legend(
+        handles=handles + scenario_keys, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7
+    )
     ax.grid(alpha=0.3)
     if vram:
         axes[1].plot(samples["t_s"], samples["vram_device_used_mb"], label="device used")
         axes[1].plot(samples["t_s"], samples["vram_process_mb"], "--", label="this process")
         axes[1].set_ylabel("VRAM MiB")
-        axes[1].legend(loc="upper left", fontsize=8)
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
         axes[1].grid(alpha=0.3)
+    checkpoints = marks.dropna(subset=["checkpoint"])
+    for t in checkpoints["t_s"]:
+        for a in axes:
+            a.axvline(t, color="black", lw=0.6, alpha=0.6)
+    # the checkpoints at the end of a run come seconds apart: their names in staggered rows
+    stagger_labels(ax, list(zip(checkpoints["t_s"], checkpoints["checkpoint"], strict=True)))
     axes[-1].set_xlabel("time since the sampler started (s)")
     return save_figure(fig, plots_dir, "memory_timeline", md_dir, "memory timeline")
 
@@ -113,7 +111,7 @@ def per_message(
                 xf,
                 ybar + r["slope_mb_per_msg"] * (xf - xbar),
                 color="tab:red",
-                label=f"slope {r['slope_kb_per_msg']:.1f} KiB/msg",
+                label="slope after the warm-up",
             )
             ax.fill_between(
                 xf,
@@ -125,11 +123,17 @@ def per_message(
                 label="95% CI (HAC)",
             )
         ax.ticklabel_format(axis="y", useOffset=False)
-        ax.set_title(f"{METRIC_LABELS[metric]}: {r['growth']}", fontsize=9)
+        slope = f"{r['slope_kb_per_msg']:.1f} KiB/msg" if np.isfinite(r["slope_kb_per_msg"]) else ""
+        ax.set_title(f"{METRIC_LABELS[metric]}: {r['growth']}\n{slope}", fontsize=9)
         ax.set_xlabel("message")
         ax.set_ylabel("MiB")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="best")
+    # one key for every panel, below them: inside a panel it hides points (an outlier, say)
+    keys = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        keys.update(zip(labels, handles, strict=True))
+    fig.legend(keys.values(), keys.keys(), loc="lower center", ncol=len(keys), fontsize=7)
     fig.suptitle("Memory after each message; slope after the warm-up with its robust 95% CI")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
     return save_figure(fig, plots_dir, "memory_per_message", md_dir, "memory per message")
