@@ -51,22 +51,6 @@ def cli(results_root):
     return run
 
 
-def run_phase_once(
-    root: Path, phase: str, args: list[str]
-) -> tuple[Path, subprocess.CompletedProcess]:
-    """One real `mateperf run PHASE args` into `root`; its run directory and the process."""
-    r = subprocess.run(
-        [sys.executable, "-m", "mateperf", "run", phase, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "MATEPERF_RESULTS": str(root)},
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run_dir,) = [p.parent for p in root.glob("*/run.json")]
-    return run_dir, r
-
-
 MONO_MISSING = (
     "mono and mcs are required for the C# bridge tests: "
     "apt-get install mono-mcs libnewtonsoft-json-cil-dev (see scripts/test-apt-packages.txt)"
@@ -115,3 +99,90 @@ def small_llm_args(**overrides) -> list[str]:
     for key, value in params.items():
         args += ["-p", f"{key}={value}"]
     return args
+
+
+def cli_args(params: dict) -> list[str]:
+    args: list[str] = []
+    for key, value in params.items():
+        args += ["-p", f"{key}={value}"]
+    return args
+
+
+# One real run of each phase, through the CLI and papermill, with parameters that keep it to
+# seconds or a minute on 2 cores; every test that reads a stored run of a phase (its files,
+# its console output, its report, its plots) shares it, so the session pays for each once.
+PHASE_RUN_PARAMS: dict[str, dict] = {
+    "memory": {"messages": 12, "warmup_messages": 4, "max_tokens": 8, "n_threads": 1},
+    "llm": SMALL_LLM,
+    "ipc": {
+        "peer": "python",
+        "fps": 60,
+        "trials": 2,
+        "requests": 30,
+        "paced_requests": 6,
+        "sizes": "64,4096",
+        "size_requests": 8,
+        "throughput_requests": 100,
+        "window": 8,
+        "batch_commands": 20,
+        "batch_size": 10,
+        "warmup": 3,
+        "frame_cost_frames": 20,
+        "frame_cost_loads": "0,10",
+    },
+    "cpu": {"trials": 2, "pp_tokens": 32, "tg_tokens": 8, "max_tokens": 4, "n_ctx": 512},
+    "gpu": {
+        "n_threads": 1,
+        "trials": 2,
+        "max_tokens": 4,
+        "pp_tokens": 32,
+        "tg_tokens": 4,
+        "n_ctx": 512,
+    },
+    "final": {"trials": 2, "max_tokens": 8, "n_ctx": 512, "beat_chunks": 2},
+}
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """A finished `mateperf --results results run PHASE ...`, typed from `folder`."""
+
+    folder: Path
+    root: Path  # folder / "results"
+    run_dir: Path
+    process: subprocess.CompletedProcess
+
+
+def run_as_typed(folder: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`mateperf --results results ARGS` as a user types it in `folder` (no MATEPERF_RESULTS)."""
+    env = {k: v for k, v in os.environ.items() if k != "MATEPERF_RESULTS"}
+    return subprocess.run(
+        [sys.executable, "-m", "mateperf", "--results", "results", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+class PhaseRuns:
+    """Each phase's shared stored run, made on first use (`get(phase)`)."""
+
+    def __init__(self, factory: pytest.TempPathFactory):
+        self._factory = factory
+        self._runs: dict[str, PhaseRun] = {}
+
+    def get(self, phase: str) -> PhaseRun:
+        if phase not in self._runs:
+            folder = self._factory.mktemp(f"{phase}-run")
+            r = run_as_typed(folder, "run", phase, *cli_args(PHASE_RUN_PARAMS[phase]))
+            assert r.returncode == 0, r.stderr[-3000:]
+            (run_dir,) = [p.parent for p in (folder / "results").glob(f"*-{phase}-*/run.json")]
+            self._runs[phase] = PhaseRun(folder, folder / "results", run_dir, r)
+        return self._runs[phase]
+
+
+@pytest.fixture(scope="session")
+def phase_runs(tmp_path_factory) -> PhaseRuns:
+    return PhaseRuns(tmp_path_factory)

@@ -14,16 +14,11 @@ import pytest
 
 from mateperf.companion_load import CompanionLoad
 from mateperf.host import usable_cpus
+from tests.conftest import PHASE_RUN_PARAMS
 from tests.test_bad_input import assert_refused
 
 # A trial of a few seconds on 2 cores: short tests, small context.
-SMALL_CPU = {
-    "trials": 2,
-    "pp_tokens": 32,
-    "tg_tokens": 8,
-    "max_tokens": 4,
-    "n_ctx": 512,
-}
+SMALL_CPU = PHASE_RUN_PARAMS["cpu"]
 
 
 def small_cpu_args(**overrides) -> list[str]:
@@ -90,15 +85,15 @@ def built_csharp_or_python(request, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_sweep_recommend_and_config_round_trip(tmp_path):
+def test_run_sweep_recommend_and_config_round_trip(phase_runs):
     """`mateperf run cpu` from another folder, then its recommended.json through --config."""
-    r = mateperf(tmp_path, "run", "cpu", *small_cpu_args())
-    assert r.returncode == 0, r.stderr[-3000:]
+    shared = phase_runs.get("cpu")  # typed in its own folder with `--results results`
+    r, tmp_path = shared.process, shared.folder
     # the console: the phase's progress and its result, not papermill's or the kernel's logs
     assert "[cpu] recommended for companion" in r.stderr
     for noise in ("Executing Cell", "IPKernelApp", "llama_", "Executing:"):
         assert noise not in r.stderr + r.stdout, noise
-    (run_dir,) = (tmp_path / "results").glob("*-cpu-*")
+    run_dir = shared.run_dir
     df = pd.read_parquet(run_dir / "cpu.parquet")
     usable = usable_cpus()
     settings = df[~df["is_warmup"]].groupby(["background", "n_threads"]).size()

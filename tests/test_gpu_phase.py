@@ -16,18 +16,11 @@ from mateperf.phases import gpu
 from mateperf.phases.gpu import predict
 from mateperf.reports import gpu as gpu_report
 from mateperf.trackers.gpu import GpuMonitor
-from tests.conftest import run_phase_once
+from tests.conftest import PHASE_RUN_PARAMS
 
 pytestmark = pytest.mark.slow
 
-SMALL_GPU = {
-    "n_threads": 1,
-    "trials": 2,
-    "max_tokens": 4,
-    "pp_tokens": 32,
-    "tg_tokens": 4,
-    "n_ctx": 512,
-}
+SMALL_GPU = PHASE_RUN_PARAMS["gpu"]
 
 
 def small_gpu_args(**overrides) -> list[str]:
@@ -169,10 +162,10 @@ def test_trial_in_a_child_process_and_its_failure(default_model):
 
 
 @pytest.fixture(scope="module")
-def cli_gpu_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("results")
-    run_dir, r = run_phase_once(root, "gpu", small_gpu_args())
-    return root, run_dir, r
+def cli_gpu_run(phase_runs):
+    """The session's one real `mateperf run gpu` (tests/conftest.py, PHASE_RUN_PARAMS)."""
+    run = phase_runs.get("gpu")
+    return run.root, run.run_dir, run.process
 
 
 def test_cli_run_writes_a_complete_run_directory(cli_gpu_run):

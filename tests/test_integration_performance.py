@@ -14,9 +14,10 @@ import pytest
 
 from mateperf import metrics
 from mateperf.phases import final
+from tests.conftest import PHASE_RUN_PARAMS, cli_args
 from tests.test_bad_input import assert_refused
 
-SMALL_FINAL = ["-p", "trials=2", "-p", "max_tokens=8", "-p", "n_ctx=512", "-p", "beat_chunks=2"]
+SMALL_FINAL = cli_args(PHASE_RUN_PARAMS["final"])
 
 
 def _run_dir(results_root):
@@ -25,10 +26,8 @@ def _run_dir(results_root):
 
 
 @pytest.mark.slow
-def test_every_arm_against_the_baseline(cli, results_root):
-    r = cli("run", "final", *SMALL_FINAL)
-    assert r.rc == 0, r.stderr[-3000:]
-    run_dir = _run_dir(results_root)
+def test_every_arm_against_the_baseline(phase_runs):
+    run_dir = phase_runs.get("final").run_dir  # `mateperf run final` with SMALL_FINAL
     df = pd.read_parquet(run_dir / "final.parquet")
     kept = metrics.completed(df)
     assert set(kept["arm"]) == set(final.ARMS)

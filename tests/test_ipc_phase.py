@@ -19,24 +19,14 @@ import pytest
 from mateperf import metrics, phases
 from mateperf.errors import ParameterError
 from mateperf.phases import ipc
+from mateperf.phases.ipc.params import SCENARIOS
 from mateperf.phases.ipc.rows import COLUMNS
 from mateperf.reports import ipc as ipc_report
 from mateperf.upgrade import upgrade
+from tests.conftest import PHASE_RUN_PARAMS
 
-SMALL = {
-    "trials": 2,
-    "requests": 30,
-    "paced_requests": 6,
-    "sizes": "64,4096",
-    "size_requests": 8,
-    "throughput_requests": 100,
-    "window": 8,
-    "batch_commands": 20,
-    "batch_size": 10,
-    "warmup": 3,
-    "frame_cost_frames": 20,
-    "frame_cost_loads": "0,10",
-}
+# the session's shared CLI run has these sizes too (tests/conftest.py, PHASE_RUN_PARAMS)
+SMALL = {k: v for k, v in PHASE_RUN_PARAMS["ipc"].items() if k not in ("peer", "fps")}
 
 
 @pytest.fixture(scope="module", params=["python", pytest.param("csharp", marks=pytest.mark.mono)])
@@ -348,15 +338,10 @@ def test_notebook_is_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_cli_runs_the_phase_through_papermill(cli, results_root):
-    args = ["run", "ipc", "-p", "fps=60", "-p", "peer=python"]
-    for key, value in {**SMALL, "trials": 1, "scenarios": "simple_commands,batching"}.items():
-        args += ["-p", f"{key}={value}"]
-    result = cli(*args, timeout=300)
-    assert result.rc == 0, result.stderr[-2000:]
-    (run_dir,) = [p for p in results_root.iterdir() if p.is_dir()]
+def test_cli_runs_the_phase_through_papermill(phase_runs):
+    run_dir = phase_runs.get("ipc").run_dir  # the session's `mateperf run ipc` (conftest)
     df = pd.read_parquet(run_dir / "ipc.parquet")
-    assert set(df["scenario"]) == {"simple_commands", "batching"}
+    assert set(df["scenario"]) == set(SCENARIOS)
     assert {"run_id", "phase", "peer", "fps"} <= set(df.columns)
     assert (run_dir / "ipc.md").read_text(encoding="utf-8").count("## Phase 3 — IPC") == 1
 

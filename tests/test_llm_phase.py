@@ -11,7 +11,7 @@ import pytest
 from mateperf import companion, model, results, runner, workloads
 from mateperf.phases import llm
 from mateperf.phases.llm import measure
-from tests.conftest import SMALL_LLM, run_phase_once, small_llm_args
+from tests.conftest import SMALL_LLM, small_llm_args
 
 pytestmark = pytest.mark.slow
 
@@ -117,11 +117,10 @@ def test_summaries(small_run):
 
 
 @pytest.fixture(scope="module")
-def cli_llm_run(tmp_path_factory):
-    """One real `mateperf run llm` with small parameters, shared by the tests below."""
-    root = tmp_path_factory.mktemp("results")
-    run_dir, r = run_phase_once(root, "llm", small_llm_args())
-    return root, run_dir, r
+def cli_llm_run(phase_runs):
+    """The session's one real `mateperf run llm` (tests/conftest.py, PHASE_RUN_PARAMS)."""
+    run = phase_runs.get("llm")
+    return run.root, run.run_dir, run.process
 
 
 def test_cli_run_writes_a_complete_run_directory(cli_llm_run):
