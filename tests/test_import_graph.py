@@ -400,3 +400,14 @@ def test_importing_the_readers_loads_no_measuring_module():
         or m.split(".")[0] in MEASURING_EXTERNAL[:2]
     ]
     assert not measuring, f"importing the readers loaded {measuring}"
+
+
+def test_every_module_imports_on_this_interpreter():
+    """Every module imported for real (scripts/test-py310.sh runs this under Python 3.10): a
+    name the interpreter or a dependency's version lacks (datetime.UTC, tomllib, StrEnum) fails
+    at import here rather than in the middle of a measurement."""
+    import importlib
+
+    for name in _modules():
+        if not name.endswith("__main__"):  # it runs the command line when imported
+            importlib.import_module(name)
