@@ -113,7 +113,7 @@ def cli_args(params: dict) -> list[str]:
 # its console output, its report, its plots) shares it, so the session pays for each once.
 PHASE_RUN_PARAMS: dict[str, dict] = {
     "memory": {"messages": 12, "warmup_messages": 4, "max_tokens": 8, "n_threads": 1},
-    "llm": SMALL_LLM,
+    "llm": {**SMALL_LLM, "trials": 2, "bench_reps": 2},
     "ipc": {
         "peer": "python",
         "fps": 60,
@@ -167,7 +167,8 @@ def run_as_typed(folder: Path, *args: str, timeout: float = 900) -> subprocess.C
 
 
 class PhaseRuns:
-    """Each phase's shared stored run, made on first use (`get(phase)`)."""
+    """Each phase's shared stored run, made on first use (`get(phase)`); `frame(phase)` is its
+    stored table as a report reads it."""
 
     def __init__(self, factory: pytest.TempPathFactory):
         self._factory = factory
@@ -181,6 +182,11 @@ class PhaseRuns:
             (run_dir,) = [p.parent for p in (folder / "results").glob(f"*-{phase}-*/run.json")]
             self._runs[phase] = PhaseRun(folder, folder / "results", run_dir, r)
         return self._runs[phase]
+
+    def frame(self, phase: str):
+        from mateperf import results
+
+        return results.RunDir.open(self.get(phase).run_dir).read_frame()
 
 
 @pytest.fixture(scope="session")

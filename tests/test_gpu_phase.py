@@ -41,8 +41,9 @@ def gpu_present() -> bool:
 
 
 @pytest.fixture(scope="module")
-def small_run(default_model) -> pd.DataFrame:
-    return gpu.run(model=str(default_model), **SMALL_GPU)
+def small_run(phase_runs) -> pd.DataFrame:
+    """The frame of the session's `mateperf run gpu` with SMALL_GPU (tests/conftest.py)."""
+    return phase_runs.frame("gpu")
 
 
 def test_prediction_rows_for_every_layer_count(small_run):
