@@ -113,7 +113,7 @@ def cli_args(params: dict) -> list[str]:
 # its console output, its report, its plots) shares it, so the session pays for each once.
 PHASE_RUN_PARAMS: dict[str, dict] = {
     "memory": {"messages": 12, "warmup_messages": 4, "max_tokens": 8, "n_threads": 1},
-    "llm": {**SMALL_LLM, "trials": 2, "bench_reps": 2},
+    "llm": SMALL_LLM,
     "ipc": {
         "peer": "python",
         "fps": 60,
@@ -145,7 +145,7 @@ PHASE_RUN_PARAMS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class PhaseRun:
-    """A finished `mateperf --results results run PHASE ...`, typed from `folder`."""
+    """A finished `mateperf run PHASE ...`, typed in `folder` with MATEPERF_RESULTS=results."""
 
     folder: Path
     root: Path  # folder / "results"
@@ -153,11 +153,14 @@ class PhaseRun:
     process: subprocess.CompletedProcess
 
 
-def run_as_typed(folder: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`mateperf --results results ARGS` as a user types it in `folder` (no MATEPERF_RESULTS)."""
-    env = {k: v for k, v in os.environ.items() if k != "MATEPERF_RESULTS"}
+def run_as_typed(folder: Path, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`mateperf ARGS` as a user types it in `folder`, its results in `folder/results`.
+
+    `timeout` guards against a hang, not a slow run: a shared 2-core host has taken 11 minutes
+    for the final phase's small run."""
+    env = {**os.environ, "MATEPERF_RESULTS": str(folder / "results")}
     return subprocess.run(
-        [sys.executable, "-m", "mateperf", "--results", "results", *args],
+        [sys.executable, "-m", "mateperf", *args],
         cwd=folder,
         capture_output=True,
         text=True,

@@ -87,7 +87,7 @@ def built_csharp_or_python(request, monkeypatch):
 @pytest.mark.slow
 def test_run_sweep_recommend_and_config_round_trip(phase_runs):
     """`mateperf run cpu` from another folder, then its recommended.json through --config."""
-    shared = phase_runs.get("cpu")  # typed in its own folder with `--results results`
+    shared = phase_runs.get("cpu")  # typed in its own folder (tests/conftest.py)
     r, tmp_path = shared.process, shared.folder
     # the console: the phase's progress and its result, not papermill's or the kernel's logs
     assert "[cpu] recommended for companion" in r.stderr

@@ -17,9 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_run(phase_runs) -> pd.DataFrame:
-    """The frame of the session's `mateperf run llm` (SMALL_LLM with 2 trials, 2 bench reps)."""
-    return phase_runs.frame("llm")
+def small_run(default_model) -> pd.DataFrame:
+    return llm.run(model=str(default_model), **{**SMALL_LLM, "trials": 2, "bench_reps": 2})
 
 
 def test_rows_and_interleaving(small_run):
@@ -128,7 +127,7 @@ def test_cli_run_writes_a_complete_run_directory(cli_llm_run):
     results_root, run_dir, r = cli_llm_run
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_OK
-    assert info["params"]["trials"] == 2 and info["params"]["max_tokens"] == 8
+    assert info["params"]["trials"] == 1 and info["params"]["max_tokens"] == 8
     assert info["command"].startswith("mateperf run llm")
     df = pd.read_parquet(run_dir / "llm.parquet")
     assert {"run_id", "phase", "scenario", "trial", "ttft_ms", "tg_tps", "n_threads"} <= set(
