@@ -222,7 +222,12 @@ def test_mateperf_tune_writes_profiles_the_companion_loads(tmp_path):
             "least overrun" in entry["note"] or "at the edge of the budget" in entry["note"]
         )
     assert rec["profiles"]["performance"]["settings"]["n_ctx"] == 4096
+    # the companion's balanced passes 35 layers: every layer of the default model's 18 blocks
+    intent = rec["profiles"]["balanced"]["companion_intent"]
+    assert intent.startswith("balanced: 35 layers on an 18-block model is full offload")
+    assert "companion_intent" not in rec["profiles"]["performance"]
     md = (run / "tune.md").read_text(encoding="utf-8")
+    assert intent in md
     assert (
         "Tuned settings per companion profile" in md and (run / "plots" / "tune_race.png").is_file()
     )
