@@ -337,44 +337,78 @@ _WindowsMem = collections.namedtuple(
 _MacMem = collections.namedtuple("pmem", "rss vms pfaults pageins")
 
 
-def _windows_memory(monkeypatch, tmp_path, shape=_WindowsMem):
-    """/proc taken away and psutil answering with Windows' fields. The numbers are this
-    process's real ones (private = rss - shared, what Linux can tell), only the shape is
-    Windows', so a real allocation must show in them."""
-    real = psutil.Process.memory_info
+# The Windows process this fixture plays: stated numbers, not read from Linux. Its commit
+# (private bytes) sits above its working set, as it does on Windows when pages are committed
+# but not touched, so "rss - private" would be a negative, meaningless file-backed figure.
+WINDOWS_WORKING_SET_MB = 250
+WINDOWS_PRIVATE_MB = 300
+ALLOCATED_MB = 96
 
-    def windows_memory_info(self):
-        info = real(self)
-        if shape is _WindowsMem:
-            private = info.rss - info.shared
-            return _WindowsMem(info.rss, info.vms, 0, 0, info.rss, 0, 0, 0, 0, private, 0, private)
-        return _MacMem(info.rss, info.vms, 0, 0)
 
+class _WindowsCommit:
+    """psutil's memory_info as Windows answers it, built from the stated numbers above plus the
+    buffers the test says it committed (`commit`), never from this process's Linux figures."""
+
+    def __init__(self, shape):
+        self.shape = shape
+        self.committed: list[np.ndarray] = []
+
+    def commit(self, mib: int) -> None:
+        self.committed.append(np.ones(mib * MB, dtype=np.uint8))
+
+    def release(self) -> None:
+        self.committed.clear()
+
+    def memory_info(self, process=None):
+        extra = sum(block.nbytes for block in self.committed)
+        rss = WINDOWS_WORKING_SET_MB * MB + extra
+        if self.shape is _MacMem:
+            return _MacMem(rss, 4 * rss, 0, 0)
+        private = WINDOWS_PRIVATE_MB * MB + extra
+        return _WindowsMem(rss, private, 0, 0, rss, 0, 0, 0, 0, private, 0, private)
+
+
+def _windows_memory(monkeypatch, tmp_path, shape=_WindowsMem) -> _WindowsCommit:
+    """/proc taken away and psutil answering with Windows' fields and the stated numbers."""
+    windows = _WindowsCommit(shape)
     monkeypatch.setattr(process_memory, "PROC_SELF", str(tmp_path / "no-proc"))
-    monkeypatch.setattr(psutil.Process, "memory_info", windows_memory_info)
+    monkeypatch.setattr(psutil.Process, "memory_info", lambda self: windows.memory_info(self))
     monkeypatch.setattr(heap, "_MALLINFO2", None)
     monkeypatch.setattr(heap, "HEAP_STATUS", heap.HEAP_UNAVAILABLE)
+    return windows
 
 
 def test_memory_sampler_on_windows_reads_private_bytes(monkeypatch, tmp_path):
-    _windows_memory(monkeypatch, tmp_path)
+    windows = _windows_memory(monkeypatch, tmp_path)
     assert process_memory.rss_status() == process_memory.RSS_FROM_PRIVATE
+    assert "psutil private bytes" in process_memory.RSS_FROM_PRIVATE
     with MemorySampler(interval_ms=10, gpu=False) as sampler:
         sampler.mark("before")
-        block = np.ones(96 * MB, dtype=np.uint8)  # a known answer: 96 MiB of private pages
+        windows.commit(ALLOCATED_MB)  # a known answer: 96 MiB committed by this test
         sampler.mark("after")
-        del block
+        windows.release()
+        sampler.mark("released")
     df = sampler.frame()
     marks = df[df["record"] == "marker"].set_index("label")
-    grew = marks.loc["after", "rss_anon_mb"] - marks.loc["before", "rss_anon_mb"]
-    assert 90 <= grew <= 110, grew
-    # every reading has the figure (a garbage collection's row carries none: it is no reading)
-    assert df.loc[df["record"] != "gc", "rss_anon_mb"].notna().all()
-    # working set minus commit is no figure: NaN, and the stored status says why
+    # the anonymous figure is the private bytes, to the MiB, before, after and once released
+    assert marks.loc["before", "rss_anon_mb"] == WINDOWS_PRIVATE_MB
+    assert marks.loc["after", "rss_anon_mb"] == WINDOWS_PRIVATE_MB + ALLOCATED_MB
+    assert marks.loc["released", "rss_anon_mb"] == WINDOWS_PRIVATE_MB
+    assert marks.loc["after", "rss_mb"] == WINDOWS_WORKING_SET_MB + ALLOCATED_MB
+    # every reading, sampled or marked, came from the fixture's figures (a garbage collection's
+    # row carries none: it is no reading)
+    samples = df[~df["record"].isin(["marker", "gc"])]
+    assert len(samples) and set(samples["rss_anon_mb"]) <= {
+        WINDOWS_PRIVATE_MB,
+        WINDOWS_PRIVATE_MB + ALLOCATED_MB,
+    }
+    for rows in (marks, samples):  # commit above the working set, not clipped to it
+        assert (rows["rss_anon_mb"] > rows["rss_mb"]).all()
+    # working set minus commit is no figure: NaN, and the stored status names source and reason
     assert df["rss_file_mb"].isna().all()
+    assert set(df["rss_status"]) == {process_memory.RSS_FROM_PRIVATE}
     assert "file-backed RSS unavailable on this OS" in process_memory.RSS_FROM_PRIVATE
     assert df["heap_used_mb"].isna().all()
-    assert set(df["rss_status"]) == {process_memory.RSS_FROM_PRIVATE}
     assert set(df["heap_status"]) == {heap.HEAP_UNAVAILABLE}
     assert "unavailable on this OS" in heap.HEAP_UNAVAILABLE
 
@@ -384,7 +418,7 @@ def test_memory_without_any_anonymous_source_says_so(monkeypatch, tmp_path):
     assert process_memory.rss_status() == process_memory.RSS_ANON_UNAVAILABLE
     assert "unavailable on this OS" in process_memory.RSS_ANON_UNAVAILABLE
     rss, anon, file_backed = process_memory.read_rss()
-    assert rss > 0 and np.isnan(anon) and np.isnan(file_backed)
+    assert rss == WINDOWS_WORKING_SET_MB and np.isnan(anon) and np.isnan(file_backed)
 
 
 # -- durable writes: fsync needs a handle opened for writing on Windows ---------------------
