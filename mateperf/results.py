@@ -2,10 +2,10 @@
 
 A run directory `results/<run_id>/` holds run.json (fingerprint, parameters, status), one tidy
 `<phase>.parquet`, `<phase>.md`, `plots/*.png` and the executed notebooks. Every write is
-atomic (temp file in the same directory, fsync, rename; a rename Windows refuses because another
-program holds the file is retried briefly) so a killed run never leaves a half-written file that
-a later report would read, and a new run directory is created with an
-exclusive mkdir so two runs can never share (and overwrite) one.
+atomic (temp file in the same directory given the mode open() would give, fsync, rename; a
+rename Windows refuses because another program holds the file is retried briefly) so a killed
+run never leaves a half-written file that a later report would read, and a new run directory is
+created with an exclusive mkdir so two runs can never share (and overwrite) one.
 
 A run recorded as it goes (the live phase: a companion that may be killed at any moment)
 appends its rows to a journal, `<phase>.jsonl`, one JSON object per line, each line one
@@ -18,6 +18,7 @@ parquet where the run finished and wrote one, else from the journal.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import secrets
@@ -122,10 +123,34 @@ def replace_retrying(tmp: str | Path, path: Path) -> None:
             time.sleep(wait_s)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+@functools.lru_cache(maxsize=1)
+def ordinary_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask. Read once: os.umask can only be
+    read by setting it, and another thread creating a file in between would get the wrong one,
+    so it is read on first use, not on every write."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file in path's directory with the mode open() would have given path: mkstemp
+    makes it 0600, which the rename would keep, leaving run files unreadable to the group and
+    others that every other file of the run directory is readable to."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, ordinary_file_mode())  # on Windows only the read-only bit: stays writable
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -147,8 +172,7 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)

@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import pandas as pd
+import pytest
 
 from mateperf import results
 
@@ -109,3 +110,26 @@ def test_reproduce_command_names_parameters_whose_default_moved():
     )
     same = {"phase": "llm", "command": "mateperf run llm", "params": dict(defaults)}
     assert reproduce_command(same) == "mateperf run llm"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits unavailable on this OS")
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask):
+    """mkstemp's 0600 must not survive the rename: each atomic write ends with the mode a plain
+    open() gives a new file under the same umask (0644 under 022, 0660 under 007)."""
+    old = os.umask(umask)
+    results.ordinary_file_mode.cache_clear()
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x", encoding="utf-8")
+        results.atomic_write_text(tmp_path / "cpu.md", "# cpu\n")
+        results.atomic_write_json(tmp_path / "run.json", {"a": 1})
+        results.atomic_write_parquet(tmp_path / "cpu.parquet", pd.DataFrame({"x": [1]}))
+    finally:
+        os.umask(old)
+        results.ordinary_file_mode.cache_clear()
+    expected = 0o666 & ~umask
+    assert plain.stat().st_mode & 0o777 == expected
+    for name in ("cpu.md", "run.json", "cpu.parquet"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
+    assert not list(tmp_path.glob(".*.tmp"))
