@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from mateperf.avatar import LEGACY_FRAMES
 from mateperf.bridge.attach import connect_avatar
 from mateperf.bridge.client import UnityBridge
 from mateperf.bridge.frames import read_frame_log
-from mateperf.bridge.process import start_peer
+from mateperf.bridge.process import csharp_peer_command, start_peer
 
 # a cpu phase run of two model loads (warm-up + one trial), the companion background only
 SMALL_CPU = [
@@ -99,6 +100,47 @@ def test_both_peers_answer_identity_and_number_their_frames(kind, request, tmp_p
     frames = read_frame_log(log)
     assert [frames[f][0] for f in range(first, last + 1)] == reply["frame_interval_us"]
     assert [frames[f][1] for f in range(first, last + 1)] == reply["tick_us"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM: unavailable on this OS")
+@pytest.mark.parametrize("kind", ["python", "csharp"])
+def test_a_peer_started_by_hand_in_the_background_runs_until_sigterm(kind, request):
+    """Started as `peer &` is: stdin is /dev/null, so it is at its end from the start. The
+    peer keeps running, is attached to and measured, and SIGTERM stops it with its line."""
+    if kind == "python":
+        cmd = [sys.executable, "-m", "mateperf.bridge.peer_main"]
+    else:
+        cmd = csharp_peer_command(request.getfixturevalue("built_csharp"))
+    proc = subprocess.Popen(
+        [*cmd, "--port", "0", "--fps", "60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+    try:
+        listening = json.loads(proc.stdout.readline())
+        assert listening["event"] == "listening", listening
+        time.sleep(0.5)  # a stdin watcher would have stopped it by now
+        assert proc.poll() is None
+        bridge, identity = connect_avatar(f"127.0.0.1:{listening['port']}")
+        try:
+            assert identity.target_fps == 60.0
+            bridge.frame_stats(reset=True)
+            time.sleep(0.3)
+            reply = bridge.frame_stats(reset=True)
+        finally:
+            bridge.close()
+        assert reply["frames"] >= 5
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stopped = json.loads(out.strip().splitlines()[-1])
+    assert proc.returncode == 0 and stopped["event"] == "stopped", out
+    assert stopped["frames"] >= reply["last_frame"]
 
 
 def test_bad_avatar_address_and_nothing_listening_are_one_line_exit_2(cli):

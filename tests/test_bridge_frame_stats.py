@@ -98,7 +98,8 @@ def csharp_peer(built_csharp, *args: str):
     """The C# headless peer started by hand with its own options, as a user would."""
     from mateperf.bridge.process import csharp_peer_command, start_program
 
-    return start_program([*csharp_peer_command(built_csharp), *args], "csharp")
+    cmd = [*csharp_peer_command(built_csharp), "--stop-on-stdin-eof", *args]
+    return start_program(cmd, "csharp")
 
 
 def read_frame_log(path) -> dict[int, tuple[int, int]]:

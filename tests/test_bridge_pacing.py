@@ -42,7 +42,7 @@ SLACKED = (
 
 @pytest.fixture(params=["python", pytest.param("csharp", marks=pytest.mark.mono)])
 def peer_cmd(request) -> list[str]:
-    args = ["--port", "0", "--fps", "60"]
+    args = ["--port", "0", "--fps", "60", "--stop-on-stdin-eof"]
     if request.param == "csharp":
         return [*csharp_peer_command(request.getfixturevalue("built_csharp")), *args]
     return [sys.executable, "-m", "mateperf.bridge.peer_main", *args]
@@ -93,6 +93,7 @@ def test_frames_hold_60_fps_under_a_real_coarse_timer(peer_cmd):
 def test_frames_hold_60_fps_on_a_simulated_windows_timer():
     """Where the 1 ms resolution is refused, the yielding tail still holds the rate."""
     peer = [sys.executable, "-m", "mateperf.bridge.peer_main", "--port", "0", "--fps", "60"]
+    peer += ["--stop-on-stdin-eof"]  # frames_for stops it by closing its stdin
     env = {SIMULATED_TIMER_ENV: str(WINDOWS_TICK_MS), SIMULATED_TIMER_FIXED_ENV: "1"}
     intervals, state = frames_for(peer, env=env)
     # the same timer with the tail turned off: the loop that only sleeps, as before

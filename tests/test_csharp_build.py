@@ -69,7 +69,8 @@ class LineClient:
 
 
 def headless(built_csharp, *args: str):
-    return start_program([*csharp_peer_command(built_csharp), *args], "csharp")
+    cmd = [*csharp_peer_command(built_csharp), "--stop-on-stdin-eof", *args]
+    return start_program(cmd, "csharp")
 
 
 @pytest.mark.mono

@@ -50,7 +50,8 @@ Rooms: this module is the main loop (Unity's main thread); ``mateperf.bridge.con
 sockets (accept, one reader per client, bounded writers); ``mateperf.bridge.peer_config`` the
 settings; ``mateperf.bridge.peer_main`` the command line. Run it in its own process, as Unity
 is: ``python -m mateperf.bridge.peer_main --fps 60 --port 0`` prints
-``{"event": "listening", "port": N}``; closing its stdin (or SIGTERM) stops it and it prints
+``{"event": "listening", "port": N}``; Ctrl+C or SIGTERM (or, with ``--stop-on-stdin-eof``,
+the end of its stdin) stops it and it prints
 ``{"event": "stopped", "counters": {...}}``.
 """
 

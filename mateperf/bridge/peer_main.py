@@ -2,7 +2,10 @@
 `PeerConfig`, then the main loop (`mateperf.bridge.peer`).
 
 It speaks the peer stdio contract of `mateperf.bridge.process`: one `listening` line with its
-port, stop on stdin's end or SIGTERM, one `stopped` line with its counters.
+port, then it runs until Ctrl+C or SIGTERM (Ctrl+Break on Windows), or with
+`--stop-on-stdin-eof` until its stdin ends (how mateperf's spawner stops it), and prints one
+`stopped` line with its counters. Stopping on stdin's end is asked for, not the default: a peer
+started by hand in the background (`&`, nohup, a service) has /dev/null or nothing as its stdin.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--fps", type=float, default=60.0)
     parser.add_argument("--legacy", action="store_true")
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="also stop when stdin ends (mateperf's own spawner stops its peers so)",
+    )
     parser.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES)
     parser.add_argument(
         "--apply-delay-ms", type=float, default=0.0, help="main-thread time per applied command"
@@ -132,17 +140,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    def watch_stdin() -> None:
-        sys.stdin.buffer.read()
-        peer.stop()
+    if args.stop_on_stdin_eof:
 
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: peer.stop())
+        def watch_stdin() -> None:
+            sys.stdin.buffer.read()
+            peer.stop()
+
+        threading.Thread(target=watch_stdin, daemon=True).start()
+    _stop_on_signals(peer)
     print(json.dumps({"event": "listening", "peer": "python", "port": peer.port}), flush=True)
     peer.serve_forever()
     stopped = {"event": "stopped", "counters": peer.counters.as_dict(), "frames": peer.frame}
     print(json.dumps(stopped), flush=True)
     return 0
+
+
+def _stop_on_signals(peer: FramePacedPeer) -> None:
+    """Ctrl+C, SIGTERM and (Windows) Ctrl+Break stop the peer, which then prints its stopped
+    line. The handler hands `stop` to a thread: it runs on the main thread between two bytecodes
+    of the loop, which may hold a lock `stop` takes."""
+
+    def request_stop(*_: object) -> None:
+        threading.Thread(target=peer.stop, daemon=True).start()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    if sys.platform == "win32":  # Ctrl+Break: a signal of its own, on Windows only
+        signal.signal(signal.SIGBREAK, request_stop)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Run a bridge peer (Python or the C# core under Mono) or the raw floor in its own process.
 
 Every peer program speaks the same small contract on stdio: it prints
-``{"event": "listening", "port": N}`` when ready, stops when its stdin closes, and then prints
+``{"event": "listening", "port": N}`` when ready, stops when its stdin closes (the headless
+peers when given ``--stop-on-stdin-eof``, as `start_peer` does), and then prints
 ``{"event": "stopped", "counters": {...}}``. That lets the benchmarks and tests treat a Unity
 stand-in as a black box, exactly as the Python side treats Unity.
 """
@@ -294,6 +295,7 @@ def start_peer(
         raise ValueError("max_commands_per_frame and max_tick_us must be >= 0 (0: no limit)")
     args = ["--host", host, "--port", str(port), "--fps", str(fps)]
     args += ["--max-line-bytes", str(max_line_bytes)] + (["--legacy"] if legacy else [])
+    args += ["--stop-on-stdin-eof"]  # stop() closes its stdin
     if apply_delay_ms:
         args += ["--apply-delay-ms", repr(float(apply_delay_ms))]
     if frame_busy:

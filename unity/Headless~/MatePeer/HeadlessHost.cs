@@ -1,6 +1,8 @@
 // Runs BridgeServer with a frame loop, as Unity's player loop would, for tests and benchmarks.
-// Speaks the peer stdio contract: prints {"event":"listening","port":N}, stops when stdin
-// closes, then prints {"event":"stopped","counters":{...}}.
+// Speaks the peer stdio contract: prints {"event":"listening","port":N}, runs until Ctrl+C,
+// SIGTERM (Ctrl+Break on Windows), or with --stop-on-stdin-eof until its stdin closes (how
+// mateperf's spawner stops it), then prints {"event":"stopped","counters":{...}}. Started by hand
+// in the background its stdin is /dev/null or closed, so stdin's end alone stops it only when asked.
 // --apply-delay-ms N: the main thread spends N ms on every applied command (a slow avatar).
 // --max-ack-buffer-bytes N, --id-window N, --max-commands-per-frame N, --max-tick-us N: the
 // bounds and frame budget of BridgeServer; --missing-blendshape NAME: the avatar throws on it.
@@ -49,12 +51,13 @@ public static class HeadlessHost
         long maxQueuedBytes = BridgeServer.DefaultMaxQueuedBytes;
         double spinTailUs = -1;  // measured
         var missingBlendshapes = new System.Collections.Generic.List<string>();
-        bool legacy = false;
+        bool legacy = false, stopOnStdinEof = false;
         string frameLogPath = null;
         for (int i = 0; i < args.Length; i++)
         {
             string name = args[i];
             if (name == "--legacy") { legacy = true; continue; }
+            if (name == "--stop-on-stdin-eof") { stopOnStdinEof = true; continue; }
             if (Array.IndexOf(ValueOptions, name) < 0) { Console.Error.WriteLine("unknown argument " + name); return 2; }
             if (i + 1 >= args.Length) { Console.Error.WriteLine("missing value for " + name); return 2; }
             string value = args[++i];
@@ -139,12 +142,17 @@ public static class HeadlessHost
             return 1;
         }
         var stop = new ManualResetEventSlim(false);
-        new Thread(() =>
+        var stopped = new ManualResetEventSlim(false);
+        Action requestStop = () => { stop.Set(); server.WorkArrived.Set(); };
+        if (stopOnStdinEof)
         {
-            try { Console.OpenStandardInput().CopyTo(System.IO.Stream.Null); } catch (Exception) { }
-            stop.Set();
-            server.WorkArrived.Set();
-        }) { IsBackground = true }.Start();
+            new Thread(() =>
+            {
+                try { Console.OpenStandardInput().CopyTo(System.IO.Stream.Null); } catch (Exception) { }
+                requestStop();
+            }) { IsBackground = true }.Start();
+        }
+        StopSignals.Watch(requestStop, stopped);
         Console.Out.WriteLine(new JObject { ["event"] = "listening", ["peer"] = "csharp", ["port"] = server.Port }.ToString(Newtonsoft.Json.Formatting.None));
         Console.Out.Flush();
 
@@ -186,6 +194,7 @@ public static class HeadlessHost
         if (frameLog != null) frameLog.Dispose();
         Console.Out.WriteLine(new JObject { ["event"] = "stopped", ["counters"] = server.Counters.ToJson(), ["frames"] = server.Frame }.ToString(Newtonsoft.Json.Formatting.None));
         Console.Out.Flush();
+        stopped.Set();
         return 0;
     }
 
@@ -306,4 +315,44 @@ static class WindowsTimer
     }
 
     public static void End() { timeEndPeriod(PeriodMs); }
+}
+
+/// Ctrl+C, Ctrl+Break and SIGTERM end the frame loop through `requestStop` (which only sets
+/// events: the main thread sees them at its next frame and exits the loop itself). Ctrl+C and
+/// Ctrl+Break arrive as Console.CancelKeyPress (cancelled, so the process lives on to print its
+/// stopped line). SIGTERM: the .NET runtime raises ProcessExit and exits when the handler
+/// returns, so the handler waits (bounded) for the loop to finish; Mono has no such hook and
+/// dies at once, so under Mono a thread waits on Mono.Posix's UnixSignal, loaded by name
+/// because the .NET SDK build cannot reference Mono.Posix.
+static class StopSignals
+{
+    const int ExitWaitMs = 5000;
+    const string MonoPosix = ", Mono.Posix, Version=4.0.0.0, Culture=neutral, PublicKeyToken=0738eb9f132ed756";
+    const int Sigint = 2, Sigterm = 15;
+
+    public static void Watch(Action requestStop, ManualResetEventSlim stopped)
+    {
+        Console.CancelKeyPress += (sender, e) => { e.Cancel = true; requestStop(); };
+        AppDomain.CurrentDomain.ProcessExit += (sender, e) =>
+        {
+            if (stopped.IsSet) return;
+            requestStop();
+            stopped.Wait(ExitWaitMs);
+        };
+        if (Type.GetType("Mono.Runtime") == null) return;
+        Type signal = Type.GetType("Mono.Unix.UnixSignal" + MonoPosix);
+        Type signum = Type.GetType("Mono.Unix.Native.Signum" + MonoPosix);
+        if (signal == null || signum == null)
+        {
+            Console.Error.WriteLine("mateperf-csharp peer: Mono.Posix is not installed (apt-get install libmono-posix4.0-cil): "
+                                    + "SIGTERM ends this peer without its stopped line; stop it with Ctrl+C");
+            return;
+        }
+        // one thread per signal: WaitHandle.WaitAny over UnixSignals crashes Mono (they are no OS handles)
+        foreach (int number in new[] { Sigterm, Sigint })
+        {
+            var handle = (WaitHandle)Activator.CreateInstance(signal, Enum.ToObject(signum, number));
+            new Thread(() => { handle.WaitOne(); requestStop(); }) { IsBackground = true }.Start();
+        }
+    }
 }
