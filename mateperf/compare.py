@@ -231,6 +231,17 @@ def against_best(
     return pd.DataFrame(out)
 
 
+def ties_with_best(ranked: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame, int, int]:
+    """From `against_best`: (the best point, the tested points not distinguishable from it, how
+    many points were tested against it, how many others there are; those not tested had too few
+    trials for the rank test)."""
+    best = ranked[ranked["verdict"] == "best"].iloc[0]
+    others = ranked[ranked["verdict"] != "best"]
+    # astype: with one point there are no others, and an empty object mask selects columns
+    tested = others[others["verdict"].map(stats.is_tested).astype(bool)]
+    return best, tested[tested["verdict"] == stats.NO_DIFFERENCE], len(tested), len(others)
+
+
 def run_level_specs(phase: str, df: pd.DataFrame, swept: list[str]) -> list:
     """(label, rows, metric) for the phase's run-level metrics, one row per point and round.
 

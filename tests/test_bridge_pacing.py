@@ -220,3 +220,39 @@ def test_the_peers_report_their_timer_and_sleep(peer_cmd):
     # to 1.0 on a starved one, whose late frames start without a sleep
     assert last["main_slept_s"] >= first["main_slept_s"] >= 0
     assert 0.0 <= awake <= 1.01
+
+
+def test_each_phase_analysis_gives_the_pacing_its_report_formats():
+    """The cpu, ipc and final analyses compute the stand-in's pacing (per load for cpu); their
+    reports only format it."""
+    import pandas as pd
+
+    from mateperf.phases.cpu import analyse as cpu_analyse
+    from mateperf.phases.final import analyse as final_analyse
+    from mateperf.phases.ipc import analyse as ipc_analyse
+    from mateperf.reports import cpu as cpu_report
+
+    rows = pd.DataFrame(
+        {
+            "background": ["companion"] * 4 + ["none"],
+            "frame_busy": [0.25, 0.25, 0.5, 0.5, 0.0],
+            "frame_p50_ms": [16.7, 16.9, 17.0, 17.2, 16.0],
+            "frame_p99_ms": [18.0, 18.2, 19.0, 19.4, 17.0],
+            "timer_overshoot_us": [60.0, 80.0, 14_600.0, 14_800.0, float("nan")],
+            "timer_resolution": ["1 ms"] * 5,
+            "peer_awake_share": [0.27, 0.29, 0.99, 0.99, float("nan")],
+            "peer_busy_share": [0.26, 0.28, 0.97, 0.95, float("nan")],
+        }
+    )
+    by_load = cpu_analyse.pacing_by_load(rows, 60.0)
+    assert [s["frame_busy"] for s in by_load] == [0.25, 0.5]
+    assert [s["holds"] for s in by_load] == [True, False]
+    assert by_load[0]["timer_overshoot_us"] == 70.0 and by_load[1]["frame_p99_ms"] == 19.2
+    text = "\n".join(cpu_report._pacing(rows, 60.0))
+    assert "cannot hold" in text and "14,700" in text and "Pacing cannot hold here" in text
+    assert cpu_analyse.pacing_by_load(rows.drop(columns="timer_overshoot_us"), 60.0) == []
+    params = {"fps": 60, "frame_busy": 0.25}
+    final = final_analyse.pacing(rows.iloc[:2], params)
+    assert final["holds"] and final["frame_busy"] == 0.25 and final["timer_overshoot_us"] == 70.0
+    ipc = ipc_analyse.pacing(rows.iloc[2:4], params)
+    assert not ipc["holds"] and ipc["fps"] == 60.0 and ipc["peer_busy_share"] == 0.96

@@ -18,7 +18,9 @@ from mateperf import report, results, stats
 from mateperf.gpu import estimate, profiles
 from mateperf.gpu.tinygguf import MISTRAL_7B_SHAPES, write_shape_gguf
 from mateperf.phases import gpu
+from mateperf.phases.gpu import analyse as gpu_analyse
 from mateperf.phases.gpu import predict
+from mateperf.reports import gpu as gpu_report
 from mateperf.reports import gpu_tables, overview
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -226,3 +228,14 @@ def test_target_rows_survive_the_tidy_frame_and_render(layout_7b, tmp_path):
     assert list(fit["n_ctx"]) == list(predict.FIT_N_CTX)
     assert set(fit.columns) == {"n_ctx", "KV f16", "KV f16 FA", "KV q8_0 FA", "KV q4_0 FA"}
     assert list(comp["fits"]) == ["NO", "NO", "yes"]
+
+
+def test_the_reading_counts_predictions_within_target_from_the_analysis(stored_run):
+    _, df, _ = stored_run
+    vs = gpu.measured_vs_predicted(df)
+    within = gpu_analyse.predictions_within_target(df)
+    assert within["meta"] == (int(vs["meta_within_target"].sum()), 4)
+    assert "- metadata: within 10% or 64 MiB of NVML at " + (
+        f"{within['meta'][0]} of 4 measured configurations."
+    ) in gpu_report._reading(df)
+    assert gpu_analyse.predictions_within_target(df[df["scenario"] == "none"]) == {}

@@ -408,3 +408,23 @@ def test_bad_sweep_input_is_refused_before_anything_runs(tmp_path, args, needle)
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert not sweep_dirs(tmp_path)
+
+
+def test_the_sweeps_analysis_names_the_points_tied_with_the_best():
+    """compare.ties_with_best counts; the sweep's section only words it."""
+    from mateperf import compare, stats
+    from mateperf.reports import sweep as sweep_report
+
+    ranked = pd.DataFrame(
+        {
+            "n_threads": [1, 2, 4, 8],
+            "median": [10.0, 9.8, 6.0, 9.9],
+            "verdict": ["best", stats.NO_DIFFERENCE, "slower", stats.NOT_TESTED],
+        }
+    )
+    best, ties, n_tested, n_others = compare.ties_with_best(ranked)
+    assert best["n_threads"] == 1 and list(ties["n_threads"]) == [2]
+    assert (n_tested, n_others) == (2, 3)
+    text = sweep_report._best_reading(ranked, ["n_threads"], "tg_tps")
+    assert "Not distinguishable from it: n_threads=2." in text
+    assert "Comparisons made: 2" in text and "too few trials are not tested" in text

@@ -153,17 +153,13 @@ def _share(value: float) -> str:
 def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
     """The avatar stand-in's pacing per load, beside its frame figures: the timer overshoot it
     measured, the share of a core its process used, and whether pacing held (avatar_pacing)."""
-    rows = d[d["background"] == "companion"]
-    if avatar_pacing.OVERSHOOT not in rows.columns or rows[avatar_pacing.OVERSHOOT].isna().all():
-        return []
     table_rows, sentences = [], []
-    for busy, sub in rows.groupby("frame_busy", sort=True):
-        s = avatar_pacing.summary(sub, fps, float(busy))
+    for s in cpu.pacing_by_load(d, fps):
         table_rows.append(
             {
-                "load": recommend.condition_label("companion", float(busy)),
-                "frame p50 ms": fmt(cpu.median_at(sub, "frame_p50_ms")),
-                "frame p99 ms": fmt(cpu.median_at(sub, "frame_p99_ms")),
+                "load": recommend.condition_label("companion", s["frame_busy"]),
+                "frame p50 ms": fmt(s["frame_p50_ms"]),
+                "frame p99 ms": fmt(s["frame_p99_ms"]),
                 "timer overshoot µs": fmt(s[avatar_pacing.OVERSHOOT], 0),
                 "peer main thread awake": _share(s[avatar_pacing.AWAKE_SHARE]),
                 "peer CPU (cores)": fmt(s[avatar_pacing.BUSY_SHARE], 2),
@@ -173,6 +169,8 @@ def _pacing(d: pd.DataFrame, fps: float) -> list[str]:
         )
         if not s["holds"] or not sentences:
             sentences.append(avatar_pacing.sentence(s))
+    if not table_rows:
+        return []
     return [table(pd.DataFrame(table_rows)), "", *[f"- {t}" for t in sentences if t], ""]
 
 

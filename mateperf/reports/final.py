@@ -149,10 +149,7 @@ def _plot_forest(ab: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
 
 def _pacing(d: pd.DataFrame, params: dict) -> list[str]:
     """The avatar stand-in's timer and CPU beside the frame figures (avatar_pacing)."""
-    s = avatar_pacing.summary(
-        d, float(params.get("fps") or 0), float(params.get("frame_busy", float("nan")))
-    )
-    line = avatar_pacing.sentence(s)
+    line = avatar_pacing.sentence(final.pacing(d, params))
     return [line, ""] if line else []
 
 

@@ -75,17 +75,13 @@ def _status_lines(df: pd.DataFrame) -> list[str]:
 
 def _reading(df: pd.DataFrame) -> list[str]:
     lines = []
-    vs = analyse.measured_vs_predicted(df)
-    if not vs.empty:
-        for label, col in (
-            ("metadata", "meta_within_target"),
-            ("llama.cpp + overhead", "proj_within_target"),
-        ):
-            known = [v for v in vs[col] if v is not None]
-            if known:
+    if not analyse.measured_vs_predicted(df).empty:
+        within = analyse.predictions_within_target(df)
+        for label, key in (("metadata", "meta"), ("llama.cpp + overhead", "proj")):
+            if key in within:
                 lines.append(
-                    f"- {label}: within 10% or 64 MiB of NVML at {sum(known)} of {len(known)} "
-                    "measured configurations."
+                    f"- {label}: within 10% or 64 MiB of NVML at {within[key][0]} of "
+                    f"{within[key][1]} measured configurations."
                 )
     else:
         lines.append("- No VRAM was measured, so neither prediction is checked against NVML here.")

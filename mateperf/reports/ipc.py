@@ -250,11 +250,6 @@ def _failed(failed: pd.DataFrame) -> list[str]:
     return [f"{len(failed)} trial(s) failed and are left out:", "", *lines, ""]
 
 
-def _pacing_of(df: pd.DataFrame, params: dict) -> dict:
-    """The paced peer's timer (stored per trial since the overshoot was recorded)."""
-    return avatar_pacing.summary(df, float(params.get("fps") or 0))
-
-
 def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     """The phase 3 markdown section; plots go to ``plots_dir`` as ipc_*.png."""
     df = metrics.one_run(df)
@@ -299,7 +294,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         "ratio compares per-trial values (`stats.compare`). A target is met or missed only "
         "when the ratio's whole 95% CI lies on one side of it; otherwise it is unclear.",
         "",
-        *([pacing, ""] if (pacing := avatar_pacing.sentence(_pacing_of(df, params))) else []),
+        *([pacing, ""] if (pacing := avatar_pacing.sentence(analyse.pacing(df, params))) else []),
         *_failed(analyse.failed_trials(df)),
         "### Headline",
         "",

@@ -46,11 +46,7 @@ def _where(row, swept: list[str]) -> str:
 
 def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
     """Name the best point, the points not distinguishable from it, and the tests made."""
-    best = table_[table_["verdict"] == "best"].iloc[0]
-    others = table_[table_["verdict"] != "best"]
-    # astype: with one point there are no others, and an empty object mask selects columns
-    tested = others[others["verdict"].map(stats.is_tested).astype(bool)]
-    ties = tested[tested["verdict"] == stats.NO_DIFFERENCE]
+    best, ties, n_tested, n_others = compare.ties_with_best(table_)
     text = f"Best median: {_where(best, swept)} ({fmt(best['median'])})."
     if len(ties):
         text += (
@@ -58,8 +54,8 @@ def _best_reading(table_: pd.DataFrame, swept: list[str], metric: str) -> str:
             + "; ".join(_where(r, swept) for _, r in ties.iterrows())
             + "."
         )
-    text += f" Comparisons made: {len(tested)} (each other point against the best)."
-    if len(tested) < len(others):
+    text += f" Comparisons made: {n_tested} (each other point against the best)."
+    if n_tested < n_others:
         k = stats.rank_test_min_n()
         text += (
             " Points with too few trials are not tested (a rank test needs "

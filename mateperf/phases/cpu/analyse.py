@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, progress, recommend, results, stats
+from mateperf import avatar_pacing, metrics, progress, recommend, results, stats
 from mateperf.cpu_topology import CpuTopology
 from mateperf.thread_rules import ORIGINAL_HARD_CODED_THREADS, heuristics
 
@@ -222,3 +222,20 @@ def against_original(df: pd.DataFrame, rec: dict) -> list[tuple[str, int, stats.
         r = stats.compare(a, b, higher_is_better=m.higher_is_better, words=m.words)
         out.append((cond, original, r))
     return out
+
+
+def pacing_by_load(d: pd.DataFrame, fps: float) -> list[dict]:
+    """Per companion load (frame_busy, ascending) the avatar stand-in's pacing
+    (avatar_pacing.summary) with the median frame p50/p99 it measured; [] where the rows carry
+    no overshoot (runs from before it was recorded)."""
+    rows = d[d["background"] == "companion"]
+    if avatar_pacing.OVERSHOOT not in rows.columns or rows[avatar_pacing.OVERSHOOT].isna().all():
+        return []
+    return [
+        {
+            **avatar_pacing.summary(sub, fps, float(busy)),
+            "frame_p50_ms": median_at(sub, "frame_p50_ms"),
+            "frame_p99_ms": median_at(sub, "frame_p99_ms"),
+        }
+        for busy, sub in rows.groupby("frame_busy", sort=True)
+    ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, stats
+from mateperf import avatar_pacing, metrics, stats
 from mateperf.phases.final.params import ARMS, BASELINE, OPTIMISED, SINGLE
 
 ADD_UP_METRICS = ("ttft_ms", "e2e_ms", "tg_tps", "beat_ms", "frame_p99_ms")
@@ -99,4 +99,11 @@ def arm_medians(d: pd.DataFrame) -> pd.DataFrame:
     order = {a: i for i, a in enumerate(ARMS)}
     return out.sort_values(
         ["peer", "arm"], key=lambda c: c.map(order) if c.name == "arm" else c, kind="stable"
+    )
+
+
+def pacing(d: pd.DataFrame, params: dict) -> dict:
+    """The avatar stand-in's timer, CPU and whether its pacing held (avatar_pacing.summary)."""
+    return avatar_pacing.summary(
+        d, float(params.get("fps") or 0), float(params.get("frame_busy", float("nan")))
     )

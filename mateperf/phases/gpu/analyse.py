@@ -314,6 +314,20 @@ def per_point(df: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def predictions_within_target(df: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per prediction ("meta": the metadata method, "proj": llama.cpp's projection + overhead),
+    (configurations within 10% or 64 MiB of NVML, configurations judged) over every measured
+    configuration; a prediction none was judged for is left out, and all are where nothing was
+    measured."""
+    vs = measured_vs_predicted(df)
+    counts = {}
+    for key in ("meta", "proj"):
+        known = [] if vs.empty else [v for v in vs[f"{key}_within_target"] if v is not None]
+        if known:
+            counts[key] = (int(sum(known)), len(known))
+    return counts
+
+
 def prediction_accuracy(df: pd.DataFrame) -> tuple[float, int, int] | None:
     """(worst |metadata prediction − NVML| in MiB, configurations within target, configurations
     judged) over the GPU configurations measured; None where none was."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mateperf import metrics, stats
+from mateperf import avatar_pacing, metrics, stats
 from mateperf.metrics import per_replicate
 from mateperf.phases.ipc.rows import (  # noqa: F401 - the report states it; it reads analyse only
     FRAME_COST_LOAD,
@@ -261,3 +261,9 @@ def batching_comparisons(df: pd.DataFrame) -> list[tuple[float, stats.ABResult]]
         )
         out.append((float(fps), r))
     return out
+
+
+def pacing(df: pd.DataFrame, params: dict) -> dict:
+    """The paced peer's timer, CPU and whether its pacing held (avatar_pacing.summary), from the
+    figures stored per trial since the overshoot was recorded."""
+    return avatar_pacing.summary(df, float(params.get("fps") or 0))
