@@ -73,18 +73,18 @@ def with_config(phase: str, overrides: dict, config: str | None, required: bool 
     """
     if config is None:
         return overrides
-    from mateperf import recommend  # the CLI starts without pandas until a file is read
+    from mateperf import recommended_file  # the CLI starts without pandas until a file is read
 
-    rec = recommend.load(config)
+    rec = recommended_file.load(config)
     if phases.declared(phase).reads_config:  # the phase reads the file (final: the tuned arms)
         return {"config": os.path.abspath(config), **overrides}
     schema = phases.defaults(phase)
-    taken = {k: str(v) for k, v in recommend.as_params(rec).items() if k in schema}
+    taken = {k: str(v) for k, v in recommended_file.as_params(rec).items() if k in schema}
     if not taken:
         if required:
             raise ParameterError(
                 f"--config {config}: phase {phase} takes none of its settings "
-                f"({', '.join(recommend.SETTINGS)})"
+                f"({', '.join(recommended_file.SETTINGS)})"
             )
         return overrides
     return {**taken, **overrides}

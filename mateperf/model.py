@@ -158,11 +158,11 @@ class LlamaConfig:
     @classmethod
     def from_recommended(cls, path, model_path, **overrides) -> LlamaConfig:
         """The settings of a recommended.json (from `mateperf run cpu`), checked against this
-        host (mateperf.recommend.ConfigError names what does not fit); overrides win."""
-        from mateperf import recommend
+        host (mateperf.recommended_file.ConfigError names what does not fit); overrides win."""
+        from mateperf import recommended_file
 
-        rec = recommend.load(path)
-        return cls(model_path=str(model_path), **{**recommend.as_params(rec), **overrides})
+        rec = recommended_file.load(path)
+        return cls(model_path=str(model_path), **{**recommended_file.as_params(rec), **overrides})
 
 
 # Load settings that need a llama.cpp feature an older build may lack, when not at their

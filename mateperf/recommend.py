@@ -21,34 +21,20 @@ The avatar's frame comes first: only settings that keep it (mateperf.frame_budge
 candidates, and a faster setting that breaks it is named in the notes as not picked. Where no
 setting keeps it, the least overrun is chosen and the notes say so in tune's words.
 
-recommended.json records the settings, the evidence and the host it was measured on; loading
-it on a host that differs (another CPU, another CPU budget) is refused, naming the difference.
-
-Two formats: 1, from the cpu phase (threads and batch, top level), and 2, from `mateperf tune`
-(one entry per companion profile under `profiles`, each with every load setting, its measured
-figures and its evidence; `default_profile` says which one `--config` applies). `as_params`
-gives a file's settings in either format.
+recommended.json itself (its formats, writing, loading, the host check): mateperf.recommended_file.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mateperf import companion_config, frame_budget, metrics, stats
-from mateperf.errors import BadInput
+from mateperf import frame_budget, metrics, stats
 from mateperf.frame_budget import FrameBudget
+from mateperf.recommended_file import FORMAT, SETTINGS, host_key
 
-FORMAT = 1
-TUNED_FORMAT = 2
-FILE_NAME = "recommended.json"
-SETTINGS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch")
-# What a tuned profile sets besides SETTINGS.
-TUNED_SETTINGS = (*SETTINGS, "n_gpu_layers", "n_ctx", "type_k", "type_v", "flash_attn")
 # Which settings act on which metric (the others are replicates for it).
 DECIDED_BY = {
     "tg_tps": ("n_threads",),
@@ -60,13 +46,7 @@ DECIDED_BY = {
 }
 # The metrics the combined recommendation is built from, and what each decides.
 COMBINED = (("tg_tps", ("n_threads",)), ("pp_tps", ("n_threads_batch", "n_batch", "n_ubatch")))
-# Host fields that must match for a recommendation to apply.
-HOST_KEYS = ("cpu_model", "cores_logical", "usable_cpus", "affinity", "cgroup_cpu_quota")
 DEFAULT_TOLERANCE = 0.03
-
-
-class ConfigError(BadInput):
-    """A recommended.json that is unreadable or does not fit this host."""
 
 
 def condition_label(background: str, frame_busy: float) -> str:
@@ -278,10 +258,6 @@ def _num(value) -> float | None:
     return None if math.isnan(value) else round(value, 4)
 
 
-def host_key(fingerprint: dict) -> dict:
-    return {k: fingerprint.get(k) for k in HOST_KEYS}
-
-
 def recommend(
     df: pd.DataFrame, fingerprint: dict, tolerance: float = DEFAULT_TOLERANCE, **source
 ) -> dict:
@@ -354,98 +330,6 @@ def recommend(
             }
             for k, v in sorted(frame_p99.items())
         ],
-        "host": host_key(fingerprint),
-        "hostname": fingerprint.get("hostname"),
-        **source,
-    }
-
-
-def write(path: Path, recommendation: dict) -> Path:
-    from mateperf.results import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps(recommendation, indent=2) + "\n")
-    return Path(path)
-
-
-def load(path: str | Path, fingerprint: dict | None = None) -> dict:
-    """Read a recommended.json and check it fits this host; ConfigError names what does not."""
-    path = Path(path).expanduser()
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--config {path}: not a readable JSON file ({exc})") from None
-    if not isinstance(rec, dict) or rec.get("format") not in (FORMAT, TUNED_FORMAT):
-        raise ConfigError(
-            f"--config {path}: not a mateperf recommended.json (format {FORMAT} or {TUNED_FORMAT})"
-        )
-    if rec["format"] == TUNED_FORMAT:
-        profiles = rec.get("profiles")
-        if not isinstance(profiles, dict) or rec.get("default_profile") not in profiles:
-            raise ConfigError(f"--config {path}: no default_profile among its profiles")
-        for name, entry in profiles.items():
-            _check_settings(path, (entry or {}).get("settings") or {}, f"profile {name}: ")
-    else:
-        _check_settings(path, rec, "")
-    if fingerprint is None:
-        from mateperf.host import cpu_budget
-
-        fingerprint = cpu_budget()
-    check_host(path, rec, fingerprint)
-    return rec
-
-
-def _check_settings(path: Path, values: dict, where: str) -> None:
-    for key in SETTINGS:
-        value = values.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"--config {path}: {where}{key}={value!r} must be a positive integer")
-    if values["n_ubatch"] > values["n_batch"]:
-        raise ConfigError(f"--config {path}: {where}n_ubatch={values['n_ubatch']} exceeds n_batch")
-
-
-def check_host(path: Path, rec: dict, fingerprint: dict) -> None:
-    here, there = host_key(fingerprint), rec.get("host") or {}
-    for key in HOST_KEYS:
-        if there.get(key) != here.get(key):
-            raise ConfigError(
-                f"--config {path} was measured on another host: {key} is {there.get(key)!r} "
-                f"there and {here.get(key)!r} here (measure this host with `mateperf run cpu`)"
-            )
-    usable = int(fingerprint.get("usable_cpus") or 1)
-    settings = as_params(rec)
-    for key in ("n_threads", "n_threads_batch"):
-        if settings[key] > usable:
-            raise ConfigError(
-                f"--config {path}: {key}={settings[key]} is more than the {usable} CPUs this "
-                "process may use"
-            )
-
-
-def as_params(rec: dict, profile: str | None = None) -> dict:
-    """The settings as phase parameters: a tuned file's `profile` (default: its default)."""
-    if rec.get("format") == TUNED_FORMAT:
-        entry = rec["profiles"][profile or rec["default_profile"]]
-        return {k: entry["settings"][k] for k in TUNED_SETTINGS if k in entry["settings"]}
-    return {k: rec[k] for k in SETTINGS}
-
-
-def tuned(profiles: dict, fingerprint: dict, **source) -> dict:
-    """recommended.json (format 2) from `mateperf tune`'s result, with the host it holds for,
-    and per profile how the companion loads it (`companion`: its GPU_PROFILES entry, and which
-    settings need the one added line in its loader: mateperf.companion_config)."""
-    logical = fingerprint.get("cores_logical")
-    profiles = {
-        **profiles,
-        "profiles": {
-            name: {**entry, "companion": companion_config.loader(entry["settings"], logical)}
-            for name, entry in profiles["profiles"].items()
-        },
-    }
-    return {
-        "format": TUNED_FORMAT,
-        **profiles,
         "host": host_key(fingerprint),
         "hostname": fingerprint.get("hostname"),
         **source,

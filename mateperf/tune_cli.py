@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mateperf import recommend, results
+from mateperf import recommended_file, results
 from mateperf.avatar import RUN_INFO_KEY
 from mateperf.command import (
     AVATAR_FLAG_HELP,
@@ -63,9 +63,9 @@ def run_tune(values: dict, root, command: str):
         raise
     if rec.get("avatar"):
         run.update(**{RUN_INFO_KEY: rec["avatar"]})
-    rec = recommend.tuned(rec, fingerprint(), run_id=run.run_id)
+    rec = recommended_file.tuned(rec, fingerprint(), run_id=run.run_id)
     run.write_frame(results.tidy(trials, run.run_id, TUNE, p.as_dict()), TUNE)
-    path = recommend.write(run.path / recommend.FILE_NAME, rec)
+    path = recommended_file.write(run.path / recommended_file.FILE_NAME, rec)
     md = run_header(run.info) + "\n" + section(rec, trials, run.plots_dir, run.path)
     run.write_text(f"{TUNE}.md", md)
     run.finish(results.STATUS_OK)

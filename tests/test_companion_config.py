@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from mateperf import companion_config, model, recommend
+from mateperf import companion_config, model, recommended_file
 from mateperf.companion_readback import expected, load_like_companion, readback
 from mateperf.host import fingerprint
 
@@ -44,10 +44,10 @@ TUNED = {
 
 def tuned_file(tmp_path, fp: dict):
     entry = {"settings": TUNED, "measured": {}, "meets_frame_budget": True, "evidence": []}
-    rec = recommend.tuned(
+    rec = recommended_file.tuned(
         {"profiles": {"balanced": entry}, "default_profile": "balanced"}, fp, run_id="t"
     )
-    return recommend.write(tmp_path / recommend.FILE_NAME, rec)
+    return recommended_file.write(tmp_path / recommended_file.FILE_NAME, rec)
 
 
 def merged_profile(path) -> dict:

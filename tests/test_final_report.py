@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from mateperf import recommend, report, results
+from mateperf import recommended_file, report, results
 from mateperf.host import fingerprint
 
 LIMIT_LINES = 450
@@ -59,7 +59,7 @@ def tune_run(root, fp: dict) -> results.RunDir:
                 )
             ],
         }
-    rec = recommend.tuned(
+    rec = recommended_file.tuned(
         {
             "profiles": profiles,
             "default_profile": "balanced",
@@ -71,7 +71,7 @@ def tune_run(root, fp: dict) -> results.RunDir:
         fp,
         run_id=run.run_id,
     )
-    recommend.write(run.path / recommend.FILE_NAME, rec)
+    recommended_file.write(run.path / recommended_file.FILE_NAME, rec)
     run.write_text("tune.md", "# tune\n")
     run.finish(results.STATUS_OK)
     return run

@@ -171,6 +171,7 @@ LAYERS = (
             "companion_readback",
             "runner",
             "recommend",
+            "recommended_file",
         ),
     ),
     ("phases", ("phases", "tune", "compare", "live")),

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mateperf import model, recommend
+from mateperf import model, recommend, recommended_file
 from mateperf.host import fingerprint
 
 
@@ -97,8 +97,8 @@ def test_config_round_trip_and_host_checks(tmp_path):
     fp = fingerprint()
     usable = fp["usable_cpus"]
     df = frame({("companion", 0.5): {t: 10 * t for t in range(1, usable + 1)}})
-    path = recommend.write(tmp_path / "recommended.json", recommend.recommend(df, fp))
-    rec = recommend.load(path, fp)
+    path = recommended_file.write(tmp_path / "recommended.json", recommend.recommend(df, fp))
+    rec = recommended_file.load(path, fp)
     assert rec["n_threads"] == usable
     config = model.LlamaConfig.from_recommended(path, "m.gguf", n_ctx=512)
     assert (config.n_threads, config.n_threads_batch, config.n_batch, config.n_ubatch) == (
@@ -112,15 +112,17 @@ def test_config_round_trip_and_host_checks(tmp_path):
     other = json.loads(path.read_text(encoding="utf-8"))
     other["host"]["cpu_model"] = "AMD Ryzen 7 7840HS"
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(recommend.ConfigError, match="cpu_model is 'AMD Ryzen 7 7840HS' there"):
-        recommend.load(tmp_path / "other.json", fp)
+    with pytest.raises(
+        recommended_file.ConfigError, match="cpu_model is 'AMD Ryzen 7 7840HS' there"
+    ):
+        recommended_file.load(tmp_path / "other.json", fp)
 
     too_many = json.loads(path.read_text(encoding="utf-8"))
     too_many["n_threads"] = usable + 1
     (tmp_path / "many.json").write_text(json.dumps(too_many))
-    with pytest.raises(recommend.ConfigError, match="more than the"):
-        recommend.load(tmp_path / "many.json", fp)
+    with pytest.raises(recommended_file.ConfigError, match="more than the"):
+        recommended_file.load(tmp_path / "many.json", fp)
 
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(recommend.ConfigError, match="not a readable JSON"):
-        recommend.load(tmp_path / "bad.json", fp)
+    with pytest.raises(recommended_file.ConfigError, match="not a readable JSON"):
+        recommended_file.load(tmp_path / "bad.json", fp)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from mateperf import recommend
+from mateperf import recommended_file
 from mateperf.errors import ParameterError
 from mateperf.gpu import estimate, profiles
 from mateperf.model import LlamaConfig, resolve_model
@@ -139,10 +139,10 @@ def _tuned_file(tmp_path, fingerprint) -> tuple:
         "measured": {},
         "evidence": [],
     }
-    rec = recommend.tuned(
+    rec = recommended_file.tuned(
         {"profiles": {"balanced": entry}, "default_profile": "balanced"}, fingerprint
     )
-    path = recommend.write(tmp_path / recommend.FILE_NAME, rec)
+    path = recommended_file.write(tmp_path / recommended_file.FILE_NAME, rec)
     return path, entry
 
 
@@ -151,13 +151,13 @@ def test_a_tuned_file_is_loaded_and_applied_by_profile(tmp_path):
 
     fp = cpu_budget()
     path, entry = _tuned_file(tmp_path, fp)
-    rec = recommend.load(path, fp)
-    assert recommend.as_params(rec) == entry["settings"]
+    rec = recommended_file.load(path, fp)
+    assert recommended_file.as_params(rec) == entry["settings"]
     bad = json.loads(path.read_text(encoding="utf-8"))
     bad["profiles"]["balanced"]["settings"]["n_batch"] = 0
     path.write_text(json.dumps(bad), encoding="utf-8")
-    with pytest.raises(recommend.ConfigError, match="profile balanced: n_batch=0"):
-        recommend.load(path, fp)
+    with pytest.raises(recommended_file.ConfigError, match="profile balanced: n_batch=0"):
+        recommended_file.load(path, fp)
 
 
 def test_run_with_a_tuned_config_takes_the_settings_the_phase_has(tmp_path):
@@ -207,7 +207,7 @@ def test_mateperf_tune_writes_profiles_the_companion_loads(tmp_path):
     assert "frame budget 17.67 ms (1000/fps 16.67 + slack 1)" in console
     assert "the avatar alone, no model: frame p99" in console
     run = next(out.glob("*-tune-*"))
-    rec = recommend.load(run / recommend.FILE_NAME)
+    rec = recommended_file.load(run / recommended_file.FILE_NAME)
     assert rec["frame_budget_ms"] == pytest.approx(1000 / 60 + 1.0, abs=1e-3)
     assert rec["frame_p99_idle_ms"] > 0 and rec["frame_slack_ms"] == 1.0
     pacing = rec["avatar_pacing"]  # the idle stand-in's timer, and whether its pacing held

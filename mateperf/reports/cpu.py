@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing, frame_budget, metrics, recommend
+from mateperf import avatar_pacing, frame_budget, metrics, recommend, recommended_file
 from mateperf.cpu_topology import CpuTopology
 from mateperf.phases.cpu import analyse as cpu
 from mateperf.reports.declaration import PhaseReport
@@ -61,7 +61,7 @@ def _detection(topo: CpuTopology | None) -> list[str]:
 
 def _medians(d: pd.DataFrame) -> pd.DataFrame:
     """One row per condition and setting: median [95% CI] of every metric measured."""
-    by = ["condition", *recommend.SETTINGS]
+    by = ["condition", *recommended_file.SETTINGS]
     summary = cpu.summarize(d)
     rows = []
     for key, sub in summary.groupby(by, sort=True):
@@ -271,7 +271,7 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
     conditions = ", ".join(sorted(d["condition"].unique()))
     peer = params.get("peer", "python")
-    settings = ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS)
+    settings = ", ".join(f"{k}={rec[k]}" for k in recommended_file.SETTINGS)
     parts = [
         "## Phase 4 — CPU threads under the companion's load",
         "",
@@ -365,7 +365,7 @@ def variant_row(df: pd.DataFrame, info: dict) -> dict:
     """This run's columns in the table of the phase's variants."""
     rec = cpu.recommendation(df, info.get("fingerprint", {}), info.get("run_id", ""))
     return {
-        "recommended": ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS),
+        "recommended": ", ".join(f"{k}={rec[k]}" for k in recommended_file.SETTINGS),
         "for": f"{rec['for']} {', '.join(f'{f:.0%}' for f in rec['frame_busy'])}",
         "tg gap to best": ", ".join(
             f"{e['condition']}: {fmt(e['gap_pct'])}%"

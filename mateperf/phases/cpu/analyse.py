@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing, metrics, progress, recommend, results, stats
+from mateperf import avatar_pacing, metrics, progress, recommend, recommended_file, results, stats
 from mateperf.cpu_topology import CpuTopology
 from mateperf.thread_rules import ORIGINAL_HARD_CODED_THREADS, heuristics
 
@@ -26,7 +26,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Median and CI per condition and setting for every metric measured."""
     d = metrics.completed(df)
     names = [m.name for m in metrics.present("cpu", d) if d[m.name].notna().any()]
-    by = ["condition", "background", "frame_busy", *recommend.SETTINGS]
+    by = ["condition", "background", "frame_busy", *recommended_file.SETTINGS]
     parts = []
     for key, sub in d.groupby(by, sort=True):
         for name in names:
@@ -64,9 +64,9 @@ def per_condition(df: pd.DataFrame) -> pd.DataFrame:
 def write_recommendation(run, df: pd.DataFrame) -> Path:
     """Write recommended.json into the run directory; returns its path."""
     rec = recommendation(df, run.info.get("fingerprint", {}), run.run_id)
-    path = recommend.write(run.path / "recommended.json", rec)
+    path = recommended_file.write(run.path / "recommended.json", rec)
     say = progress.reporter("cpu")
-    chosen = ", ".join(f"{k}={rec[k]}" for k in recommend.SETTINGS)
+    chosen = ", ".join(f"{k}={rec[k]}" for k in recommended_file.SETTINGS)
     frame = (
         ""
         if rec.get("meets_frame_budget") is None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mateperf import companion, host, model, progress, recommend, results, runner, workloads
+from mateperf import companion, host, model, progress, recommended_file, results, runner, workloads
 from mateperf.companion_load import CompanionLoad
 from mateperf.errors import ParameterError
 from mateperf.phases.final.params import (
@@ -57,18 +57,18 @@ def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
     where it came from."""
     runs = results.list_runs(root, "tune") + results.list_runs(root, "cpu")
     for run in sorted(runs, key=lambda r: r.run_id, reverse=True):
-        path = run.path / recommend.FILE_NAME
+        path = run.path / recommended_file.FILE_NAME
         if run.info.get("status") == results.STATUS_OK and path.is_file():
             try:
-                return recommend.load(path), results.shown_path(path, root)
-            except recommend.ConfigError as exc:
+                return recommended_file.load(path), results.shown_path(path, root)
+            except recommended_file.ConfigError as exc:
                 return None, f"the newest {run.phase} run's recommendation does not fit: {exc}"
     return None, "no tune or cpu run with a recommended.json under the results root"
 
 
 def tuned_profile(rec: dict) -> tuple[dict, str, str]:
     """A tuned file's default profile as the profile arm's load settings: (params, name, why)."""
-    s = recommend.as_params(rec)
+    s = recommended_file.as_params(rec)
     params = {"n_gpu_layers": s["n_gpu_layers"], "offload_kqv": True, "flash_attn": s["flash_attn"]}
     name = rec["default_profile"]
     return params, f"tuned {name}", f"measured by `mateperf tune` ({name}, this host)"
@@ -129,18 +129,18 @@ def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, Turn
         profile="balanced (original: n_gpu_layers 35)",
     )
     if p.config:
-        rec, rec_source = recommend.load(p.config), results.shown_path(p.config)
+        rec, rec_source = recommended_file.load(p.config), results.shown_path(p.config)
     else:
         rec, rec_source = latest_recommendation()
     tuned = baseline
     if rec is not None:
-        threads = recommend.as_params(rec)
-        tuned = replace(baseline, **{k: threads[k] for k in recommend.SETTINGS})
+        threads = recommended_file.as_params(rec)
+        tuned = replace(baseline, **{k: threads[k] for k in recommended_file.SETTINGS})
     else:
         _progress(f"threads arm keeps the original threads: {rec_source}")
-    is_tuned = rec is not None and rec.get("format") == recommend.TUNED_FORMAT
+    is_tuned = rec is not None and rec.get("format") == recommended_file.TUNED_FORMAT
     params, profile, why = tuned_profile(rec) if is_tuned else auto_profile(path)
-    kv = recommend.as_params(rec) if is_tuned else {}
+    kv = recommended_file.as_params(rec) if is_tuned else {}
     profiled = replace(
         baseline,
         n_gpu_layers=int(params.get("n_gpu_layers", 0)),

@@ -62,6 +62,6 @@ class FinalParams(Params):
         if self.avatar:
             parse_address(self.avatar)
         if self.config:
-            from mateperf import recommend
+            from mateperf import recommended_file
 
-            recommend.load(self.config)
+            recommended_file.load(self.config)
