@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mateperf.avatar import AvatarIdentity
+
 FRAME_METRIC = "frame_p99_ms"
+# where a budget's fps came from: the run's parameter (the spawned stand-in's rate), or the
+# attached avatar's own pacing target from its identity query (tune and cpu alike)
+FPS_FROM_PARAM = "-p fps"
+FPS_FROM_AVATAR = "the attached avatar's target_fps"
 DEFAULT_SLACK_MS = 1.0
 SLACK_HELP = (
     "how far a frame p99 may pass 1000/fps and still count as kept: a timer-paced loop's "
@@ -42,6 +48,7 @@ class FrameBudget:
     fps: float
     slack_ms: float = DEFAULT_SLACK_MS
     idle_p99_ms: float | None = None  # the avatar alone, no model: measured first
+    fps_source: str = FPS_FROM_PARAM
 
     def __post_init__(self):
         if not self.fps > 0:
@@ -77,7 +84,7 @@ class FrameBudget:
         )
         return (
             f"frame budget {self.budget_ms:.2f} ms (1000/fps {self.period_ms:.2f} + slack "
-            f"{self.slack_ms:g}){alone}"
+            f"{self.slack_ms:g}) at {self.fps:g} fps ({self.fps_source}){alone}"
         )
 
     def idle_warning(self) -> str:
@@ -99,6 +106,8 @@ class FrameBudget:
         """The budget's fields as recommended.json stores them."""
         return {
             "frame_budget_ms": round(self.budget_ms, 3),
+            "frame_fps": self.fps,
+            "frame_fps_source": self.fps_source,
             "frame_period_ms": round(self.period_ms, 3),
             "frame_slack_ms": self.slack_ms,
             "frame_p99_idle_ms": None
@@ -107,18 +116,37 @@ class FrameBudget:
         }
 
 
+def budget_fps(param_fps: float, identity: AvatarIdentity | None) -> tuple[float, str]:
+    """The fps a budget is set at, and where it came from: an attached avatar's own pacing
+    target where it reports one (its frames are judged against its frame, not the stand-in's),
+    else the run's `fps` parameter."""
+    if identity is None:
+        return param_fps, FPS_FROM_PARAM
+    fps = identity.frame_rate(0.0)
+    if fps > 0:
+        return fps, FPS_FROM_AVATAR
+    return param_fps, f"{FPS_FROM_PARAM}: the attached avatar reports no target_fps"
+
+
 def from_frame(d: pd.DataFrame) -> FrameBudget:
-    """The budget a stored frame was measured against: its `fps` and `frame_slack_ms` columns
-    (a run from before the slack was a parameter: the default) and the avatar alone's p99
-    (`frame_p99_idle_ms`, the worst load's) where it was measured first."""
-    fps = float(d["fps"].iloc[0]) if "fps" in d.columns and len(d) else 60.0
+    """The budget a stored frame was measured against: its `frame_fps` and `frame_fps_source`
+    columns (older runs: `fps`, the parameter), `frame_slack_ms` (a run from before the slack
+    was a parameter: the default) and the avatar alone's p99 (`frame_p99_idle_ms`, the worst
+    load's) where it was measured first."""
+    column = "frame_fps" if "frame_fps" in d.columns else "fps"
+    fps = float(d[column].iloc[0]) if column in d.columns and len(d) else 60.0
+    source = (
+        str(d["frame_fps_source"].iloc[0])
+        if "frame_fps_source" in d.columns and len(d)
+        else FPS_FROM_PARAM
+    )
     slack = (
         float(d["frame_slack_ms"].iloc[0])
         if "frame_slack_ms" in d.columns and len(d)
         else DEFAULT_SLACK_MS
     )
     idle = d["frame_p99_idle_ms"].dropna() if "frame_p99_idle_ms" in d.columns else ()
-    return FrameBudget(fps, slack, float(idle.max()) if len(idle) else None)
+    return FrameBudget(fps, slack, float(idle.max()) if len(idle) else None, source)
 
 
 def worst_by_setting(rows: pd.DataFrame, by: tuple[str, ...]) -> dict[tuple, float]:

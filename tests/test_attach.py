@@ -272,3 +272,33 @@ def test_final_phase_turns_attached_to_the_avatar(cli, results_root, avatar):
     peer.stop()
     assert _check_frames_against_log(df, log) == len(df)
     assert "Measured on a live avatar" in (run_dir / "final.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM: unavailable on this OS")
+def test_cpu_frame_budget_follows_the_attached_avatars_target_fps(cli, results_root):
+    """A Python headless peer started by hand at 30 fps (stdin /dev/null, as `peer &` has it):
+    the cpu phase judges its frames against 1000/30 + slack, not the -p fps=60 stand-in's."""
+    cmd = [sys.executable, "-m", "mateperf.bridge.peer_main", "--port", "0", "--fps", "30"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        port = json.loads(proc.stdout.readline())["port"]
+        r = cli("run", "cpu", "--avatar", f"127.0.0.1:{port}", *SMALL_CPU, "-p", "fps=60")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert r.rc == 0, r.stderr[-3000:]
+    assert "frame budget at 30 fps (the attached avatar's target_fps)" in r.stderr
+    assert json.loads(out.strip().splitlines()[-1])["event"] == "stopped"
+    run_dir = _run_dir(results_root)
+    df = pd.read_parquet(run_dir / "cpu.parquet")
+    assert (df["frame_fps"] == 30.0).all() and (df["fps"] == 60.0).all()
+    rec = json.loads((run_dir / "recommended.json").read_text(encoding="utf-8"))
+    assert rec["frame_fps"] == 30.0
+    assert rec["frame_fps_source"] == "the attached avatar's target_fps"
+    assert rec["frame_budget_ms"] == pytest.approx(1000 / 30 + rec["frame_slack_ms"], abs=1e-3)
+    assert rec["meets_frame_budget"] is not None
+    md = (run_dir / "cpu.md").read_text(encoding="utf-8")
+    assert "at 30 fps (the attached avatar's target_fps)" in md

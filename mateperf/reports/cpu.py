@@ -254,7 +254,10 @@ def _frame_line(rec: dict) -> list[str]:
     if rec.get("meets_frame_budget") is None:
         return []
     budget = frame_budget.FrameBudget(
-        1e3 / rec["frame_period_ms"], rec["frame_slack_ms"], rec.get("frame_p99_idle_ms")
+        rec.get("frame_fps") or 1e3 / rec["frame_period_ms"],
+        rec["frame_slack_ms"],
+        rec.get("frame_p99_idle_ms"),
+        rec.get("frame_fps_source", frame_budget.FPS_FROM_PARAM),
     )
     verdict = "kept" if rec["meets_frame_budget"] else "**over**"
     return [

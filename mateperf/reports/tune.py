@@ -106,7 +106,8 @@ def _budget_basis(rec: dict) -> str:
         return " (1000/fps)"
     idle = rec.get("frame_p99_idle_ms")
     alone = "" if idle is None else f"; the avatar alone, no model: {idle:.2f} ms"
-    return f" (1000/fps {rec['frame_period_ms']:.2f} + slack {rec['frame_slack_ms']:g}{alone})"
+    fps = f" at {rec['frame_fps']:g} fps ({rec['frame_fps_source']})" if "frame_fps" in rec else ""
+    return f" (1000/fps {rec['frame_period_ms']:.2f} + slack {rec['frame_slack_ms']:g}{fps}{alone})"
 
 
 CONSTRAINTS = {

@@ -25,7 +25,7 @@ import pandas as pd
 from mateperf import avatar as avatar_mod
 from mateperf import avatar_pacing, model, progress, runner, stats, workloads
 from mateperf.errors import RunAborted
-from mateperf.frame_budget import FrameBudget
+from mateperf.frame_budget import FrameBudget, budget_fps
 from mateperf.gpu import calibration, companion_profiles, estimate, profiles
 from mateperf.host import usable_cpus
 from mateperf.trackers.gpu import GpuMonitor, NvmlDevice
@@ -201,7 +201,7 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
     ) as bench:
         identity = bench.identity
         # an attached avatar's own pacing target sets its frame budget where it reports one
-        fps = identity.frame_rate(p.fps) if identity is not None else p.fps
+        fps, fps_source = budget_fps(p.fps, identity)
         if identity is not None:
             say(avatar_mod.describe(identity.as_dict()))
         idle = bench.idle_frames()
@@ -209,7 +209,7 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         if identity is not None and not identity.frame_stats:
             constraint = None  # nothing to hold the settings to: the race is on speed alone
             say(f"frame p99: {identity.frames_unavailable}; the race ranks by speed alone")
-        frame = FrameBudget(fps, p.frame_slack_ms, idle[CONSTRAINT])
+        frame = FrameBudget(fps, p.frame_slack_ms, idle[CONSTRAINT], fps_source)
         say(f"{frame.describe()} over {idle['frames']} frames")
         pacing = avatar_pacing.summary(pd.DataFrame([idle]), fps, p.frame_busy)
         if not pacing["holds"]:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from mateperf import companion, model, progress, recommend, runner, workloads
 from mateperf.companion_load import avatar_alone, background
+from mateperf.frame_budget import budget_fps
 from mateperf.phases.cpu.params import CpuParams, Setting, settings
 from mateperf.runner import Visit, adaptive
 from mateperf.trackers import cpu as cpu_detect
@@ -61,19 +62,19 @@ def avatar_alone_p99(p: CpuParams, visit: list[Setting]) -> dict[float, float]:
     return out
 
 
-def _check_frame_rate(p: CpuParams) -> None:
-    """The frame rule's budget is 1000/`fps`: an attached avatar paced at another rate is
-    judged against the wrong frame unless `fps` says its rate (stated, not silently fixed)."""
+def _frame_fps(p: CpuParams) -> tuple[float, str]:
+    """The fps the frame rule's budget (1000/fps + slack) is set at, and where it came from:
+    an attached avatar's own target_fps where it reports one, as tune takes it; `fps` (the
+    spawned stand-in's rate) otherwise."""
+    if not p.avatar:
+        return budget_fps(p.fps, None)
     from mateperf.bridge.attach import connect_avatar
 
     bridge, identity = connect_avatar(p.avatar)
     bridge.close()
-    target = identity.target_fps
-    if target is not None and abs(target - p.fps) > 1e-6:
-        _progress(
-            f"WARNING: the avatar paces at {target:g} fps, the frame budget is 1000/{p.fps:g}: "
-            f"rerun with -p fps={target:g} for its own frame"
-        )
+    fps, source = budget_fps(p.fps, identity)
+    _progress(f"frame budget at {fps:g} fps ({source})")
+    return fps, source
 
 
 def _identity(setting: Setting, peer: str, avatar: str = "") -> dict:
@@ -123,8 +124,7 @@ def run(**values) -> pd.DataFrame:
         f"CPUs, seed {p.seed}"
     )
 
-    if p.avatar:
-        _check_frame_rate(p)
+    frame_fps, frame_fps_source = _frame_fps(p)
     alone = avatar_alone_p99(p, visit)
 
     def one(v: Visit[Setting]) -> dict:
@@ -146,6 +146,9 @@ def run(**values) -> pd.DataFrame:
     runner.require_some(df, "trial")
     df["model_file"] = path.name
     df["usable_cpus"] = topo.usable
+    # the frame rule's fps and where it came from (mateperf.frame_budget.from_frame reads them)
+    df["frame_fps"] = frame_fps
+    df["frame_fps_source"] = frame_fps_source
     # the frame rule's idle reading, per load: a column, as every condition of a trial is
     df["frame_p99_idle_ms"] = [
         alone.get(float(b), float("nan")) if bg == "companion" else float("nan")

@@ -163,7 +163,8 @@ class CpuParams(Params):
     avatar: str = param("", AVATAR_HELP + "; the companion background then measures it")
     fps: float = param(
         60.0,
-        "the peer's frame rate; the avatar's frame budget is 1000/fps + frame_slack_ms",
+        "the spawned stand-in's frame rate and the frame budget's (1000/fps + frame_slack_ms); "
+        "with avatar, the budget follows the attached avatar's own target_fps where it reports one",
         above=0,
     )
     frame_slack_ms: float = param(DEFAULT_SLACK_MS, SLACK_HELP, at_least=0)
