@@ -332,7 +332,14 @@ static class StopSignals
 
     public static void Watch(Action requestStop, ManualResetEventSlim stopped)
     {
-        Console.CancelKeyPress += (sender, e) => { e.Cancel = true; requestStop(); };
+        Console.CancelKeyPress += (sender, e) =>
+        {
+            e.Cancel = true;
+            requestStop();
+            // where a runtime does not honour cancelling Ctrl+Break it ends the process when this
+            // returns: wait (bounded, on the handler's thread) for the stopped line first
+            if (e.SpecialKey == ConsoleSpecialKey.ControlBreak) stopped.Wait(ExitWaitMs);
+        };
         AppDomain.CurrentDomain.ProcessExit += (sender, e) =>
         {
             if (stopped.IsSet) return;
