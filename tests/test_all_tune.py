@@ -35,6 +35,9 @@ def recorded(tmp_path, monkeypatch):
     """`all` over recorders: each phase and tune make a real (empty) run directory."""
     calls = []
     root = tmp_path / "results"
+    # cli.main exports --results as MATEPERF_RESULTS for the kernels it starts; in this process
+    # that would outlive the test and point later tests' default root here
+    monkeypatch.setenv("MATEPERF_RESULTS", str(root))
 
     def run_phase(phase, overrides, root_, command):
         calls.append((phase, dict(overrides), command))
