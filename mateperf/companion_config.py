@@ -13,6 +13,8 @@ llama-cpp-python's defaults for the rest, which is not what tune measured.
 
 from __future__ import annotations
 
+from mateperf.params import GGML_TYPES
+
 # What `ModelManager.load_model` passes to Llama(...) today, from the profile.
 COMPANION_ARGS = ("n_gpu_layers", "n_ctx", "n_batch", "n_threads", "use_mlock")
 # What a tuned profile also sets, through `llama_kwargs`.
@@ -23,8 +25,6 @@ LOADER_LINE = '**self.config.get_profile_info().get("llama_kwargs", {}),'
 LOADER_WHERE = "src/ai/model_manager.py, ModelManager.load_model, inside the Llama(...) call"
 # llama-cpp-python's defaults for the settings the companion does not pass (0.3.x).
 LLAMA_CPP_DEFAULTS = {"n_ubatch": 512, "flash_attn": False, "type_k": "f16", "type_v": "f16"}
-# ggml's type numbers, as Llama(type_k=..., type_v=...) takes them (ggml.h, enum ggml_type).
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
 def gpu_profile(settings: dict) -> dict:

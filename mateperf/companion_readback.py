@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import re
 
-from mateperf.companion_config import GGML_TYPES
+from mateperf.params import GGML_TYPES
 
 _TYPE_NAMES = {v: k for k, v in GGML_TYPES.items()}
 

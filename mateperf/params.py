@@ -30,6 +30,8 @@ BACKGROUNDS = ("idle", "companion")  # what runs beside the model (mateperf.comp
 # KV cache element types a load may ask for, by llama.cpp's name (ggml type names).
 KV_CACHE_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 UNQUANTISED = ("f16", "bf16", "f32")
+# llama.cpp's ggml_type numbers of the KV cache types (what Llama(type_k=...) takes)
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from mateperf import llama_features
 from mateperf.gpu.child import run_module
+from mateperf.params import GGML_TYPES
 
 SYMBOL = llama_features.FIT_PRINT_ITANIUM
 # this platform's name of llama.cpp's common library (Linux: libllama-common.so)
@@ -46,8 +47,6 @@ UNAVAILABLE = llama_features.UNAVAILABLE
 FEATURE = "dry_run_projection"
 OK = "ok"
 _LINE = re.compile(r"^(\S+) (\d+) (\d+) (\d+)\s*$")
-# enum ggml_type (ggml.h) of the KV cache types a context accepts
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
 def candidate_libraries() -> list[Path]:

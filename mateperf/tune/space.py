@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from mateperf.gpu import estimate, profiles
+from mateperf.gpu import companion_profiles, estimate, profiles
 from mateperf.params import UNQUANTISED
 
 if TYPE_CHECKING:
@@ -74,10 +74,17 @@ class ProfileRule:
 # is for. performance may fill the card; balanced leaves half of it to the rest of the desktop
 # (the companion's "35 of 43 layers" was that intent, by hand: on its 32-block model 35 is every
 # layer, `companion_profiles`); cpu_fallback uses no GPU at all.
+_CTX = {name: p.n_ctx for name, p in companion_profiles.PROFILES.items()}
 RULES = (
-    ProfileRule(profiles.PERFORMANCE, 4096, 1.0, "the fastest that fits the card"),
-    ProfileRule(profiles.BALANCED, 2048, 0.5, "the fastest within half of the card"),
-    ProfileRule(profiles.CPU_FALLBACK, 2048, 0.0, "the fastest with no GPU at all"),
+    ProfileRule(
+        profiles.PERFORMANCE, _CTX[profiles.PERFORMANCE], 1.0, "the fastest that fits the card"
+    ),
+    ProfileRule(
+        profiles.BALANCED, _CTX[profiles.BALANCED], 0.5, "the fastest within half of the card"
+    ),
+    ProfileRule(
+        profiles.CPU_FALLBACK, _CTX[profiles.CPU_FALLBACK], 0.0, "the fastest with no GPU at all"
+    ),
 )
 
 
