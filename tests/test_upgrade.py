@@ -59,3 +59,12 @@ def test_mateperfs_own_balanced_profile_reads_as_layers_81pct():
     assert list(new["profile"]) == ["layers_81pct"] * 3 + ["balanced"]
     assert (new["selected_profile"] == "layers_81pct").all()
     assert upgrade(old, "llm") is old
+
+
+def test_an_old_final_run_names_its_recommended_json_relative_to_the_results_root():
+    """final runs stored before 2026-12-07 held the absolute path of the machine that ran them."""
+    old = REPO_ROOT / "results" / "20261130T215521Z-final-4ed5"
+    raw = pd.read_parquet(old / "final.parquet")
+    assert raw["threads_source"].str.startswith("/").all()
+    df = results.RunDir.open(old).read_frame("final")
+    assert set(df["threads_source"]) == {"20261130T215321Z-cpu-4ed1/recommended.json"}
