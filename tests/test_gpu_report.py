@@ -106,7 +106,7 @@ def test_summary_has_gpu_rows_when_a_gpu_was_measured(stored_run):
     assert vram["verdict"] == "more memory"
     pred = by_metric["metadata prediction − NVML (MiB)"]
     assert pred["verdict"] == "within 10% or 64 MiB at 3 of 3 configurations"
-    chain = by_metric["steps"]
+    chain = by_metric["loads attempted"]
     assert chain["verdict"].startswith("ended at ")
     assert not any("not measured" in str(r["verdict"]) for r in rows)
 
@@ -120,7 +120,7 @@ def test_final_results_renders_the_gpu_row(stored_run, tmp_path):
     summary = " ".join(final.split("## Summary", 1)[1].split("\n## ", 1)[0].split())
     assert "| gpu | profile performance instead of cpu_fallback |" in summary
     assert "| faster |" in summary and "| more memory |" in summary
-    assert "| gpu | fallback chain, predict first | steps |" in summary
+    assert "| gpu | fallback chain, predict first | loads attempted |" in summary
     assert "not measured: no NVIDIA GPU" not in summary
 
 
@@ -239,3 +239,79 @@ def test_the_reading_counts_predictions_within_target_from_the_analysis(stored_r
         f"{within['meta'][0]} of 4 measured configurations."
     ) in gpu_report._reading(df)
     assert gpu_analyse.predictions_within_target(df[df["scenario"] == "none"]) == {}
+
+
+def stored_no_gpu_runs() -> list[Path]:
+    runs = [p.parent for p in sorted(RESULTS.glob("*-gpu-*/gpu.parquet"))]
+    assert runs, "results/ holds runs of the gpu phase"
+    return runs
+
+
+def chain_frame(gpu_available: bool) -> pd.DataFrame:
+    """Three fallback steps by hand: the first skipped on its prediction (never loaded), the
+    second loaded and failed, the CPU loaded; the monitor's timeline with one alert raised
+    and cleared where a GPU was read."""
+    attempts = [
+        {"attempt": 0, "profile": "performance", "attempt_skipped": True, "attempt_ok": False},
+        {"attempt": 1, "profile": "performance", "attempt_skipped": False, "attempt_ok": False},
+        {"attempt": 2, "profile": "cpu_fallback", "attempt_skipped": False, "attempt_ok": True},
+    ]
+    rows = [{"scenario": gpu.SCENARIO_ATTEMPT, **a} for a in attempts]
+    if gpu_available:
+        rows += [{"scenario": gpu.SCENARIO_SAMPLE, "t_s": t, "vram_used_mb": 900.0} for t in (0, 1)]
+        rows += [
+            {"scenario": gpu.SCENARIO_ALERT, "level": level, "vram_used_mb": used}
+            for level, used in (("warn", 5000.0), ("ok", 3000.0))
+        ]
+    return pd.DataFrame(rows).assign(
+        gpu_available=gpu_available,
+        gpu_status="GPU 0: NVIDIA H200"
+        if gpu_available
+        else "no NVIDIA GPU: NVML unavailable: NVML Shared Library Not Found",
+        selected_profile="performance",
+        final_profile="cpu_fallback",
+        final_ok=True,
+    )
+
+
+def test_fallback_counts_only_the_steps_that_were_loaded():
+    counts = gpu_analyse.fallback_counts(chain_frame(gpu_available=True))
+    assert (counts.attempted, counts.skipped, counts.not_measured) == (2, 1, "")
+    none = gpu_analyse.fallback_counts(chain_frame(True).query("scenario != 'attempt'"))
+    assert none.attempted == 0 and none.not_measured == "the run recorded no fallback chain"
+    reading = gpu_report._reading(chain_frame(gpu_available=True))
+    assert (
+        "- Profile selected: performance; after 2 loads attempted (1 more step skipped on its "
+        "prediction, not loaded) the companion would run cpu_fallback." in reading
+    )
+
+
+def test_vram_alerts_are_counted_where_vram_was_read_and_said_not_measured_elsewhere():
+    alerts = gpu_analyse.vram_alerts(chain_frame(gpu_available=True))
+    assert (alerts.raised, alerts.cleared, alerts.not_measured) == (1, 1, "")
+    assert "- VRAM alerts: 1 raised, 1 cleared (table above)." in gpu_report._reading(
+        chain_frame(gpu_available=True)
+    )
+    absent = gpu_analyse.vram_alerts(chain_frame(gpu_available=False))
+    assert (absent.raised, absent.cleared) == (0, 0)
+    assert absent.not_measured == (
+        "no NVIDIA GPU on this host (NVML unavailable: NVML Shared Library Not Found)"
+    )
+    # a GPU that the monitor never read: nothing to alert on either, and said so
+    unread = chain_frame(gpu_available=True).query("scenario == 'attempt'")
+    assert gpu_analyse.vram_alerts(unread).not_measured == "the monitor recorded no VRAM reading"
+
+
+@pytest.mark.parametrize("path", stored_no_gpu_runs(), ids=lambda p: p.name)
+def test_a_stored_no_gpu_run_counts_only_what_ran(path, tmp_path):
+    run = results.RunDir.open(path)
+    df = run.read_frame("gpu")
+    assert not bool(df["gpu_available"].iloc[0])
+    # the chain of a run without a GPU: cpu_fallback selected, loaded once
+    assert gpu_analyse.fallback_counts(df) == gpu_analyse.FallbackCounts(1, 0, "")
+    alerts = gpu_analyse.vram_alerts(df)
+    reason = "NVML unavailable: NVML Shared Library Not Found"
+    assert alerts.not_measured == f"no NVIDIA GPU on this host ({reason})"
+    text = report.phase_section("gpu", run, tmp_path, tmp_path)
+    assert f"- VRAM alerts: not measured: no NVIDIA GPU on this host ({reason})." in text
+    assert "after 1 load attempted the companion would run cpu_fallback." in text

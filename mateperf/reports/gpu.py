@@ -15,7 +15,7 @@ from mateperf.phases.gpu import analyse
 from mateperf.reports import gpu_plots, gpu_tables
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, table
-from mateperf.reports.gpu_tables import first, maybe_bool, mb
+from mateperf.reports.gpu_tables import first, mb
 from mateperf.reports.overview import CLAIMS, ab_row, summary_row
 
 
@@ -86,23 +86,38 @@ def _reading(df: pd.DataFrame) -> list[str]:
     else:
         lines.append("- No VRAM was measured, so neither prediction is checked against NVML here.")
     chosen = first(df, "selected_profile")
-    final = first(df, "final_profile")
     forced = bool(first(df, "selection_forced", False))
-    attempts = df[df["scenario"] == analyse.SCENARIO_ATTEMPT]
-    n_attempts = len(attempts)
-    skipped = attempts.get("attempt_skipped", pd.Series(dtype=object)).map(maybe_bool)
-    n_skipped = int(skipped.fillna(False).astype(bool).sum())
-    lines.append(
-        f"- Profile {'forced' if forced else 'selected'}: {chosen}; after {n_attempts} "
-        f"step{'s' if n_attempts != 1 else ''} ({n_skipped} skipped by prediction, "
-        f"{n_attempts - n_skipped} loaded) the companion would run {final}"
-        + ("" if bool(first(df, "final_ok", False)) else " (the last attempt failed too)")
-        + "."
-    )
-    n_alerts = int((df["scenario"] == analyse.SCENARIO_ALERT).sum())
-    if n_alerts:
-        lines.append(f"- {n_alerts} VRAM alert event{'s' if n_alerts != 1 else ''} (table above).")
+    lines.append(f"- Profile {'forced' if forced else 'selected'}: {chosen}; {_chain_text(df)}.")
+    lines.append(f"- {_alerts_text(df)}.")
     return lines
+
+
+def _chain_text(df: pd.DataFrame) -> str:
+    """The fallback chain in words: loads attempted, steps skipped unloaded, where it ended."""
+    counts = analyse.fallback_counts(df)
+    if counts.not_measured:
+        return f"fallback chain not measured: {counts.not_measured}"
+    skipped = (
+        f" ({counts.skipped} more step{'s' if counts.skipped != 1 else ''} skipped on "
+        f"{'their' if counts.skipped != 1 else 'its'} prediction, not loaded)"
+        if counts.skipped
+        else ""
+    )
+    return (
+        f"after {counts.attempted} load{'s' if counts.attempted != 1 else ''} attempted"
+        f"{skipped} the companion would run {first(df, 'final_profile')}"
+        + ("" if bool(first(df, "final_ok", False)) else " (the last attempt failed too)")
+    )
+
+
+def _alerts_text(df: pd.DataFrame) -> str:
+    alerts = analyse.vram_alerts(df)
+    if alerts.not_measured:
+        return f"VRAM alerts: not measured: {alerts.not_measured}"
+    if not alerts.raised:
+        return "VRAM alerts: none fired"
+    cleared = f", {alerts.cleared} cleared" if alerts.cleared else ""
+    return f"VRAM alerts: {alerts.raised} raised{cleared} (table above)"
 
 
 def _kv_lines(df: pd.DataFrame) -> list[str]:
@@ -220,20 +235,19 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
                 "—",
             )
         )
-    attempts = df[df["scenario"] == analyse.SCENARIO_ATTEMPT]
-    if len(attempts):
-        skipped = attempts.get("attempt_skipped", pd.Series(False, index=attempts.index))
-        n_skipped = int(skipped.map(maybe_bool).fillna(False).astype(bool).sum())
+    counts = analyse.fallback_counts(df)
+    if not counts.not_measured:
         final = str(first(df, "final_profile"))
         ok = bool(first(df, "final_ok", False))
         rows.append(
             summary_row(
                 "gpu",
                 "fallback chain, predict first",
-                "steps",
+                "loads attempted",
                 "–",
-                f"{len(attempts)} step{'s' if len(attempts) != 1 else ''}, "
-                f"{n_skipped} skipped by prediction",
+                f"{counts.attempted} load{'s' if counts.attempted != 1 else ''}, "
+                f"{counts.skipped} step{'s' if counts.skipped != 1 else ''} skipped by "
+                "prediction (not loaded)",
                 "–",
                 f"ended at {final}" + (" (loaded)" if ok else " (the last step failed)"),
                 CLAIMS["gpu"],
@@ -322,6 +336,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         parts += (
             ["VRAM alerts:", "", table(alerts), ""] if len(alerts) else ["No VRAM alert fired.", ""]
         )
+    else:
+        parts += [f"{_alerts_text(df)}.", ""]
     parts += ["### Reading", "", *_reading(df), ""]
     return "\n".join(parts)
 

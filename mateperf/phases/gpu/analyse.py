@@ -7,6 +7,7 @@ and the notebook; nothing here loads a model or reads a device.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,10 @@ SCENARIO_PROFILE = "profile"
 SCENARIO_SAMPLE = "sample"
 SCENARIO_ALERT = "alert"
 MEASURED_SCENARIOS = (SCENARIO_LAYERS, SCENARIO_PROFILE)
+# The GPU monitor's status where there is no GPU reads "no NVIDIA GPU: <reason>"
+# (mateperf.trackers.gpu); the level an alert event returns to when it clears.
+NO_GPU_STATUS_PREFIX = "no NVIDIA GPU: "
+ALERT_CLEARED = "ok"
 
 TRIAL_METRICS = ["load_s", "ttft_ms", "e2e_ms", "pp_tps", "tg_tps", "vram_delta_mb"]
 # Measured VRAM is within target of a prediction if off by at most this share or MiB.
@@ -338,3 +343,74 @@ def prediction_accuracy(df: pd.DataFrame) -> tuple[float, int, int] | None:
     known = [v for v in gpu_rows["meta_within_target"] if v is not None]
     worst = float(gpu_rows["meta_error_mb"].abs().max()) if len(gpu_rows) else math.nan
     return worst, int(sum(known)), len(known)
+
+
+def _first(df: pd.DataFrame, column: str, default=None):
+    return df[column].iloc[0] if column in df and len(df) else default
+
+
+def _flag(value) -> bool:
+    """A stored boolean that may be missing (None, NaN: an older run had no such column)."""
+    return False if value is None or pd.isna(value) else bool(value)
+
+
+def no_gpu_reason(df: pd.DataFrame) -> str:
+    """Why the run had no NVIDIA GPU to read, from its stored status ("" where it had one)."""
+    if _flag(_first(df, "gpu_available")):
+        return ""
+    status = str(_first(df, "gpu_status", "") or "")
+    if status.startswith(NO_GPU_STATUS_PREFIX):
+        status = status[len(NO_GPU_STATUS_PREFIX) :]
+    return status or "the run recorded no GPU status"
+
+
+@dataclass(frozen=True)
+class FallbackCounts:
+    """The fallback chain as it ran: `attempted` steps were loaded (each a real load and a
+    few tokens), `skipped` steps were predicted not to fit and never loaded; `not_measured`
+    says why no step was loaded ("" where one was)."""
+
+    attempted: int
+    skipped: int
+    not_measured: str = ""
+
+
+def fallback_counts(df: pd.DataFrame) -> FallbackCounts:
+    """Loads attempted and steps skipped on their prediction, from the stored attempt rows."""
+    rows = df[df["scenario"] == SCENARIO_ATTEMPT] if "scenario" in df else df.iloc[:0]
+    if "attempt_skipped" in rows:
+        skipped = int(rows["attempt_skipped"].map(_flag).sum())
+    else:
+        skipped = 0  # an older run skipped nothing: it had no prediction-first chain
+    attempted = len(rows) - skipped
+    why = ""
+    if rows.empty:
+        why = "the run recorded no fallback chain"
+    elif not attempted:
+        why = "every step was skipped on its prediction"
+    return FallbackCounts(attempted, skipped, why)
+
+
+@dataclass(frozen=True)
+class VramAlerts:
+    """The monitor's alert events on measured readings: `raised` went up to warn or critical,
+    `cleared` came back to ok; `not_measured` says why VRAM was never read ("" where it was)."""
+
+    raised: int
+    cleared: int
+    not_measured: str = ""
+
+
+def vram_alerts(df: pd.DataFrame) -> VramAlerts:
+    """Alerts raised and cleared, counted only where the monitor read VRAM: without a GPU (or
+    without a single reading) there was nothing to alert on, and that is said, not 0."""
+    absent = no_gpu_reason(df)
+    if absent:
+        return VramAlerts(0, 0, f"no NVIDIA GPU on this host ({absent})")
+    if "scenario" not in df or not (df["scenario"] == SCENARIO_SAMPLE).any():
+        return VramAlerts(0, 0, "the monitor recorded no VRAM reading")
+    events = df[df["scenario"] == SCENARIO_ALERT]
+    if "vram_used_mb" in events:
+        events = events[events["vram_used_mb"].notna()]
+    cleared = int((events["level"] == ALERT_CLEARED).sum()) if len(events) else 0
+    return VramAlerts(len(events) - cleared, cleared)
