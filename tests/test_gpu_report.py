@@ -8,6 +8,7 @@ with the GPU hidden. The figures are the H200 run's (issue 17); the fault is the
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -241,6 +242,10 @@ def test_the_reading_counts_predictions_within_target_from_the_analysis(stored_r
     assert gpu_analyse.predictions_within_target(df[df["scenario"] == "none"]) == {}
 
 
+# A dash standing for a figure, followed by a unit: what a report must never show.
+DASH_BEFORE_UNIT = re.compile(r"–\s*(MiB|GiB|MB|ms|s\b|%)")
+
+
 def stored_no_gpu_runs() -> list[Path]:
     runs = [p.parent for p in sorted(RESULTS.glob("*-gpu-*/gpu.parquet"))]
     assert runs, "results/ holds runs of the gpu phase"
@@ -303,7 +308,7 @@ def test_vram_alerts_are_counted_where_vram_was_read_and_said_not_measured_elsew
 
 
 @pytest.mark.parametrize("path", stored_no_gpu_runs(), ids=lambda p: p.name)
-def test_a_stored_no_gpu_run_counts_only_what_ran(path, tmp_path):
+def test_a_stored_no_gpu_run_counts_what_ran_and_shows_no_dash_for_a_figure(path, tmp_path):
     run = results.RunDir.open(path)
     df = run.read_frame("gpu")
     assert not bool(df["gpu_available"].iloc[0])
@@ -313,5 +318,8 @@ def test_a_stored_no_gpu_run_counts_only_what_ran(path, tmp_path):
     reason = "NVML unavailable: NVML Shared Library Not Found"
     assert alerts.not_measured == f"no NVIDIA GPU on this host ({reason})"
     text = report.phase_section("gpu", run, tmp_path, tmp_path)
+    assert not DASH_BEFORE_UNIT.findall(text), DASH_BEFORE_UNIT.findall(text)
+    assert f"Available: no NVIDIA GPU on this host ({reason})" in text
     assert f"- VRAM alerts: not measured: no NVIDIA GPU on this host ({reason})." in text
     assert "after 1 load attempted the companion would run cpu_fallback." in text
+    assert "Device overhead (CUDA context, cuBLAS, pools): not measured: " in text

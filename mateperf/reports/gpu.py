@@ -15,7 +15,7 @@ from mateperf.phases.gpu import analyse
 from mateperf.reports import gpu_plots, gpu_tables
 from mateperf.reports.declaration import PhaseReport
 from mateperf.reports.format import fmt, table
-from mateperf.reports.gpu_tables import first, mb
+from mateperf.reports.gpu_tables import first, mb, mib
 from mateperf.reports.overview import CLAIMS, ab_row, summary_row
 
 
@@ -52,25 +52,46 @@ def _status_lines(df: pd.DataFrame) -> list[str]:
         ]
     else:
         lines += [
-            f"GPU: {first(df, 'gpu_name')} ({mb(first(df, 'gpu_total_mb'))} MiB), driver "
+            f"GPU: {first(df, 'gpu_name')} ({mib(first(df, 'gpu_total_mb'), 'size unknown')}), "
+            "driver "
             f"{first(df, 'gpu_driver')}, CUDA {first(df, 'gpu_cuda')}; trials ran in a "
             f"{first(df, 'trial_isolation')}.",
             "",
         ]
+    return [*lines, _overhead_line(df), ""]
+
+
+def _overhead_line(df: pd.DataFrame) -> str:
+    """The device overhead as measured, or only why it was not (its source says so)."""
+    names = ["overhead_none_mb", "overhead_attention_mb"]
+    names += [n for n in ("overhead_none_fa_mb", "overhead_attention_fa_mb") if n in df]
+    figures = {n: first(df, n) for n in names}
+    head = "Device overhead (CUDA context, cuBLAS, pools): "
+    if not any(pd.notna(v) and v != "" for v in figures.values()):
+        return f"{head}{first(df, 'overhead_source')}."
     fa = ""
     if "overhead_attention_fa_mb" in df:
         fa = (
-            f" (flash attention on: {mb(first(df, 'overhead_none_fa_mb'))} and "
-            f"{mb(first(df, 'overhead_attention_fa_mb'))} MiB)"
+            f" (flash attention on: {mib(figures['overhead_none_fa_mb'], 'not measured')} and "
+            f"{mib(figures['overhead_attention_fa_mb'], 'not measured')})"
         )
-    lines += [
-        f"Device overhead (CUDA context, cuBLAS, pools): "
-        f"{mb(first(df, 'overhead_none_mb'))} MiB without and "
-        f"{mb(first(df, 'overhead_attention_mb'))} MiB with attention on the device{fa}; "
-        f"{first(df, 'overhead_source')}.",
-        "",
-    ]
-    return lines
+    return (
+        f"{head}{mib(figures['overhead_none_mb'], 'not measured')} without and "
+        f"{mib(figures['overhead_attention_mb'], 'not measured')} with attention on the "
+        f"device{fa}; {first(df, 'overhead_source')}."
+    )
+
+
+def _available_text(df: pd.DataFrame) -> str:
+    """What the selection had to fit in: the figure, or why there was none (never a dash)."""
+    basis = first(df, "selection_basis")
+    available = first(df, "vram_available_mb")
+    if pd.notna(available) and available != "":
+        return f"Available: {mb(available)} MiB ({basis})"
+    absent = analyse.no_gpu_reason(df)
+    if absent:
+        return f"Available: no NVIDIA GPU on this host ({absent}); the selection's basis: {basis}"
+    return f"Available: not measured: NVML read no free VRAM ({basis})"
 
 
 def _reading(df: pd.DataFrame) -> list[str]:
@@ -141,13 +162,14 @@ def _target_lines(df: pd.DataFrame) -> list[str]:
     fit, comp = gpu_tables.target_tables(df)
     if fit.empty:
         return []
+    card = mib(first(df, "target_budget_mb"), "size unknown")
+    margin = mib(first(df, "target_margin_mb"), "unknown")
     return [
         "### The target card",
         "",
-        f"Card: {mb(first(df, 'target_budget_mb'))} MiB ({first(df, 'target_card')}), "
-        f"margin {mb(first(df, 'target_margin_mb'))} MiB. Per n_ctx and KV cache type (both "
-        "K and V; FA: flash attention on), the most n_gpu_layers predicted to fit and the MiB "
-        "it needs; n_ubatch as the run's. Device overhead: "
+        f"Card: {card} ({first(df, 'target_card')}), margin {margin}. Per n_ctx and KV cache "
+        "type (both K and V; FA: flash attention on), the most n_gpu_layers predicted to fit and "
+        "the MiB it needs; n_ubatch as the run's. Device overhead: "
         f"{first(df, 'target_overhead_source')}.",
         "",
         table(fit),
@@ -177,9 +199,10 @@ def companion_model_lines(df: pd.DataFrame) -> list[str]:
         "### For the companion's model",
         "",
         f"Model: {first(df, 'cm_source')}. The companion's GPU_PROFILES as llama.cpp loads them, "
-        f"predicted on its {mb(r['cm_card_mb'])} MiB card less {mb(r['cm_reserve_mb'])} MiB "
+        f"predicted on its {mib(r['cm_card_mb'], 'unknown')} card less "
+        f"{mib(r['cm_reserve_mb'], 'an unknown reserve')} "
         f"for the avatar (Unity and the VRM on the same card; an allowance, not measured: "
-        f"`-p avatar_reserve_mb`) = {mb(r['cm_available_mb'])} MiB. Device overhead: "
+        f"`-p avatar_reserve_mb`) = {mib(r['cm_available_mb'], 'unknown')}. Device overhead: "
         f"{first(df, 'cm_overhead_source')}.",
         "",
         table(gpu_tables.companion_model_table(rows)),
@@ -292,9 +315,8 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
         *companion_model_lines(df),
         "### Profile selection",
         "",
-        f"Available: {mb(first(df, 'vram_available_mb'))} MiB "
-        f"({first(df, 'selection_basis')}); a profile fits if the larger of its two "
-        f"predictions plus the margin does.",
+        f"{_available_text(df)}; a profile fits if the larger of its two predictions plus "
+        "the margin does.",
         "",
         table(gpu_tables.selection_table(df)),
         "",

@@ -34,6 +34,12 @@ def mb(value, digits: int = 0) -> str:
     return "–" if math.isnan(v) else f"{v:.{digits}f}"
 
 
+def mib(value, missing: str, digits: int = 0) -> str:
+    """A figure with its unit, or the words that stand in for it: never a dash before a unit."""
+    v = num(value)
+    return missing if math.isnan(v) else f"{v:.{digits}f} MiB"
+
+
 def first(df: pd.DataFrame, column: str, default=""):
     return df[column].iloc[0] if column in df and len(df) else default
 
@@ -178,11 +184,12 @@ def target_tables(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         kv = f"{r['type_k']}" + (" FA" if r["flash_attn"] else "")
         k = int(r["max_gpu_layers"])
         if not r["known"]:
-            cell = f"? ({mb(r['all_layers_buffers_mb'])} MiB buffers at all)"
+            buffers = mib(r["all_layers_buffers_mb"], "buffers unknown")
+            cell = f"? ({buffers} buffers at all)"
         elif k < 0:
-            cell = f"none ({mb(r['all_layers_mb'])} MiB at all)"
+            cell = f"none ({mib(r['all_layers_mb'], 'unknown')} at all)"
         else:
-            cell = f"{layers_label(k, all_layers)}: {mb(r['max_fit_mb'])} MiB"
+            cell = f"{layers_label(k, all_layers)}: {mib(r['max_fit_mb'], 'VRAM unknown')}"
         wide.setdefault(int(r["n_ctx"]), {"n_ctx": int(r["n_ctx"])})[f"KV {kv}"] = cell
     fit = pd.DataFrame(list(wide.values()))
     rows = []
@@ -306,7 +313,7 @@ def alerts_table(df: pd.DataFrame) -> pd.DataFrame:
             "level": [f"{p} → {lv}" for p, lv in zip(a["previous_level"], a["level"], strict=True)],
             "VRAM used MiB": [mb(v) for v in a["vram_used_mb"]],
             "share": [
-                f"{v:.0f}% of the {b} ({mb(m)} MiB)"
+                f"{v:.0f}% of the {b} ({mib(m, 'size unknown')})"
                 for v, b, m in zip(a["used_pct"], a["basis"], a["basis_mb"], strict=True)
             ],
         }
@@ -321,9 +328,9 @@ def companion_model_table(rows: pd.DataFrame) -> pd.DataFrame:
         v = maybe_bool(value)
         return "?" if v is None else ("yes" if v else "NO")
 
-    def most(k, mib) -> str:
+    def most(k, need) -> str:
         k = int(k)
-        return "none" if k < 0 else f"{k}: {mb(mib)} MiB"
+        return "none" if k < 0 else f"{k}: {mib(need, 'VRAM unknown')}"
 
     out = []
     for _, r in rows.iterrows():
