@@ -8,13 +8,20 @@ The reply is the request line cut to ``reply_max_bytes`` (default 256): for smal
 that is the same line echoed (a symmetric ping-pong), and for a 64 KiB request it is a short
 line, like the bridge's ack, so the floor never carries more bytes than the bridge does.
 
-``python -m mateperf.bridge.floor`` follows the peer stdio contract (see process.py).
+``python -m mateperf.bridge.floor`` follows the peer stdio contract (see process.py), as the
+headless peer does (`peer_main`): one `listening` line, then it serves until Ctrl+C or SIGTERM
+(Ctrl+Break on Windows), or with ``--stop-on-stdin-eof`` until its stdin ends, and prints one
+`stopped` line. Stopping on stdin's end is asked for, not the default: a floor started by hand
+in the background (`&`, nohup, a service) has /dev/null or no stdin at all, which would stop it
+at once. `start_floor` asks for it: its pipe is the floor's tie to the parent, whose death ends
+the pipe and so the floor, and closing it is how `PeerProcess.stop` stops it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sys
 import threading
@@ -47,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reply-max-bytes", type=int, default=256)
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="also stop when stdin ends (mateperf's own spawner stops its peers so)",
+    )
     args = parser.parse_args(argv)
     listener = socket.create_server((args.host, args.port))
     served = [0]
@@ -63,12 +75,38 @@ def main(argv: list[str] | None = None) -> int:
             ).start()
 
     threading.Thread(target=accept, daemon=True).start()
+    stop = threading.Event()
+    if args.stop_on_stdin_eof:
+        threading.Thread(target=_stop_at_stdin_end, args=(stop,), daemon=True).start()
+    _stop_on_signals(stop)
     port = listener.getsockname()[1]
     print(json.dumps({"event": "listening", "peer": "floor", "port": port}), flush=True)
-    sys.stdin.buffer.read()
+    # a bounded wait: Windows delivers Ctrl+C to Python code only between waits
+    while not stop.wait(0.5):
+        pass
     listener.close()
     print(json.dumps({"event": "stopped", "counters": {"served": served[0]}}), flush=True)
     return 0
+
+
+def _stop_at_stdin_end(stop: threading.Event) -> None:
+    if sys.stdin is not None:  # None: started with no stdin at all, which has ended already
+        sys.stdin.buffer.read()
+    stop.set()
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl+C, SIGTERM and (Windows) Ctrl+Break stop the floor. The handler hands `set` to a
+    thread: it runs on the main thread between two bytecodes of `stop.wait`, which may hold the
+    lock `set` takes."""
+
+    def request_stop(*_: object) -> None:
+        threading.Thread(target=stop.set, daemon=True).start()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    if sys.platform == "win32":  # Ctrl+Break: a signal of its own, on Windows only
+        signal.signal(signal.SIGBREAK, request_stop)
 
 
 class FloorClient:

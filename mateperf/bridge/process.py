@@ -1,8 +1,10 @@
 """Run a bridge peer (Python or the C# core under Mono) or the raw floor in its own process.
 
 Every peer program speaks the same small contract on stdio: it prints
-``{"event": "listening", "port": N}`` when ready, stops when its stdin closes (the headless
-peers when given ``--stop-on-stdin-eof``, as `start_peer` does), and then prints
+``{"event": "listening", "port": N}`` when ready, stops on Ctrl+C or SIGTERM, and when its
+stdin closes only if given ``--stop-on-stdin-eof`` (the headless peers and the floor alike),
+which `start_peer` and `start_floor` pass: the stdin pipe ties the child to this process, so a
+parent that dies (its pipe ends with it) leaves no peer behind. Then it prints
 ``{"event": "stopped", "counters": {...}}``. That lets the benchmarks and tests treat a Unity
 stand-in as a black box, exactly as the Python side treats Unity.
 """
@@ -349,4 +351,5 @@ def start_floor(
     """Start the raw ping-pong server (no JSON, no queue) in its own process."""
     cmd = [sys.executable, "-m", "mateperf.bridge.floor", "--host", host]
     cmd += ["--reply-max-bytes", str(reply_max_bytes)]
+    cmd += ["--stop-on-stdin-eof"]  # stop() closes its stdin; so does this process's death
     return _spawn(cmd, "floor", host, startup_timeout_s)
