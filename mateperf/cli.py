@@ -206,9 +206,15 @@ def cmd_all(args) -> int:
         )
         if not outcome.ok:
             failed.append(phase)
-    not_built = [p for p in phases.names() if p not in available]
+    not_built = [p for p in phases.names() if p not in available and not phases.recorded_by(p)]
     if not_built:
         print(f"mateperf: phases not built yet: {', '.join(not_built)}", file=sys.stderr)
+    for p in phases.names():
+        if phases.recorded_by(p):
+            print(
+                f"mateperf: {p} is not part of all: recorded by {phases.recorded_by(p)}",
+                file=sys.stderr,
+            )
     out = write_final(None, args.results)
     print()
     print(summary_section(out.read_text(encoding="utf-8")))

@@ -27,6 +27,10 @@ FRAME_METRIC = "frame_p99_ms"
 FPS_FROM_PARAM = "-p fps"
 FPS_FROM_AVATAR = "the attached avatar's target_fps"
 DEFAULT_SLACK_MS = 1.0
+IDLE_OVER = (
+    "this host does not hold its frames within it even with no model, so a setting's kept or "
+    "over says as much about the host's pacing as about the setting"
+)
 SLACK_HELP = (
     "how far a frame p99 may pass 1000/fps and still count as kept: a timer-paced loop's "
     "own jitter (the peer alone measured 16.7-17.7 ms at 60 fps on a 2-vCPU VM); 0: strict"
@@ -89,8 +93,7 @@ class FrameBudget:
 
     def idle_warning(self) -> str:
         return (
-            "even with no model running the avatar's frame p99 is over the budget: this host "
-            "cannot pace its frames within it, so every setting will be over"
+            f"even with no model running the avatar's frame p99 is over the budget: {IDLE_OVER}"
             if self.idle_over
             else ""
         )
@@ -114,6 +117,18 @@ class FrameBudget:
             if self.idle_p99_ms is None or not math.isfinite(self.idle_p99_ms)
             else round(float(self.idle_p99_ms), 4),
         }
+
+
+def idle_warning(rec: dict) -> str:
+    """The warning for a stored recommended.json whose avatar alone was over its budget
+    ("" where it kept it or was not measured first)."""
+    idle, budget = rec.get("frame_p99_idle_ms"), rec.get("frame_budget_ms")
+    if idle is None or budget is None or keeps(idle, budget):
+        return ""
+    return (
+        f"the avatar alone, no model, had a frame p99 of {idle:.2f} ms, over the budget of "
+        f"{budget:.2f} ms: {IDLE_OVER}"
+    )
 
 
 def budget_fps(param_fps: float, identity: AvatarIdentity | None) -> tuple[float, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mateperf import frame_budget
 from mateperf.reports.format import fmt, table
 
 TITLE = "## Settings for the companion"
@@ -84,6 +85,8 @@ def section(rec: dict, run_id: str) -> str:
         table(pd.DataFrame(rows)),
         "",
     ]
+    if warning := frame_budget.idle_warning(rec):
+        lines += [f"**{warning[0].upper()}{warning[1:]}.**", ""]
     notes = [f"- {n}: {e['note']}" for n, e in rec["profiles"].items() if e.get("note")]
     lines += [*notes, ""] if notes else []
     loaders = [e.get("companion") for e in rec["profiles"].values() if e.get("companion")]

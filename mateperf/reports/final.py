@@ -220,12 +220,14 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
 
 # What each optimisation is judged on in the summary table of FINAL_RESULTS.md, and the original
 # study's claim about it (mateperf.reports.overview.CLAIMS).
+# the threads are picked to keep the avatar's frame, not for speed: their row and the row of
+# all four together show what the frame gained beside what the reply cost
 HEADLINE_METRICS = {
-    "threads": "tg_tps",
-    "warmup": "ttft_ms",
-    "batching": "beat_ms",
-    "profile": "e2e_ms",
-    final.OPTIMISED: "e2e_ms",
+    "threads": ("tg_tps", "frame_p99_ms"),
+    "warmup": ("ttft_ms",),
+    "batching": ("beat_ms",),
+    "profile": ("e2e_ms",),
+    final.OPTIMISED: ("e2e_ms", "frame_p99_ms"),
 }
 
 
@@ -242,7 +244,7 @@ def summary_rows(df: pd.DataFrame, info: dict) -> list[dict]:
     """Rows of the final report's summary table: each optimisation against the baseline."""
     ab = final.against_baseline(df)
     rows = []
-    for arm, metric in HEADLINE_METRICS.items():
+    for arm, metric in ((a, m) for a, ms in HEADLINE_METRICS.items() for m in ms):
         sub = ab[(ab["arm"] == arm) & (ab["metric"] == metric)]
         for _, r in sub.iterrows():
             rows.append(

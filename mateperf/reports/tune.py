@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing
+from mateperf import avatar_pacing, frame_budget
 from mateperf.reports.format import fmt, fmt_p, save_figure, table
 from mateperf.tune.race import raced_medians
 from mateperf.tune.space import Setting
@@ -148,9 +148,11 @@ def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> s
         idle = {k: float("nan") if v is None else v for k, v in rec["avatar_pacing"].items()}
         if line := avatar_pacing.sentence(idle):
             lines += [f"{line} (the avatar alone, before the race)", ""]
+    if warning := frame_budget.idle_warning(rec):
+        lines += [f"**{warning[0].upper()}{warning[1:]}.**", ""]
     notes = [f"- {n}: {e['note']}" for n, e in rec["profiles"].items() if e.get("note")]
     if notes:
-        lines += ["**Frame budget not kept by the pick's confirmation trials:**", "", *notes, ""]
+        lines += ["**Frame budget, per profile:**", "", *notes, ""]
     intent = [e["companion_intent"] for e in rec["profiles"].values() if e.get("companion_intent")]
     lines += [
         "### Evidence (interleaved confirmation trials)",

@@ -329,7 +329,12 @@ def _profile(
         "companion_role": next(r for r, st in roles.items() if st.label == own.label),
     }
     if not result.met_constraint:
-        entry["note"] = frame.none_kept("in the race")
+        entry["note"] = frame.none_kept("in the race") + (
+            f"; its confirmation trials' median frame p99, {figures[CONSTRAINT]} ms, is within "
+            "it: it sits at the edge of the budget on this host"
+            if entry["meets_frame_budget"]
+            else ""
+        )
     elif not entry["meets_frame_budget"]:
         entry["note"] = (
             f"the pick kept {frame.budget_ms:.2f} ms by its race trials' median, but its "

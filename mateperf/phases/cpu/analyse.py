@@ -206,17 +206,21 @@ def batch_grid(d: pd.DataFrame, rec: dict):
     return threads, batches, grid
 
 
-def against_original(df: pd.DataFrame, rec: dict) -> list[tuple[str, int, stats.ABResult]]:
-    """(load, the original 6 threads as run here, tg at the recommended n_threads against it)
-    per load of the recommendation's background."""
+def against_original(
+    df: pd.DataFrame, rec: dict, metric: str = "tg_tps"
+) -> list[tuple[str, int, stats.ABResult]]:
+    """(load, the original 6 threads as run here, `metric` at the recommended n_threads against
+    it) per load of the recommendation's background."""
     d = metrics.completed(df)
     usable = int(d["usable_cpus"].iloc[0]) if "usable_cpus" in d else 1
     original = min(ORIGINAL_HARD_CODED_THREADS, usable)
-    m = metrics.get("cpu", "tg_tps")
+    m = metrics.get("cpu", metric)
     out = []
+    if metric not in d:
+        return out
     for cond, sub in d[d["background"] == rec["for"]].groupby("condition", sort=True):
-        a = sub.loc[sub["n_threads"] == original, "tg_tps"]
-        b = sub.loc[sub["n_threads"] == rec["n_threads"], "tg_tps"]
+        a = sub.loc[sub["n_threads"] == original, metric].dropna()
+        b = sub.loc[sub["n_threads"] == rec["n_threads"], metric].dropna()
         if a.empty or b.empty:
             continue
         r = stats.compare(a, b, higher_is_better=m.higher_is_better, words=m.words)
