@@ -40,10 +40,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# JupyterLab settings for the test's own user: autosave on every 120 s (JupyterLab's default,
-# said here so the test does not depend on it), and every cell in the DOM (by default cells
-# scrolled out of view are not rendered, so their widgets could not be found).
-AUTOSAVE_S = 120
+# JupyterLab settings for the test's own user: autosave on (JupyterLab's default) every 15 s
+# instead of the default 120 s: the test waits for autosave to have written the opened copy,
+# outputs and all, so a shorter interval checks the same thing without two idle minutes; and
+# every cell in the DOM (by default cells scrolled out of view are not rendered, so their
+# widgets could not be found).
+AUTOSAVE_S = 15
 LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {
         "autosave": True,
