@@ -102,10 +102,6 @@ class AvatarIdentity:
         """Why this avatar gives no frame figures ("" when it gives them)."""
         return "" if self.frame_stats else LEGACY_FRAMES
 
-    @property
-    def frame_timing_available(self) -> bool:
-        return self.frame_timing == "available"
-
     def frame_rate(self, default: float) -> float:
         """The avatar's own pacing target where it says one, else `default` (the run's fps)."""
         fps = self.target_fps

@@ -14,10 +14,6 @@ from __future__ import annotations
 import ctypes
 import re
 
-from mateperf.params import GGML_TYPES
-
-_TYPE_NAMES = {v: k for k, v in GGML_TYPES.items()}
-
 
 def load_like_companion(model_path: str, profile: dict, loader_line: bool = True):
     """(llm, llama.cpp's log of the load) for a GPU_PROFILES entry, loaded the companion's way."""
@@ -80,7 +76,3 @@ def expected(settings: dict) -> dict:
         "type_k": settings.get("type_k", "f16"),
         "type_v": settings.get("type_v", "f16"),
     }
-
-
-def type_name(number: int) -> str:
-    return _TYPE_NAMES.get(int(number), str(number))

@@ -21,8 +21,6 @@ from mateperf.gguf_file import validate_gguf
 from mateperf.host import usable_cpus
 from mateperf.params import KV_CACHE_TYPES, UNQUANTISED
 
-DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
-
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

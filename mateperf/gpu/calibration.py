@@ -134,10 +134,3 @@ def overhead_for(monitor, gpu_offload: bool, remeasure: bool = False) -> estimat
         return estimate.Overhead(source=f"not measured: {exc}")
     save(key, overhead)
     return overhead
-
-
-def stored_devices() -> list[str]:
-    try:
-        return sorted(json.loads(store_path().read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return []

@@ -38,7 +38,6 @@ from mateperf import llama_features
 from mateperf.gpu.child import run_module
 from mateperf.params import GGML_TYPES
 
-SYMBOL = llama_features.FIT_PRINT_ITANIUM
 # this platform's name of llama.cpp's common library (Linux: libllama-common.so)
 LIBRARY = (llama_features.common_library_names() or ("libllama-common.so",))[0]
 LIBRARY_ENV = llama_features.COMMON_LIBRARY_ENV  # a llama-common library of the same llama.cpp

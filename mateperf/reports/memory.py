@@ -42,10 +42,6 @@ def _uss_schedule(interval_ms: float) -> str:
     return "USS and heap in use at every marker (after each message)"
 
 
-def _kib(mib: float, digits: int = 1) -> str:
-    return fmt(float(mib) * 1024, digits)
-
-
 def _checkpoint_table(cp: pd.DataFrame, vram: bool) -> pd.DataFrame:
     cols = ["rss_mb", "uss_mb", "rss_anon_mb", "rss_file_mb", "model_mapped_mb"]
     cols += ["heap_used_mb", "heap_free_mb"]

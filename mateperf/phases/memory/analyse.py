@@ -70,12 +70,6 @@ def collections(df: pd.DataFrame) -> pd.DataFrame:
     return rows.sort_values("t_s", kind="stable").reset_index(drop=True)
 
 
-def full_collections(df: pd.DataFrame) -> pd.DataFrame:
-    """The full (generation 2) collections of one run, in time order."""
-    rows = collections(df)
-    return rows[rows["gc_generation"] == 2].reset_index(drop=True)
-
-
 def reply_heap_added(df: pd.DataFrame) -> np.ndarray:
     """Heap each reply added (MiB): the rise from the previous reading plus whatever the
     collections in between returned; NaN where there is no previous reading."""
