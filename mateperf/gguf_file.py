@@ -7,8 +7,10 @@ loading anything.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from mateperf.errors import ModelFileError
@@ -66,40 +68,90 @@ GGUF_STRING, GGUF_ARRAY = 8, 9
 _WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "general.alignment")
 
 
-class _HeaderReader:
-    """Sequential reader of a GGUF header that raises on a short read (a cut file)."""
+class HeaderReader:
+    """Sequential reader of a GGUF header that raises on a short read (a cut file); keeps the
+    scalars, strings and integer arrays asked for and skips the rest."""
 
-    def __init__(self, fh):
-        self.fh = fh
+    def __init__(self, fh, path):
+        self.fh, self.path = fh, path
 
     def take(self, n: int) -> bytes:
         data = self.fh.read(n)
         if len(data) != n:
-            raise ModelFileError(self.fh.name, "is truncated inside its header")
+            raise ModelFileError(self.path, "is truncated inside its header")
         return data
 
     def unpack(self, fmt: str):
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
-    def string(self) -> bytes:
-        return self.take(self.unpack("<Q"))
+    def string(self) -> str:
+        return self.take(self.unpack("<Q")).decode("utf-8", "replace")
 
     def value(self, vtype: int, keep: bool):
         if vtype in GGUF_SCALAR_FORMATS:
             return self.unpack(GGUF_SCALAR_FORMATS[vtype])
         if vtype == GGUF_STRING:
-            raw = self.string()
-            return raw.decode("utf-8", "replace") if keep else None
+            text = self.string()
+            return text if keep else None
         if vtype == GGUF_ARRAY:
             etype, count = self.unpack("<I"), self.unpack("<Q")
-            if etype in GGUF_SCALAR_FORMATS:  # skip fixed-size arrays in one seek
-                size = struct.calcsize(GGUF_SCALAR_FORMATS[etype]) * count
-                self.fh.seek(size, os.SEEK_CUR)
-            else:
-                for _ in range(count):
-                    self.value(etype, keep=False)
+            if etype in GGUF_SCALAR_FORMATS:  # fixed-size arrays: read whole or skipped in one seek
+                fmt = GGUF_SCALAR_FORMATS[etype]
+                size = struct.calcsize(fmt)
+                if keep:
+                    raw = self.take(size * count)
+                    return list(struct.unpack(f"<{count}{fmt[1]}", raw))
+                self.fh.seek(size * count, os.SEEK_CUR)
+                return None
+            for _ in range(count):
+                self.value(etype, keep=False)
             return None
-        raise ModelFileError(self.fh.name, f"has an unknown GGUF value type {vtype}")
+        raise ModelFileError(self.path, f"has an unknown GGUF value type {vtype}")
+
+
+def read_header(path: Path, keep: Callable[[str], bool]) -> tuple[dict, list[tuple], int]:
+    """(the key/values `keep` accepts, each tensor's (name, shape, ggml type, offset), the
+    header's end in bytes), read from the header only."""
+    kv: dict = {}
+    tensors = []
+    with path.open("rb") as fh:
+        r = HeaderReader(fh, path)
+        if r.take(4) != GGUF_MAGIC:
+            raise ModelFileError(path, "is not a GGUF file")
+        r.take(4)  # the version, checked by validate_gguf
+        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+        for _ in range(n_kv):
+            key = r.string()
+            vtype = r.unpack("<I")
+            value = r.value(vtype, keep(key))
+            if keep(key):
+                kv[key] = value
+        for _ in range(n_tensors):
+            name = r.string()
+            n_dims = r.unpack("<I")
+            shape = [r.unpack("<Q") for _ in range(n_dims)]
+            ggml_type, offset = r.unpack("<I"), r.unpack("<Q")
+            tensors.append((name, shape, ggml_type, offset))
+        header_end = fh.tell()
+    return kv, tensors, header_end
+
+
+def tensor_size(path: Path, shape: list[int], ggml_type: int) -> tuple[str, int]:
+    """(the ggml type's name, the tensor's bytes) by the `gguf` package's type table."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        qtype = GGMLQuantizationType(ggml_type)
+        block, type_size = GGML_QUANT_SIZES[qtype]
+    except (ValueError, KeyError):
+        raise ModelFileError(path, f"has a tensor of unknown ggml type {ggml_type}") from None
+    return qtype.name, math.prod(shape) // block * type_size
+
+
+def _metadata_key(key: str) -> bool:
+    return key in _WANTED_KEYS or key.endswith(
+        (".block_count", ".context_length", ".embedding_length")
+    )
 
 
 def gguf_metadata(path: Path) -> dict:
@@ -108,44 +160,14 @@ def gguf_metadata(path: Path) -> dict:
     Reading the header ourselves takes milliseconds; gguf.GGUFReader maps every tensor and
     takes seconds on a 250 MB file, too slow for a check before every run.
     """
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
     path = Path(path)
-    kv: dict = {}
-    tensors = []
-    with path.open("rb") as fh:
-        r = _HeaderReader(fh)
-        r.take(8)  # magic and version, checked by validate_gguf
-        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-        for _ in range(n_kv):
-            key = r.string().decode("utf-8", "replace")
-            vtype = r.unpack("<I")
-            keep = key in _WANTED_KEYS or key.endswith(
-                (".block_count", ".context_length", ".embedding_length")
-            )
-            value = r.value(vtype, keep)
-            if keep:
-                kv[key] = value
-        for _ in range(n_tensors):
-            r.string()  # name
-            n_dims = r.unpack("<I")
-            shape = [r.unpack("<Q") for _ in range(n_dims)]
-            ggml_type, offset = r.unpack("<I"), r.unpack("<Q")
-            tensors.append((shape, ggml_type, offset))
-        header_end = fh.tell()
+    kv, tensors, header_end = read_header(path, _metadata_key)
     alignment = int(kv.get("general.alignment", 32))
     data_start = (header_end + alignment - 1) // alignment * alignment
     tensor_bytes = 0
     data_end = data_start
-    for shape, ggml_type, offset in tensors:
-        try:
-            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-        except (ValueError, KeyError):
-            raise ModelFileError(path, f"has a tensor of unknown ggml type {ggml_type}") from None
-        n_elements = 1
-        for dim in shape:
-            n_elements *= dim
-        n_bytes = n_elements // block * type_size
+    for _name, shape, ggml_type, offset in tensors:
+        n_bytes = tensor_size(path, shape, ggml_type)[1]
         tensor_bytes += n_bytes
         data_end = max(data_end, data_start + offset + n_bytes)
     arch = kv.get("general.architecture", "unknown")

@@ -7,15 +7,11 @@ rest), for `mateperf.gpu.estimate` to predict from.
 
 from __future__ import annotations
 
-import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from mateperf.errors import ModelFileError
-from mateperf.gguf_file import GGUF_ARRAY, GGUF_SCALAR_FORMATS, GGUF_STRING
+from mateperf.gguf_file import read_header, tensor_size
 
 _INPUT_PREFIXES = ("token_embd", "pos_embd", "token_types", "token_embd_norm")
 _OUTPUT_PREFIXES = ("output.", "output_norm.", "cls.", "cls_out.")
@@ -58,49 +54,6 @@ class Layout:
         return n_gpu_layers
 
 
-class _Reader:
-    """A GGUF header reader that keeps the scalars and integer arrays we ask for."""
-
-    SCALARS = GGUF_SCALAR_FORMATS
-    STRING, ARRAY = GGUF_STRING, GGUF_ARRAY
-
-    def __init__(self, fh, path):
-        self.fh, self.path = fh, path
-
-    def take(self, n: int) -> bytes:
-        data = self.fh.read(n)
-        if len(data) != n:
-            raise ModelFileError(self.path, "is truncated inside its header")
-        return data
-
-    def unpack(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        return self.take(self.unpack("<Q")).decode("utf-8", "replace")
-
-    def value(self, vtype: int, keep: bool):
-        if vtype in self.SCALARS:
-            return self.unpack(self.SCALARS[vtype])
-        if vtype == self.STRING:
-            text = self.string()
-            return text if keep else None
-        if vtype == self.ARRAY:
-            etype, count = self.unpack("<I"), self.unpack("<Q")
-            if etype in self.SCALARS:
-                fmt = self.SCALARS[etype]
-                size = struct.calcsize(fmt)
-                if keep:
-                    raw = self.take(size * count)
-                    return list(struct.unpack(f"<{count}{fmt[1]}", raw))
-                self.fh.seek(size * count, 1)
-                return None
-            for _ in range(count):
-                self.value(etype, keep=False)
-            return None
-        raise ModelFileError(self.path, f"has an unknown GGUF value type {vtype}")
-
-
 def _wanted(key: str) -> bool:
     return key.startswith("general.") or not key.startswith("tokenizer.")
 
@@ -112,28 +65,7 @@ def read_layout(path: str | Path) -> Layout:
     default model; the `gguf` package's type table gives the bytes of every tensor.
     """
     path = Path(path)
-    kv: dict = {}
-    tensors: list[tuple[str, list[int], int]] = []
-    with path.open("rb") as fh:
-        r = _Reader(fh, path)
-        if r.take(4) != b"GGUF":
-            raise ModelFileError(path, "is not a GGUF file")
-        r.take(4)
-        n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
-        for _ in range(n_kv):
-            key = r.string()
-            vtype = r.unpack("<I")
-            keep = _wanted(key)
-            value = r.value(vtype, keep)
-            if keep:
-                kv[key] = value
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.unpack("<I")
-            shape = [r.unpack("<Q") for _ in range(n_dims)]
-            ggml_type = r.unpack("<I")
-            r.unpack("<Q")  # offset
-            tensors.append((name, shape, ggml_type))
+    kv, tensors, _ = read_header(path, _wanted)
 
     arch = kv.get("general.architecture", "")
 
@@ -159,14 +91,9 @@ def read_layout(path: str | Path) -> Layout:
     embd_bytes = out_matrix = 0
     n_vocab = int(hp("vocab_size", 0))
     types: dict[str, int] = {}
-    for name, shape, ggml_type in tensors:
-        try:
-            qtype = GGMLQuantizationType(ggml_type)
-            block, type_size = GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise ModelFileError(path, f"has a tensor of unknown ggml type {ggml_type}") from None
-        types[qtype.name] = types.get(qtype.name, 0) + 1
-        n_bytes = math.prod(shape) // block * type_size
+    for name, shape, ggml_type, _offset in tensors:
+        type_name, n_bytes = tensor_size(path, shape, ggml_type)
+        types[type_name] = types.get(type_name, 0) + 1
         if name.startswith("blk."):
             index = int(name.split(".")[1])
             if index < n_layer:
