@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # the CLI reads declarations before anything needs pandas
 class Phase:
     """One phase of the study: how it runs, how its frame is read, and where it is formatted.
 
-    - `notebook`: the notebook `mateperf run` executes; `None` means `notebooks/NN_*.ipynb`
-      with NN the phase's number.
+    - `notebook`: the notebook `mateperf run` executes; `None` (the default) means
+      `notebooks/NN_*.ipynb` with NN the phase's number.
     - `number`: its place in the study (1-7 for the built-in phases): the order of `phases.names()`,
       of FINAL_RESULTS.md's sections, and its notebook's `NN_` prefix.
     - `params`: the phase's `mateperf.params.Params` subclass, the one schema of what it
@@ -57,7 +57,6 @@ class Phase:
 
     name: str
     number: int
-    notebook: Path | None
     params: type[Params]
     uses_model: bool
     reads_config: bool
@@ -68,6 +67,7 @@ class Phase:
     sweep_metrics: Callable[[Frame], list[tuple[str, Frame, str]]] | None
     representative: Callable[[dict], bool] | None
     report: str
+    notebook: Path | None = None
     recorded_by: str = ""
 
     def __post_init__(self) -> None:

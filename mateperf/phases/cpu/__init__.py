@@ -38,7 +38,6 @@ run = measured_by("mateperf.phases.cpu.measure")
 DECLARATION = Phase(
     name="cpu",
     number=4,
-    notebook=None,
     run=run,
     summarize=summarize,
     params=CpuParams,

@@ -36,7 +36,6 @@ run = measured_by("mateperf.phases.final.measure")
 DECLARATION = Phase(
     name="final",
     number=6,
-    notebook=None,
     run=run,
     summarize=against_baseline,
     params=FinalParams,

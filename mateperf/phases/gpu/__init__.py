@@ -69,7 +69,6 @@ run = measured_by("mateperf.phases.gpu.measure")
 DECLARATION = Phase(
     name="gpu",
     number=5,
-    notebook=None,
     run=run,
     summarize=summarize,
     params=GpuParams,

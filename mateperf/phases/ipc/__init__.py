@@ -74,7 +74,6 @@ run = measured_by("mateperf.phases.ipc.measure")
 DECLARATION = Phase(
     name="ipc",
     number=3,
-    notebook=None,
     run=run,
     summarize=summarize,
     params=IpcParams,

@@ -31,7 +31,6 @@ def run(**values):
 DECLARATION = Phase(
     name="live",
     number=7,
-    notebook=None,
     run=run,
     summarize=summarize,
     params=LiveParams,

@@ -48,7 +48,6 @@ run = measured_by("mateperf.phases.llm.measure")
 DECLARATION = Phase(
     name="llm",
     number=2,
-    notebook=None,
     run=run,
     summarize=summarize,
     params=LlmParams,

@@ -72,7 +72,6 @@ run = measured_by("mateperf.phases.memory.measure")
 DECLARATION = Phase(
     name="memory",
     number=1,
-    notebook=None,
     run=run,
     summarize=summarize,
     params=MemoryParams,
