@@ -74,30 +74,26 @@ def run(settle_s: float = 0.5, progress: bool = True, **values) -> pd.DataFrame:
     say(f"{sampler.gpu_status}; {sampler.heap_status}; {sampler.rss_status}")
     retained: list[bytes] = []  # the injected leak, alive until the end of memory_cleanup
     leak_bytes = int(p.leak_kb_per_message) * 1024
+
+    def checkpoint(label: str, scenario: str, name: str, **extra) -> dict:
+        """A checkpoint's reading after the settling pause, with the model file's mapped pages."""
+        time.sleep(settle_s)
+        mapped_mb = mapped_file_rss_mb(model_path)
+        return sampler.mark(
+            label, scenario=scenario, checkpoint=name, **extra, model_mapped_mb=mapped_mb
+        )
+
     with sampler:
         # -- baseline
         sampler.mark("baseline start", scenario="baseline")
-        time.sleep(settle_s)
-        base = sampler.mark(
-            "baseline",
-            scenario="baseline",
-            checkpoint="baseline",
-            model_mapped_mb=mapped_file_rss_mb(model_path),
-        )
+        base = checkpoint("baseline", "baseline", "baseline")
         say(f"baseline rss {base['rss_mb']:.1f} MiB uss {base['uss_mb']:.1f} MiB")
 
         # -- load_model
         sampler.mark("load start", scenario="load_model")
         config = model.LlamaConfig.from_params(p, model_path=str(model_path))
         llm, load_s = model.load(config)
-        time.sleep(settle_s)
-        loaded = sampler.mark(
-            "model loaded",
-            scenario="load_model",
-            checkpoint="after_load",
-            load_s=load_s,
-            model_mapped_mb=mapped_file_rss_mb(model_path),
-        )
+        loaded = checkpoint("model loaded", "load_model", "after_load", load_s=load_s)
         say(f"model loaded in {load_s:.2f} s, rss {loaded['rss_mb']:.1f} MiB")
 
         # -- chat_session
@@ -157,52 +153,26 @@ def run(settle_s: float = 0.5, progress: bool = True, **values) -> pd.DataFrame:
                     f"heap in use {row['heap_used_mb']:.1f} MiB "
                     f"({row['completion_tokens']} tokens, {gen_ms:.0f} ms)"
                 )
-        time.sleep(settle_s)
-        chat_end = sampler.mark(
-            "chat end",
-            scenario="chat_session",
-            checkpoint="after_chat",
-            model_mapped_mb=mapped_file_rss_mb(model_path),
-        )
+        chat_end = checkpoint("chat end", "chat_session", "after_chat")
         collected = sampler.collect()
-        time.sleep(settle_s)
-        sampler.mark(
-            "chat garbage collected",
-            scenario="chat_session",
-            checkpoint="after_chat_gc",
-            gc_collected=collected,
-            model_mapped_mb=mapped_file_rss_mb(model_path),
+        checkpoint(
+            "chat garbage collected", "chat_session", "after_chat_gc", gc_collected=collected
         )
 
         # -- memory_cleanup
         sampler.mark("cleanup start", scenario="memory_cleanup")
         model.close(llm)
         del llm, reply
-        time.sleep(settle_s)
-        sampler.mark(
-            "model closed",
-            scenario="memory_cleanup",
-            checkpoint="after_close",
-            model_mapped_mb=mapped_file_rss_mb(model_path),
-        )
+        checkpoint("model closed", "memory_cleanup", "after_close")
         collected = sampler.collect()
-        time.sleep(settle_s)
-        sampler.mark(
-            "gc.collect",
-            scenario="memory_cleanup",
-            checkpoint="after_gc",
-            gc_collected=collected,
-            model_mapped_mb=mapped_file_rss_mb(model_path),
-        )
+        checkpoint("gc.collect", "memory_cleanup", "after_gc", gc_collected=collected)
         released, trim_note = malloc_trim()
-        time.sleep(settle_s)
-        trimmed = sampler.mark(
+        trimmed = checkpoint(
             "malloc_trim",
-            scenario="memory_cleanup",
-            checkpoint="after_trim",
+            "memory_cleanup",
+            "after_trim",
             malloc_trim_released=released,
             malloc_trim_note=trim_note,
-            model_mapped_mb=mapped_file_rss_mb(model_path),
         )
         say(
             f"after chat rss {chat_end['rss_mb']:.1f} MiB; after cleanup rss "
