@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from mateperf.bridge.protocol import DEFAULT_HOST, LineBuffer
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     if args.stop_on_stdin_eof:
         threading.Thread(target=_stop_at_stdin_end, args=(stop,), daemon=True).start()
-    _stop_on_signals(stop)
+    stop_on_signals(stop.set)
     port = listener.getsockname()[1]
     print(json.dumps({"event": "listening", "peer": "floor", "port": port}), flush=True)
     # a bounded wait: Windows delivers Ctrl+C to Python code only between waits
@@ -95,13 +96,13 @@ def _stop_at_stdin_end(stop: threading.Event) -> None:
     stop.set()
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    """Ctrl+C, SIGTERM and (Windows) Ctrl+Break stop the floor. The handler hands `set` to a
-    thread: it runs on the main thread between two bytecodes of `stop.wait`, which may hold the
-    lock `set` takes."""
+def stop_on_signals(stop: Callable[[], object]) -> None:
+    """Ctrl+C, SIGTERM and (Windows) Ctrl+Break call `stop` (the floor's, and the Python peer's).
+    The handler hands `stop` to a thread: it runs on the main thread between two bytecodes of
+    the program's wait or loop, which may hold a lock `stop` takes."""
 
     def request_stop(*_: object) -> None:
-        threading.Thread(target=stop.set, daemon=True).start()
+        threading.Thread(target=stop, daemon=True).start()
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 
+from mateperf.bridge.floor import stop_on_signals
 from mateperf.bridge.frames import check_frame_busy
 from mateperf.bridge.peer import FramePacedPeer
 from mateperf.bridge.peer_config import (
@@ -147,26 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             peer.stop()
 
         threading.Thread(target=watch_stdin, daemon=True).start()
-    _stop_on_signals(peer)
+    stop_on_signals(peer.stop)  # the peer then prints its stopped line
     print(json.dumps({"event": "listening", "peer": "python", "port": peer.port}), flush=True)
     peer.serve_forever()
     stopped = {"event": "stopped", "counters": peer.counters.as_dict(), "frames": peer.frame}
     print(json.dumps(stopped), flush=True)
     return 0
-
-
-def _stop_on_signals(peer: FramePacedPeer) -> None:
-    """Ctrl+C, SIGTERM and (Windows) Ctrl+Break stop the peer, which then prints its stopped
-    line. The handler hands `stop` to a thread: it runs on the main thread between two bytecodes
-    of the loop, which may hold a lock `stop` takes."""
-
-    def request_stop(*_: object) -> None:
-        threading.Thread(target=peer.stop, daemon=True).start()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    if sys.platform == "win32":  # Ctrl+Break: a signal of its own, on Windows only
-        signal.signal(signal.SIGBREAK, request_stop)
 
 
 if __name__ == "__main__":
