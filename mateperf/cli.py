@@ -30,6 +30,8 @@ from mateperf.command import (
 from mateperf.errors import BadInput, ParameterError
 from mateperf.execute import absolute_environment, execute_phase
 
+INTERRUPTED_BY_CTRL_C = "stopped by Ctrl+C (KeyboardInterrupt) before it finished"
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as for every other bad input
@@ -231,13 +233,20 @@ def cmd_all(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mateperf.report import write_final
+    from mateperf.report import unfinished_notes, write_final
 
     for path in args.runs:
         if not (Path(path) / results.RUN_JSON).is_file():
             raise BadInput(f"{path} is not a run directory (no {results.RUN_JSON})")
+        named_run = results.RunDir.open(Path(path))
+        if not named_run.has_frame():  # e.g. killed before its notebook saved anything
+            state = f"{results.status_now(named_run.info)}, no {named_run.phase}.parquet"
+            raise BadInput(f"{path} holds no rows to report ({state})")
+    named = [Path(p) for p in args.runs] or None
+    for line in unfinished_notes(named, args.results):  # killed, Ctrl+C'd, still running
+        print(line)
     try:
-        out = write_final([Path(p) for p in args.runs] or None, args.results)
+        out = write_final(named, args.results)
     except FileNotFoundError as exc:
         raise BadInput(str(exc)) from None
     print(results.shown_path(out, args.results))
@@ -331,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mateperf: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        # the runs it was writing say so (a killed process cannot: results.status_now tells)
+        for run in results.interrupt_owned_runs(INTERRUPTED_BY_CTRL_C):
+            print(f"mateperf: {run.run_id} recorded as interrupted", file=sys.stderr)
         print("mateperf: interrupted", file=sys.stderr)
         return 130
 

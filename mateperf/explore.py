@@ -25,7 +25,7 @@ def runs_table(root: Path | None = None) -> pd.DataFrame:
                 "run_id": run.run_id,
                 "phase": run.phase,
                 "kind": run.info.get("kind", "run"),
-                "status": run.info.get("status"),
+                "status": results.status_now(run.info),  # a killed run: interrupted
                 "started_at": run.info.get("started_at"),
                 "path": results.shown_path(run.path, root),
                 **{f"p.{k}": v for k, v in run.info.get("params", {}).items()},

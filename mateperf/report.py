@@ -31,7 +31,53 @@ def phase_section(
         sweep.section if run.info.get("kind") == "sweep" else declaration.declared(phase).section
     )
     df = run.read_frame(phase) if df is None else df
-    return section(df, run.info, plots_dir, md_dir)
+    return section(df, shown_info(run), plots_dir, md_dir)
+
+
+def shown_info(run: results.RunDir) -> dict:
+    """run.json as a report shows it: its status as it stands now (results.status_now: a run
+    whose process is gone is interrupted), not as the file last said."""
+    return {**run.info, "status": results.status_now(run.info)}
+
+
+FINISHED = (results.STATUS_OK, results.STATUS_PARTIAL, results.STATUS_FAILED)
+
+
+def _unfinished(runs: list[results.RunDir], listed: list[results.RunDir]) -> list[str]:
+    """One line per run that did not finish: each reported one (an interrupted session, read
+    from its journal), then per phase the newest one after the phase's last finished run (the
+    count of earlier ones beside it), which the report leaves out."""
+    lines = []
+    shown = {r.run_id for r in runs}
+    for r in runs:
+        status = results.status_now(r.info)
+        if status not in (results.STATUS_OK, results.STATUS_PARTIAL):
+            cut = not r.frame_path().is_file() and r.journal_path().is_file()
+            source = "its journal" if cut else "the rows it stored"
+            lines.append(f"{r.run_id} ({r.phase}): {status}; reported from {source}")
+    waiting: dict[str, list[tuple[results.RunDir, str]]] = {}
+    for r in listed:  # oldest first: a finished run supersedes the unfinished ones before it
+        status = results.status_now(r.info)
+        if status in FINISHED:
+            waiting.pop(r.phase, None)
+        elif r.run_id not in shown:
+            waiting.setdefault(r.phase, []).append((r, status))
+    for items in waiting.values():
+        r, status = items[-1]
+        more = f" ({len(items) - 1} earlier unfinished)" if len(items) > 1 else ""
+        lines.append(
+            f"{r.run_id} ({r.phase}): {status}, started {r.info.get('started_at', '?')}; "
+            f"not reported{more}"
+        )
+    return lines
+
+
+def unfinished_notes(paths: list[Path] | None = None, root: Path | None = None) -> list[str]:
+    """The runs FINAL_RESULTS.md lists as not finished, for the console (`mateperf report`)."""
+    root = Path(root) if root else results.default_root()
+    listed = results.list_runs(root)
+    runs = select_runs(paths, root, listed)
+    return _unfinished(runs, runs if paths else listed)
 
 
 def _report_command(paths: list[Path] | None, root: Path) -> str:
@@ -69,9 +115,11 @@ def select_runs(
             label = variant_label(phase, info.get("params", {}), defaults)
             return own(info) and label == "default"
 
+        # a phase recorded as it goes (live) is reported from an interrupted run's journal
+        cut = bool(phases.recorded_by(phase))
         found.append(
-            results.latest_run(phase, root, accept=default_test, runs=listed)
-            or results.latest_run(phase, root, accept=own, runs=listed)
+            results.latest_run(phase, root, accept=default_test, runs=listed, interrupted=cut)
+            or results.latest_run(phase, root, accept=own, runs=listed, interrupted=cut)
         )
         found.append(results.latest_run(phase, root, kinds=("sweep",), runs=listed))
     return [r for r in found if r is not None]
@@ -295,13 +343,17 @@ def write_final(paths: list[Path] | None = None, root: Path | None = None) -> Pa
         question = phases.title(r.phase) if r.phase in phases.names() else TUNE_QUESTION
         parts.append(
             f"| {r.phase}{kind} | {question} | [`{r.run_id}`]({r.run_id}/"
-            f"{r.phase}.md) | {host_names[r.run_id]} | `{code}` | {r.info.get('status')} |"
+            f"{r.phase}.md) | {host_names[r.run_id]} | `{code}` | {results.status_now(r.info)} |"
         )
+    notes = _unfinished(runs, runs if paths else listed)
+    if notes:
+        parts += ["", "Runs that did not finish (interrupted: killed, or stopped by Ctrl+C):", ""]
+        parts += [f"- {line}" for line in notes]
     for r in runs:
         if phases.recorded_by(r.phase) and r.info.get("kind") != "sweep":
             # no notebook wrote this run's own report: it is written here, from its rows so far
             own = phase_section(r.phase, r, r.plots_dir, r.path, frame(r))
-            r.write_text(f"{r.phase}.md", run_header(r.info) + "\n" + own)
+            r.write_text(f"{r.phase}.md", run_header(shown_info(r)) + "\n" + own)
     for r in runs:
         # one folder per run: two runs of a phase must not overwrite each other's plots
         heading, body = _demote(phase_section(r.phase, r, plots_root / r.run_id, root, frame(r)))

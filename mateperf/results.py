@@ -8,11 +8,14 @@ run never leaves a half-written file that a later report would read, and a new r
 created with an exclusive mkdir so two runs can never share (and overwrite) one.
 
 A run recorded as it goes (the live phase: a companion that may be killed at any moment)
-appends its rows to a journal, `<phase>.jsonl`, one JSON object per line, each line one
-write() to a file opened for appending: a killed process keeps every line it wrote, and a line
-cut short (the machine stopped mid-write) is left out on reading. A later line with the same
-`trial` completes that row (figures known only after the call). The frame is read from the
+appends its rows to a journal, `<phase>.jsonl` (mateperf.journal); its frame is read from the
 parquet where the run finished and wrote one, else from the journal.
+
+run.json records the process that owns the run (`owner`: pid, its start time, host;
+mateperf.run_owner). A run killed before it could finish stays "running" in its file;
+`status_now` tells a reader that it is interrupted once its process is gone, without rewriting
+the file (readers never write). Ctrl+C in `mateperf` marks the runs the process still owns
+interrupted itself (`interrupt_owned_runs`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mateperf import host
+from mateperf import host, run_owner
+from mateperf.journal import journal_frame
 from mateperf.upgrade import upgrade
 
 RUN_JSON = "run.json"
@@ -38,6 +42,11 @@ STATUS_RUNNING = "running"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_PARTIAL = "partial"  # a sweep in which some points failed
+# a run whose process stopped before it finished: stored by Ctrl+C, else told by status_now
+STATUS_INTERRUPTED = "interrupted"
+# what status_now says of a "running" run it cannot check
+STATUS_ELSEWHERE = "running (on another host, cannot tell)"
+STATUS_UNRECORDED = "running (no owner recorded, cannot tell)"
 
 
 def default_root() -> Path:
@@ -251,11 +260,13 @@ class RunDir:
             "started_at": utc_now(),
             "ended_at": None,
             "status": STATUS_RUNNING,
+            "owner": run_owner.this_process(),
             "error": None,
             **(extra or {}),
         }
         run = cls(path, info)
         run.save_info()
+        _OWNED[run.path] = run
         return run
 
     @classmethod
@@ -275,6 +286,12 @@ class RunDir:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.update(status=status, error=error, ended_at=utc_now())
+        _OWNED.pop(self.path, None)
+
+    def resume(self) -> None:
+        """Running again, owned by this process (a sweep resumed after it was stopped)."""
+        self.update(status=STATUS_RUNNING, ended_at=None, owner=run_owner.this_process())
+        _OWNED[self.path] = self
 
     def frame_path(self, phase: str | None = None) -> Path:
         return self.path / f"{phase or self.phase}.parquet"
@@ -317,38 +334,40 @@ class RunDir:
         return self.path / "plots"
 
 
-def append_journal(path: Path, row: dict) -> None:
-    """Append one row as one line: a single write() to a file opened for appending, so a
-    process killed after it returns keeps the line (a power cut may not: no fsync per row)."""
-    line = (json.dumps(row, default=str, allow_nan=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
+# The runs this process created (or resumed) and has not finished, for Ctrl+C.
+_OWNED: dict[Path, RunDir] = {}
 
 
-def read_journal(path: Path) -> list[dict]:
-    """Every complete line of a journal; a line cut short (no newline, or not JSON) is left
-    out."""
-    rows = []
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                rows.append(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
-    return rows
+def interrupt_owned_runs(reason: str) -> list[RunDir]:
+    """Record every run this process still owns as interrupted (`reason` as its error): what
+    a Ctrl+C leaves unfinished. Its run.json is read first: a notebook's kernel writes to it
+    too."""
+    stopped = []
+    for run in list(_OWNED.values()):
+        try:
+            run.info = RunDir.open(run.path).info
+            run.finish(STATUS_INTERRUPTED, reason)
+        except (OSError, json.JSONDecodeError):
+            _OWNED.pop(run.path, None)  # its directory went away: nothing left to mark
+            continue
+        stopped.append(run)
+    return stopped
 
 
-def journal_frame(path: Path) -> pd.DataFrame:
-    """A journal as a frame: one row per `trial`, later lines completing earlier ones."""
-    merged: dict = {}
-    for row in read_journal(path):
-        merged.setdefault(row.get("trial"), {}).update(row)
-    return pd.DataFrame(list(merged.values()))
+def status_now(info: dict) -> str:
+    """A run's status as it stands now: run.json's, except that a run still "running" whose
+    process is gone (same host, no process with that pid and start time) is
+    STATUS_INTERRUPTED, and one owned on another host (or recorded before owners were) cannot
+    be told: STATUS_ELSEWHERE (STATUS_UNRECORDED). Reads; never rewrites the file."""
+    status = info.get("status")
+    if status != STATUS_RUNNING:
+        return status
+    return {
+        run_owner.ALIVE: STATUS_RUNNING,
+        run_owner.GONE: STATUS_INTERRUPTED,
+        run_owner.ELSEWHERE: STATUS_ELSEWHERE,
+        run_owner.UNRECORDED: STATUS_UNRECORDED,
+    }[run_owner.check(info.get("owner"))]
 
 
 def tidy(df: pd.DataFrame, run_id: str, phase: str, params: dict) -> pd.DataFrame:
@@ -385,18 +404,21 @@ def latest_run(
     kinds: tuple[str, ...] = ("run", "notebook"),
     accept=None,
     runs: list[RunDir] | None = None,
+    interrupted: bool = False,
 ) -> RunDir | None:
     """The newest finished run of a phase, of one of `kinds`, that has its parquet.
 
     `accept(info) -> bool` narrows further (e.g. leave out a phase's self-check runs).
     `runs`: an already listed root (oldest first), so a caller asking many questions of one
-    root reads its run.json files once.
+    root reads its run.json files once. `interrupted`: interrupted runs count too (a phase
+    recorded as it goes: its journal holds the rows up to the interruption).
     """
     listed = list_runs(root, phase) if runs is None else [r for r in runs if r.phase == phase]
+    wanted = (STATUS_OK, STATUS_PARTIAL) + ((STATUS_INTERRUPTED,) if interrupted else ())
     done = [
         r
         for r in listed
-        if r.info.get("status") in (STATUS_OK, STATUS_PARTIAL)
+        if status_now(r.info) in wanted
         and r.info.get("kind", "run") in kinds
         and r.has_frame()
         and (accept is None or accept(r.info))

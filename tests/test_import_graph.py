@@ -160,6 +160,8 @@ LAYERS = (
         "instruments",
         (
             "host",
+            "run_owner",
+            "journal",
             "results",
             "gguf_file",
             "bridge",

@@ -26,6 +26,7 @@ from mateperf.companion import SYSTEM_PROMPT, USER_TURNS
 from mateperf.errors import BadInput
 from mateperf.gpu.companion_profiles import PROFILES
 from mateperf.host import usable_cpus
+from mateperf.journal import append_journal, journal_frame
 
 pytestmark = pytest.mark.slow
 
@@ -164,21 +165,33 @@ def test_a_session_killed_mid_call_keeps_its_earlier_calls(default_model, result
     assert (df["completion_tokens"] > 0).all() and (df["eval_ms"] > 0).all()
     assert df["prompt_eval_tokens"].tolist()[1] == 0 < df["prompt_eval_tokens"].tolist()[0]
     assert explore.declared(explore.load([run_dir]))[:3] == ["wall_ms", "prompt_eval_ms", "eval_ms"]
+    stored = (run.path / results.RUN_JSON).read_bytes()
     r = cli("report", run_dir)
     assert r.rc == 0, r.stderr
     text = (results_root / "FINAL_RESULTS.md").read_text(encoding="utf-8")
-    assert "not closed (the companion was killed, or is still running)" in text
-    assert "Phase 7 — live" in (run.path / "live.md").read_text(encoding="utf-8")
+    assert "interrupted (the companion's process is gone: killed or crashed" in text
+    own = (run.path / "live.md").read_text(encoding="utf-8")
+    assert own.startswith(f"# live — run `{run.run_id}` (interrupted)")
+    assert "## Phase 7 — live: a real companion session (interrupted)" in own
+    # the default selection reports it too, from its journal, with its status now
+    r = cli("report")
+    assert r.rc == 0, r.stderr
+    assert f"{run.run_id} (live): interrupted; reported from its journal" in r.stdout
+    text = (results_root / "FINAL_RESULTS.md").read_text(encoding="utf-8")
+    assert "## Phase 7 — live: a real companion session (interrupted)" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| live |"))
+    assert row.endswith("| interrupted |")
+    assert (run.path / results.RUN_JSON).read_bytes() == stored  # readers never write
 
 
 def test_a_cut_line_is_left_out_and_a_later_line_completes_its_call(tmp_path):
     journal = tmp_path / "live.jsonl"
-    results.append_journal(journal, {"trial": 0, "wall_ms": 5.0})
-    results.append_journal(journal, {"trial": 1, "wall_ms": 7.0})
-    results.append_journal(journal, {"trial": 0, "frame_p99_ms": 17.1})
+    append_journal(journal, {"trial": 0, "wall_ms": 5.0})
+    append_journal(journal, {"trial": 1, "wall_ms": 7.0})
+    append_journal(journal, {"trial": 0, "frame_p99_ms": 17.1})
     with open(journal, "ab") as fh:
         fh.write(b'{"trial": 2, "wall_')  # the machine stopped mid-write
-    df = results.journal_frame(journal).set_index("trial")
+    df = journal_frame(journal).set_index("trial")
     assert list(df.index) == [0, 1]
     assert df.loc[0, "frame_p99_ms"] == 17.1 and math.isnan(df.loc[1, "frame_p99_ms"])
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mateperf import avatar as avatar_info
 from mateperf import results
+from mateperf.journal import append_journal, journal_frame
 from mateperf.live.avatar import AvatarFrames
 from mateperf.live.counters import UNREAD, Counters
 from mateperf.phases.live.params import LiveParams
@@ -151,11 +152,11 @@ class Session:
             self._avatar.end_call(index)
         # the recorder's own time on the caller's thread, all but this row's own append
         row["overhead_us"] = ((t1 - t0) + (time.perf_counter_ns() - t2)) / 1e3
-        results.append_journal(self.journal, row)
+        append_journal(self.journal, row)
 
     def _frames(self, index: int, figures: dict) -> None:
         """The avatar's figures of call `index`: a line completing that call's row."""
-        results.append_journal(self.journal, {"trial": index, **figures})
+        append_journal(self.journal, {"trial": index, **figures})
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -168,7 +169,7 @@ class Session:
         if self._avatar is not None:
             self._avatar.close()
         if self.journal.is_file():
-            frame = results.journal_frame(self.journal)
+            frame = journal_frame(self.journal)
             self.run.write_frame(
                 results.tidy(frame, self.run.run_id, PHASE, self.run.info["params"]), PHASE
             )

@@ -59,11 +59,17 @@ def _shown(name: str, value):
     return value
 
 
+UNREMARKED = (None, results.STATUS_OK, results.STATUS_PARTIAL, results.STATUS_RUNNING)
+
+
 def run_header(info: dict) -> str:
     fp = info.get("fingerprint", {})
     live = avatar_line(info)
+    status = info.get("status")
+    # a run reported before it finished says so in its title (a killed session: interrupted)
+    shown = "" if status in UNREMARKED else f" ({status})"
     lines = [
-        f"# {info.get('phase', '?')} — run `{info.get('run_id', '?')}`",
+        f"# {info.get('phase', '?')} — run `{info.get('run_id', '?')}`{shown}",
         "",
         f"Started {info.get('started_at', '?')}.",
         "",

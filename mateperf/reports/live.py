@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mateperf import metrics
+from mateperf import metrics, results
 from mateperf.phases import live
 from mateperf.phases.live.analyse import CALL_COLUMNS, completed, outside_llama_ms
 from mateperf.reports.declaration import PhaseReport
@@ -69,17 +69,21 @@ def section(df: pd.DataFrame, info: dict, plots_dir: Path, md_dir: Path) -> str:
     params = info.get("params", {})
     d = live.calls(df)
     n_done = len(completed(df))
-    closed = info.get("status") == "ok"
-    state = (
-        f"closed: {len(d)} calls"
-        if closed
-        else f"not closed (the companion was killed, or is still running): the {len(d)} calls "
-        "its journal holds"
-    )
+    status = info.get("status")  # as it stands now (report.shown_info)
+    interrupted = status == results.STATUS_INTERRUPTED
+    if status == results.STATUS_OK:
+        state = f"closed: {len(d)} calls"
+    elif interrupted:
+        state = (
+            "interrupted (the companion's process is gone: killed or crashed before it closed "
+            f"the session): the {len(d)} calls its journal holds"
+        )
+    else:
+        state = f"not closed ({status}): the {len(d)} calls its journal holds so far"
     share = live.overhead_share(df)
     outside = outside_llama_ms(df)
     lines = [
-        "## Phase 7 — live: a real companion session",
+        "## Phase 7 — live: a real companion session" + (" (interrupted)" if interrupted else ""),
         "",
         (f"Session: {params['label']}. " if params.get("label") else "")
         + f"Model `{s.get('model_file', '?')}`, n_ctx {s.get('n_ctx')}, n_batch "

@@ -21,7 +21,7 @@ def execute(sweep: Sweep, show_progress: bool = True) -> dict:
 
     manifest = sweep.manifest()
     sweep.recover(manifest)
-    sweep.run.update(status=results.STATUS_RUNNING, ended_at=None)
+    sweep.run.resume()  # owned by this process now (mateperf.run_owner)
 
     units = manifest["point_rounds"]
     todo = [u for u in units if u["status"] == PENDING]
