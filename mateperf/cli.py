@@ -90,19 +90,13 @@ def phases_help() -> str:
 
 def phase_help(phase: str) -> str:
     phases.check_phase(phase)
-    rows = phases.parameter_help(phase)
     lines = [
         f"usage: mateperf run {phase} [-p NAME=VALUE ...] [--model PATH] [--config PATH]",
         "",
         phases.title(phase),
         "",
-        "parameters (-p NAME=VALUE):",
+        phases.schema(phase).help_text(),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, kind, default, meaning in rows:
-        lines.append(f"  {name:<{width}}  {kind:<5} default {default}")
-        if meaning:
-            lines.append(f"  {'':<{width}}  {meaning}")
     return "\n".join(lines)
 
 

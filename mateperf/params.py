@@ -122,6 +122,18 @@ class Params(Mapping):
         ]
 
     @classmethod
+    def help_text(cls) -> str:
+        """The parameters as `--help` lists them: name, type and default, then the meaning."""
+        rows = cls.help_rows()
+        width = max(len(r[0]) for r in rows)
+        lines = ["parameters (-p NAME=VALUE):"]
+        for name, kind, default, meaning in rows:
+            lines.append(f"  {name:<{width}}  {kind:<5} default {default}")
+            if meaning:
+                lines.append(f"  {'':<{width}}  {meaning}")
+        return "\n".join(lines)
+
+    @classmethod
     def from_values(cls, values: Mapping[str, Any], what: str = "") -> Params:
         """Defaults with `values` applied; a name the schema lacks is refused by name."""
         known = cls.defaults()

@@ -98,19 +98,10 @@ def add_commands(sub) -> None:
         "tune",
         help="this machine's settings for each companion profile, measured under the avatar's load",
         description=__doc__.split("\n\n")[0],
-        epilog=_params_help(),
+        epilog=TuneParams.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a parameter below")
     p.add_argument("--model", help="GGUF file (default: $MATEPERF_MODEL or the default model)")
     p.add_argument("--avatar", metavar="HOST:PORT", help=AVATAR_FLAG_HELP)
     p.set_defaults(func=cmd_tune)
-
-
-def _params_help() -> str:
-    rows = TuneParams.help_rows()
-    width = max(len(r[0]) for r in rows)
-    lines = ["parameters (-p NAME=VALUE):"]
-    for name, kind, default, meaning in rows:
-        lines += [f"  {name:<{width}}  {kind:<5} default {default}", f"  {'':<{width}}  {meaning}"]
-    return "\n".join(lines)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from mateperf.gpu import estimate
 
 PERFORMANCE, BALANCED, CPU_FALLBACK = "performance", "balanced", "cpu_fallback"
-GiB = float(1 << 30)
 MiB = float(1 << 20)
 # The companion's card: an RTX 4050 laptop GPU, 6 GB.
 CARD_MB = 6144
