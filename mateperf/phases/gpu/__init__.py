@@ -44,7 +44,6 @@ from mateperf.phases.gpu.analyse import (  # noqa: F401 - re-exported
     SCENARIO_FIT,
     SCENARIO_KV_CHECK,
     SCENARIO_LAYERS,
-    SCENARIO_PREDICTION,
     SCENARIO_PROFILE,
     SCENARIO_SAMPLE,
     SCENARIO_SELECTION,

@@ -26,7 +26,6 @@ from __future__ import annotations
 from mateperf.phases.declaration import Phase, measured_by
 from mateperf.phases.llm.analyse import (  # noqa: F401 - re-exported
     COLD,
-    FIRST_REPLY_METRICS,
     SCENARIO_FIRST_REPLY,
     SCENARIO_MEMBW,
     SCENARIO_PP,
