@@ -11,14 +11,17 @@ import pytest
 from mateperf import companion, model, results, runner, workloads
 from mateperf.phases import llm
 from mateperf.phases.llm import measure
-from tests.conftest import SMALL_LLM, small_llm_args
+from tests.conftest import PHASE_RUN_PARAMS, SMALL_LLM, small_llm_args
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small_run(default_model) -> pd.DataFrame:
-    return llm.run(model=str(default_model), **{**SMALL_LLM, "trials": 2, "bench_reps": 2})
+def small_run(phase_runs) -> pd.DataFrame:
+    """The stored frame of the session's one real `mateperf run llm` (PHASE_RUN_PARAMS["llm"]:
+    SMALL_LLM with 2 trials and 2 bench repetitions), read as a report reads it."""
+    assert PHASE_RUN_PARAMS["llm"]["trials"] == 2 and PHASE_RUN_PARAMS["llm"]["bench_reps"] == 2
+    return phase_runs.frame("llm")
 
 
 def test_rows_and_interleaving(small_run):
@@ -127,7 +130,7 @@ def test_cli_run_writes_a_complete_run_directory(cli_llm_run):
     results_root, run_dir, r = cli_llm_run
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert info["status"] == results.STATUS_OK
-    assert info["params"]["trials"] == 1 and info["params"]["max_tokens"] == 8
+    assert info["params"]["trials"] == 2 and info["params"]["max_tokens"] == 8
     assert info["command"].startswith("mateperf run llm")
     df = pd.read_parquet(run_dir / "llm.parquet")
     assert {"run_id", "phase", "scenario", "trial", "ttft_ms", "tg_tps", "n_threads"} <= set(
@@ -189,8 +192,9 @@ def test_compare_a_run_with_itself(cli_llm_run, cli):
     r = cli("compare", str(run_dir), str(run_dir))
     assert r.rc == 0, r.stderr
     assert "ttft_ms" in r.stdout
-    # one trial per arm: nothing can be tested, and nothing is called different
-    assert "not tested (one replicate)" in r.stdout
+    # two trials per arm: too few for a rank test, and nothing is called different (the
+    # one-replicate verdict is checked on the one-trial runs of the threads comparison below)
+    assert "too few trials to test: 2+2" in r.stdout
     assert "faster" not in r.stdout and "slower" not in r.stdout
 
 
@@ -214,6 +218,10 @@ def test_compare_calls_two_threads_faster_than_one(cli, results_root):
     assert tg["n"] == "5/5"
     assert tg["verdict"] == "faster", tg.to_dict()
     assert tg["B/A"] > 1.1
+    # one trial per arm in each run: the first replies are reported, not tested
+    r = cli("compare", str(one.path), str(two.path))
+    assert r.rc == 0, r.stderr
+    assert "not tested (one replicate)" in r.stdout
 
 
 def test_failed_measurement_is_recorded(cli, results_root):
