@@ -154,13 +154,18 @@ class LlamaConfig:
         return config
 
     @classmethod
-    def from_recommended(cls, path, model_path, **overrides) -> LlamaConfig:
-        """The settings of a recommended.json (from `mateperf run cpu`), checked against this
-        host (mateperf.recommended_file.ConfigError names what does not fit); overrides win."""
+    def from_recommended(
+        cls, path, model_path, profile: str | None = None, **overrides
+    ) -> LlamaConfig:
+        """The settings of a recommended.json (`mateperf run cpu`, or `mateperf tune`: its
+        `profile`, by default its default_profile), checked against this host
+        (mateperf.recommended_file.ConfigError names what does not fit, or a profile the file
+        does not hold); overrides win."""
         from mateperf import recommended_file
 
         rec = recommended_file.load(path)
-        return cls(model_path=str(model_path), **{**recommended_file.as_params(rec), **overrides})
+        settings = recommended_file.as_params(rec, profile)
+        return cls(model_path=str(model_path), **{**settings, **overrides})
 
 
 # Load settings that need a llama.cpp feature an older build may lack, when not at their

@@ -7,8 +7,9 @@ it on a host that differs (another CPU, another CPU budget) is refused, naming t
 
 Two formats: 1, from the cpu phase (threads and batch, top level), and 2, from `mateperf tune`
 (one entry per companion profile under `profiles`, each with every load setting, its measured
-figures and its evidence; `default_profile` says which one `--config` applies). `as_params`
-gives a file's settings in either format.
+figures and its evidence; `default_profile` says which one `--config` applies). A tuned file
+holds the profiles `mateperf tune -p profiles=` named (all three by default; `not_tuned` says
+which are missing). `as_params` gives a file's settings in either format.
 """
 
 from __future__ import annotations
@@ -103,9 +104,23 @@ def check_host(path: Path, rec: dict, fingerprint: dict) -> None:
 def as_params(rec: dict, profile: str | None = None) -> dict:
     """The settings as phase parameters: a tuned file's `profile` (default: its default)."""
     if rec.get("format") == TUNED_FORMAT:
-        entry = rec["profiles"][profile or rec["default_profile"]]
+        name = profile or rec["default_profile"]
+        if name not in rec["profiles"]:
+            raise ConfigError(
+                f"recommended.json has no {name} profile: tune tuned "
+                f"{', '.join(rec['profiles'])} (`mateperf tune -p profiles=...` names them)"
+            )
+        entry = rec["profiles"][name]
         return {k: entry["settings"][k] for k in TUNED_SETTINGS if k in entry["settings"]}
     return {k: rec[k] for k in SETTINGS}
+
+
+def not_tuned(rec: dict) -> list[str]:
+    """The companion's profiles a tuned file lacks (`mateperf tune -p profiles=` left them out),
+    in the companion's order; a file from before that parameter holds all of them."""
+    from mateperf.gpu.companion_profiles import PROFILES
+
+    return [name for name in PROFILES if name not in rec.get("profiles", {})]
 
 
 def tuned(profiles: dict, fingerprint: dict, **source) -> dict:

@@ -79,6 +79,8 @@ def run_tune(values: dict, root, command: str):
             f"{fmt(m['tg_tps'])} tok/s, frame p99 {fmt(m['frame_p99_ms'], 2)} ms"
             f"{'' if entry['meets_frame_budget'] else ' (over budget)'}"
         )
+    if missing := recommended_file.not_tuned(rec):
+        print(f"not tuned: {', '.join(missing)} (-p profiles=... names the profiles to tune)")
     print(f"{results.shown_path(path, root)} ({rec['wall_s']:.0f} s)")
     return run, path
 

@@ -17,12 +17,16 @@ LIMIT_LINES = 450
 FIRST_SCREEN = 12  # lines: the title, the command and hosts line, then the summary
 
 
-def tune_run(root, fp: dict) -> results.RunDir:
+ALL_PROFILES = {"performance": 2, "balanced": 1, "cpu_fallback": 1}  # name: n_threads
+
+
+def tune_run(root, fp: dict, names=tuple(ALL_PROFILES), default="balanced") -> results.RunDir:
     """A stored tune run (its recommended.json as `mateperf tune` writes it; the figures are
-    given, not measured: this test is about the report's layout)."""
+    given, not measured: this test is about the report's layout), of the profiles `names`."""
     run = results.RunDir.create("tune", {}, root=root, command="mateperf tune")
     profiles = {}
-    for name, threads in (("performance", 2), ("balanced", 1), ("cpu_fallback", 1)):
+    for name in names:
+        threads = ALL_PROFILES[name]
         settings = {
             "n_threads": threads,
             "n_threads_batch": 2,
@@ -63,7 +67,7 @@ def tune_run(root, fp: dict) -> results.RunDir:
     rec = recommended_file.tuned(
         {
             "profiles": profiles,
-            "default_profile": "balanced",
+            "default_profile": default,
             "frame_budget_ms": 17.667,
             "frame_p99_idle_ms": 16.7,
             "reply_tokens": 32,
@@ -105,6 +109,39 @@ def test_summary_first_then_the_companion_settings_then_the_rest(final_text):
     assert f"[`{run.run_id}`]({run.run_id}/tune.md)" in settings
     assert "reply ×0.80 [0.75, 0.85] faster" in settings
     assert "**Required in the companion**" in settings and "llama_kwargs" in settings
+
+
+def test_a_tune_of_one_profile_is_read_by_the_settings_and_the_final_phase(tmp_path, capsys):
+    """`mateperf tune -p profiles=performance` stores one profile: the companion's settings
+    list it and name the two not tuned; the final phase, which wants balanced (the profile its
+    baseline runs), says in one line that it takes performance instead."""
+    from mateperf.model import resolve_model
+    from mateperf.phases.final.measure import arm_configs
+    from mateperf.phases.final.params import FinalParams
+    from mateperf.reports import companion_settings
+
+    fp = fingerprint()
+    run = tune_run(tmp_path / "results", fp, names=("performance",), default="performance")
+    path = run.path / recommended_file.FILE_NAME
+    rec = recommended_file.load(path, fp)
+    assert recommended_file.not_tuned(rec) == ["balanced", "cpu_fallback"]
+    text = companion_settings.section(rec, run.run_id)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "pick" not in ln]
+    assert len(rows) == 1 and rows[0].startswith("| performance"), text
+    assert "Tuned: performance. **Not tuned: balanced, cpu_fallback**" in text
+    assert "`mateperf tune -p profiles=balanced,cpu_fallback`" in text
+
+    with pytest.raises(recommended_file.ConfigError, match="no balanced profile: tune tuned "):
+        recommended_file.as_params(rec, "balanced")
+    capsys.readouterr()
+    configs, facts = arm_configs(FinalParams(config=str(path)), resolve_model(None), usable=2)
+    said = [ln for ln in capsys.readouterr().out.splitlines() if "no balanced" in ln]
+    assert said == [
+        "[final] the tuned file has no balanced profile (tune tuned performance): the tuned "
+        "arms take performance instead"
+    ]
+    assert facts["profile"] == "tuned performance" and "no balanced" in facts["profile_reason"]
+    assert configs["threads"].n_threads == ALL_PROFILES["performance"]
 
 
 def test_every_phase_in_brief_links_its_full_report(final_text):

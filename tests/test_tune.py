@@ -19,7 +19,7 @@ from mateperf.gpu import estimate, profiles
 from mateperf.model import LlamaConfig, resolve_model
 from mateperf.tune import space
 from mateperf.tune.params import TuneParams
-from mateperf.tune.tuner import companion_setting
+from mateperf.tune.tuner import companion_setting, default_profile
 
 BALANCED = next(r for r in space.RULES if r.name == profiles.BALANCED)
 FALLBACK = next(r for r in space.RULES if r.name == profiles.CPU_FALLBACK)
@@ -123,6 +123,43 @@ def test_tune_parameters_are_checked_in_one_place():
         TuneParams(eta=1)
 
 
+def test_profiles_names_what_is_tuned_in_the_companions_order():
+    assert [r.name for r in TuneParams().rules()] == ["performance", "balanced", "cpu_fallback"]
+    picked = TuneParams(profiles="cpu_fallback, Balanced").rules()
+    assert [r.name for r in picked] == ["balanced", "cpu_fallback"]
+    assert default_profile(["balanced", "cpu_fallback"]) == "balanced"
+    assert default_profile(["performance", "cpu_fallback"]) == "performance"
+
+
+def test_an_unknown_profile_is_refused_in_one_line_with_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mateperf", "--results", str(tmp_path), "tune"]
+        + ["-p", "profiles=balanced,fast"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "mateperf: error: parameter profiles='balanced,fast': no companion profile 'fast' "
+        "(choose from performance, balanced, cpu_fallback)"
+    ]
+    assert not list(tmp_path.iterdir())  # refused before a run directory exists
+
+
+def test_tune_help_lists_profiles():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mateperf", "tune", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("profiles "))
+    assert "default 'performance,balanced,cpu_fallback'" in line
+    assert "only balanced" in proc.stdout
+
+
 def _tuned_file(tmp_path, fingerprint) -> tuple:
     entry = {
         "settings": {
@@ -153,6 +190,13 @@ def test_a_tuned_file_is_loaded_and_applied_by_profile(tmp_path):
     path, entry = _tuned_file(tmp_path, fp)
     rec = recommended_file.load(path, fp)
     assert recommended_file.as_params(rec) == entry["settings"]
+    # a file tuned for balanced alone: another profile is named as missing, never a KeyError
+    with pytest.raises(recommended_file.ConfigError, match="no performance profile: tune tuned"):
+        recommended_file.as_params(rec, "performance")
+    with pytest.raises(recommended_file.ConfigError, match="no cpu_fallback profile"):
+        LlamaConfig.from_recommended(path, "m.gguf", profile="cpu_fallback")
+    assert LlamaConfig.from_recommended(path, "m.gguf", profile="balanced").n_batch == 128
+    assert recommended_file.not_tuned(rec) == ["performance", "cpu_fallback"]
     bad = json.loads(path.read_text(encoding="utf-8"))
     bad["profiles"]["balanced"]["settings"]["n_batch"] = 0
     path.write_text(json.dumps(bad), encoding="utf-8")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mateperf import frame_budget
+from mateperf import frame_budget, recommended_file
 from mateperf.reports.format import fmt, table
 
 TITLE = "## Settings for the companion"
@@ -52,6 +52,15 @@ def _against_own(entry: dict) -> str:
     return "; ".join(parts) + same if parts else "–"
 
 
+def untuned_sentence(rec: dict, missing: list[str]) -> str:
+    """Which of the companion's profiles this tune left out, and how to tune them."""
+    return (
+        f"Tuned: {', '.join(rec['profiles'])}. **Not tuned: {', '.join(missing)}** (the run "
+        "named its profiles with `-p profiles=`): the companion keeps its own settings there; "
+        f"`mateperf tune -p profiles={','.join(missing)}` measures them."
+    )
+
+
 def section(rec: dict, run_id: str) -> str:
     """The section for a tune run's recommended.json (`run_id` links its report)."""
     rows = []
@@ -85,6 +94,8 @@ def section(rec: dict, run_id: str) -> str:
         table(pd.DataFrame(rows)),
         "",
     ]
+    if missing := recommended_file.not_tuned(rec):
+        lines += [untuned_sentence(rec, missing), ""]
     if warning := frame_budget.idle_warning(rec):
         lines += [f"**{warning[0].upper()}{warning[1:]}.**", ""]
     notes = [f"- {n}: {e['note']}" for n, e in rec["profiles"].items() if e.get("note")]

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mateperf import avatar_pacing, frame_budget
+from mateperf import avatar_pacing, frame_budget, recommended_file
+from mateperf.reports.companion_settings import untuned_sentence
 from mateperf.reports.format import fmt, fmt_p, save_figure, table
 from mateperf.tune.race import raced_medians
 from mateperf.tune.space import Setting
@@ -144,6 +145,8 @@ def section(rec: dict, trials: pd.DataFrame, plots_dir: Path, md_dir: Path) -> s
         "",
         *_avatar_lines(rec),
     ]
+    if missing := recommended_file.not_tuned(rec):
+        lines += [untuned_sentence(rec, missing), ""]
     if rec.get("avatar_pacing"):  # tune runs from before the overshoot was recorded have none
         idle = {k: float("nan") if v is None else v for k, v in rec["avatar_pacing"].items()}
         if line := avatar_pacing.sentence(idle):

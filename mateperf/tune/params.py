@@ -8,12 +8,19 @@ from mateperf.avatar import AVATAR_HELP, parse_address
 from mateperf.frame_budget import DEFAULT_SLACK_MS, SLACK_HELP
 from mateperf.gpu.profiles import COMPANION_CARD_MB
 from mateperf.params import KV_CACHE_TYPES, PEER_KINDS, Params, model_param, param, refuse
-from mateperf.tune.space import Axes, kv_choices
+from mateperf.tune.space import RULES, Axes, ProfileRule, kv_choices
+
+PROFILE_NAMES = tuple(rule.name for rule in RULES)
 
 
 @dataclass(frozen=True)
 class TuneParams(Params):
     model: str = model_param()
+    profiles: str = param(
+        ",".join(PROFILE_NAMES),
+        "the companion's profiles to tune (a comma list): only balanced, the one the companion "
+        "runs by default, tunes in about a third of the time",
+    )
     vram_budget_mb: int = param(
         COMPANION_CARD_MB,
         "the card to fit (MiB): 6144 is the companion's RTX 4050; 0 means this GPU's free VRAM",
@@ -56,9 +63,22 @@ class TuneParams(Params):
     seed: int = param(1234, "order of the trials in each round")
 
     def check(self) -> None:
+        self.rules()
         self.axes()
         if self.avatar:
             parse_address(self.avatar)
+
+    def rules(self) -> tuple[ProfileRule, ...]:
+        """The profiles to tune, in RULES' order (performance, balanced, cpu_fallback)."""
+        names = _items("profiles", self.profiles)
+        for name in names:
+            if name not in PROFILE_NAMES:
+                refuse(
+                    "profiles",
+                    self.profiles,
+                    f": no companion profile {name!r} (choose from {', '.join(PROFILE_NAMES)})",
+                )
+        return tuple(rule for rule in RULES if rule.name in names)
 
     def axes(self) -> Axes:
         """The values tried of the settings a profile does not fix, parsed and checked."""

@@ -179,11 +179,12 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
     overhead, budget, basis = device(p, offload)
     usable = usable_cpus()
     axes = p.axes()
+    rules = p.rules()
     plans = {
         rule.name: space.candidates(
             rule, layout, usable, budget, p.margin_mb, offload, overhead, axes
         )
-        for rule in space.RULES
+        for rule in rules
     }
     racing = {c.setting.label for cs in plans.values() for c in cs if not c.pruned}
     total = sum(len(cs) for cs in plans.values())
@@ -192,6 +193,7 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         f"{total} settings over {len(plans)} profiles; {pruned} pruned before loading; "
         f"{len(racing)} distinct settings race; VRAM: {basis}"
     )
+    say(profiles_sentence([r.name for r in rules]))
     # the companion's profiles whose layers are not what their comments say, on this model
     intent = companion_profiles.intent_sentences(layout, overhead)
     frames, out = [], {}
@@ -218,7 +220,7 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
             say(f"WARNING: {frame.idle_warning()}")
         memo = Memo(bench)
         try:
-            for rule in space.RULES:
+            for rule in rules:
                 entry, trials = _profile(
                     p, rule, plans[rule.name], memo, bench, usable, offload, frame, constraint
                 )
@@ -240,7 +242,7 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
     say(f"done in {wall_s:.0f} s: {measured} race trials measured, the rest reused")
     rec = {
         "profiles": out,
-        "default_profile": profiles.BALANCED,
+        "default_profile": default_profile(list(out)),
         "model_file": path.name,
         **frame.record(),
         "constraint": constraint,
@@ -257,6 +259,23 @@ def tune(p: TuneParams) -> tuple[dict, pd.DataFrame]:
         "race_trials_measured": measured,
     }
     return rec, pd.concat(frames, ignore_index=True, sort=False)
+
+
+def profiles_sentence(tuned: list[str]) -> str:
+    """Which profiles this tune covers, and how to cover fewer or the rest (`-p profiles=`)."""
+    left = [r.name for r in space.RULES if r.name not in tuned]
+    if not left:
+        return (
+            f"tuning {', '.join(tuned)}; a companion that runs only its default profile: "
+            f"-p profiles={profiles.BALANCED} (about a third of the time)"
+        )
+    return f"tuning {', '.join(tuned)}; not tuned: {', '.join(left)} (-p profiles= to add them)"
+
+
+def default_profile(tuned: list[str]) -> str:
+    """The profile `--config` applies: balanced, the companion's default, where it was tuned;
+    else the first tuned."""
+    return profiles.BALANCED if profiles.BALANCED in tuned else tuned[0]
 
 
 def _unavailable(idle: dict, identity) -> list[str]:

@@ -28,6 +28,7 @@ from mateperf.workloads import expression_sequence
 SCENARIO = "turn"
 ORIGINAL_THREADS = 6
 ORIGINAL_GPU_LAYERS = 35  # the companion's `balanced` GPU profile
+WANTED_PROFILE = "balanced"  # the tuned profile the arms take: the one the baseline runs
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,29 @@ def latest_recommendation(root: Path | None = None) -> tuple[dict | None, str]:
     return None, "no tune or cpu run with a recommended.json under the results root"
 
 
-def tuned_profile(rec: dict) -> tuple[dict, str, str]:
-    """A tuned file's default profile as the profile arm's load settings: (params, name, why)."""
-    s = recommended_file.as_params(rec)
-    params = {"n_gpu_layers": s["n_gpu_layers"], "offload_kqv": True, "flash_attn": s["flash_attn"]}
+def tuned_choice(rec: dict) -> tuple[str, str]:
+    """The tuned profile the final arms take, and what it stands for: balanced, the profile the
+    baseline runs, where tune tuned it; else the file's default, said in one line."""
+    if WANTED_PROFILE in rec["profiles"]:
+        return WANTED_PROFILE, ""
     name = rec["default_profile"]
-    return params, f"tuned {name}", f"measured by `mateperf tune` ({name}, this host)"
+    missing = (
+        f"the tuned file has no {WANTED_PROFILE} profile (tune tuned "
+        f"{', '.join(rec['profiles'])}): "
+        f"the tuned arms take {name} instead"
+    )
+    _progress(missing)
+    return name, missing
+
+
+def tuned_profile(rec: dict) -> tuple[dict, str, str, dict]:
+    """A tuned file's profile (`tuned_choice`) as the profile arm's load settings:
+    (params, name, why, every setting of that profile)."""
+    name, missing = tuned_choice(rec)
+    s = recommended_file.as_params(rec, name)
+    params = {"n_gpu_layers": s["n_gpu_layers"], "offload_kqv": True, "flash_attn": s["flash_attn"]}
+    why = f"measured by `mateperf tune` ({name}, this host)" + (f"; {missing}" if missing else "")
+    return params, f"tuned {name}", why, s
 
 
 def auto_profile(path: Path) -> tuple[dict, str, str]:
@@ -133,14 +151,15 @@ def arm_configs(p: FinalParams, path: Path, usable: int) -> tuple[dict[str, Turn
     else:
         rec, rec_source = latest_recommendation()
     tuned = baseline
+    is_tuned = rec is not None and rec.get("format") == recommended_file.TUNED_FORMAT
+    # a tuned file's threads, batch and KV come from the same profile as its layers
+    params, profile, why, settings = tuned_profile(rec) if is_tuned else (*auto_profile(path), {})
     if rec is not None:
-        threads = recommended_file.as_params(rec)
+        threads = settings or recommended_file.as_params(rec)
         tuned = replace(baseline, **{k: threads[k] for k in recommended_file.SETTINGS})
     else:
         _progress(f"threads arm keeps the original threads: {rec_source}")
-    is_tuned = rec is not None and rec.get("format") == recommended_file.TUNED_FORMAT
-    params, profile, why = tuned_profile(rec) if is_tuned else auto_profile(path)
-    kv = recommended_file.as_params(rec) if is_tuned else {}
+    kv = settings
     profiled = replace(
         baseline,
         n_gpu_layers=int(params.get("n_gpu_layers", 0)),
