@@ -93,15 +93,19 @@ def test_ctrl_c_records_the_runs_this_process_owns_and_nothing_else(tmp_path, mo
 # --- a real `mateperf run`, killed ------------------------------------------------------------
 
 
-def start_run(root: Path) -> tuple[subprocess.Popen, Path, list[psutil.Process]]:
+def start_run(
+    root: Path, own_group: bool = False
+) -> tuple[subprocess.Popen, Path, list[psutil.Process]]:
     """`mateperf run ipc` in its own process, once its run directory exists and its notebook's
-    kernel has started: the run is under way."""
+    kernel has started: the run is under way. `own_group`: in a process group of its own, as
+    a command typed in a terminal is (Ctrl+C goes to the whole group)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mateperf", "run", "ipc", *cli_args(PHASE_RUN_PARAMS["ipc"])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "MATEPERF_RESULTS": str(root)},
+        start_new_session=own_group,
     )
     before = set(root.glob("*/run.json"))
     deadline = time.monotonic() + 120
@@ -168,9 +172,12 @@ def test_a_run_killed_mid_run_is_reported_interrupted(results_root, cli, phase_r
     os.name == "nt", reason="Ctrl+C to one child process: unavailable on this OS (console groups)"
 )
 def test_ctrl_c_in_mateperf_run_records_the_run_interrupted(results_root):
-    proc, run_dir, kernels = start_run(results_root)
+    proc, run_dir, kernels = start_run(results_root, own_group=True)
     try:
-        proc.send_signal(signal.SIGINT)
+        # Ctrl+C in a terminal signals the foreground process group: mateperf and its kernel.
+        # SIGINT to mateperf alone can land while nbclient's handler holds SIGINT (it only
+        # shuts the kernel down), and the run then finishes normally.
+        os.killpg(proc.pid, signal.SIGINT)
         _out, err = proc.communicate(timeout=120)
     finally:
         stop_all(proc, kernels)
