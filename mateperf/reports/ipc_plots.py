@@ -16,6 +16,12 @@ def rows_of(summary: pd.DataFrame, scenario: str, metric: str) -> pd.DataFrame:
     return summary[(summary["scenario"] == scenario) & (summary["metric"] == metric)]
 
 
+def legend_beside(ax) -> None:
+    """The legend right of the axes: inside, where the curves fall depends on the run's data,
+    and a legend placed "best" can still cover some of them."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+
+
 def latency_cdf(requests: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | None:
     sel = requests[(requests["scenario"] == "simple_commands") & requests["rtt_us"].notna()]
     if sel.empty:
@@ -29,7 +35,7 @@ def latency_cdf(requests: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str | 
     ax.set_ylabel("fraction of requests (all trials)")
     ax.set_title("simple_commands: latency CDF per mode")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    legend_beside(ax)
     return save_figure(fig, plots_dir, "ipc_latency_cdf", md_dir, "latency CDF per mode")
 
 
@@ -55,7 +61,7 @@ def latency_vs_size(summary: pd.DataFrame, plots_dir: Path, md_dir: Path) -> str
     ax.set_ylabel("round trip p50, bars p5–p95 (µs, log)")
     ax.set_title("message_sizes: latency vs message size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    legend_beside(ax)
     return save_figure(fig, plots_dir, "ipc_latency_vs_size", md_dir, "latency vs message size")
 
 
