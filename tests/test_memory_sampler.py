@@ -6,6 +6,7 @@ import gc
 import mmap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,14 +68,29 @@ def test_markers_carry_a_full_reading_and_extra_columns():
 
 
 def test_storage_is_preallocated_so_the_sampler_does_not_grow():
+    """What the sampler's own code keeps allocated while it samples (tracemalloc, filtered to
+    mateperf/trackers): the process's RSS would also count what other threads of the test
+    process allocate meanwhile."""
+    import tracemalloc
+
+    trackers = str(Path(MemorySampler.__module__.replace(".", "/")).parent)
+    only = [tracemalloc.Filter(True, f"*{trackers}*")]
     sampler = MemorySampler(interval_ms=1, uss_interval_ms=0, block_samples=100_000)
-    with sampler:
-        time.sleep(0.2)
-        before = read_rss()[1]
-        time.sleep(1.0)
-        after = read_rss()[1]
-    assert sampler.n_samples > 200
-    assert after - before < 0.5  # MB; storing ~1000 samples as objects would add about 0.3+
+    tracemalloc.start()
+    try:
+        with sampler:
+            time.sleep(0.2)
+            first = sampler.n_samples
+            before = tracemalloc.take_snapshot().filter_traces(only)
+            time.sleep(1.0)
+            after = tracemalloc.take_snapshot().filter_traces(only)
+            taken = sampler.n_samples - first
+    finally:
+        tracemalloc.stop()
+    grown = sum(d.size_diff for d in after.compare_to(before, "filename"))
+    assert taken > 200
+    # storing each sample as Python objects would keep ~100 bytes or more per sample
+    assert grown < 20 * taken, (grown, taken)
 
 
 def test_without_a_gpu_the_sampler_says_why():

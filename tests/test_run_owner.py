@@ -93,6 +93,10 @@ def test_ctrl_c_records_the_runs_this_process_owns_and_nothing_else(tmp_path, mo
 # --- a real `mateperf run`, killed ------------------------------------------------------------
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(
     root: Path, own_group: bool = False
 ) -> tuple[subprocess.Popen, Path, list[psutil.Process]]:
@@ -106,6 +110,9 @@ def start_run(
         text=True,
         env={**os.environ, "MATEPERF_RESULTS": str(root)},
         start_new_session=own_group,
+        # a shell without job control starts background commands with SIGINT ignored, and a
+        # Python started so never raises KeyboardInterrupt: a terminal's command has it
+        preexec_fn=_default_sigint if own_group else None,
     )
     before = set(root.glob("*/run.json"))
     deadline = time.monotonic() + 120
