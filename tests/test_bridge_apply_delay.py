@@ -45,12 +45,15 @@ def test_round_trip_rises_by_the_injected_apply_delay(kind):
         batch_base = [plain.send_batch([SET] * 3).rtt_ns / 1e6 for _ in range(8)]
         batch_delayed = [slow.send_batch([SET] * 3).rtt_ns / 1e6 for _ in range(8)]
     rise = statistics.median(delayed) - statistics.median(base)
-    assert 4.0 <= rise <= 9.0, (rise, base, delayed)
+    # the plain round trip includes waking the peer's thread (up to a millisecond or more on a
+    # shared VM), which the delayed one partly spends inside its sleep: the rise can fall short
+    # of the delay by that much (3.9 ms for 5 ms was seen on a quiet 2-vCPU VM)
+    assert 3.5 <= rise <= 9.0, (rise, base, delayed)
     # the peer's own clocks: the delay sits between receive and apply, never cut short
     assert min(held_ns) >= DELAY_MS * 1e6 * 0.99
     # per command, not per request: a batch of three holds the main thread three times
     batch_rise = statistics.median(batch_delayed) - statistics.median(batch_base)
-    assert 3 * 4.0 <= batch_rise <= 3 * 9.0, (batch_rise, batch_base, batch_delayed)
+    assert 3 * 3.5 <= batch_rise <= 3 * 9.0, (batch_rise, batch_base, batch_delayed)
 
 
 def test_a_negative_apply_delay_is_refused(kind, built_csharp_or_none):
