@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -197,3 +198,16 @@ class PhaseRuns:
 @pytest.fixture(scope="session")
 def phase_runs(tmp_path_factory) -> PhaseRuns:
     return PhaseRuns(tmp_path_factory)
+
+
+def sigterm(proc: subprocess.Popen) -> str:
+    """Stop a peer started by hand as a service manager would (SIGTERM); its stdout."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=30)[0]
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """A process a test started and did not stop (the test failed first): killed, waited for."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

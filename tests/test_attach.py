@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from mateperf.bridge.attach import connect_avatar
 from mateperf.bridge.client import UnityBridge
 from mateperf.bridge.frames import read_frame_log
 from mateperf.bridge.process import csharp_peer_command, start_peer
+from tests.conftest import reap, sigterm
 
 # a cpu phase run of two model loads (warm-up + one trial), the companion background only
 SMALL_CPU = [
@@ -132,12 +132,9 @@ def test_a_peer_started_by_hand_in_the_background_runs_until_sigterm(kind, reque
         finally:
             bridge.close()
         assert reply["frames"] >= 5
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = sigterm(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     stopped = json.loads(out.strip().splitlines()[-1])
     assert proc.returncode == 0 and stopped["event"] == "stopped", out
     assert stopped["frames"] >= reply["last_frame"]
@@ -291,12 +288,9 @@ def test_cpu_frame_budget_follows_the_attached_avatars_target_fps(cli, results_r
     try:
         port = json.loads(proc.stdout.readline())["port"]
         r = cli("run", "cpu", "--avatar", f"127.0.0.1:{port}", *SMALL_CPU, "-p", "fps=60")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = sigterm(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     assert r.rc == 0, r.stderr[-3000:]
     assert "frame budget at 30 fps (the attached avatar's target_fps)" in r.stderr
     assert json.loads(out.strip().splitlines()[-1])["event"] == "stopped"

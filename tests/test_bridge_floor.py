@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import pytest
 
 from mateperf.bridge.floor import FloorClient
 from mateperf.bridge.process import start_floor
+from tests.conftest import reap, sigterm
 
 FLOOR = [sys.executable, "-m", "mateperf.bridge.floor", "--port", "0"]
 
@@ -61,12 +61,9 @@ def test_a_floor_started_by_hand_keeps_serving_until_sigterm(stdin):
         with FloorClient("127.0.0.1", listening["port"]) as client:
             for _ in range(3):
                 assert client.pingpong_ns(b"ping\n") > 0
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out = sigterm(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     assert proc.returncode == 0
     stopped = json.loads(out.strip().splitlines()[-1])
     assert stopped == {"event": "stopped", "counters": {"served": 3}}
